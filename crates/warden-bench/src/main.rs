@@ -1,0 +1,252 @@
+//! `warden-bench`: one run, one table.
+//!
+//! Measures, for 64 B and 4 KiB payloads, the p50/p99 round trip and the
+//! pipelined throughput of:
+//! - **raw**: a length-prefixed echo server on a plain Unix socket (the
+//!   floor: two syscalls and a copy each way);
+//! - **echo**: `warden.echo` through the broker (decode, policy, encode);
+//! - **routed**: a call routed through the broker to a provider connection
+//!   and back (two hops).
+//!
+//! Servers run on their own multi-threaded runtime; the client is a plain
+//! blocking socket in the main thread, identical for all three. Ratios to
+//! raw are what matter: the machines are shared and noisy.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use warden::{Broker, Shutdown};
+use warden_policy::{Config, StaticResolver};
+
+const WARMUP: usize = 2_000;
+const ROUND_TRIPS: usize = 20_000;
+const PIPELINE_REQUESTS: usize = 100_000;
+const PIPELINE_WINDOW: usize = 32;
+
+const CONFIG: &str = r#"
+[limits]
+max_in_flight_per_connection = 256
+
+[[rule]]
+actions = ["call", "provide"]
+names = ["**"]
+everyone = true
+"#;
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+fn read_frame(s: &mut UnixStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    buf.resize(u32::from_be_bytes(len) as usize, 0);
+    s.read_exact(buf)
+}
+
+/// The raw baseline server: echoes every frame back.
+async fn raw_echo_server(listener: tokio::net::UnixListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    while let Ok((mut s, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if s.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// A blocking client speaking the Warden protocol with pre-encoded frames.
+struct Peer {
+    s: UnixStream,
+    buf: Vec<u8>,
+}
+
+impl Peer {
+    fn connect(path: &Path, hello: bool) -> anyhow::Result<Peer> {
+        let s = UnixStream::connect(path).with_context(|| format!("connect {}", path.display()))?;
+        let mut p = Peer { s, buf: Vec::new() };
+        if hello {
+            p.s.write_all(&frame(br#"{"kind":"hello","version":1}"#))?;
+            read_frame(&mut p.s, &mut p.buf)?;
+        }
+        Ok(p)
+    }
+
+    fn round_trip(&mut self, req: &[u8]) -> anyhow::Result<()> {
+        self.s.write_all(req)?;
+        read_frame(&mut self.s, &mut self.buf)?;
+        Ok(())
+    }
+}
+
+/// Answers every routed call with its params, from a blocking thread.
+fn provider_thread(path: PathBuf, method: &str) -> anyhow::Result<()> {
+    let mut p = Peer::connect(&path, true)?;
+    p.s.write_all(&frame(
+        json!({"kind":"provide","id":1,"method":method})
+            .to_string()
+            .as_bytes(),
+    ))?;
+    read_frame(&mut p.s, &mut p.buf)?;
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        loop {
+            if read_frame(&mut p.s, &mut p.buf).is_err() {
+                return;
+            }
+            let Ok(v) = serde_json::from_slice::<Value>(&p.buf) else {
+                return;
+            };
+            let reply = json!({"kind":"reply","id":v["id"],"result":v["params"]}).to_string();
+            out.clear();
+            out.extend_from_slice(&frame(reply.as_bytes()));
+            if p.s.write_all(&out).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+struct Row {
+    name: &'static str,
+    size: usize,
+    p50: Duration,
+    p99: Duration,
+    rps: f64,
+}
+
+fn measure(
+    name: &'static str,
+    size: usize,
+    path: &Path,
+    hello: bool,
+    make: &dyn Fn(u64) -> Vec<u8>,
+) -> anyhow::Result<Row> {
+    let mut p = Peer::connect(path, hello)?;
+    for i in 0..WARMUP {
+        p.round_trip(&make(i as u64 + 1))?;
+    }
+    let reqs: Vec<Vec<u8>> = (0..ROUND_TRIPS).map(|i| make(i as u64 + 1)).collect();
+    let mut times = Vec::with_capacity(ROUND_TRIPS);
+    for r in &reqs {
+        let t = Instant::now();
+        p.round_trip(r)?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let p50 = times[times.len() / 2];
+    let p99 = times[times.len() * 99 / 100];
+    // Pipelined: a window of requests in flight, written in one go.
+    let batch: Vec<u8> = (0..PIPELINE_WINDOW)
+        .flat_map(|i| make(i as u64 + 1))
+        .collect();
+    let t = Instant::now();
+    for _ in 0..PIPELINE_REQUESTS / PIPELINE_WINDOW {
+        p.s.write_all(&batch)?;
+        for _ in 0..PIPELINE_WINDOW {
+            read_frame(&mut p.s, &mut p.buf)?;
+        }
+    }
+    let rps =
+        (PIPELINE_REQUESTS / PIPELINE_WINDOW * PIPELINE_WINDOW) as f64 / t.elapsed().as_secs_f64();
+    Ok(Row {
+        name,
+        size,
+        p50,
+        p99,
+        rps,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("warden-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let raw_path = dir.join("raw.sock");
+    let broker_path = dir.join("warden.sock");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let config = Config::parse(CONFIG, "<bench>", &StaticResolver::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let broker = Broker::builder(&config).build();
+    let (trigger, shutdown) = Shutdown::new();
+    {
+        let _g = runtime.enter();
+        let raw = tokio::net::UnixListener::bind(&raw_path)?;
+        let bl = tokio::net::UnixListener::bind(&broker_path)?;
+        runtime.spawn(raw_echo_server(raw));
+        let b = broker.clone();
+        runtime.spawn(async move { b.serve(bl, shutdown).await });
+    }
+    provider_thread(broker_path.clone(), "bench.echo")?;
+
+    let mut rows = Vec::new();
+    for size in [64usize, 4096] {
+        let pad = "x".repeat(size);
+        let raw_body = frame(
+            json!({"kind":"call","id":1,"method":"warden.echo","params":pad})
+                .to_string()
+                .as_bytes(),
+        );
+        rows.push(measure("raw", size, &raw_path, false, &|_| {
+            raw_body.clone()
+        })?);
+        let p = pad.clone();
+        rows.push(measure("echo", size, &broker_path, true, &move |id| {
+            frame(
+                json!({"kind":"call","id":id,"method":"warden.echo","params":p})
+                    .to_string()
+                    .as_bytes(),
+            )
+        })?);
+        let p = pad.clone();
+        rows.push(measure("routed", size, &broker_path, true, &move |id| {
+            frame(
+                json!({"kind":"call","id":id,"method":"bench.echo","params":p})
+                    .to_string()
+                    .as_bytes(),
+            )
+        })?);
+    }
+    trigger.trigger();
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!(
+        "{:<8} {:>7} {:>10} {:>10} {:>12} {:>9} {:>9} {:>10}",
+        "path", "payload", "p50 µs", "p99 µs", "pipelined/s", "p50 ×raw", "p99 ×raw", "tput %raw"
+    );
+    for r in &rows {
+        let Some(base) = rows.iter().find(|b| b.name == "raw" && b.size == r.size) else {
+            continue;
+        };
+        println!(
+            "{:<8} {:>6}B {:>10.1} {:>10.1} {:>12.0} {:>9.2} {:>9.2} {:>9.0}%",
+            r.name,
+            r.size,
+            r.p50.as_secs_f64() * 1e6,
+            r.p99.as_secs_f64() * 1e6,
+            r.rps,
+            r.p50.as_secs_f64() / base.p50.as_secs_f64(),
+            r.p99.as_secs_f64() / base.p99.as_secs_f64(),
+            100.0 * r.rps / base.rps
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,649 @@
+//! The configuration file: TOML text → validated [`Config`].
+//!
+//! Parsing is strict: unknown sections and keys are errors, every value is
+//! range-checked, and every error names the file, line, column and key so an
+//! operator can fix it without guessing. The schema is documented in
+//! `docs/config.md`.
+
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use toml::Spanned;
+
+use crate::pattern::NamePattern;
+use crate::policy::{Policy, Principals, Resolver, Rule};
+
+/// The embedded default configuration (`wardend --print-default-config`).
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// A configuration error, located in the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {key}: {message}")]
+pub struct ConfigError {
+    /// The file (or `<embedded default>`).
+    pub file: String,
+    /// 1-based line (0 if the error is not tied to a place in the file).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Dotted key path, e.g. `limits.max_frame_bytes` or `rule[2].names[0]`.
+    pub key: String,
+    /// What is wrong and, where it helps, what to write instead.
+    pub message: String,
+}
+
+/// An action the policy decides on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// Call a method.
+    Call,
+    /// Register as the provider of a method.
+    Provide,
+    /// Subscribe to a topic.
+    Subscribe,
+    /// Publish on a topic.
+    Publish,
+    /// Start a learning-mode capture (name: the capture kind).
+    Learn,
+    /// Watch the broker's traffic (name: `calls`, `events` or `payloads`).
+    Monitor,
+}
+
+impl Action {
+    /// Every action, in documentation order.
+    pub const ALL: [Action; 6] = [
+        Action::Call,
+        Action::Provide,
+        Action::Subscribe,
+        Action::Publish,
+        Action::Learn,
+        Action::Monitor,
+    ];
+
+    /// The name used in config files and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Call => "call",
+            Action::Provide => "provide",
+            Action::Subscribe => "subscribe",
+            Action::Publish => "publish",
+            Action::Learn => "learn",
+            Action::Monitor => "monitor",
+        }
+    }
+
+    pub(crate) fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl std::str::FromStr for Action {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Action::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| {
+                let all: Vec<_> = Action::ALL.iter().map(|a| a.as_str()).collect();
+                format!("unknown action {s:?}; known actions: {}", all.join(", "))
+            })
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a rule allows or denies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// The rule allows (the default).
+    #[default]
+    Allow,
+    /// The rule denies, overriding rules below it.
+    Deny,
+}
+
+/// What the broker does with a subscriber whose queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowSubscriber {
+    /// Drop events for it and report the number dropped.
+    #[default]
+    Drop,
+    /// Close its connection.
+    Disconnect,
+}
+
+/// The `[broker]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerSection {
+    /// Socket path; `None` means the caller picks the default for its uid.
+    pub socket: Option<PathBuf>,
+    /// Mode of the socket file (e.g. `0o666`).
+    pub socket_mode: u32,
+    /// Group of the socket file: name and resolved gid.
+    pub socket_group: Option<(String, u32)>,
+    /// Administrators' group: name and resolved gid (`None` if unset or it
+    /// did not resolve; then only root is an administrator).
+    pub admin_group: Option<(String, Option<u32>)>,
+    /// Slow subscriber handling.
+    pub on_slow_subscriber: SlowSubscriber,
+}
+
+macro_rules! limits {
+    ($( $(#[$doc:meta])* $name:ident: $default:expr, $min:expr, $max:expr; )*) => {
+        /// The `[limits]` section: every limit the broker enforces.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct Limits {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl Default for Limits {
+            fn default() -> Self {
+                Limits { $( $name: $default, )* }
+            }
+        }
+
+        #[derive(Deserialize, Default)]
+        #[serde(deny_unknown_fields)]
+        struct RawLimits {
+            $( #[serde(default)] $name: Option<Spanned<u64>>, )*
+        }
+
+        impl RawLimits {
+            fn validate(self, ctx: &Ctx<'_>) -> Result<Limits, ConfigError> {
+                let mut out = Limits::default();
+                $(
+                    if let Some(v) = self.$name {
+                        let n = *v.get_ref();
+                        if !($min..=$max).contains(&n) {
+                            return Err(ctx.err(
+                                Some(v.span()),
+                                concat!("limits.", stringify!($name)),
+                                format!("{} is out of range ({} ..= {})", n, $min, $max),
+                            ));
+                        }
+                        out.$name = n;
+                    }
+                )*
+                Ok(out)
+            }
+        }
+    };
+}
+
+limits! {
+    /// Largest frame body accepted or sent, in bytes.
+    max_frame_bytes: warden_proto::DEFAULT_MAX_FRAME_LEN as u64, 1024, warden_proto::ABSOLUTE_MAX_FRAME_LEN as u64;
+    /// Connections open at once, all users together.
+    max_connections: 4096, 1, 1_000_000;
+    /// Connections open at once per uid.
+    max_connections_per_uid: 64, 1, 1_000_000;
+    /// Calls a connection may have waiting for a reply.
+    max_in_flight_per_connection: 64, 1, 65_536;
+    /// Topics a connection may subscribe to.
+    max_subscriptions_per_connection: 256, 0, 65_536;
+    /// Methods a connection may provide.
+    max_provided_per_connection: 64, 0, 65_536;
+    /// Bytes waiting to be written to all connections of one uid.
+    max_queued_bytes_per_uid: 16 * 1024 * 1024, 64 * 1024, 1u64 << 34;
+    /// Frames queued for one connection before events are dropped.
+    subscriber_queue_len: 1024, 1, 1_000_000;
+    /// Time a new connection has to complete the hello.
+    hello_timeout_ms: 5_000, 10, 3_600_000;
+    /// Time a frame may stay half-received.
+    frame_timeout_ms: 10_000, 10, 3_600_000;
+    /// Default deadline of a call.
+    call_timeout_ms: 30_000, 10, 86_400_000;
+    /// Time in-flight calls get to finish at shutdown.
+    drain_timeout_ms: 5_000, 0, 3_600_000;
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBroker {
+    #[serde(default)]
+    socket: Option<Spanned<String>>,
+    #[serde(default)]
+    socket_mode: Option<Spanned<String>>,
+    #[serde(default)]
+    socket_group: Option<Spanned<String>>,
+    #[serde(default)]
+    admin_group: Option<Spanned<String>>,
+    #[serde(default)]
+    on_slow_subscriber: Option<SlowSubscriber>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(default)]
+    effect: Effect,
+    #[serde(default)]
+    description: Option<String>,
+    actions: Vec<Spanned<String>>,
+    names: Vec<Spanned<String>>,
+    #[serde(default)]
+    everyone: bool,
+    #[serde(default)]
+    admins: bool,
+    #[serde(default)]
+    users: Vec<Spanned<String>>,
+    #[serde(default)]
+    uids: Vec<u32>,
+    #[serde(default)]
+    groups: Vec<Spanned<String>>,
+    #[serde(default)]
+    gids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    broker: RawBroker,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default, rename = "rule")]
+    rules: Vec<Spanned<RawRule>>,
+}
+
+/// A loaded, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from: a path, or `<embedded default>`.
+    pub source: String,
+    /// The `[broker]` section.
+    pub broker: BrokerSection,
+    /// The `[limits]` section.
+    pub limits: Limits,
+    /// The compiled rules.
+    pub policy: Arc<Policy>,
+    /// Things that are valid but probably not what was meant (e.g. a user
+    /// name that does not exist on this system).
+    pub warnings: Vec<String>,
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let (line, column) = span.map(|s| self.line_col(s.start)).unwrap_or((0, 0));
+        ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text.as_bytes()[..offset];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1);
+        (line, offset - line_start + 1)
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        self.line_col(offset).0
+    }
+}
+
+/// Finds the dotted key a toml error is about, from the text around its span
+/// (toml reports the span of the offending key or value).
+fn key_at(text: &str, span: &std::ops::Range<usize>) -> String {
+    let start = span.start.min(text.len());
+    let end = span.end.min(text.len()).max(start);
+    let snippet = text.get(start..end).unwrap_or("").trim();
+    let line_start = text[..start].rfind('\n').map_or(0, |p| p + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key_on_line = line.split('=').next().unwrap_or("").trim();
+    // The enclosing table header, searching backwards.
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    let key = if !key_on_line.is_empty() && !key_on_line.starts_with('[') {
+        key_on_line.to_owned()
+    } else {
+        snippet.trim_matches(|c| c == '[' || c == ']').to_owned()
+    };
+    match table {
+        Some(t) if !key.is_empty() && !key_on_line.starts_with('[') => format!("{t}.{key}"),
+        Some(t) if key.is_empty() => t,
+        _ => key,
+    }
+}
+
+impl Config {
+    /// The embedded default configuration.
+    ///
+    /// # Errors
+    /// Only if the embedded text is invalid, which a test rules out.
+    pub fn embedded_default(resolver: &dyn Resolver) -> Result<Config, ConfigError> {
+        Config::parse(DEFAULT_CONFIG, "<embedded default>", resolver)
+    }
+
+    /// Reads and validates a config file.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file (and line and key, where the
+    /// problem is in the text).
+    pub fn load(path: &Path, resolver: &dyn Resolver) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            key: "-".into(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::parse(&text, &file, resolver)
+    }
+
+    /// Validates config text. `file` is used in error messages and in the
+    /// rule references of decisions.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for the first problem found.
+    pub fn parse(text: &str, file: &str, resolver: &dyn Resolver) -> Result<Config, ConfigError> {
+        let ctx = Ctx { file, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let key = e.span().map(|s| key_at(text, &s)).unwrap_or_default();
+            let key = if key.is_empty() { "-".to_owned() } else { key };
+            ctx.err(e.span(), key, e.message().trim().to_owned())
+        })?;
+        let mut warnings = Vec::new();
+
+        let b = raw.broker;
+        let socket = match b.socket {
+            None => None,
+            Some(s) => {
+                let p = PathBuf::from(s.get_ref());
+                if !p.is_absolute() {
+                    return Err(ctx.err(
+                        Some(s.span()),
+                        "broker.socket",
+                        format!("{:?} is not an absolute path", s.get_ref()),
+                    ));
+                }
+                Some(p)
+            }
+        };
+        let socket_mode = match b.socket_mode {
+            None => 0o666,
+            Some(m) => {
+                let t = m.get_ref().trim_start_matches("0o");
+                match u32::from_str_radix(t, 8) {
+                    Ok(v) if v <= 0o777 && v & 0o600 == 0o600 => v,
+                    _ => {
+                        return Err(ctx.err(
+                            Some(m.span()),
+                            "broker.socket_mode",
+                            format!(
+                                "{:?} is not a valid socket mode; write an octal string such as \"0660\" (the owner needs rw)",
+                                m.get_ref()
+                            ),
+                        ))
+                    }
+                }
+            }
+        };
+        let socket_group = match b.socket_group {
+            None => None,
+            Some(g) => match resolver.group_gid(g.get_ref()) {
+                Some(gid) => Some((g.get_ref().clone(), gid)),
+                None => {
+                    return Err(ctx.err(
+                        Some(g.span()),
+                        "broker.socket_group",
+                        format!(
+                            "group {:?} does not exist on this system; create it or remove the key",
+                            g.get_ref()
+                        ),
+                    ))
+                }
+            },
+        };
+        let admin_group = b.admin_group.map(|g| {
+            let gid = resolver.group_gid(g.get_ref());
+            if gid.is_none() {
+                warnings.push(format!(
+                    "{file}:{}: broker.admin_group: group {:?} does not exist; only root is an administrator",
+                    ctx.line(g.span().start),
+                    g.get_ref()
+                ));
+            }
+            (g.get_ref().clone(), gid)
+        });
+        let broker = BrokerSection {
+            socket,
+            socket_mode,
+            socket_group,
+            admin_group: admin_group.clone(),
+            on_slow_subscriber: b.on_slow_subscriber.unwrap_or_default(),
+        };
+        let limits = raw.limits.validate(&ctx)?;
+
+        let source: Arc<str> = Arc::from(file);
+        let mut rules = Vec::with_capacity(raw.rules.len());
+        for (i, spanned) in raw.rules.into_iter().enumerate() {
+            let line = ctx.line(spanned.span().start);
+            let r = spanned.into_inner();
+            let key = |k: &str| format!("rule[{}].{k}", i + 1);
+            let mut actions = 0u8;
+            if r.actions.is_empty() {
+                return Err(ctx.err(
+                    Some(line_span(text, line)),
+                    key("actions"),
+                    "a rule needs at least one action",
+                ));
+            }
+            for (j, a) in r.actions.iter().enumerate() {
+                let action: Action = a.get_ref().parse().map_err(|m: String| {
+                    ctx.err(Some(a.span()), key(&format!("actions[{j}]")), m)
+                })?;
+                actions |= action.bit();
+            }
+            if r.names.is_empty() {
+                return Err(ctx.err(
+                    Some(line_span(text, line)),
+                    key("names"),
+                    "a rule needs at least one name pattern (use \"**\" for every name)",
+                ));
+            }
+            let mut patterns = Vec::with_capacity(r.names.len());
+            for (j, n) in r.names.iter().enumerate() {
+                let p = NamePattern::parse(n.get_ref()).map_err(|e| {
+                    ctx.err(
+                        Some(n.span()),
+                        key(&format!("names[{j}]")),
+                        format!("{:?}: {e}", n.get_ref()),
+                    )
+                })?;
+                patterns.push(p);
+            }
+            let mut uids = r.uids.clone();
+            for u in &r.users {
+                match resolver.user_uid(u.get_ref()) {
+                    Some(uid) => uids.push(uid),
+                    None => warnings.push(format!(
+                        "{file}:{}: {}: user {:?} does not exist; it matches nobody",
+                        ctx.line(u.span().start),
+                        key("users"),
+                        u.get_ref()
+                    )),
+                }
+            }
+            let mut gids = r.gids.clone();
+            for g in &r.groups {
+                match resolver.group_gid(g.get_ref()) {
+                    Some(gid) => gids.push(gid),
+                    None => warnings.push(format!(
+                        "{file}:{}: {}: group {:?} does not exist; it matches nobody",
+                        ctx.line(g.span().start),
+                        key("groups"),
+                        g.get_ref()
+                    )),
+                }
+            }
+            if !r.everyone
+                && !r.admins
+                && r.users.is_empty()
+                && r.uids.is_empty()
+                && r.groups.is_empty()
+                && r.gids.is_empty()
+            {
+                return Err(ctx.err(
+                    Some(line_span(text, line)),
+                    format!("rule[{}]", i + 1),
+                    "the rule names nobody; add everyone = true, admins = true, users, uids, groups or gids",
+                ));
+            }
+            rules.push(Rule {
+                index: i + 1,
+                line,
+                effect: r.effect,
+                description: r.description,
+                actions,
+                patterns,
+                principals: Principals {
+                    everyone: r.everyone,
+                    admins: r.admins,
+                    uids,
+                    gids,
+                },
+            });
+        }
+        let admin_gid = admin_group.and_then(|(_, gid)| gid);
+        Ok(Config {
+            source: file.to_owned(),
+            broker,
+            limits,
+            policy: Arc::new(Policy::new(rules, admin_gid, source)),
+            warnings,
+        })
+    }
+}
+
+fn line_span(text: &str, line: usize) -> std::ops::Range<usize> {
+    let start: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    start..start
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::StaticResolver;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let r = StaticResolver::default()
+            .user("alice", 1001)
+            .group("wtest", 2000)
+            .group("warden-admin", 3000);
+        Config::parse(text, "test.toml", &r)
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default(&StaticResolver::default());
+        let c = c.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.broker.socket_mode, 0o666);
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.policy.rule_count(), 2);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let e = parse("[limits]\nmax_frame_bytes = 2048\nbogus = 1\n").err();
+        let e = e.unwrap_or_else(|| panic!("accepted"));
+        assert_eq!(e.line, 3, "{e}");
+        assert_eq!(e.key, "limits.bogus", "{e}");
+        assert!(e.message.contains("unknown field"), "{e}");
+        assert!(e.to_string().starts_with("test.toml:3:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_section_is_an_error() {
+        let e = parse("[brokr]\nsocket = \"/x\"\n").err();
+        let e = e.unwrap_or_else(|| panic!("accepted"));
+        assert_eq!(e.line, 1, "{e}");
+        assert!(e.key.contains("brokr"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_limit() {
+        let e = parse("[limits]\n\nmax_frame_bytes = 1\n").err();
+        let e = e.unwrap_or_else(|| panic!("accepted"));
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (3, "limits.max_frame_bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_rule_pattern_and_action() {
+        let text = "[[rule]]\nactions = [\"call\"]\nnames = [\"a\"]\neveryone = true\n\n[[rule]]\nactions = [\"call\"]\nnames = [\"ok\", \"a.**.b\"]\neveryone = true\n";
+        let e = parse(text).err().unwrap_or_else(|| panic!("accepted"));
+        assert_eq!((e.line, e.key.as_str()), (8, "rule[2].names[1]"), "{e}");
+        let e = parse("[[rule]]\nactions = [\"cal\"]\nnames = [\"a\"]\neveryone = true\n").err();
+        let e = e.unwrap_or_else(|| panic!("accepted"));
+        assert_eq!((e.line, e.key.as_str()), (2, "rule[1].actions[0]"), "{e}");
+        assert!(e.message.contains("known actions"));
+    }
+
+    #[test]
+    fn rule_without_principal_is_an_error() {
+        let e = parse("[[rule]]\nactions = [\"call\"]\nnames = [\"a\"]\n").err();
+        let e = e.unwrap_or_else(|| panic!("accepted"));
+        assert_eq!(e.line, 1, "{e}");
+        assert!(e.message.contains("names nobody"));
+    }
+
+    #[test]
+    fn unknown_users_warn_and_match_nobody() {
+        let c = parse("[[rule]]\nactions = [\"call\"]\nnames = [\"a\"]\nusers = [\"mallory\"]\n");
+        let c = c.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("mallory"));
+    }
+
+    #[test]
+    fn socket_mode_and_group() {
+        let c = parse("[broker]\nsocket_mode = \"0660\"\nsocket_group = \"wtest\"\n");
+        let c = c.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.broker.socket_mode, 0o660);
+        assert_eq!(c.broker.socket_group, Some(("wtest".into(), 2000)));
+        assert!(parse("[broker]\nsocket_mode = \"0999\"\n").is_err());
+        assert!(parse("[broker]\nsocket_mode = \"0066\"\n").is_err());
+        let e = parse("[broker]\nsocket_group = \"nope\"\n").err();
+        assert_eq!(e.map(|e| e.line), Some(2));
+        let e = parse("[broker]\nsocket = \"rel/x.sock\"\n").err();
+        assert_eq!(e.map(|e| e.key), Some("broker.socket".to_owned()));
+    }
+}

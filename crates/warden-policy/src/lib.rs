@@ -1,0 +1,31 @@
+//! Warden's configuration file and its policy function.
+//!
+//! This crate is pure: no runtime, no sockets, no system calls. The broker,
+//! `wardenctl policy explain` and the tests all decide access with the very
+//! same [`Policy::decide`], so an offline explanation cannot drift from what
+//! the running broker does.
+//!
+//! # Model
+//! A decision is a function of (caller identity, action, name). Rules are
+//! evaluated in file order; the first rule whose principals include the
+//! caller, whose actions include the action and whose name patterns match
+//! the name decides (allow or deny). No match is a denial: the default is
+//! deny. The decision names the rule (file and line) that made it.
+//!
+//! # Attacker model
+//! The config file is trusted (it is root's); callers are not. The caller's
+//! identity comes from the kernel, never from a payload. User and group
+//! names in rules are resolved to ids when the config is loaded, through a
+//! [`Resolver`] the caller of this crate supplies; a name that does not
+//! resolve matches nobody (fail closed) and is reported as a warning.
+#![forbid(unsafe_code)]
+
+mod config;
+mod pattern;
+mod policy;
+
+pub use config::{
+    Action, BrokerSection, Config, ConfigError, Effect, Limits, SlowSubscriber, DEFAULT_CONFIG,
+};
+pub use pattern::{NamePattern, PatternError};
+pub use policy::{Caller, CallerPolicy, Decision, Policy, Resolver, RuleRef, StaticResolver};

@@ -1,0 +1,721 @@
+//! The envelope: one JSON object per frame, discriminated by `kind`.
+//!
+//! Payloads (`params`, `result`, `data`) are kept as raw JSON text
+//! ([`Payload`]): the broker routes them without re-parsing them into a tree,
+//! and hands them to handlers that parse them into their own types.
+//!
+//! Decoding is strict: unknown kinds, unknown fields, fields that do not
+//! belong to the kind, missing fields, invalid names and out-of-range ids are
+//! all `bad_request`. When the frame carried a usable `id`, the error names
+//! it so the sender can match the failure to its request.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::fmt;
+
+use crate::depth::nesting_depth;
+use crate::error::{truncate_utf8, ErrorCode, WireError};
+use crate::frame::encode_frame;
+use crate::handshake::{Hello, Identity, Welcome, WelcomeLimits};
+use crate::limits::{MAX_GROUPS, MAX_NESTING_DEPTH, MAX_REQUEST_ID, MAX_TEXT_LEN};
+use crate::name::{MethodName, TopicName};
+
+/// A request id: 1 ..= 2^53-1. Each side numbers its own requests; ids are
+/// unique per direction on a connection, so a reply always refers to a
+/// request sent the other way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct RequestId(u64);
+
+impl RequestId {
+    /// Validates an id.
+    pub fn new(id: u64) -> Option<RequestId> {
+        (1..=MAX_REQUEST_ID).contains(&id).then_some(RequestId(id))
+    }
+
+    /// The numeric value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A JSON value carried verbatim (params, result, event data).
+#[derive(Clone)]
+pub struct Payload(Box<RawValue>);
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Eq for Payload {}
+
+impl Payload {
+    /// JSON `null`.
+    pub fn null() -> Payload {
+        Payload::from_raw_json("null").unwrap_or_else(|_| unreachable!("null is valid JSON"))
+    }
+
+    /// Wraps JSON text after checking that it is valid JSON within the
+    /// nesting limit.
+    ///
+    /// # Errors
+    /// Returns a message saying why the text is not acceptable.
+    pub fn from_raw_json(text: &str) -> Result<Payload, String> {
+        if nesting_depth(text.as_bytes(), MAX_NESTING_DEPTH - 1).is_none() {
+            return Err(format!(
+                "payload nested deeper than {}",
+                MAX_NESTING_DEPTH - 1
+            ));
+        }
+        RawValue::from_string(text.trim().to_owned())
+            .map(Payload)
+            .map_err(|e| format!("payload is not valid JSON: {e}"))
+    }
+
+    /// Serializes any value as a payload.
+    ///
+    /// # Errors
+    /// Fails only if `value`'s `Serialize` implementation fails.
+    pub fn from_value<T: Serialize>(value: &T) -> Result<Payload, serde_json::Error> {
+        serde_json::value::to_raw_value(value).map(Payload)
+    }
+
+    /// Parses the payload into `T`.
+    ///
+    /// # Errors
+    /// Returns the parse error if the JSON does not match `T`.
+    pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// True for JSON `null`.
+    pub fn is_null(&self) -> bool {
+        self.0.get() == "null"
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Payload({})", self.0.get())
+    }
+}
+
+impl Default for Payload {
+    fn default() -> Self {
+        Payload::null()
+    }
+}
+
+/// One decoded envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Client → broker, first frame only.
+    Hello(Hello),
+    /// Broker → client, answer to `hello`.
+    Welcome(Welcome),
+    /// Invoke a method. From a client to the broker, or from the broker to
+    /// a provider; in the latter case `caller` is the identity of the
+    /// original caller, attached by the broker.
+    Call {
+        /// The sender's id for this request.
+        id: RequestId,
+        /// Method to invoke.
+        method: MethodName,
+        /// Parameters (`null` if absent).
+        params: Payload,
+        /// Set only by the broker on calls it routes to a provider.
+        caller: Option<Identity>,
+    },
+    /// Successful answer to a request (`call`, `subscribe`, `unsubscribe`,
+    /// `publish`, `provide`).
+    Reply {
+        /// Id of the request being answered.
+        id: RequestId,
+        /// The result (`null` if absent).
+        result: Payload,
+    },
+    /// Failed answer to a request, or (without `id`) a connection-level
+    /// error sent just before the broker closes the connection.
+    Error {
+        /// Id of the request that failed, if the failure belongs to one.
+        id: Option<RequestId>,
+        /// Code and message.
+        error: WireError,
+    },
+    /// A published event, delivered to a subscriber.
+    Event {
+        /// Topic it was published on.
+        topic: TopicName,
+        /// Event data.
+        data: Payload,
+        /// Events for this connection dropped since the previous frame that
+        /// reported drops (0 if none).
+        missed: u64,
+        /// Identity of the publisher, attached by the broker.
+        publisher: Option<Identity>,
+    },
+    /// Broker → subscriber: events were dropped because the subscriber did
+    /// not keep up, and no event frame has reported them yet.
+    Lagged {
+        /// Number of events dropped.
+        missed: u64,
+    },
+    /// Subscribe to a topic.
+    Subscribe {
+        /// Request id.
+        id: RequestId,
+        /// The topic.
+        topic: TopicName,
+    },
+    /// Cancel a subscription.
+    Unsubscribe {
+        /// Request id.
+        id: RequestId,
+        /// The topic.
+        topic: TopicName,
+    },
+    /// Publish an event.
+    Publish {
+        /// Request id.
+        id: RequestId,
+        /// The topic.
+        topic: TopicName,
+        /// Event data.
+        data: Payload,
+    },
+    /// Register as the provider of a method on this connection.
+    Provide {
+        /// Request id.
+        id: RequestId,
+        /// The method this connection will serve.
+        method: MethodName,
+    },
+    /// Cancel an outstanding call this side sent.
+    Cancel {
+        /// Id of the call to cancel.
+        id: RequestId,
+    },
+}
+
+/// Why an envelope could not be decoded. Always `bad_request` on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct DecodeError {
+    /// The request id, if one could be read from the frame.
+    pub id: Option<RequestId>,
+    /// What is wrong, for the error message.
+    pub reason: String,
+}
+
+impl DecodeError {
+    fn new(id: Option<RequestId>, reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        truncate_utf8(&mut reason, MAX_TEXT_LEN);
+        DecodeError { id, reason }
+    }
+
+    /// The wire error for this failure.
+    pub fn to_wire(&self) -> WireError {
+        WireError::new(ErrorCode::BadRequest, self.reason.clone())
+    }
+}
+
+/// The flat wire shape of every envelope. Every field is optional here; the
+/// per-kind rules are applied in [`Message::decode`].
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvelope {
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    params: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<WireError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    caller: Option<Identity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    publisher: Option<Identity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    missed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    invitation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    server: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    identity: Option<Identity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limits: Option<WelcomeLimits>,
+}
+
+impl RawEnvelope {
+    /// Names of the fields present, other than `kind`.
+    fn present(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        macro_rules! p {
+            ($($f:ident),*) => { $( if self.$f.is_some() { v.push(stringify!($f)); } )* };
+        }
+        p!(
+            id, method, topic, params, result, data, error, caller, publisher, missed, version,
+            client, invitation, server, identity, limits
+        );
+        v
+    }
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+}
+
+/// Every kind, with its required and optional fields.
+const KINDS: &[(&str, &[&str], &[&str])] = &[
+    ("hello", &["version"], &["client", "invitation"]),
+    ("welcome", &["version", "server", "identity", "limits"], &[]),
+    ("call", &["id", "method"], &["params", "caller"]),
+    ("reply", &["id"], &["result"]),
+    ("error", &["error"], &["id"]),
+    ("event", &["topic"], &["data", "missed", "publisher"]),
+    ("lagged", &["missed"], &[]),
+    ("subscribe", &["id", "topic"], &[]),
+    ("unsubscribe", &["id", "topic"], &[]),
+    ("publish", &["id", "topic"], &["data"]),
+    ("provide", &["id", "method"], &[]),
+    ("cancel", &["id"], &[]),
+];
+
+impl Message {
+    /// The `kind` string of this message.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Welcome(_) => "welcome",
+            Message::Call { .. } => "call",
+            Message::Reply { .. } => "reply",
+            Message::Error { .. } => "error",
+            Message::Event { .. } => "event",
+            Message::Lagged { .. } => "lagged",
+            Message::Subscribe { .. } => "subscribe",
+            Message::Unsubscribe { .. } => "unsubscribe",
+            Message::Publish { .. } => "publish",
+            Message::Provide { .. } => "provide",
+            Message::Cancel { .. } => "cancel",
+        }
+    }
+
+    /// The request id the message carries, if any.
+    pub fn id(&self) -> Option<RequestId> {
+        match self {
+            Message::Call { id, .. }
+            | Message::Reply { id, .. }
+            | Message::Subscribe { id, .. }
+            | Message::Unsubscribe { id, .. }
+            | Message::Publish { id, .. }
+            | Message::Provide { id, .. }
+            | Message::Cancel { id } => Some(*id),
+            Message::Error { id, .. } => *id,
+            _ => None,
+        }
+    }
+
+    /// Builds an error answer.
+    pub fn error(id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Message {
+        Message::Error {
+            id,
+            error: WireError::new(code, message),
+        }
+    }
+
+    /// Decodes one frame body.
+    ///
+    /// # Errors
+    /// Returns a [`DecodeError`] (wire code `bad_request`) for anything that
+    /// is not a valid envelope: invalid UTF-8 or JSON, nesting deeper than
+    /// [`MAX_NESTING_DEPTH`], unknown kind or field, a missing field or a
+    /// field that does not belong to the kind, an invalid name or id.
+    pub fn decode(body: &[u8]) -> Result<Message, DecodeError> {
+        if nesting_depth(body, MAX_NESTING_DEPTH).is_none() {
+            return Err(DecodeError::new(
+                None,
+                format!("envelope nested deeper than {MAX_NESTING_DEPTH} levels"),
+            ));
+        }
+        let raw: RawEnvelope = match serde_json::from_slice(body) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let id = serde_json::from_slice::<IdOnly>(body)
+                    .ok()
+                    .and_then(|x| x.id)
+                    .and_then(|v| v.as_u64())
+                    .and_then(RequestId::new);
+                return Err(DecodeError::new(id, format!("invalid envelope: {e}")));
+            }
+        };
+        let id = match raw.id {
+            None => None,
+            Some(n) => match RequestId::new(n) {
+                Some(id) => Some(id),
+                None => {
+                    return Err(DecodeError::new(
+                        None,
+                        format!("id {n} out of range (1 ..= {MAX_REQUEST_ID})"),
+                    ))
+                }
+            },
+        };
+        let Some((kind, required, optional)) =
+            KINDS.iter().find(|(k, _, _)| *k == raw.kind).copied()
+        else {
+            let known: Vec<&str> = KINDS.iter().map(|k| k.0).collect();
+            return Err(DecodeError::new(
+                id,
+                format!(
+                    "unknown kind {:?}; known kinds: {}",
+                    raw.kind,
+                    known.join(", ")
+                ),
+            ));
+        };
+        let present = raw.present();
+        for field in &present {
+            if !required.contains(field) && !optional.contains(field) {
+                return Err(DecodeError::new(
+                    id,
+                    format!("field {field:?} does not belong to a {kind:?} message"),
+                ));
+            }
+        }
+        for field in required {
+            if !present.contains(field) {
+                return Err(DecodeError::new(
+                    id,
+                    format!("a {kind:?} message needs the field {field:?}"),
+                ));
+            }
+        }
+        for ident in [&raw.caller, &raw.publisher, &raw.identity]
+            .into_iter()
+            .flatten()
+        {
+            if ident.groups.len() > MAX_GROUPS {
+                return Err(DecodeError::new(id, "identity lists too many groups"));
+            }
+        }
+        for text in [&raw.client, &raw.server, &raw.invitation]
+            .into_iter()
+            .flatten()
+        {
+            if text.len() > MAX_TEXT_LEN {
+                return Err(DecodeError::new(
+                    id,
+                    format!(
+                        "text field too long ({} bytes, max {MAX_TEXT_LEN})",
+                        text.len()
+                    ),
+                ));
+            }
+        }
+        // The table above guarantees every `required` field is present, so
+        // the `missing` fallbacks below are unreachable in practice but keep
+        // decoding total.
+        let missing = |f: &str| DecodeError::new(id, format!("a {kind:?} message needs {f:?}"));
+        let req_id = || id.ok_or_else(|| missing("id"));
+        let method = |m: Option<String>| -> Result<MethodName, DecodeError> {
+            let m = m.ok_or_else(|| missing("method"))?;
+            MethodName::try_from(m.as_str())
+                .map_err(|e| DecodeError::new(id, format!("invalid method name {m:?}: {e}")))
+        };
+        let topic = |t: Option<String>| -> Result<TopicName, DecodeError> {
+            let t = t.ok_or_else(|| missing("topic"))?;
+            TopicName::try_from(t.as_str())
+                .map_err(|e| DecodeError::new(id, format!("invalid topic name {t:?}: {e}")))
+        };
+        let payload = |p: Option<Box<RawValue>>| p.map(Payload).unwrap_or_default();
+        let msg = match kind {
+            "hello" => Message::Hello(Hello {
+                version: raw.version.ok_or_else(|| missing("version"))?,
+                client: raw.client,
+                invitation: raw.invitation,
+            }),
+            "welcome" => Message::Welcome(Welcome {
+                version: raw.version.ok_or_else(|| missing("version"))?,
+                server: raw.server.ok_or_else(|| missing("server"))?,
+                identity: raw.identity.ok_or_else(|| missing("identity"))?,
+                limits: raw.limits.ok_or_else(|| missing("limits"))?,
+            }),
+            "call" => Message::Call {
+                id: req_id()?,
+                method: method(raw.method)?,
+                params: payload(raw.params),
+                caller: raw.caller,
+            },
+            "reply" => Message::Reply {
+                id: req_id()?,
+                result: payload(raw.result),
+            },
+            "error" => Message::Error {
+                id,
+                error: raw.error.ok_or_else(|| missing("error"))?,
+            },
+            "event" => Message::Event {
+                topic: topic(raw.topic)?,
+                data: payload(raw.data),
+                missed: raw.missed.unwrap_or(0),
+                publisher: raw.publisher,
+            },
+            "lagged" => Message::Lagged {
+                missed: raw.missed.ok_or_else(|| missing("missed"))?,
+            },
+            "subscribe" => Message::Subscribe {
+                id: req_id()?,
+                topic: topic(raw.topic)?,
+            },
+            "unsubscribe" => Message::Unsubscribe {
+                id: req_id()?,
+                topic: topic(raw.topic)?,
+            },
+            "publish" => Message::Publish {
+                id: req_id()?,
+                topic: topic(raw.topic)?,
+                data: payload(raw.data),
+            },
+            "provide" => Message::Provide {
+                id: req_id()?,
+                method: method(raw.method)?,
+            },
+            "cancel" => Message::Cancel { id: req_id()? },
+            other => {
+                return Err(DecodeError::new(id, format!("unknown kind {other:?}")));
+            }
+        };
+        Ok(msg)
+    }
+
+    /// Encodes the envelope as JSON (the frame body).
+    pub fn encode(&self) -> Vec<u8> {
+        let raw = self.to_raw();
+        // Serializing a struct of strings, integers and pre-validated raw
+        // JSON into a Vec cannot fail; fall back to an internal error frame
+        // rather than panic if it ever does.
+        serde_json::to_vec(&raw).unwrap_or_else(|_| {
+            br#"{"kind":"error","error":{"code":"internal","message":"encoding failed"}}"#.to_vec()
+        })
+    }
+
+    /// Encodes the envelope as a complete frame (length prefix + JSON).
+    /// Returns `None` if it would exceed `max_frame` bytes.
+    pub fn to_frame(&self, max_frame: usize) -> Option<Vec<u8>> {
+        encode_frame(&self.encode(), max_frame)
+    }
+
+    fn to_raw(&self) -> RawEnvelope {
+        let mut r = RawEnvelope {
+            kind: self.kind().to_owned(),
+            id: self.id().map(RequestId::get),
+            ..RawEnvelope::default()
+        };
+        match self {
+            Message::Hello(h) => {
+                r.version = Some(h.version);
+                r.client = h.client.clone();
+                r.invitation = h.invitation.clone();
+            }
+            Message::Welcome(w) => {
+                r.version = Some(w.version);
+                r.server = Some(w.server.clone());
+                r.identity = Some(w.identity.clone());
+                r.limits = Some(w.limits.clone());
+            }
+            Message::Call {
+                method,
+                params,
+                caller,
+                ..
+            } => {
+                r.method = Some(method.as_str().to_owned());
+                r.params = Some(params.0.clone());
+                r.caller = caller.clone();
+            }
+            Message::Reply { result, .. } => r.result = Some(result.0.clone()),
+            Message::Error { error, .. } => r.error = Some(error.clone()),
+            Message::Event {
+                topic,
+                data,
+                missed,
+                publisher,
+            } => {
+                r.topic = Some(topic.as_str().to_owned());
+                r.data = Some(data.0.clone());
+                r.missed = (*missed > 0).then_some(*missed);
+                r.publisher = publisher.clone();
+            }
+            Message::Lagged { missed } => r.missed = Some(*missed),
+            Message::Subscribe { topic, .. } | Message::Unsubscribe { topic, .. } => {
+                r.topic = Some(topic.as_str().to_owned())
+            }
+            Message::Publish { topic, data, .. } => {
+                r.topic = Some(topic.as_str().to_owned());
+                r.data = Some(data.0.clone());
+            }
+            Message::Provide { method, .. } => r.method = Some(method.as_str().to_owned()),
+            Message::Cancel { .. } => {}
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> RequestId {
+        RequestId::new(n).unwrap_or_else(|| unreachable!())
+    }
+
+    fn roundtrip(m: Message) {
+        let bytes = m.encode();
+        let back = Message::decode(&bytes);
+        assert_eq!(back, Ok(m), "{}", String::from_utf8_lossy(&bytes));
+    }
+
+    #[test]
+    fn every_kind_roundtrips() {
+        let ident = Identity {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![1000, 27],
+            pid: 42,
+        };
+        let p = Payload::from_raw_json(r#"{"x":[1,2,"three"]}"#).unwrap_or_default();
+        roundtrip(Message::Hello(Hello {
+            version: 1,
+            client: Some("t/1".into()),
+            invitation: None,
+        }));
+        roundtrip(Message::Welcome(Welcome {
+            version: 1,
+            server: "wardend/0.1.0".into(),
+            identity: ident.clone(),
+            limits: WelcomeLimits {
+                max_frame: 1 << 20,
+                max_in_flight: 64,
+                call_timeout_ms: 30_000,
+            },
+        }));
+        roundtrip(Message::Call {
+            id: id(1),
+            method: "a.b".parse().unwrap_or_else(|_| unreachable!()),
+            params: p.clone(),
+            caller: Some(ident.clone()),
+        });
+        roundtrip(Message::Reply {
+            id: id(1),
+            result: p.clone(),
+        });
+        roundtrip(Message::error(Some(id(2)), ErrorCode::Denied, "no"));
+        roundtrip(Message::error(None, ErrorCode::TooLarge, "big"));
+        roundtrip(Message::Event {
+            topic: "t.x".parse().unwrap_or_else(|_| unreachable!()),
+            data: p.clone(),
+            missed: 3,
+            publisher: Some(ident),
+        });
+        roundtrip(Message::Lagged { missed: 9 });
+        roundtrip(Message::Subscribe {
+            id: id(3),
+            topic: "t.x".parse().unwrap_or_else(|_| unreachable!()),
+        });
+        roundtrip(Message::Unsubscribe {
+            id: id(4),
+            topic: "t.x".parse().unwrap_or_else(|_| unreachable!()),
+        });
+        roundtrip(Message::Publish {
+            id: id(5),
+            topic: "t.x".parse().unwrap_or_else(|_| unreachable!()),
+            data: p,
+        });
+        roundtrip(Message::Provide {
+            id: id(6),
+            method: "svc.m".parse().unwrap_or_else(|_| unreachable!()),
+        });
+        roundtrip(Message::Cancel { id: id(7) });
+    }
+
+    fn err(body: &str) -> DecodeError {
+        match Message::decode(body.as_bytes()) {
+            Err(e) => e,
+            Ok(m) => panic!("decoded {m:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_with_reason_and_id() {
+        let e = err(r#"{"kind":"nope","id":4}"#);
+        assert_eq!(e.id, Some(id(4)));
+        assert!(e.reason.contains("unknown kind"), "{}", e.reason);
+
+        let e = err(r#"{"kind":"call","id":5,"method":"a..b"}"#);
+        assert_eq!(e.id, Some(id(5)));
+        assert!(e.reason.contains("invalid method name"));
+
+        let e = err(r#"{"kind":"call","id":6}"#);
+        assert!(e.reason.contains("\"method\""));
+
+        let e = err(r#"{"kind":"call","id":6,"method":"a","topic":"b"}"#);
+        assert!(e.reason.contains("does not belong"));
+
+        let e = err(r#"{"kind":"call","id":7,"method":"a","bogus":1}"#);
+        assert_eq!(e.id, Some(id(7)));
+
+        let e = err(r#"{"kind":"call","id":0,"method":"a"}"#);
+        assert!(e.reason.contains("out of range"));
+        let e = err(r#"{"kind":"call","id":9007199254740992,"method":"a"}"#);
+        assert!(e.reason.contains("out of range"));
+
+        assert!(err("\u{0}garbage").id.is_none());
+        assert!(err("[1,2]").reason.contains("invalid envelope"));
+    }
+
+    #[test]
+    fn rejects_deep_nesting_before_parsing() {
+        let deep = format!(
+            r#"{{"kind":"call","id":1,"method":"a","params":{}1{}}}"#,
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        assert!(err(&deep).reason.contains("nested deeper"));
+    }
+
+    #[test]
+    fn payload_checks() {
+        assert!(Payload::from_raw_json("{").is_err());
+        assert!(Payload::from_raw_json(&"[".repeat(100)).is_err());
+        assert!(Payload::null().is_null());
+    }
+}

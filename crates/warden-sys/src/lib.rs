@@ -1,0 +1,36 @@
+//! Warden's OS boundary.
+//!
+//! Every system call Warden makes goes through this crate, behind small
+//! functions with neutral types ([`PeerIdentity`], [`EndpointSpec`],
+//! [`ServerTrust`]), so no `#[cfg]` reaches the other crates' signatures and
+//! a Windows backend (see `docs/windows.md`) can supply the same functions.
+//! It is the only crate with `unsafe`; each block says why it is sound.
+//!
+//! # Attacker model
+//! Any local user may race the broker on the file system (pre-create the
+//! socket path, plant symlinks, swap directories in world-writable places),
+//! connect and disconnect at will, send file descriptors, and exit so that
+//! its pid is reused. The functions here never follow a symlink on the
+//! socket path, never remove what they did not verify as the broker's own,
+//! and capture a caller's identity once, from the kernel, failing closed.
+#![cfg_attr(not(target_os = "linux"), allow(unused))]
+
+#[cfg(target_os = "linux")]
+mod linux;
+
+#[cfg(target_os = "linux")]
+pub use linux::client::{connect_unix, verify_server, ServerCheckError, ServerTrust};
+#[cfg(target_os = "linux")]
+pub use linux::endpoint::{bind_secure, BoundEndpoint, EndpointError, EndpointSpec};
+#[cfg(target_os = "linux")]
+pub use linux::fds::recv_reject_fds;
+#[cfg(target_os = "linux")]
+pub use linux::identity::{peer_identity, server_uid, PeerIdentity, PeerIdentityError};
+#[cfg(target_os = "linux")]
+pub use linux::process::{
+    effective_gid, effective_uid, is_fd_exhaustion, process_comm, raise_nofile_limit,
+};
+#[cfg(target_os = "linux")]
+pub use linux::users::{
+    group_by_name, group_name, groups_of_user, user_by_name, user_by_uid, UserInfo,
+};

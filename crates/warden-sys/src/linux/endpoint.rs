@@ -1,0 +1,758 @@
+//! The broker's listening socket, created where nobody else can interfere.
+//!
+//! The path is walked one component at a time from `/` with
+//! `openat(O_NOFOLLOW)`, so no symlink is ever followed, and each directory
+//! is checked as it is opened (no check-then-use gap on the path):
+//!
+//! 1. every ancestor of the socket's directory is owned by root (or the
+//!    broker's uid) and not writable by others (nor by a non-root group);
+//! 2. the socket's directory is created 0755 if missing, or else must be
+//!    owned by root or the broker's uid and not writable by group or others
+//!    (systemd's `RuntimeDirectory=` passes);
+//! 3. a lock file beside the socket (`<name>.lock`, `flock`) keeps a second
+//!    broker out;
+//! 4. anything already at the socket name is refused, naming its owner,
+//!    unless it is a socket owned by the broker's uid that refuses
+//!    connections (stale): only that is removed;
+//! 5. the socket is bound under umask 0077, then given the configured group
+//!    and mode.
+//!
+//! Nothing is created or removed when a check fails (except the socket's
+//! directory in step 2 and the lock file, both the broker's own).
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, Flock, FlockArg, OFlag, AT_FDCWD};
+use nix::sys::socket::{listen, Backlog};
+use nix::sys::stat::{fchmod, fstat, fstatat, mkdirat, umask, FileStat, Mode, SFlag};
+use nix::unistd::{fchownat, unlinkat, Gid, UnlinkatFlags};
+
+/// Bytes available for a path in `sockaddr_un` (without the final NUL).
+const SUN_PATH_MAX: usize = 107;
+/// `listen(2)` backlog.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Where and how to listen.
+#[derive(Debug, Clone)]
+pub struct EndpointSpec {
+    /// Absolute socket path.
+    pub path: PathBuf,
+    /// Final mode of the socket file (e.g. `0o666`).
+    pub mode: u32,
+    /// Group to give the socket file.
+    pub group: Option<u32>,
+    /// Create the socket's directory (0755) if it is missing.
+    pub create_dir: bool,
+}
+
+/// Why the broker cannot listen at the requested path. Every variant names
+/// the path; those about something found there name its owner.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The path is not absolute and normalized.
+    #[error("socket path {path} must be absolute, without '.', '..' or empty components")]
+    NotAbsolute {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The path does not fit in `sockaddr_un`.
+    #[error("socket path {path} is {len} bytes long; the limit is {max}")]
+    TooLong {
+        /// The path.
+        path: PathBuf,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A directory on the path is owned by someone untrusted.
+    #[error("refusing to use {path}: owned by uid {owner}, expected root (uid 0) or the broker's uid {expected}")]
+    BadOwner {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The broker's uid.
+        expected: u32,
+    },
+    /// A directory on the path is writable by others.
+    #[error("refusing to use {path}: owned by uid {owner} but writable by {who} (mode {mode:04o}); other users could replace the socket")]
+    Writable {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// "others" or "group".
+        who: &'static str,
+        /// Its mode.
+        mode: u32,
+    },
+    /// A symlink where a directory or the socket should be.
+    #[error("refusing to use {path}: it is a symlink (owner uid {owner}); symlinks are never followed on the socket path")]
+    Symlink {
+        /// Where.
+        path: PathBuf,
+        /// The symlink's owner.
+        owner: u32,
+    },
+    /// Something other than a directory where a directory should be, or
+    /// other than a socket at the socket name.
+    #[error("refusing to use {path}: it is a {kind}, not a {expected} (owner uid {owner}); remove it if it is not needed")]
+    WrongType {
+        /// Where.
+        path: PathBuf,
+        /// What was found.
+        kind: &'static str,
+        /// What was expected.
+        expected: &'static str,
+        /// Its owner.
+        owner: u32,
+    },
+    /// A socket owned by another user is at the path.
+    #[error("refusing to use {path}: a socket owned by uid {owner} is there (the broker runs as uid {expected}); it is left untouched")]
+    ForeignSocket {
+        /// The socket.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The broker's uid.
+        expected: u32,
+    },
+    /// Another broker holds the path.
+    #[error("{path} is in use by another running broker ({how}); stop it first")]
+    InUse {
+        /// The socket.
+        path: PathBuf,
+        /// How that was detected.
+        how: &'static str,
+    },
+    /// A missing directory and `create_dir` is off.
+    #[error("directory {path} does not exist")]
+    MissingDir {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A system call failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> EndpointError + 'a {
+    move |e| EndpointError::Io {
+        op,
+        path: path.to_owned(),
+        source: io::Error::from(e),
+    }
+}
+
+fn kind_of(st: &FileStat) -> &'static str {
+    match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+        SFlag::S_IFDIR => "directory",
+        SFlag::S_IFLNK => "symlink",
+        SFlag::S_IFSOCK => "socket",
+        SFlag::S_IFREG => "regular file",
+        SFlag::S_IFIFO => "fifo",
+        SFlag::S_IFCHR | SFlag::S_IFBLK => "device",
+        _ => "special file",
+    }
+}
+
+fn stat_identity(st: &FileStat) -> (u64, u64, i64, i64) {
+    (st.st_dev, st.st_ino, st.st_ctime, st.st_ctime_nsec)
+}
+
+fn is(st: &FileStat, t: SFlag) -> bool {
+    st.st_mode & SFlag::S_IFMT.bits() == t.bits()
+}
+
+/// A listening socket bound by [`bind_secure`], with the lock that keeps
+/// other brokers away. Dropping it keeps the socket file; call
+/// [`BoundEndpoint::remove_socket`] at shutdown.
+#[derive(Debug)]
+pub struct BoundEndpoint {
+    listener: Option<UnixListener>,
+    path: PathBuf,
+    dir: OwnedFd,
+    name: OsString,
+    /// (device, inode, ctime s, ctime ns) of the socket after setup: an
+    /// inode number alone can be reused by a new file at once.
+    identity: (u64, u64, i64, i64),
+    reclaimed: bool,
+    _lock: Flock<OwnedFd>,
+}
+
+impl BoundEndpoint {
+    /// The listener (non-blocking, close-on-exec), until taken.
+    pub fn listener(&self) -> Option<&UnixListener> {
+        self.listener.as_ref()
+    }
+
+    /// Takes the listener, to hand it to an async runtime. The endpoint
+    /// stays alive to hold the lock and remove the socket later.
+    pub fn take_listener(&mut self) -> Option<UnixListener> {
+        self.listener.take()
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True if a stale socket of the broker's own was removed.
+    pub fn reclaimed_stale(&self) -> bool {
+        self.reclaimed
+    }
+
+    /// Removes the socket file, but only if it is still the very socket
+    /// this endpoint bound (same device and inode). Idempotent.
+    ///
+    /// # Errors
+    /// A failing `unlinkat` other than "already gone".
+    pub fn remove_socket(&self) -> Result<(), EndpointError> {
+        match fstatat(
+            &self.dir,
+            self.name.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) if is(&st, SFlag::S_IFSOCK) && stat_identity(&st) == self.identity => {
+                match unlinkat(&self.dir, self.name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                    Err(e) => Err(io_at("removing", &self.path)(e)),
+                }
+            }
+            Ok(_) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(io_at("checking", &self.path)(e)),
+        }
+    }
+}
+
+/// Checks a directory on the way to the socket.
+fn check_dir(
+    path: &Path,
+    st: &FileStat,
+    me: u32,
+    is_socket_dir: bool,
+) -> Result<(), EndpointError> {
+    if !is(st, SFlag::S_IFDIR) {
+        return Err(EndpointError::WrongType {
+            path: path.to_owned(),
+            kind: kind_of(st),
+            expected: "directory",
+            owner: st.st_uid,
+        });
+    }
+    if st.st_uid != 0 && st.st_uid != me {
+        return Err(EndpointError::BadOwner {
+            path: path.to_owned(),
+            owner: st.st_uid,
+            expected: me,
+        });
+    }
+    let mode = st.st_mode & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(EndpointError::Writable {
+            path: path.to_owned(),
+            owner: st.st_uid,
+            who: "others",
+            mode,
+        });
+    }
+    if mode & 0o020 != 0 && (is_socket_dir || st.st_gid != 0) {
+        return Err(EndpointError::Writable {
+            path: path.to_owned(),
+            owner: st.st_uid,
+            who: "its group",
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Opens `name` in `parent` as a directory without following symlinks;
+/// explains what is there instead if it is not a directory.
+fn open_dir(parent: &OwnedFd, name: &OsStr, path: &Path) -> Result<Option<OwnedFd>, EndpointError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match openat(parent, name, flags, Mode::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(Errno::ELOOP | Errno::ENOTDIR) => {
+            let st = fstatat(parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(io_at("checking", path))?;
+            if is(&st, SFlag::S_IFLNK) {
+                Err(EndpointError::Symlink {
+                    path: path.to_owned(),
+                    owner: st.st_uid,
+                })
+            } else {
+                Err(EndpointError::WrongType {
+                    path: path.to_owned(),
+                    kind: kind_of(&st),
+                    expected: "directory",
+                    owner: st.st_uid,
+                })
+            }
+        }
+        Err(e) => Err(io_at("opening", path)(e)),
+    }
+}
+
+/// Creates the broker's listening socket at `spec.path`, refusing any path
+/// another user could interfere with. See the module docs for the rules.
+///
+/// Sets the process umask briefly: call it before starting threads that
+/// create files.
+///
+/// # Errors
+/// [`EndpointError`], naming the path (and the owner of whatever is in the
+/// way); nothing of anyone else's is touched.
+pub fn bind_secure(spec: &EndpointSpec) -> Result<BoundEndpoint, EndpointError> {
+    let path = &spec.path;
+    let me = nix::unistd::geteuid().as_raw();
+    let len = path.as_os_str().as_bytes().len();
+    if len > SUN_PATH_MAX {
+        return Err(EndpointError::TooLong {
+            path: path.clone(),
+            len,
+            max: SUN_PATH_MAX,
+        });
+    }
+    let mut parts = Vec::new();
+    let mut comps = path.components();
+    if comps.next() != Some(Component::RootDir) {
+        return Err(EndpointError::NotAbsolute { path: path.clone() });
+    }
+    for c in comps {
+        match c {
+            Component::Normal(n) => parts.push(n.to_owned()),
+            _ => return Err(EndpointError::NotAbsolute { path: path.clone() }),
+        }
+    }
+    // `Path::components` drops "." and empty components silently; insist
+    // that the text round-trips, so what we check is what was asked for.
+    let rebuilt: PathBuf = std::iter::once(OsString::from("/"))
+        .chain(parts.iter().cloned())
+        .collect();
+    if rebuilt.as_os_str() != path.as_os_str()
+        || path.as_os_str().as_bytes().ends_with(b"/")
+        || parts.len() < 2
+    {
+        return Err(EndpointError::NotAbsolute { path: path.clone() });
+    }
+    let Some((name, dirs)) = parts.split_last() else {
+        return Err(EndpointError::NotAbsolute { path: path.clone() });
+    };
+    let Some((sock_dir_name, ancestors)) = dirs.split_last() else {
+        return Err(EndpointError::NotAbsolute { path: path.clone() });
+    };
+
+    // 1. Walk the ancestors.
+    let root = Path::new("/");
+    let mut cur = openat(
+        AT_FDCWD,
+        root,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io_at("opening", root))?;
+    check_dir(
+        root,
+        &fstat(&cur).map_err(io_at("checking", root))?,
+        me,
+        false,
+    )?;
+    let mut at = PathBuf::from("/");
+    for comp in ancestors {
+        at.push(comp);
+        let next = open_dir(&cur, comp, &at)?
+            .ok_or_else(|| EndpointError::MissingDir { path: at.clone() })?;
+        check_dir(
+            &at,
+            &fstat(&next).map_err(io_at("checking", &at))?,
+            me,
+            false,
+        )?;
+        cur = next;
+    }
+
+    // 2. The socket's directory.
+    at.push(sock_dir_name);
+    let dir = match open_dir(&cur, sock_dir_name, &at)? {
+        Some(d) => d,
+        None if spec.create_dir => {
+            match mkdirat(
+                &cur,
+                sock_dir_name.as_os_str(),
+                Mode::from_bits_truncate(0o755),
+            ) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(io_at("creating", &at)(e)),
+            }
+            let d = open_dir(&cur, sock_dir_name, &at)?
+                .ok_or_else(|| EndpointError::MissingDir { path: at.clone() })?;
+            let st = fstat(&d).map_err(io_at("checking", &at))?;
+            if st.st_uid == me && st.st_mode & 0o7777 != 0o755 {
+                // The umask may have narrowed or widened it; make it 0755.
+                fchmod(&d, Mode::from_bits_truncate(0o755))
+                    .map_err(io_at("setting the mode of", &at))?;
+            }
+            d
+        }
+        None => return Err(EndpointError::MissingDir { path: at }),
+    };
+    check_dir(&at, &fstat(&dir).map_err(io_at("checking", &at))?, me, true)?;
+
+    // 3. The lock.
+    let mut lock_name = name.clone();
+    lock_name.push(".lock");
+    let lock_path = at.join(&lock_name);
+    let lock_fd = openat(
+        &dir,
+        lock_name.as_os_str(),
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| match e {
+        Errno::ELOOP => EndpointError::Symlink {
+            path: lock_path.clone(),
+            owner: fstatat(
+                &dir,
+                lock_name.as_os_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map(|s| s.st_uid)
+            .unwrap_or(u32::MAX),
+        },
+        e => io_at("opening", &lock_path)(e),
+    })?;
+    let lst = fstat(&lock_fd).map_err(io_at("checking", &lock_path))?;
+    if !is(&lst, SFlag::S_IFREG) || lst.st_uid != me {
+        return Err(EndpointError::WrongType {
+            path: lock_path,
+            kind: kind_of(&lst),
+            expected: "regular file owned by the broker",
+            owner: lst.st_uid,
+        });
+    }
+    let lock = Flock::lock(lock_fd, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
+        Errno::EWOULDBLOCK => EndpointError::InUse {
+            path: path.clone(),
+            how: "its lock file is held",
+        },
+        e => io_at("locking", &lock_path)(e),
+    })?;
+
+    // 4. Whatever is at the name already.
+    let mut reclaimed = false;
+    match fstatat(
+        &dir,
+        name.as_os_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Err(Errno::ENOENT) => {}
+        Err(e) => return Err(io_at("checking", path)(e)),
+        Ok(st) if is(&st, SFlag::S_IFLNK) => {
+            return Err(EndpointError::Symlink {
+                path: path.clone(),
+                owner: st.st_uid,
+            })
+        }
+        Ok(st) if !is(&st, SFlag::S_IFSOCK) => {
+            return Err(EndpointError::WrongType {
+                path: path.clone(),
+                kind: kind_of(&st),
+                expected: "socket",
+                owner: st.st_uid,
+            })
+        }
+        Ok(st) if st.st_uid != me => {
+            return Err(EndpointError::ForeignSocket {
+                path: path.clone(),
+                owner: st.st_uid,
+                expected: me,
+            })
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(EndpointError::InUse {
+                    path: path.clone(),
+                    how: "its socket accepts connections",
+                })
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                unlinkat(&dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir)
+                    .map_err(io_at("removing the stale socket", path))?;
+                reclaimed = true;
+            }
+            Err(e) => {
+                return Err(EndpointError::Io {
+                    op: "probing the existing socket",
+                    path: path.clone(),
+                    source: e,
+                })
+            }
+        },
+    }
+
+    // 5. Bind strict, then loosen.
+    let old = umask(Mode::from_bits_truncate(0o077));
+    let bound = UnixListener::bind(path);
+    umask(old);
+    let listener = bound.map_err(|source| EndpointError::Io {
+        op: "binding",
+        path: path.clone(),
+        source,
+    })?;
+    listen(
+        &listener,
+        Backlog::new(LISTEN_BACKLOG).unwrap_or(Backlog::MAXCONN),
+    )
+    .map_err(io_at("listening on", path))?;
+    if let Some(gid) = spec.group {
+        fchownat(
+            &dir,
+            name.as_os_str(),
+            None,
+            Some(Gid::from_raw(gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(io_at("setting the group of", path))?;
+    }
+    // The directory is ours and checked, and the name is the socket we just
+    // bound (same inode), so setting its mode through the path is safe.
+    std::fs::set_permissions(
+        path,
+        std::os::unix::fs::PermissionsExt::from_mode(spec.mode & 0o777),
+    )
+    .map_err(|source| EndpointError::Io {
+        op: "setting the mode of",
+        path: path.clone(),
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| EndpointError::Io {
+            op: "configuring",
+            path: path.clone(),
+            source,
+        })?;
+    let st = fstatat(
+        &dir,
+        name.as_os_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(io_at("checking", path))?;
+    Ok(BoundEndpoint {
+        listener: Some(listener),
+        path: path.clone(),
+        dir,
+        name: name.clone(),
+        identity: stat_identity(&st),
+        reclaimed,
+        _lock: lock,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    type R = Result<(), Box<dyn std::error::Error>>;
+
+    /// A fresh root-owned directory under /run, or `None` (with the reason
+    /// printed) when not root outside CI.
+    fn run_dir(tag: &str) -> Option<PathBuf> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        if nix::unistd::geteuid().as_raw() != 0 {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{tag}: needs root (a root-owned directory under /run); CI=true forbids skipping"
+            );
+            eprintln!("SKIP {tag}: needs root for a root-owned directory under /run");
+            return None;
+        }
+        let p = PathBuf::from(format!(
+            "/run/warden-sys-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir(&p).ok()?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).ok()?;
+        Some(p)
+    }
+
+    fn spec(path: PathBuf) -> EndpointSpec {
+        EndpointSpec {
+            path,
+            mode: 0o666,
+            group: None,
+            create_dir: true,
+        }
+    }
+
+    #[test]
+    fn refuses_relative_and_odd_paths() {
+        for p in [
+            "rel/x.sock",
+            "/a/../b.sock",
+            "/a/./b.sock",
+            "/x.sock",
+            "/a//b.sock",
+        ] {
+            let e = bind_secure(&spec(PathBuf::from(p)));
+            assert!(
+                matches!(e, Err(EndpointError::NotAbsolute { .. })),
+                "{p}: {e:?}"
+            );
+        }
+        let long = format!("/run/{}/x.sock", "a".repeat(120));
+        assert!(matches!(
+            bind_secure(&spec(PathBuf::from(long))),
+            Err(EndpointError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_a_world_writable_ancestor() {
+        let p = PathBuf::from(format!("/tmp/warden-sys-{}/x/w.sock", std::process::id()));
+        let e = bind_secure(&spec(p));
+        // /tmp is writable by others: refused before anything is created.
+        match e {
+            Err(EndpointError::Writable { path, owner: 0, .. }) => {
+                assert_eq!(path, Path::new("/tmp"))
+            }
+            Err(EndpointError::MissingDir { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(!Path::new(&format!("/tmp/warden-sys-{}", std::process::id())).exists());
+    }
+
+    #[test]
+    fn binds_with_mode_and_removes_only_its_own_socket() -> R {
+        let Some(d) = run_dir("bind") else {
+            return Ok(());
+        };
+        let sock = d.join("s/w.sock");
+        let mut ep = bind_secure(&spec(sock.clone()))?;
+        assert!(!ep.reclaimed_stale());
+        let meta = std::fs::symlink_metadata(&sock)?;
+        assert_eq!(meta.mode() & 0o777, 0o666);
+        assert_eq!(std::fs::metadata(d.join("s"))?.mode() & 0o777, 0o755);
+        assert!(ep.take_listener().is_some());
+        // A second broker is kept out by the lock, and the first's socket
+        // stays.
+        let second = bind_secure(&spec(sock.clone()));
+        assert!(
+            matches!(second, Err(EndpointError::InUse { .. })),
+            "{second:?}"
+        );
+        assert!(sock.exists());
+        ep.remove_socket()?;
+        assert!(!sock.exists());
+        ep.remove_socket()?;
+        // Something else at the name later is not removed.
+        std::fs::write(&sock, "not ours")?;
+        ep.remove_socket()?;
+        assert!(sock.exists());
+        std::fs::remove_dir_all(&d)?;
+        Ok(())
+    }
+
+    #[test]
+    fn reclaims_a_stale_socket_of_its_own() -> R {
+        let Some(d) = run_dir("stale") else {
+            return Ok(());
+        };
+        let sock = d.join("w.sock");
+        drop(UnixListener::bind(&sock)?);
+        let ep = bind_secure(&spec(sock.clone()))?;
+        assert!(ep.reclaimed_stale());
+        assert!(std::os::unix::net::UnixStream::connect(&sock).is_ok());
+        std::fs::remove_dir_all(&d)?;
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_a_live_socket_and_foreign_things() -> R {
+        let Some(d) = run_dir("squat") else {
+            return Ok(());
+        };
+        // A live socket of ours that is not a broker's lock holder.
+        let live = d.join("live.sock");
+        let _l = UnixListener::bind(&live)?;
+        assert!(matches!(
+            bind_secure(&spec(live.clone())),
+            Err(EndpointError::InUse { .. })
+        ));
+        // Another user's socket.
+        let foreign = d.join("foreign.sock");
+        drop(UnixListener::bind(&foreign)?);
+        std::os::unix::fs::lchown(&foreign, Some(65534), Some(65534))?;
+        match bind_secure(&spec(foreign.clone())) {
+            Err(e @ EndpointError::ForeignSocket { owner: 65534, .. }) => {
+                assert!(e.to_string().contains("uid 65534"), "{e}");
+                assert!(
+                    e.to_string().contains(&foreign.display().to_string()),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::symlink_metadata(&foreign)?.uid(), 65534);
+        // A symlink to a root-owned file: refused, target untouched.
+        let target = d.join("target");
+        std::fs::write(&target, "keep")?;
+        let link = d.join("link.sock");
+        std::os::unix::fs::symlink(&target, &link)?;
+        assert!(matches!(
+            bind_secure(&spec(link.clone())),
+            Err(EndpointError::Symlink { owner: 0, .. })
+        ));
+        assert_eq!(std::fs::read_to_string(&target)?, "keep");
+        // A regular file.
+        let file = d.join("file.sock");
+        std::fs::write(&file, "x")?;
+        assert!(matches!(
+            bind_secure(&spec(file.clone())),
+            Err(EndpointError::WrongType {
+                kind: "regular file",
+                ..
+            })
+        ));
+        // A symlinked directory on the way.
+        let real = d.join("real");
+        std::fs::create_dir(&real)?;
+        std::os::unix::fs::symlink(&real, d.join("via"))?;
+        assert!(matches!(
+            bind_secure(&spec(d.join("via/x.sock"))),
+            Err(EndpointError::Symlink { .. })
+        ));
+        // A socket directory writable by others.
+        let open = d.join("open");
+        std::fs::create_dir(&open)?;
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777))?;
+        assert!(matches!(
+            bind_secure(&spec(open.join("x.sock"))),
+            Err(EndpointError::Writable { who: "others", .. })
+        ));
+        assert!(!open.join("x.sock").exists());
+        std::fs::remove_dir_all(&d)?;
+        Ok(())
+    }
+}

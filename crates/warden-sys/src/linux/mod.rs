@@ -1,0 +1,9 @@
+//! The Linux backend.
+#![cfg(target_os = "linux")]
+
+pub(crate) mod client;
+pub(crate) mod endpoint;
+pub(crate) mod fds;
+pub(crate) mod identity;
+pub(crate) mod process;
+pub(crate) mod users;

@@ -1,0 +1,429 @@
+//! Fixtures for Warden's cross-process tests.
+//!
+//! Tests here use real parts: a real `wardend` in a separate process, real
+//! Unix sockets, and real test users with their own uids (created once per
+//! machine, behind a lock, and removed by `.ci/run` at the end of a run).
+//! Tests that need root call [`require_root`]: outside CI they print why
+//! they skip; under `CI=true` they fail.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+/// Names of the project's test users and groups. Unique to this project
+/// so that two suites never share a user.
+pub const USER_A: &str = "wdn_alice";
+/// Second test user.
+pub const USER_B: &str = "wdn_bob";
+/// A group only `USER_A` belongs to.
+pub const GROUP_A: &str = "wdn_grp";
+/// The admin group used by test configs; only `USER_ADMIN` is in it.
+pub const GROUP_ADMIN: &str = "wdn_admins";
+/// An administrator test user.
+pub const USER_ADMIN: &str = "wdn_admin";
+
+/// True under CI (`CI=true`), where skipping is failing.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Returns true if the test may go on as root. Outside CI, a non-root run
+/// prints why the test skips and returns false; under CI it panics.
+pub fn require_root(test: &str) -> bool {
+    if warden_sys::effective_uid() == 0 {
+        return true;
+    }
+    if in_ci() {
+        panic!("{test}: needs root (test users, /run), and CI=true forbids skipping");
+    }
+    eprintln!("SKIP {test}: needs root to create test users and sockets under /run");
+    false
+}
+
+/// A test user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    /// Login name.
+    pub name: String,
+    /// Uid.
+    pub uid: u32,
+    /// Primary gid.
+    pub gid: u32,
+}
+
+fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn lookup(name: &str) -> anyhow::Result<TestUser> {
+    let u = warden_sys::user_by_name(name)?.with_context(|| format!("user {name} missing"))?;
+    Ok(TestUser {
+        name: u.name,
+        uid: u.uid,
+        gid: u.gid,
+    })
+}
+
+/// The test users (A, B, admin), created on first use. `useradd` locks
+/// `/etc/passwd`, so creation is serialized with a lock file across test
+/// processes.
+pub fn test_users() -> anyhow::Result<(TestUser, TestUser, TestUser)> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = DONE.get_or_init(|| create_users().map_err(|e| format!("{e:#}")));
+    if let Err(e) = r {
+        bail!("cannot create test users: {e}");
+    }
+    Ok((lookup(USER_A)?, lookup(USER_B)?, lookup(USER_ADMIN)?))
+}
+
+fn create_users() -> anyhow::Result<()> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/warden-testkit-users.lock")
+        .context("opening the user-creation lock")?;
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .context("locking the user-creation lock")?;
+    for g in [GROUP_A, GROUP_ADMIN] {
+        if warden_sys::group_by_name(g)?.is_none() {
+            run_checked(Command::new("groupadd").arg(g))?;
+        }
+    }
+    for (user, groups) in [(USER_A, GROUP_A), (USER_B, ""), (USER_ADMIN, GROUP_ADMIN)] {
+        if warden_sys::user_by_name(user)?.is_none() {
+            let mut cmd = Command::new("useradd");
+            cmd.args(["-M", "-U", "-s", "/usr/sbin/nologin"]);
+            if !groups.is_empty() {
+                cmd.args(["-G", groups]);
+            }
+            cmd.arg(user);
+            run_checked(&mut cmd)?;
+        }
+    }
+    Ok(())
+}
+
+/// Path of a binary built by this workspace (`wardend`, `wardenctl`,
+/// `warden-peer`), next to the running test executable's directory.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo build --workspace --bins` (or `cargo test --workspace`) first",
+        p.display()
+    );
+    p
+}
+
+/// A command that runs `program` as `user` (with the user's groups), via
+/// util-linux `setpriv`.
+pub fn command_as(user: &TestUser, program: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .arg("--init-groups")
+        .arg("--")
+        .arg(program);
+    c
+}
+
+/// A private directory for sockets and logs, under `/run` (root-owned,
+/// not writable by others, so the broker's checks accept it). Removed on
+/// drop.
+#[derive(Debug)]
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    /// Creates a fresh directory (mode 0755).
+    pub fn new(tag: &str) -> anyhow::Result<TestDir> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let base = if warden_sys::effective_uid() == 0 {
+            PathBuf::from("/run")
+        } else {
+            PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR").context("XDG_RUNTIME_DIR unset")?)
+        };
+        let path = base.join(format!(
+            "wdn-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(TestDir { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A test config: the given rules and limits, with the socket in `dir`.
+pub fn config_text(dir: &TestDir, extra: &str) -> String {
+    format!(
+        "[broker]\nsocket = \"{}\"\nsocket_mode = \"0666\"\nadmin_group = \"{GROUP_ADMIN}\"\n{extra}\n",
+        dir.path().join("s/warden.sock").display()
+    )
+}
+
+/// A `wardend` running in a separate process.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    child: Option<Child>,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl BrokerProcess {
+    /// Writes `config` to `dir/warden.toml` and starts `wardend` on it,
+    /// waiting until it answers a ping.
+    pub fn start(dir: &TestDir, config: &str) -> anyhow::Result<BrokerProcess> {
+        let conf = dir.path().join("warden.toml");
+        std::fs::write(&conf, config)?;
+        let socket = dir.path().join("s/warden.sock");
+        let b = Self::spawn(dir, &["--config".as_ref(), conf.as_os_str()], socket)?;
+        Ok(b)
+    }
+
+    /// Starts `wardend` with arbitrary arguments, expecting its socket at
+    /// `socket`.
+    pub fn spawn(
+        dir: &TestDir,
+        args: &[&std::ffi::OsStr],
+        socket: PathBuf,
+    ) -> anyhow::Result<BrokerProcess> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let log = dir
+            .path()
+            .join(format!("wardend-{}.log", N.fetch_add(1, Ordering::Relaxed)));
+        let logf = std::fs::File::create(&log)?;
+        let child = Command::new(bin_path("wardend"))
+            .args(args)
+            .arg("--log-level=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .context("spawning wardend")?;
+        let mut b = BrokerProcess {
+            child: Some(child),
+            socket,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = b.try_wait()? {
+                bail!("wardend exited early with {status}:\n{}", b.log());
+            }
+            if let Ok(mut c) = RawConn::connect(&b.socket) {
+                if c.hello().is_ok() {
+                    return Ok(b);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("wardend did not come up in 20 s:\n{}", b.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The socket path as a string.
+    pub fn socket_str(&self) -> String {
+        self.socket.display().to_string()
+    }
+
+    /// The broker's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// What the broker logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let pid = i32::try_from(self.pid())?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)?;
+        Ok(())
+    }
+
+    /// Non-blocking exit check.
+    pub fn try_wait(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => Ok(c.try_wait()?),
+            None => bail!("already reaped"),
+        }
+    }
+
+    /// Waits up to `timeout` for the broker to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_wait()? {
+                self.child = None;
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!("wardend did not exit within {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A raw protocol connection for tests that send bad bytes on purpose.
+#[derive(Debug)]
+pub struct RawConn {
+    /// The socket.
+    pub stream: UnixStream,
+}
+
+impl RawConn {
+    /// Connects (with a 5 s read timeout).
+    pub fn connect(path: &Path) -> std::io::Result<RawConn> {
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(RawConn { stream })
+    }
+
+    /// Sends raw bytes.
+    pub fn send_bytes(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(b)
+    }
+
+    /// Sends one frame with `body`.
+    pub fn send_json(&mut self, body: &Value) -> std::io::Result<()> {
+        let text = serde_json::to_vec(body)?;
+        let mut f = (text.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(&text);
+        self.send_bytes(&f)
+    }
+
+    /// Reads one frame; `Ok(None)` on a clean close.
+    pub fn recv(&mut self) -> anyhow::Result<Option<Value>> {
+        let mut len = [0u8; 4];
+        match self.stream.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let n = u32::from_be_bytes(len) as usize;
+        let mut body = vec![0u8; n];
+        self.stream.read_exact(&mut body)?;
+        Ok(Some(serde_json::from_slice(&body)?))
+    }
+
+    /// Reads one frame, failing on close.
+    pub fn recv_some(&mut self) -> anyhow::Result<Value> {
+        self.recv()?.context("connection closed")
+    }
+
+    /// True if the broker closed the connection (after any frames it sent).
+    pub fn closed(&mut self) -> bool {
+        loop {
+            match self.recv() {
+                Ok(None) => return true,
+                Ok(Some(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Sends hello and returns the welcome.
+    pub fn hello(&mut self) -> anyhow::Result<Value> {
+        self.send_json(&json!({"kind": "hello", "version": 1, "client": "testkit"}))?;
+        let w = self.recv_some()?;
+        if w["kind"] != "welcome" {
+            bail!("expected welcome, got {w}");
+        }
+        Ok(w)
+    }
+
+    /// Calls a method and returns the answer frame.
+    pub fn call(&mut self, id: u64, method: &str, params: Value) -> anyhow::Result<Value> {
+        self.send_json(&json!({"kind": "call", "id": id, "method": method, "params": params}))?;
+        self.recv_some()
+    }
+}
+
+/// Runs a command with a timeout, collecting its output.
+pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> anyhow::Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(child.wait_with_output()?);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            bail!(
+                "{cmd:?} did not finish within {timeout:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs `wardenctl` with `args` against `socket`, as `user` (or as the
+/// current user if `None`).
+pub fn wardenctl(user: Option<&TestUser>, socket: &Path, args: &[&str]) -> anyhow::Result<Output> {
+    let bin = bin_path("wardenctl");
+    let mut cmd = match user {
+        Some(u) => command_as(u, &bin),
+        None => Command::new(&bin),
+    };
+    cmd.arg("--socket").arg(socket).args(args);
+    output_with_timeout(&mut cmd, Duration::from_secs(30))
+}

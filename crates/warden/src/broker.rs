@@ -1,0 +1,257 @@
+//! The broker: builder, accept loop, deadlines, shutdown and drain.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::UnixListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use warden_policy::{Config, Limits, Policy, SlowSubscriber};
+use warden_proto::{ErrorCode, Identity, MethodName, Payload, WireError};
+
+use crate::hub::{lock, Hub, Settings};
+use crate::shutdown::Shutdown;
+
+/// Context a [`Handler`] gets with each call.
+#[derive(Debug, Clone)]
+pub struct HandlerContext {
+    /// The caller's identity, as the kernel reported it at connect.
+    pub caller: Identity,
+    /// The caller's connection id.
+    pub connection: u64,
+    /// True if the caller is an administrator under the current policy.
+    pub is_admin: bool,
+}
+
+/// A method served inside the broker (other than the `warden.*` built-ins),
+/// e.g. by a feature crate. Policy is checked before the handler runs. A
+/// panic in `call` becomes an `internal` error for that call only.
+pub trait Handler: Send + Sync + 'static {
+    /// Serves one call.
+    ///
+    /// # Errors
+    /// The error is sent to the caller as is.
+    fn call(&self, ctx: &HandlerContext, params: &Payload) -> Result<Payload, WireError>;
+}
+
+/// Why the broker could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A handler was registered for an invalid or reserved name.
+    #[error("cannot register handler {name:?}: {reason}")]
+    BadHandlerName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Builds a [`Broker`].
+pub struct BrokerBuilder {
+    limits: Limits,
+    slow: SlowSubscriber,
+    policy: Arc<Policy>,
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl std::fmt::Debug for BrokerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerBuilder")
+            .field("limits", &self.limits)
+            .field("handlers", &self.handlers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerBuilder {
+    /// Registers a method served in-process. The name must be valid and
+    /// outside `warden.*`.
+    ///
+    /// # Errors
+    /// [`BrokerError::BadHandlerName`] for an invalid or reserved name.
+    pub fn handler(mut self, name: &str, h: impl Handler) -> Result<Self, BrokerError> {
+        let m = MethodName::try_from(name).map_err(|e| BrokerError::BadHandlerName {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if m.is_reserved() {
+            return Err(BrokerError::BadHandlerName {
+                name: name.to_owned(),
+                reason: "the warden.* namespace is reserved for built-ins".into(),
+            });
+        }
+        self.handlers.insert(name.to_owned(), Arc::new(h));
+        Ok(self)
+    }
+
+    /// Finishes the broker.
+    pub fn build(self) -> Broker {
+        let limits = self.limits;
+        let max_frame = usize::try_from(limits.max_frame_bytes)
+            .unwrap_or(warden_proto::DEFAULT_MAX_FRAME_LEN)
+            .min(warden_proto::ABSOLUTE_MAX_FRAME_LEN);
+        let call_timeout = Duration::from_millis(limits.call_timeout_ms);
+        let (close_tx, _) = watch::channel(false);
+        let hub = Hub {
+            settings: Settings {
+                limits,
+                slow: self.slow,
+                max_frame,
+                call_timeout,
+            },
+            policy: Mutex::new(self.policy),
+            handlers: self.handlers,
+            started: Instant::now(),
+            conns: Mutex::default(),
+            conn_count: AtomicUsize::new(0),
+            next_conn_id: AtomicU64::new(1),
+            uids: Mutex::default(),
+            providers: Mutex::default(),
+            topics: Mutex::default(),
+            deadlines: Mutex::default(),
+            deadline_added: Notify::new(),
+            stats: Mutex::default(),
+            routed_in_flight: AtomicUsize::new(0),
+            routed_idle: Notify::new(),
+            draining: AtomicBool::new(false),
+            close_tx,
+        };
+        Broker { hub: Arc::new(hub) }
+    }
+}
+
+/// The broker runtime. Cheap to clone; clones share one state.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    hub: Arc<Hub>,
+}
+
+/// Pause after `accept` fails because the process or system is out of
+/// file descriptors, so the loop backs off instead of spinning.
+const ACCEPT_BACKOFF_FD_EXHAUSTED: Duration = Duration::from_millis(100);
+/// Pause after any other `accept` failure.
+const ACCEPT_BACKOFF_OTHER: Duration = Duration::from_millis(10);
+/// Time connection tasks get to say goodbye after the drain, before they
+/// are aborted.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+impl Broker {
+    /// A builder from a loaded configuration.
+    pub fn builder(config: &Config) -> BrokerBuilder {
+        BrokerBuilder {
+            limits: config.limits.clone(),
+            slow: config.broker.on_slow_subscriber,
+            policy: Arc::clone(&config.policy),
+            handlers: HashMap::new(),
+        }
+    }
+
+    /// Replaces the policy. Connections opened from now on use it;
+    /// existing connections keep the snapshot they were given at connect.
+    pub fn set_policy(&self, policy: Arc<Policy>) {
+        *lock(&self.hub.policy) = policy;
+    }
+
+    /// Number of open connections.
+    pub fn connection_count(&self) -> usize {
+        self.hub.conn_count.load(Ordering::Relaxed)
+    }
+
+    /// Serves connections from `listener` until `shutdown` fires, then
+    /// stops accepting, lets routed calls finish for up to the drain
+    /// timeout, answers what is left with `shutting_down`, tells every
+    /// client `shutting_down`, and returns.
+    pub async fn serve(&self, listener: UnixListener, mut shutdown: Shutdown) {
+        let hub = &self.hub;
+        let mut tasks = JoinSet::new();
+        let sweeper = tokio::spawn(crate::router::deadline_sweeper(
+            Arc::clone(hub),
+            hub.close_tx.subscribe(),
+        ));
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.requested() => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        match warden_sys::peer_identity(stream.as_fd()) {
+                            Ok(peer) => {
+                                let hub = Arc::clone(hub);
+                                tasks.spawn(crate::connection::run(hub, stream, peer));
+                            }
+                            Err(e) => {
+                                // Fail closed: no identity, no connection.
+                                tracing::warn!(error = %e, "refused a connection: cannot read its credentials");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let pause = if warden_sys::is_fd_exhaustion(&e) {
+                            tracing::warn!(error = %e, "accept: out of file descriptors; backing off");
+                            ACCEPT_BACKOFF_FD_EXHAUSTED
+                        } else {
+                            tracing::warn!(error = %e, "accept failed");
+                            ACCEPT_BACKOFF_OTHER
+                        };
+                        tokio::select! {
+                            _ = shutdown.requested() => break,
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                    }
+                }
+            }
+        }
+        drop(listener);
+        tracing::info!(
+            connections = hub.conn_count.load(Ordering::Relaxed),
+            in_flight = hub.routed_in_flight.load(Ordering::Relaxed),
+            "shutting down: no longer accepting; draining in-flight calls"
+        );
+        hub.draining.store(true, Ordering::Release);
+        let drain_until = tokio::time::Instant::now()
+            + Duration::from_millis(hub.settings.limits.drain_timeout_ms);
+        loop {
+            let idle = hub.routed_idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if hub.routed_in_flight.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            tokio::select! {
+                _ = &mut idle => {}
+                _ = tokio::time::sleep_until(drain_until) => {
+                    tracing::warn!(
+                        left = hub.routed_in_flight.load(Ordering::Relaxed),
+                        "drain timeout: answering the calls still in flight with shutting_down"
+                    );
+                    break;
+                }
+            }
+        }
+        crate::router::fail_all_routed(
+            hub,
+            WireError::new(
+                ErrorCode::ShuttingDown,
+                "the broker is shutting down and the call did not finish within the drain timeout",
+            ),
+        );
+        hub.close_tx.send_replace(true);
+        let grace = tokio::time::Instant::now() + CLOSE_GRACE;
+        while !tasks.is_empty() {
+            tokio::select! {
+                _ = tasks.join_next() => {}
+                _ = tokio::time::sleep_until(grace) => {
+                    tracing::warn!(left = tasks.len(), "connections did not close in time; aborting them");
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                }
+            }
+        }
+        sweeper.abort();
+    }
+}

@@ -1,0 +1,110 @@
+//! The `warden.*` built-in methods.
+//!
+//! They are authorized like any other method (the default policy opens
+//! ping, whoami, version and echo to everyone, and status to
+//! administrators). `whoami` returns exactly the identity the broker
+//! attached at connect, so a caller can check what the broker believes.
+
+use std::sync::atomic::Ordering;
+use std::time::UNIX_EPOCH;
+
+use serde_json::json;
+use warden_proto::{ErrorCode, Payload, WireError, PROTOCOL_VERSION};
+
+use crate::connection::ConnState;
+use crate::hub::{lock, Hub};
+
+/// Names of the built-in methods.
+pub(crate) const BUILTINS: [&str; 5] = [
+    "warden.ping",
+    "warden.whoami",
+    "warden.version",
+    "warden.echo",
+    "warden.status",
+];
+
+fn payload(v: serde_json::Value) -> Result<Payload, WireError> {
+    Payload::from_value(&v).map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
+}
+
+pub(crate) fn call(
+    hub: &Hub,
+    state: &ConnState,
+    method: &str,
+    params: &Payload,
+) -> Result<Payload, WireError> {
+    match method {
+        "warden.ping" => payload(json!({ "pong": true })),
+        "warden.whoami" => {
+            let i = &state.conn.identity;
+            payload(json!({
+                "uid": i.uid,
+                "gid": i.gid,
+                "groups": i.groups,
+                "pid": i.pid,
+                "connection": state.conn.id,
+            }))
+        }
+        "warden.version" => payload(json!({
+            "server": crate::SERVER_NAME,
+            "protocol": PROTOCOL_VERSION,
+        })),
+        "warden.echo" => Ok(params.clone()),
+        "warden.status" => status(hub),
+        other => Err(WireError::new(
+            ErrorCode::UnknownMethod,
+            format!(
+                "{other} is not a built-in method; built-ins are {}",
+                BUILTINS.join(", ")
+            ),
+        )),
+    }
+}
+
+fn status(hub: &Hub) -> Result<Payload, WireError> {
+    let conns: Vec<_> = {
+        let map = lock(&hub.conns);
+        let mut v: Vec<_> = map.values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    };
+    let list: Vec<_> = conns
+        .iter()
+        .map(|c| {
+            let since = c
+                .connected_at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            json!({
+                "id": c.id,
+                "uid": c.identity.uid,
+                "pid": c.identity.pid,
+                "comm": c.comm,
+                "connected_ms": since,
+                "in_flight": c.in_flight.load(Ordering::Relaxed),
+                "calls": c.calls.load(Ordering::Relaxed),
+                "queued_events": c.ev_tx.max_capacity() - c.ev_tx.capacity(),
+                "missed": c.missed.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    let methods = lock(&hub.stats).clone();
+    let mut providers: Vec<String> = lock(&hub.providers)
+        .keys()
+        .map(|m| m.as_str().to_owned())
+        .collect();
+    providers.sort();
+    let topics = lock(&hub.topics).len();
+    payload(json!({
+        "server": crate::SERVER_NAME,
+        "uptime_ms": hub.started.elapsed().as_millis() as u64,
+        "connections": conns.len(),
+        "draining": hub.draining.load(Ordering::Relaxed),
+        "routed_in_flight": hub.routed_in_flight.load(Ordering::Relaxed),
+        "methods": methods,
+        "providers": providers,
+        "topics": topics,
+        "connection_list": list,
+    }))
+}

@@ -1,0 +1,585 @@
+//! One connection: a reader (this task) and a writer task.
+//!
+//! The reader owns the connection's private state (policy snapshot,
+//! subscriptions, provided names) and is the only place frames from this
+//! peer enter the broker. It enforces the hello deadline and the
+//! half-sent-frame deadline (slow-loris), rejects file descriptors sent
+//! with `SCM_RIGHTS`, and stops at once when the broker closes.
+
+use std::collections::HashSet;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
+use warden_policy::{Caller, CallerPolicy};
+use warden_proto::{
+    ErrorCode, FrameDecoder, FrameError, Identity, Message, MethodName, RequestId, TopicName,
+    Welcome, WelcomeLimits, PROTOCOL_VERSION,
+};
+use warden_sys::PeerIdentity;
+
+use crate::hub::{lock, Conn, ConnShared, Hub};
+use crate::queue::QueuedFrame;
+
+/// Bytes read from the socket per read call.
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes the writer gathers before one write.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Extra `ctl` queue slots beyond the in-flight limit, for errors the
+/// broker sends on its own (bad frames, cancels, lag notices).
+const CTL_QUEUE_SLACK: usize = 64;
+/// How long the reader waits for the writer to flush the last frames.
+const WRITER_FLUSH_GRACE: Duration = Duration::from_secs(1);
+
+/// What to do after a frame.
+pub(crate) enum Flow {
+    Continue,
+    Close,
+}
+
+/// The reader's private state.
+pub(crate) struct ConnState {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) conn: Conn,
+    pub(crate) policy: CallerPolicy,
+    pub(crate) subscriptions: HashSet<TopicName>,
+    pub(crate) provided: HashSet<MethodName>,
+    hello_done: bool,
+}
+
+/// Releases the connection's slots in the global and per-uid counts.
+struct SlotGuard {
+    hub: Arc<Hub>,
+    account: Arc<crate::queue::UidAccount>,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.hub.conn_count.fetch_sub(1, Ordering::AcqRel);
+        self.account.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Sends one error frame straight to a socket that has no writer task yet.
+fn refuse(stream: &UnixStream, code: ErrorCode, message: String) {
+    if let Some(frame) = Message::error(None, code, message).to_frame(usize::MAX) {
+        // Best effort: a fresh socket's send buffer has room for one frame.
+        let _ = stream.try_write(&frame);
+    }
+}
+
+pub(crate) async fn run(hub: Arc<Hub>, stream: UnixStream, peer: PeerIdentity) {
+    let limits = &hub.settings.limits;
+    let account = hub.uid_account(peer.uid);
+    let total = hub.conn_count.fetch_add(1, Ordering::AcqRel) + 1;
+    let per_uid = account.connections.fetch_add(1, Ordering::AcqRel) + 1;
+    let _slot = SlotGuard {
+        hub: Arc::clone(&hub),
+        account: Arc::clone(&account),
+    };
+    if total as u64 > limits.max_connections {
+        tracing::warn!(
+            uid = peer.uid,
+            pid = peer.pid,
+            "refused: global connection limit reached"
+        );
+        refuse(
+            &stream,
+            ErrorCode::LimitExceeded,
+            format!(
+                "the broker has reached its connection limit ({}); try again later",
+                limits.max_connections
+            ),
+        );
+        return;
+    }
+    if per_uid as u64 > limits.max_connections_per_uid {
+        tracing::warn!(
+            uid = peer.uid,
+            pid = peer.pid,
+            "refused: per-uid connection limit reached"
+        );
+        refuse(
+            &stream,
+            ErrorCode::LimitExceeded,
+            format!(
+                "uid {} already has {} connections open (max_connections_per_uid = {}); close some first",
+                peer.uid,
+                per_uid - 1,
+                limits.max_connections_per_uid
+            ),
+        );
+        return;
+    }
+    if hub.draining.load(Ordering::Acquire) {
+        refuse(
+            &stream,
+            ErrorCode::ShuttingDown,
+            "the broker is shutting down".into(),
+        );
+        return;
+    }
+
+    let identity = Identity {
+        uid: peer.uid,
+        gid: peer.gid,
+        groups: peer.groups.clone(),
+        pid: peer.pid,
+    };
+    let ctl_cap = limits.max_in_flight_per_connection as usize + CTL_QUEUE_SLACK;
+    let ev_cap = usize::try_from(limits.subscriber_queue_len).unwrap_or(1024);
+    let (ctl_tx, ctl_rx) = mpsc::channel(ctl_cap);
+    let (ev_tx, ev_rx) = mpsc::channel(ev_cap);
+    let id = hub.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let conn: Conn = Arc::new(ConnShared {
+        id,
+        identity: identity.clone(),
+        comm: warden_sys::process_comm(peer.pid),
+        connected_at: SystemTime::now(),
+        ctl_tx,
+        ev_tx,
+        missed: AtomicU64::new(0),
+        account,
+        in_flight: AtomicU32::new(0),
+        routed: Mutex::default(),
+        outstanding: Mutex::default(),
+        next_broker_id: AtomicU64::new(1),
+        kill: Notify::new(),
+        killed: AtomicBool::new(false),
+        kill_reason: std::sync::atomic::AtomicU8::new(0),
+        calls: AtomicU64::new(0),
+    });
+    lock(&hub.conns).insert(id, Arc::clone(&conn));
+    tracing::debug!(conn = id, uid = peer.uid, pid = peer.pid, "connected");
+
+    let caller = Caller {
+        uid: identity.uid,
+        gid: identity.gid,
+        groups: identity.groups.clone(),
+    };
+    let policy = hub.current_policy().for_caller(&caller);
+    let (read, write) = stream.into_split();
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let mut writer = tokio::spawn(writer(
+        write,
+        ctl_rx,
+        ev_rx,
+        Arc::clone(&conn),
+        stop_rx,
+        hub.settings.max_frame,
+    ));
+
+    let mut state = ConnState {
+        hub: Arc::clone(&hub),
+        conn: Arc::clone(&conn),
+        policy,
+        subscriptions: HashSet::new(),
+        provided: HashSet::new(),
+        hello_done: false,
+    };
+    state.read_loop(read).await;
+    state.cleanup();
+
+    let _ = stop_tx.send(());
+    if tokio::time::timeout(WRITER_FLUSH_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+    // Keep the peer's pidfd open for the life of the connection.
+    drop(peer);
+    tracing::debug!(conn = id, "closed");
+}
+
+/// Reads once, closing any file descriptors that came with the bytes.
+async fn read_some(read: &OwnedReadHalf, buf: &mut [u8]) -> std::io::Result<(usize, bool)> {
+    let stream: &UnixStream = read.as_ref();
+    loop {
+        stream.readable().await?;
+        match stream.try_io(Interest::READABLE, || {
+            warden_sys::recv_reject_fds(stream.as_fd(), buf)
+        }) {
+            Ok(r) => return Ok(r),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl ConnState {
+    async fn read_loop(&mut self, read: OwnedReadHalf) {
+        let limits = self.hub.settings.limits.clone();
+        let mut close_rx = self.hub.close_tx.subscribe();
+        let mut decoder = FrameDecoder::new(self.hub.settings.max_frame);
+        let mut buf = vec![0u8; READ_CHUNK];
+        let hello_deadline = Instant::now() + Duration::from_millis(limits.hello_timeout_ms);
+        let frame_timeout = Duration::from_millis(limits.frame_timeout_ms);
+        let mut frame_deadline: Option<Instant> = None;
+        let mut fds_pending = false;
+        loop {
+            if *close_rx.borrow() {
+                self.say_goodbye();
+                return;
+            }
+            let deadline = match (self.hello_done, frame_deadline) {
+                (false, Some(f)) => Some(f.min(hello_deadline)),
+                (false, None) => Some(hello_deadline),
+                (true, f) => f,
+            };
+            tokio::select! {
+                biased;
+                _ = self.conn.kill.notified() => {
+                    if self.conn.kill_reason.load(Ordering::Acquire) != crate::hub::KILL_SLOW {
+                        return;
+                    }
+                    tracing::info!(conn = self.conn.id, uid = self.conn.identity.uid, "disconnected a slow subscriber");
+                    self.hub.try_send_ctl(&self.conn, &Message::error(
+                        None,
+                        ErrorCode::LimitExceeded,
+                        "disconnected: this subscriber did not read its events fast enough \
+                         (on_slow_subscriber = \"disconnect\")",
+                    ));
+                    return;
+                }
+                _ = close_rx.changed() => {
+                    self.say_goodbye();
+                    return;
+                }
+                _ = sleep_until_opt(deadline) => {
+                    let what = if self.hello_done { "a frame stayed half-sent" } else { "no hello" };
+                    let ms = if self.hello_done { limits.frame_timeout_ms } else { limits.hello_timeout_ms };
+                    tracing::info!(conn = self.conn.id, uid = self.conn.identity.uid, "disconnected: {what} for {ms} ms");
+                    self.hub.try_send_ctl(&self.conn, &Message::error(
+                        None,
+                        ErrorCode::Timeout,
+                        format!("disconnected: {what} within {ms} ms"),
+                    ));
+                    return;
+                }
+                r = read_some(&read, &mut buf) => {
+                    let (n, fds) = match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::debug!(conn = self.conn.id, error = %e, "read failed");
+                            return;
+                        }
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    if fds {
+                        tracing::info!(conn = self.conn.id, uid = self.conn.identity.uid,
+                            "closed file descriptors the peer sent with SCM_RIGHTS");
+                        fds_pending = true;
+                    }
+                    decoder.push(&buf[..n]);
+                    loop {
+                        match decoder.next_frame() {
+                            Ok(Some(body)) => {
+                                if std::mem::take(&mut fds_pending) {
+                                    let id = Message::decode(&body).ok().and_then(|m| m.id());
+                                    let msg = Message::error(id, ErrorCode::BadRequest,
+                                        "file descriptors (SCM_RIGHTS) are not accepted; they were closed and this frame was discarded");
+                                    if self.send(msg).await.is_err() {
+                                        return;
+                                    }
+                                    continue;
+                                }
+                                if let Flow::Close = self.handle_frame(&body).await {
+                                    return;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                let code = match e {
+                                    FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+                                    FrameError::Empty => ErrorCode::BadRequest,
+                                };
+                                tracing::info!(conn = self.conn.id, uid = self.conn.identity.uid, error = %e, "closing: bad frame");
+                                let _ = self.send(Message::error(None, code, format!("{e}; closing the connection"))).await;
+                                return;
+                            }
+                        }
+                    }
+                    frame_deadline = if decoder.is_mid_frame() {
+                        Some(frame_deadline.unwrap_or_else(|| Instant::now() + frame_timeout))
+                    } else {
+                        None
+                    };
+                }
+            }
+        }
+    }
+
+    fn say_goodbye(&self) {
+        self.hub.try_send_ctl(
+            &self.conn,
+            &Message::error(None, ErrorCode::ShuttingDown, "the broker is shutting down"),
+        );
+    }
+
+    /// Queues a frame for this connection, waiting for queue space (which
+    /// only this connection's own reading speed governs).
+    pub(crate) async fn send(&self, msg: Message) -> Result<(), ()> {
+        let max = self.hub.settings.max_frame;
+        let max_queued = self.hub.settings.limits.max_queued_bytes_per_uid;
+        let id = msg.id();
+        let frame = match msg.to_frame(max) {
+            Some(bytes) => match QueuedFrame::charge(bytes, &self.conn.account, max_queued) {
+                Some(f) => f,
+                None => self.forced_error(
+                    id,
+                    ErrorCode::LimitExceeded,
+                    format!("reply dropped: uid {} has more than max_queued_bytes_per_uid = {max_queued} bytes waiting to be read; read your replies", self.conn.identity.uid),
+                ),
+            },
+            None => self.forced_error(
+                id,
+                ErrorCode::TooLarge,
+                format!("the reply exceeds the frame limit of {max} bytes"),
+            ),
+        };
+        self.conn.ctl_tx.send(frame).await.map_err(|_| ())
+    }
+
+    fn forced_error(&self, id: Option<RequestId>, code: ErrorCode, text: String) -> QueuedFrame {
+        let bytes = Message::error(id, code, text).encode();
+        let bytes = warden_proto::encode_frame(&bytes, usize::MAX).unwrap_or_default();
+        QueuedFrame::force(bytes, &self.conn.account)
+    }
+
+    async fn handle_frame(&mut self, body: &[u8]) -> Flow {
+        let msg = match Message::decode(body) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(conn = self.conn.id, error = %e, "bad envelope");
+                if !self.hello_done {
+                    let _ = self
+                        .send(Message::Error {
+                            id: e.id,
+                            error: e.to_wire(),
+                        })
+                        .await;
+                    return Flow::Close;
+                }
+                return match self
+                    .send(Message::Error {
+                        id: e.id,
+                        error: e.to_wire(),
+                    })
+                    .await
+                {
+                    Ok(()) => Flow::Continue,
+                    Err(()) => Flow::Close,
+                };
+            }
+        };
+        if !self.hello_done {
+            return self.handle_hello(msg).await;
+        }
+        let result = match msg {
+            Message::Hello(_) => {
+                self.reject(None, "hello was already received on this connection")
+                    .await
+            }
+            Message::Welcome(_) | Message::Event { .. } | Message::Lagged { .. } => {
+                let kind = msg.kind();
+                self.reject(
+                    msg.id(),
+                    &format!("{kind:?} messages are sent only by the broker"),
+                )
+                .await
+            }
+            Message::Call {
+                id,
+                method,
+                params,
+                caller,
+            } => self.handle_call(id, method, params, caller).await,
+            Message::Reply { id, result } => {
+                crate::router::provider_answer(&self.hub, &self.conn, id, Ok(result));
+                Ok(())
+            }
+            Message::Error {
+                id: Some(id),
+                error,
+            } => {
+                crate::router::provider_answer(&self.hub, &self.conn, id, Err(error));
+                Ok(())
+            }
+            Message::Error { id: None, error } => {
+                tracing::info!(conn = self.conn.id, %error, "peer reported an error");
+                Ok(())
+            }
+            Message::Cancel { id } => {
+                crate::router::cancel(&self.hub, &self.conn, id);
+                Ok(())
+            }
+            Message::Provide { id, method } => self.handle_provide(id, method).await,
+            Message::Subscribe { id, topic } => self.handle_subscribe(id, topic).await,
+            Message::Unsubscribe { id, topic } => self.handle_unsubscribe(id, topic).await,
+            Message::Publish { id, topic, data } => self.handle_publish(id, topic, data).await,
+        };
+        match result {
+            Ok(()) => Flow::Continue,
+            Err(()) => Flow::Close,
+        }
+    }
+
+    pub(crate) async fn reject(&self, id: Option<RequestId>, why: &str) -> Result<(), ()> {
+        self.send(Message::error(id, ErrorCode::BadRequest, why))
+            .await
+    }
+
+    async fn handle_hello(&mut self, msg: Message) -> Flow {
+        let hello = match msg {
+            Message::Hello(h) => h,
+            other => {
+                let _ = self
+                    .send(Message::error(
+                        other.id(),
+                        ErrorCode::BadRequest,
+                        format!("the first frame must be a hello, not {:?}", other.kind()),
+                    ))
+                    .await;
+                return Flow::Close;
+            }
+        };
+        if hello.invitation.is_some() {
+            let _ = self
+                .send(Message::error(
+                    None,
+                    ErrorCode::Unavailable,
+                    "joining by invitation is not implemented yet; connect without an invitation",
+                ))
+                .await;
+            return Flow::Close;
+        }
+        if hello.version < 1 {
+            let _ = self
+                .send(Message::error(
+                    None,
+                    ErrorCode::BadRequest,
+                    format!(
+                        "unsupported protocol version {}; this broker speaks {PROTOCOL_VERSION}",
+                        hello.version
+                    ),
+                ))
+                .await;
+            return Flow::Close;
+        }
+        let limits = &self.hub.settings.limits;
+        let welcome = Message::Welcome(Welcome {
+            version: hello.version.min(PROTOCOL_VERSION),
+            server: crate::SERVER_NAME.to_owned(),
+            identity: self.conn.identity.clone(),
+            limits: WelcomeLimits {
+                max_frame: self.hub.settings.max_frame as u64,
+                max_in_flight: u32::try_from(limits.max_in_flight_per_connection)
+                    .unwrap_or(u32::MAX),
+                call_timeout_ms: limits.call_timeout_ms,
+            },
+        });
+        self.hello_done = true;
+        tracing::debug!(conn = self.conn.id, client = ?hello.client, "hello");
+        match self.send(welcome).await {
+            Ok(()) => Flow::Continue,
+            Err(()) => Flow::Close,
+        }
+    }
+
+    fn cleanup(&mut self) {
+        let hub = &self.hub;
+        let conn = &self.conn;
+        lock(&hub.conns).remove(&conn.id);
+        {
+            let mut providers = lock(&hub.providers);
+            for m in self.provided.drain() {
+                if providers.get(&m).is_some_and(|c| c.id == conn.id) {
+                    providers.remove(&m);
+                }
+            }
+        }
+        {
+            let mut topics = lock(&hub.topics);
+            for t in self.subscriptions.drain() {
+                if let Some(subs) = topics.get_mut(&t) {
+                    subs.retain(|c| c.id != conn.id);
+                    if subs.is_empty() {
+                        topics.remove(&t);
+                    }
+                }
+            }
+        }
+        crate::router::connection_gone(hub, conn);
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes queued frames to the socket, `ctl` first, batching what is
+/// already queued into one write.
+async fn writer(
+    mut write: OwnedWriteHalf,
+    mut ctl_rx: mpsc::Receiver<QueuedFrame>,
+    mut ev_rx: mpsc::Receiver<QueuedFrame>,
+    conn: Conn,
+    mut stop: oneshot::Receiver<()>,
+    max_frame: usize,
+) {
+    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+    let mut stopping = false;
+    loop {
+        let first = if stopping {
+            match ctl_rx.try_recv() {
+                Ok(f) => f,
+                Err(_) => break,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                f = ctl_rx.recv() => match f { Some(f) => f, None => break },
+                f = ev_rx.recv() => match f { Some(f) => f, None => break },
+                _ = &mut stop => { stopping = true; continue; }
+            }
+        };
+        batch.extend_from_slice(first.bytes());
+        drop(first);
+        while batch.len() < WRITE_BATCH {
+            if let Ok(f) = ctl_rx.try_recv() {
+                batch.extend_from_slice(f.bytes());
+            } else if let (false, Ok(f)) = (stopping, ev_rx.try_recv()) {
+                batch.extend_from_slice(f.bytes());
+            } else {
+                break;
+            }
+        }
+        if !stopping && ev_rx.is_empty() && conn.missed.load(Ordering::Relaxed) > 0 {
+            let missed = conn.missed.swap(0, Ordering::AcqRel);
+            if missed > 0 {
+                if let Some(f) = (Message::Lagged { missed }).to_frame(max_frame) {
+                    batch.extend_from_slice(&f);
+                }
+            }
+        }
+        if let Err(e) = write.write_all(&batch).await {
+            tracing::debug!(conn = conn.id, error = %e, "write failed; closing");
+            conn.kill();
+            return;
+        }
+        batch.clear();
+    }
+    let _ = write.shutdown().await;
+}

@@ -1,0 +1,208 @@
+//! State shared between connection tasks.
+//!
+//! Each map sits behind its own `std::sync::Mutex`, locked for a lookup or
+//! an insert and never across an `.await`. Connections are reached through
+//! [`Conn`] (an `Arc`), whose queues are bounded.
+
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc::{self, OwnedPermit};
+use tokio::sync::{watch, Notify};
+use warden_policy::{Limits, Policy, SlowSubscriber};
+use warden_proto::{Identity, Message, MethodName, RequestId, TopicName};
+
+use crate::broker::Handler;
+use crate::queue::{QueuedFrame, UidAccount};
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it:
+/// every critical section here leaves the maps consistent at each step.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counters for one method.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub(crate) struct MethodStats {
+    pub(crate) calls: u64,
+    pub(crate) errors: u64,
+}
+
+/// A call routed to a provider, waiting for its reply.
+#[derive(Debug)]
+pub(crate) struct Routed {
+    pub(crate) caller: Conn,
+    pub(crate) caller_id: RequestId,
+    /// Space reserved in the caller's `ctl` queue for the answer.
+    pub(crate) permit: OwnedPermit<QueuedFrame>,
+    pub(crate) method: MethodName,
+}
+
+/// `kill_reason`: the subscriber was too slow.
+pub(crate) const KILL_SLOW: u8 = 1;
+
+/// One connection, as other tasks see it.
+#[derive(Debug)]
+pub(crate) struct ConnShared {
+    pub(crate) id: u64,
+    pub(crate) identity: Identity,
+    pub(crate) comm: Option<String>,
+    pub(crate) connected_at: SystemTime,
+    pub(crate) ctl_tx: mpsc::Sender<QueuedFrame>,
+    pub(crate) ev_tx: mpsc::Sender<QueuedFrame>,
+    /// Events dropped for this connection and not yet reported to it.
+    pub(crate) missed: AtomicU64,
+    pub(crate) account: Arc<UidAccount>,
+    /// Calls this connection sent that are not answered yet.
+    pub(crate) in_flight: AtomicU32,
+    /// Calls routed to this connection as a provider, by broker id.
+    pub(crate) routed: Mutex<HashMap<u64, Routed>>,
+    /// Calls this connection sent to providers: caller id → (provider, broker id).
+    pub(crate) outstanding: Mutex<HashMap<RequestId, (Weak<ConnShared>, u64)>>,
+    pub(crate) next_broker_id: AtomicU64,
+    /// Set to make the connection close (slow subscriber, shutdown).
+    pub(crate) kill: Notify,
+    pub(crate) killed: AtomicBool,
+    pub(crate) kill_reason: AtomicU8,
+    pub(crate) calls: AtomicU64,
+}
+
+pub(crate) type Conn = Arc<ConnShared>;
+
+impl ConnShared {
+    /// Allocates the broker's next request id on this connection.
+    pub(crate) fn next_id(&self) -> RequestId {
+        loop {
+            let n = self.next_broker_id.fetch_add(1, Ordering::Relaxed);
+            if let Some(id) = RequestId::new(n) {
+                return id;
+            }
+            // Wrapped past 2^53-1 after ~9e15 calls: start again at 1.
+            self.next_broker_id.store(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Asks the connection's task to close it (its writer failed).
+    pub(crate) fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.kill.notify_one();
+    }
+
+    /// Asks the connection's task to close it because it did not read its
+    /// events fast enough.
+    pub(crate) fn kill_slow(&self) {
+        self.kill_reason.store(KILL_SLOW, Ordering::Release);
+        self.kill();
+    }
+}
+
+/// An entry in the deadline heap: (deadline, provider, broker id).
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Deadline(
+    pub(crate) std::cmp::Reverse<(Instant, u64)>,
+    pub(crate) WeakConn,
+);
+
+/// A weak connection handle ordered by nothing (the heap orders by time).
+#[derive(Debug)]
+pub(crate) struct WeakConn(pub(crate) Weak<ConnShared>);
+
+impl PartialEq for WeakConn {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for WeakConn {}
+impl PartialOrd for WeakConn {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for WeakConn {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+/// Settings fixed for the broker's lifetime.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) limits: Limits,
+    pub(crate) slow: SlowSubscriber,
+    pub(crate) max_frame: usize,
+    pub(crate) call_timeout: Duration,
+}
+
+/// Everything the connection tasks share.
+pub(crate) struct Hub {
+    pub(crate) settings: Settings,
+    pub(crate) policy: Mutex<Arc<Policy>>,
+    pub(crate) handlers: HashMap<String, Arc<dyn Handler>>,
+    pub(crate) started: Instant,
+    pub(crate) conns: Mutex<HashMap<u64, Conn>>,
+    pub(crate) conn_count: AtomicUsize,
+    pub(crate) next_conn_id: AtomicU64,
+    pub(crate) uids: Mutex<HashMap<u32, Arc<UidAccount>>>,
+    pub(crate) providers: Mutex<HashMap<MethodName, Conn>>,
+    pub(crate) topics: Mutex<HashMap<TopicName, Vec<Conn>>>,
+    pub(crate) deadlines: Mutex<BinaryHeap<Deadline>>,
+    pub(crate) deadline_added: Notify,
+    pub(crate) stats: Mutex<HashMap<String, MethodStats>>,
+    /// Routed calls in flight, broker-wide (for the drain at shutdown).
+    pub(crate) routed_in_flight: AtomicUsize,
+    pub(crate) routed_idle: Notify,
+    pub(crate) draining: AtomicBool,
+    /// Tells every connection to say `shutting_down` and close.
+    pub(crate) close_tx: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("connections", &self.conn_count.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    pub(crate) fn uid_account(&self, uid: u32) -> Arc<UidAccount> {
+        Arc::clone(lock(&self.uids).entry(uid).or_default())
+    }
+
+    pub(crate) fn current_policy(&self) -> Arc<Policy> {
+        Arc::clone(&lock(&self.policy))
+    }
+
+    /// Records one finished call of `method`.
+    pub(crate) fn count(&self, method: &str, error: bool) {
+        let mut stats = lock(&self.stats);
+        let s = match stats.get_mut(method) {
+            Some(s) => s,
+            None => stats.entry(method.to_owned()).or_default(),
+        };
+        s.calls += 1;
+        if error {
+            s.errors += 1;
+        }
+    }
+
+    /// Encodes `msg` and queues it on `conn`'s ctl queue without waiting;
+    /// used for small frames (errors, cancels). Returns false if the queue
+    /// is full or closed.
+    pub(crate) fn try_send_ctl(&self, conn: &ConnShared, msg: &Message) -> bool {
+        let Some(bytes) = msg.to_frame(self.settings.max_frame) else {
+            return false;
+        };
+        conn.ctl_tx
+            .try_send(QueuedFrame::force(bytes, &conn.account))
+            .is_ok()
+    }
+
+    pub(crate) fn routed_done(&self) {
+        if self.routed_in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.routed_idle.notify_waiters();
+        }
+    }
+}

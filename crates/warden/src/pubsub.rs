@@ -1,0 +1,189 @@
+//! Publish/subscribe with bounded per-subscriber queues.
+//!
+//! A publisher never waits for a subscriber: each event is offered to each
+//! subscriber's event queue without blocking. A full queue (or a uid over
+//! its queued-bytes limit) drops the event for that subscriber and counts
+//! it; the next frame the subscriber gets (an event, or a `lagged` notice
+//! when its queue drains) says how many it missed. With
+//! `on_slow_subscriber = "disconnect"` the subscriber is closed instead.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use warden_policy::{Action, SlowSubscriber};
+use warden_proto::{ErrorCode, Message, Payload, RequestId, TopicName};
+
+use crate::connection::ConnState;
+use crate::hub::{lock, Conn, Hub};
+use crate::queue::QueuedFrame;
+
+impl ConnState {
+    async fn deny(
+        &self,
+        id: RequestId,
+        action: Action,
+        topic: &TopicName,
+        reason: String,
+    ) -> Result<(), ()> {
+        tracing::info!(
+            target: "warden::audit",
+            conn = self.conn.id, uid = self.conn.identity.uid, pid = self.conn.identity.pid,
+            action = action.as_str(), topic = %topic, rule = %reason, "denied"
+        );
+        self.send(Message::error(
+            Some(id),
+            ErrorCode::Denied,
+            format!(
+                "uid {} may not {action} {topic} ({reason})",
+                self.conn.identity.uid
+            ),
+        ))
+        .await
+    }
+
+    pub(crate) async fn handle_subscribe(
+        &mut self,
+        id: RequestId,
+        topic: TopicName,
+    ) -> Result<(), ()> {
+        let d = self.policy.decide(Action::Subscribe, topic.as_str());
+        if !d.allowed {
+            return self.deny(id, Action::Subscribe, &topic, d.reason()).await;
+        }
+        if !self.subscriptions.contains(&topic) {
+            let max = self.hub.settings.limits.max_subscriptions_per_connection;
+            if self.subscriptions.len() as u64 >= max {
+                return self
+                    .send(Message::error(
+                        Some(id),
+                        ErrorCode::LimitExceeded,
+                        format!("this connection already has {max} subscriptions (max_subscriptions_per_connection)"),
+                    ))
+                    .await;
+            }
+            lock(&self.hub.topics)
+                .entry(topic.clone())
+                .or_default()
+                .push(Arc::clone(&self.conn));
+            self.subscriptions.insert(topic.clone());
+        }
+        self.send(Message::Reply {
+            id,
+            result: Payload::from_value(&serde_json::json!({ "topic": topic.as_str() }))
+                .unwrap_or_default(),
+        })
+        .await
+    }
+
+    pub(crate) async fn handle_unsubscribe(
+        &mut self,
+        id: RequestId,
+        topic: TopicName,
+    ) -> Result<(), ()> {
+        if self.subscriptions.remove(&topic) {
+            let mut topics = lock(&self.hub.topics);
+            if let Some(subs) = topics.get_mut(&topic) {
+                subs.retain(|c| c.id != self.conn.id);
+                if subs.is_empty() {
+                    topics.remove(&topic);
+                }
+            }
+        }
+        self.send(Message::Reply {
+            id,
+            result: Payload::from_value(&serde_json::json!({ "topic": topic.as_str() }))
+                .unwrap_or_default(),
+        })
+        .await
+    }
+
+    pub(crate) async fn handle_publish(
+        &mut self,
+        id: RequestId,
+        topic: TopicName,
+        data: Payload,
+    ) -> Result<(), ()> {
+        let d = self.policy.decide(Action::Publish, topic.as_str());
+        if !d.allowed {
+            return self.deny(id, Action::Publish, &topic, d.reason()).await;
+        }
+        if topic.is_reserved() {
+            return self
+                .send(Message::error(
+                    Some(id),
+                    ErrorCode::Denied,
+                    format!("{topic} is in the reserved warden.* namespace; only the broker publishes there"),
+                ))
+                .await;
+        }
+        let (delivered, dropped) =
+            publish(&self.hub, &topic, data, Some(self.conn.identity.clone()));
+        self.send(Message::Reply {
+            id,
+            result: Payload::from_value(
+                &serde_json::json!({ "delivered": delivered, "dropped": dropped }),
+            )
+            .unwrap_or_default(),
+        })
+        .await
+    }
+}
+
+/// Offers an event to every subscriber of `topic`. Returns (delivered,
+/// dropped).
+pub(crate) fn publish(
+    hub: &Hub,
+    topic: &TopicName,
+    data: Payload,
+    publisher: Option<warden_proto::Identity>,
+) -> (u64, u64) {
+    let subs: Vec<Conn> = match lock(&hub.topics).get(topic) {
+        Some(v) => v.clone(),
+        None => return (0, 0),
+    };
+    let mut event = Message::Event {
+        topic: topic.clone(),
+        data,
+        missed: 0,
+        publisher,
+    };
+    let max = hub.settings.max_frame;
+    let Some(common) = event.to_frame(max) else {
+        return (0, subs.len() as u64);
+    };
+    let max_queued = hub.settings.limits.max_queued_bytes_per_uid;
+    let (mut delivered, mut dropped) = (0u64, 0u64);
+    for sub in subs {
+        let missed = sub.missed.swap(0, Ordering::AcqRel);
+        let bytes = if missed == 0 {
+            Some(common.clone())
+        } else {
+            if let Message::Event { missed: m, .. } = &mut event {
+                *m = missed;
+            }
+            event.to_frame(max)
+        };
+        let queued = bytes.and_then(|b| QueuedFrame::charge(b, &sub.account, max_queued));
+        let ok = match queued {
+            Some(f) => match sub.ev_tx.try_send(f) {
+                Ok(()) => true,
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                    sub.missed.fetch_add(missed, Ordering::AcqRel);
+                    continue;
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => false,
+            },
+            None => false,
+        };
+        if ok {
+            delivered += 1;
+        } else {
+            dropped += 1;
+            sub.missed.fetch_add(missed + 1, Ordering::AcqRel);
+            if hub.settings.slow == SlowSubscriber::Disconnect {
+                sub.kill_slow();
+            }
+        }
+    }
+    (delivered, dropped)
+}

@@ -1,0 +1,96 @@
+//! Outgoing frames and per-uid byte accounting.
+//!
+//! Each connection has two bounded queues to its writer: `ctl` for replies,
+//! errors and calls to providers (must be delivered; space is reserved
+//! before the request is accepted), and `events` (may be dropped when full,
+//! with the drop counted). Every queued frame is charged to its recipient's
+//! uid until written, and released when written or dropped, so the bytes
+//! one uid can make the broker hold are bounded.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Per-uid resource accounting.
+#[derive(Debug, Default)]
+pub(crate) struct UidAccount {
+    pub(crate) connections: AtomicUsize,
+    pub(crate) queued_bytes: AtomicU64,
+}
+
+/// An encoded frame waiting for a writer, charged to a uid while it waits.
+#[derive(Debug)]
+pub(crate) struct QueuedFrame {
+    bytes: Vec<u8>,
+    account: Arc<UidAccount>,
+}
+
+impl QueuedFrame {
+    /// Charges `bytes` to `account` if that keeps it within `max`; else
+    /// returns `None` and charges nothing.
+    pub(crate) fn charge(bytes: Vec<u8>, account: &Arc<UidAccount>, max: u64) -> Option<Self> {
+        let len = bytes.len() as u64;
+        let mut cur = account.queued_bytes.load(Ordering::Relaxed);
+        loop {
+            if cur.saturating_add(len) > max {
+                return None;
+            }
+            match account.queued_bytes.compare_exchange_weak(
+                cur,
+                cur + len,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(actual) => cur = actual,
+            }
+        }
+        Some(QueuedFrame {
+            bytes,
+            account: Arc::clone(account),
+        })
+    }
+
+    /// Charges without a limit check (for small control frames that must
+    /// go out, such as errors).
+    pub(crate) fn force(bytes: Vec<u8>, account: &Arc<UidAccount>) -> Self {
+        account
+            .queued_bytes
+            .fetch_add(bytes.len() as u64, Ordering::AcqRel);
+        QueuedFrame {
+            bytes,
+            account: Arc::clone(account),
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for QueuedFrame {
+    fn drop(&mut self) {
+        self.account
+            .queued_bytes
+            .fetch_sub(self.bytes.len() as u64, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charge_and_release() {
+        let acct = Arc::new(UidAccount::default());
+        let a = QueuedFrame::charge(vec![0; 60], &acct, 100);
+        assert!(a.is_some());
+        assert!(QueuedFrame::charge(vec![0; 50], &acct, 100).is_none());
+        assert_eq!(acct.queued_bytes.load(Ordering::Relaxed), 60);
+        drop(a);
+        assert_eq!(acct.queued_bytes.load(Ordering::Relaxed), 0);
+        let f = QueuedFrame::force(vec![0; 500], &acct);
+        assert_eq!(f.bytes().len(), 500);
+        drop(f);
+        assert_eq!(acct.queued_bytes.load(Ordering::Relaxed), 0);
+    }
+}

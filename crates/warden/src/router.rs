@@ -1,0 +1,485 @@
+//! Calls: built-ins, routing to providers, deadlines and cancellation.
+//!
+//! A call is authorized in the caller's task before anything else, so an
+//! unauthorized caller cannot even learn whether a method exists. A routed
+//! call reserves space for its answer in the caller's queue before it is
+//! forwarded, so the provider's task can always deliver the answer without
+//! waiting on the caller; the answer is sent exactly once, by whichever of
+//! reply, error, timeout, cancel, provider loss or shutdown comes first.
+
+use std::cmp::Reverse;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use warden_policy::Action;
+use warden_proto::{ErrorCode, Message, MethodName, Payload, RequestId, WireError};
+
+use crate::broker::HandlerContext;
+use crate::connection::ConnState;
+use crate::hub::{lock, ConnShared, Deadline, Hub, Routed, WeakConn};
+use crate::queue::QueuedFrame;
+
+impl ConnState {
+    pub(crate) async fn handle_call(
+        &mut self,
+        id: RequestId,
+        method: MethodName,
+        params: Payload,
+        caller_field: Option<warden_proto::Identity>,
+    ) -> Result<(), ()> {
+        let hub = Arc::clone(&self.hub);
+        self.conn.calls.fetch_add(1, Ordering::Relaxed);
+        if caller_field.is_some() {
+            hub.count(method.as_str(), true);
+            return self
+                .reject(
+                    Some(id),
+                    "the \"caller\" field is set by the broker on routed calls; a client must not send it",
+                )
+                .await;
+        }
+        if hub.draining.load(Ordering::Acquire) {
+            hub.count(method.as_str(), true);
+            return self
+                .send(Message::error(
+                    Some(id),
+                    ErrorCode::ShuttingDown,
+                    "the broker is shutting down and takes no new calls",
+                ))
+                .await;
+        }
+        let decision = self.policy.decide(Action::Call, method.as_str());
+        if !decision.allowed {
+            hub.count(method.as_str(), true);
+            tracing::info!(
+                target: "warden::audit",
+                conn = self.conn.id, uid = self.conn.identity.uid, pid = self.conn.identity.pid,
+                comm = self.conn.comm.as_deref().unwrap_or("?"), action = "call", method = %method,
+                rule = %decision.reason(), "denied"
+            );
+            return self
+                .send(Message::error(
+                    Some(id),
+                    ErrorCode::Denied,
+                    format!(
+                        "uid {} may not call {method} ({})",
+                        self.conn.identity.uid,
+                        decision.reason()
+                    ),
+                ))
+                .await;
+        }
+        let max_in_flight = hub.settings.limits.max_in_flight_per_connection;
+        if u64::from(self.conn.in_flight.load(Ordering::Acquire)) >= max_in_flight {
+            hub.count(method.as_str(), true);
+            return self
+                .send(Message::error(
+                    Some(id),
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "this connection already has {max_in_flight} calls in flight \
+                         (max_in_flight_per_connection); wait for replies first"
+                    ),
+                ))
+                .await;
+        }
+        if method.is_reserved() {
+            let answer = crate::builtins::call(&hub, self, method.as_str(), &params);
+            hub.count(method.as_str(), answer.is_err());
+            return self.send(answer_message(id, answer)).await;
+        }
+        if let Some(h) = hub.handlers.get(method.as_str()).cloned() {
+            let ctx = HandlerContext {
+                caller: self.conn.identity.clone(),
+                connection: self.conn.id,
+                is_admin: self.policy.is_admin(),
+            };
+            let answer =
+                catch_unwind(AssertUnwindSafe(|| h.call(&ctx, &params))).unwrap_or_else(|_| {
+                    tracing::error!(method = %method, "handler panicked; the broker carries on");
+                    Err(WireError::new(
+                        ErrorCode::Internal,
+                        format!(
+                            "the handler of {method} failed unexpectedly; the failure was logged"
+                        ),
+                    ))
+                });
+            hub.count(method.as_str(), answer.is_err());
+            return self.send(answer_message(id, answer)).await;
+        }
+        let provider = lock(&hub.providers).get(&method).cloned();
+        let Some(provider) = provider else {
+            hub.count(method.as_str(), true);
+            return self
+                .send(Message::error(
+                    Some(id),
+                    ErrorCode::UnknownMethod,
+                    format!("no built-in or provider serves {method}"),
+                ))
+                .await;
+        };
+        if lock(&self.conn.outstanding).contains_key(&id) {
+            return self
+                .reject(
+                    Some(id),
+                    &format!("call id {id} is already in flight on this connection; use a new id"),
+                )
+                .await;
+        }
+        // Reserve room for the answer first: only this connection's own
+        // reading speed can make this wait.
+        let Ok(permit) = self.conn.ctl_tx.clone().reserve_owned().await else {
+            return Err(());
+        };
+        let broker_id = provider.next_id();
+        let forward = Message::Call {
+            id: broker_id,
+            method: method.clone(),
+            params,
+            caller: Some(self.conn.identity.clone()),
+        };
+        let Some(bytes) = forward.to_frame(hub.settings.max_frame) else {
+            hub.count(method.as_str(), true);
+            drop(permit);
+            return self
+                .send(Message::error(
+                    Some(id),
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the call with the caller's identity attached exceeds the frame limit of {} bytes",
+                        hub.settings.max_frame
+                    ),
+                ))
+                .await;
+        };
+        let Some(frame) = QueuedFrame::charge(
+            bytes,
+            &provider.account,
+            hub.settings.limits.max_queued_bytes_per_uid,
+        ) else {
+            hub.count(method.as_str(), true);
+            drop(permit);
+            return self
+                .send(Message::error(
+                    Some(id),
+                    ErrorCode::LimitExceeded,
+                    format!("the provider of {method} has too many bytes waiting to be read; try again later"),
+                ))
+                .await;
+        };
+        self.conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        hub.routed_in_flight.fetch_add(1, Ordering::AcqRel);
+        lock(&self.conn.outstanding).insert(id, (Arc::downgrade(&provider), broker_id.get()));
+        lock(&provider.routed).insert(
+            broker_id.get(),
+            Routed {
+                caller: Arc::clone(&self.conn),
+                caller_id: id,
+                permit,
+                method: method.clone(),
+            },
+        );
+        let deadline = Instant::now() + hub.settings.call_timeout;
+        {
+            let mut heap = lock(&hub.deadlines);
+            // Entries of calls already answered stay until they expire;
+            // compact when they outnumber live calls, so a high call rate
+            // cannot grow the heap without bound.
+            if heap.len() > 4 * hub.routed_in_flight.load(Ordering::Relaxed) + 4096 {
+                let old = std::mem::take(&mut *heap);
+                *heap = old
+                    .into_iter()
+                    .filter(|d| {
+                        d.1 .0
+                            .upgrade()
+                            .is_some_and(|p| lock(&p.routed).contains_key(&d.0 .0 .1))
+                    })
+                    .collect();
+            }
+            let earliest = heap.peek().is_none_or(|d| deadline.into_std() < d.0 .0 .0);
+            heap.push(Deadline(
+                Reverse((deadline.into_std(), broker_id.get())),
+                WeakConn(Arc::downgrade(&provider)),
+            ));
+            if earliest {
+                hub.deadline_added.notify_one();
+            }
+        }
+        if provider.ctl_tx.try_send(frame).is_err() {
+            let routed = lock(&provider.routed).remove(&broker_id.get());
+            if let Some(r) = routed {
+                finish(
+                    &hub,
+                    r,
+                    Err(WireError::new(
+                        ErrorCode::Unavailable,
+                        format!("the provider of {method} is not keeping up with its calls; try again later"),
+                    )),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn handle_provide(
+        &mut self,
+        id: RequestId,
+        method: MethodName,
+    ) -> Result<(), ()> {
+        let hub = Arc::clone(&self.hub);
+        if method.is_reserved() {
+            return self
+                .send(Message::error(
+                    Some(id),
+                    ErrorCode::Denied,
+                    format!(
+                        "{method} is in the reserved warden.* namespace and cannot be provided"
+                    ),
+                ))
+                .await;
+        }
+        let decision = self.policy.decide(Action::Provide, method.as_str());
+        if !decision.allowed {
+            tracing::info!(
+                target: "warden::audit",
+                conn = self.conn.id, uid = self.conn.identity.uid, pid = self.conn.identity.pid,
+                action = "provide", method = %method, rule = %decision.reason(), "denied"
+            );
+            return self
+                .send(Message::error(
+                    Some(id),
+                    ErrorCode::Denied,
+                    format!(
+                        "uid {} may not provide {method} ({})",
+                        self.conn.identity.uid,
+                        decision.reason()
+                    ),
+                ))
+                .await;
+        }
+        if self.provided.contains(&method) {
+            return self.send(provided_reply(id, &method)).await;
+        }
+        let max = hub.settings.limits.max_provided_per_connection;
+        if self.provided.len() as u64 >= max {
+            return self
+                .send(Message::error(
+                    Some(id),
+                    ErrorCode::LimitExceeded,
+                    format!("this connection already provides {max} methods (max_provided_per_connection)"),
+                ))
+                .await;
+        }
+        if hub.handlers.contains_key(method.as_str()) {
+            return self
+                .send(Message::error(
+                    Some(id),
+                    ErrorCode::Unavailable,
+                    format!("{method} is served by the broker itself and cannot be provided"),
+                ))
+                .await;
+        }
+        let taken = {
+            let mut providers = lock(&hub.providers);
+            match providers.get(&method) {
+                Some(other) => Some(format!(
+                    "{method} is already provided by another connection (uid {}, pid {})",
+                    other.identity.uid, other.identity.pid
+                )),
+                None => {
+                    providers.insert(method.clone(), Arc::clone(&self.conn));
+                    None
+                }
+            }
+        };
+        if let Some(msg) = taken {
+            return self
+                .send(Message::error(Some(id), ErrorCode::Unavailable, msg))
+                .await;
+        }
+        self.provided.insert(method.clone());
+        tracing::info!(conn = self.conn.id, uid = self.conn.identity.uid, method = %method, "provider registered");
+        self.send(provided_reply(id, &method)).await
+    }
+}
+
+fn provided_reply(id: RequestId, method: &MethodName) -> Message {
+    Message::Reply {
+        id,
+        result: Payload::from_value(&serde_json::json!({ "method": method.as_str() }))
+            .unwrap_or_default(),
+    }
+}
+
+fn answer_message(id: RequestId, answer: Result<Payload, WireError>) -> Message {
+    match answer {
+        Ok(result) => Message::Reply { id, result },
+        Err(error) => Message::Error {
+            id: Some(id),
+            error,
+        },
+    }
+}
+
+/// Delivers the one answer of a routed call to its caller.
+pub(crate) fn finish(hub: &Hub, r: Routed, answer: Result<Payload, WireError>) {
+    let Routed {
+        caller,
+        caller_id,
+        permit,
+        method,
+    } = r;
+    lock(&caller.outstanding).remove(&caller_id);
+    let is_err = answer.is_err();
+    let max = hub.settings.max_frame;
+    let frame = answer_message(caller_id, answer)
+        .to_frame(max)
+        .and_then(|bytes| {
+            QueuedFrame::charge(bytes, &caller.account, hub.settings.limits.max_queued_bytes_per_uid)
+        })
+        .unwrap_or_else(|| {
+            let err = Message::error(
+                Some(caller_id),
+                ErrorCode::LimitExceeded,
+                format!("the answer from the provider of {method} exceeds the frame limit or the caller's queued-bytes limit"),
+            );
+            QueuedFrame::force(err.to_frame(usize::MAX).unwrap_or_default(), &caller.account)
+        });
+    permit.send(frame);
+    caller.in_flight.fetch_sub(1, Ordering::AcqRel);
+    hub.count(method.as_str(), is_err);
+    hub.routed_done();
+}
+
+/// A reply or error from a provider for a call the broker routed to it.
+pub(crate) fn provider_answer(
+    hub: &Hub,
+    provider: &ConnShared,
+    id: RequestId,
+    answer: Result<Payload, WireError>,
+) {
+    let routed = lock(&provider.routed).remove(&id.get());
+    match routed {
+        Some(r) => finish(hub, r, answer),
+        None => tracing::debug!(
+            conn = provider.id,
+            id = id.get(),
+            "answer for no pending call (late after timeout or cancel); ignored"
+        ),
+    }
+}
+
+/// The caller cancels one of its calls.
+pub(crate) fn cancel(hub: &Hub, caller: &ConnShared, id: RequestId) {
+    let entry = lock(&caller.outstanding).remove(&id);
+    let Some((provider, broker_id)) = entry else {
+        return;
+    };
+    let Some(provider) = provider.upgrade() else {
+        return;
+    };
+    let routed = lock(&provider.routed).remove(&broker_id);
+    if let Some(r) = routed {
+        if let Some(bid) = RequestId::new(broker_id) {
+            hub.try_send_ctl(&provider, &Message::Cancel { id: bid });
+        }
+        finish(
+            hub,
+            r,
+            Err(WireError::new(
+                ErrorCode::Cancelled,
+                "the call was cancelled by its caller",
+            )),
+        );
+    }
+}
+
+/// A connection closed: fail the calls routed to it, withdraw the calls it
+/// made.
+pub(crate) fn connection_gone(hub: &Hub, conn: &ConnShared) {
+    let routed: Vec<Routed> = lock(&conn.routed).drain().map(|(_, r)| r).collect();
+    for r in routed {
+        let msg = format!("the provider of {} disconnected before answering", r.method);
+        finish(hub, r, Err(WireError::new(ErrorCode::Unavailable, msg)));
+    }
+    let outstanding: Vec<_> = lock(&conn.outstanding).drain().collect();
+    for (_, (provider, broker_id)) in outstanding {
+        let Some(provider) = provider.upgrade() else {
+            continue;
+        };
+        let routed = lock(&provider.routed).remove(&broker_id);
+        if let Some(r) = routed {
+            if let Some(bid) = RequestId::new(broker_id) {
+                hub.try_send_ctl(&provider, &Message::Cancel { id: bid });
+            }
+            finish(
+                hub,
+                r,
+                Err(WireError::new(
+                    ErrorCode::Cancelled,
+                    "the caller disconnected",
+                )),
+            );
+        }
+    }
+}
+
+/// Answers every routed call still pending (at shutdown).
+pub(crate) fn fail_all_routed(hub: &Hub, error: WireError) {
+    let conns: Vec<_> = lock(&hub.conns).values().cloned().collect();
+    for c in conns {
+        let routed: Vec<Routed> = lock(&c.routed).drain().map(|(_, r)| r).collect();
+        for r in routed {
+            finish(hub, r, Err(error.clone()));
+        }
+    }
+}
+
+/// Times out routed calls whose deadline passed.
+pub(crate) async fn deadline_sweeper(hub: Arc<Hub>, mut close: watch::Receiver<bool>) {
+    loop {
+        let next = lock(&hub.deadlines).peek().map(|d| d.0 .0 .0);
+        let sleep = async {
+            match next {
+                Some(t) => tokio::time::sleep_until(Instant::from_std(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = close.changed() => return,
+            _ = hub.deadline_added.notified() => continue,
+            _ = sleep => {}
+        }
+        let now = std::time::Instant::now();
+        loop {
+            let expired = {
+                let mut heap = lock(&hub.deadlines);
+                match heap.peek() {
+                    Some(d) if d.0 .0 .0 <= now => heap.pop(),
+                    _ => None,
+                }
+            };
+            let Some(Deadline(Reverse((_, broker_id)), WeakConn(provider))) = expired else {
+                break;
+            };
+            let Some(provider) = provider.upgrade() else {
+                continue;
+            };
+            let routed = lock(&provider.routed).remove(&broker_id);
+            if let Some(r) = routed {
+                if let Some(bid) = RequestId::new(broker_id) {
+                    hub.try_send_ctl(&provider, &Message::Cancel { id: bid });
+                }
+                let msg = format!(
+                    "the provider of {} did not answer within {} ms",
+                    r.method,
+                    hub.settings.call_timeout.as_millis()
+                );
+                finish(&hub, r, Err(WireError::new(ErrorCode::Timeout, msg)));
+            }
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! `wardenctl`: the Warden command-line client.
+//!
+//! Thin by design: arguments → [`warden_client`] → output. Exit codes are
+//! part of the interface (see `--help`).
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use warden_client::{CallError, Client, ConnectError, ConnectOptions, Event, ServerTrust};
+use warden_proto::Payload;
+
+/// Exit status: the broker answered with an error.
+const EXIT_REMOTE_ERROR: u8 = 1;
+/// Exit status: usage error (clap's own, and invalid JSON arguments).
+const EXIT_USAGE: u8 = 2;
+/// Exit status: could not connect, or the server identity check failed.
+const EXIT_CONNECT: u8 = 3;
+
+/// The system broker's socket.
+const SYSTEM_SOCKET: &str = "/run/warden/warden.sock";
+
+const EXIT_CODES_HELP: &str = "\
+Exit status:
+  0  success
+  1  the broker answered with an error (stderr: `error: <code>: <message>`;
+     with --json, the error object is printed on stdout)
+  2  usage error
+  3  could not connect to the broker, or its identity check failed";
+
+/// Talk to the Warden broker.
+#[derive(Debug, Parser)]
+#[command(name = "wardenctl", version, about, after_help = EXIT_CODES_HELP)]
+struct Cli {
+    /// Broker socket (default: /run/warden/warden.sock, or
+    /// $XDG_RUNTIME_DIR/warden/warden.sock when only that one exists).
+    #[arg(long, global = true, env = "WARDEN_SOCKET", value_name = "PATH")]
+    socket: Option<String>,
+    /// Accept only a broker running as this uid (default: root, your own
+    /// uid, or the owner of a root-controlled socket directory).
+    #[arg(long, global = true, value_name = "UID")]
+    server_uid: Option<u32>,
+    /// Machine-readable output: JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check that the broker answers, and how fast.
+    Ping,
+    /// Show the identity the broker attached to this connection.
+    Whoami,
+    /// Show the broker's software and protocol version.
+    Version,
+    /// Show the broker's status (administrators only by default).
+    Status,
+    /// Call a method.
+    Call {
+        /// Method name, e.g. net.vpn.connect.
+        method: String,
+        /// Parameters as JSON (default: null).
+        params: Option<String>,
+    },
+    /// Subscribe to a topic and print one JSON line per event.
+    Subscribe {
+        /// Topic name.
+        topic: String,
+        /// Exit after this many events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Publish an event.
+    Publish {
+        /// Topic name.
+        topic: String,
+        /// Event data as JSON.
+        data: String,
+    },
+}
+
+/// A failure, with the exit status it maps to.
+enum Failure {
+    Connect(String),
+    Remote(warden_proto::WireError),
+    Local(String),
+}
+
+impl From<CallError> for Failure {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Remote(w) => Failure::Remote(w),
+            CallError::Disconnected { reason } => Failure::Connect(format!(
+                "the connection to the broker closed{}",
+                reason.map(|r| format!(": {r}")).unwrap_or_default()
+            )),
+            other => Failure::Local(other.to_string()),
+        }
+    }
+}
+
+fn default_socket() -> String {
+    if std::path::Path::new(SYSTEM_SOCKET).exists() {
+        return SYSTEM_SOCKET.to_owned();
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        let user = std::path::Path::new(&dir).join("warden/warden.sock");
+        if user.exists() {
+            return user.to_string_lossy().into_owned();
+        }
+    }
+    SYSTEM_SOCKET.to_owned()
+}
+
+fn parse_json(what: &str, text: &str) -> Result<Payload, Failure> {
+    Payload::from_raw_json(text).map_err(|e| Failure::Local(format!("{what}: {e}")))
+}
+
+fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string(v).unwrap_or_else(|_| v.to_string())
+    );
+}
+
+fn print_pretty(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}
+
+async fn connect(cli: &Cli) -> Result<Client, Failure> {
+    let socket = cli.socket.clone().unwrap_or_else(default_socket);
+    let mut opts = ConnectOptions::new(socket);
+    opts.client_name = concat!("wardenctl/", env!("CARGO_PKG_VERSION")).to_owned();
+    if let Some(uid) = cli.server_uid {
+        opts.trust = ServerTrust::Pin(uid);
+    }
+    Client::connect(opts).await.map_err(|e| match e {
+        ConnectError::Refused(w) => Failure::Remote(w),
+        other => Failure::Connect(error_chain(&other)),
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn user_name(uid: u64) -> String {
+    u32::try_from(uid)
+        .ok()
+        .and_then(|u| warden_sys::user_by_uid(u).ok().flatten())
+        .map(|u| format!("{uid}({})", u.name))
+        .unwrap_or_else(|| uid.to_string())
+}
+
+fn group_name(gid: u64) -> String {
+    u32::try_from(gid)
+        .ok()
+        .and_then(|g| warden_sys::group_name(g).ok().flatten())
+        .map(|n| format!("{gid}({n})"))
+        .unwrap_or_else(|| gid.to_string())
+}
+
+async fn run(cli: &Cli) -> Result<(), Failure> {
+    let client = connect(cli).await?;
+    match &cli.command {
+        Command::Ping => {
+            let t = Instant::now();
+            let r = client.call_json("warden.ping", Value::Null).await?;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            if cli.json {
+                print_json(
+                    &serde_json::json!({ "pong": r["pong"], "rtt_ms": ms, "server": client.welcome().server }),
+                );
+            } else {
+                println!("pong from {} in {ms:.3} ms", client.welcome().server);
+            }
+        }
+        Command::Whoami => {
+            let r = client.call_json("warden.whoami", Value::Null).await?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                let groups: Vec<String> = r["groups"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_u64).map(group_name).collect())
+                    .unwrap_or_default();
+                println!(
+                    "uid={} gid={} groups={} pid={}",
+                    user_name(r["uid"].as_u64().unwrap_or(u64::MAX)),
+                    group_name(r["gid"].as_u64().unwrap_or(u64::MAX)),
+                    groups.join(","),
+                    r["pid"]
+                );
+            }
+        }
+        Command::Version => {
+            let r = client.call_json("warden.version", Value::Null).await?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                println!(
+                    "client: wardenctl/{}\nserver: {}\nprotocol: {}",
+                    env!("CARGO_PKG_VERSION"),
+                    r["server"].as_str().unwrap_or("?"),
+                    r["protocol"]
+                );
+            }
+        }
+        Command::Status => {
+            let r = client.call_json("warden.status", Value::Null).await?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                print_status(&r);
+            }
+        }
+        Command::Call { method, params } => {
+            let p = match params {
+                Some(t) => parse_json("params", t)?,
+                None => Payload::null(),
+            };
+            let r = client.call(method, p).await?;
+            let v: Value = r
+                .parse()
+                .map_err(|e| Failure::Local(format!("reply: {e}")))?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                print_pretty(&v);
+            }
+        }
+        Command::Subscribe { topic, count } => {
+            client.subscribe(topic).await?;
+            let mut seen = 0u64;
+            while count.is_none_or(|c| seen < c) {
+                let Some(ev) = client.next_event().await else {
+                    return Err(Failure::Connect(format!(
+                        "the connection to the broker closed{}",
+                        client
+                            .last_error()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    )));
+                };
+                let line = match ev {
+                    Event::Event {
+                        topic,
+                        data,
+                        missed,
+                        publisher,
+                    } => {
+                        seen += 1;
+                        let data: Value = data.parse().unwrap_or(Value::Null);
+                        serde_json::json!({
+                            "topic": topic.as_str(),
+                            "data": data,
+                            "missed": missed,
+                            "publisher": publisher.map(|p| serde_json::json!({"uid": p.uid, "gid": p.gid, "pid": p.pid})),
+                        })
+                    }
+                    Event::Lagged { missed } => serde_json::json!({ "lagged": missed }),
+                };
+                print_json(&line);
+            }
+        }
+        Command::Publish { topic, data } => {
+            let d = parse_json("data", data)?;
+            let r = client.publish(topic, d).await?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                println!(
+                    "delivered to {} subscriber(s), dropped for {}",
+                    r["delivered"], r["dropped"]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_status(r: &Value) {
+    println!("server:      {}", r["server"].as_str().unwrap_or("?"));
+    println!(
+        "uptime:      {:.1} s",
+        r["uptime_ms"].as_f64().unwrap_or(0.0) / 1000.0
+    );
+    println!("connections: {}", r["connections"]);
+    println!("draining:    {}", r["draining"]);
+    if let Some(p) = r["providers"].as_array() {
+        let names: Vec<&str> = p.iter().filter_map(Value::as_str).collect();
+        println!(
+            "providers:   {}",
+            if names.is_empty() {
+                "-".into()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    println!("topics:      {}", r["topics"]);
+    if let Some(m) = r["methods"].as_object() {
+        println!("\n{:<32} {:>10} {:>10}", "METHOD", "CALLS", "ERRORS");
+        for (name, s) in m {
+            println!("{name:<32} {:>10} {:>10}", s["calls"], s["errors"]);
+        }
+    }
+    if let Some(list) = r["connection_list"].as_array() {
+        println!(
+            "\n{:>6} {:<16} {:>8} {:<16} {:>8} {:>9}",
+            "ID", "USER", "PID", "COMM", "CALLS", "IN-FLIGHT"
+        );
+        for c in list {
+            println!(
+                "{:>6} {:<16} {:>8} {:<16} {:>8} {:>9}",
+                c["id"],
+                user_name(c["uid"].as_u64().unwrap_or(u64::MAX)),
+                c["pid"],
+                c["comm"].as_str().unwrap_or("?"),
+                c["calls"],
+                c["in_flight"]
+            );
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_CONNECT);
+        }
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Remote(w)) => {
+            if cli.json {
+                print_json(
+                    &serde_json::json!({ "error": { "code": w.code.as_str(), "message": w.message } }),
+                );
+            }
+            eprintln!("error: {}: {}", w.code, w.message);
+            ExitCode::from(EXIT_REMOTE_ERROR)
+        }
+        Err(Failure::Connect(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(EXIT_CONNECT)
+        }
+        Err(Failure::Local(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_documents_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        for code in [
+            "0  success",
+            "1  the broker",
+            "2  usage",
+            "3  could not connect",
+        ] {
+            assert!(help.contains(code), "{code} missing from --help");
+        }
+        assert_eq!(EXIT_USAGE, 2);
+    }
+}

@@ -1,0 +1,248 @@
+//! Limits, graceful shutdown and configuration errors.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::json;
+use warden_testkit::{
+    bin_path, command_as, config_text, output_with_timeout, wardenctl, BrokerProcess, RawConn,
+    TestDir,
+};
+
+use crate::{stderr, stdout, users, RULES};
+
+#[test]
+fn connections_per_uid_and_in_flight_calls_are_limited() -> anyhow::Result<()> {
+    let Some((_, bob, _)) = users("connections_per_uid_and_in_flight_calls_are_limited") else {
+        return Ok(());
+    };
+    let dir = TestDir::new("limits")?;
+    let conf =
+        format!("[limits]\nmax_connections_per_uid = 3\nmax_in_flight_per_connection = 2\n{RULES}");
+    let broker = BrokerProcess::start(&dir, &config_text(&dir, &conf))?;
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let mut c = RawConn::connect(broker.socket())?;
+        c.hello()?;
+        conns.push(c);
+    }
+    let mut fourth = RawConn::connect(broker.socket())?;
+    let v = fourth.recv_some()?;
+    assert_eq!(v["error"]["code"], "limit_exceeded", "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("max_connections_per_uid"));
+    assert!(fourth.closed());
+    // Another uid is not affected.
+    let out = wardenctl(Some(&bob), broker.socket(), &["ping"])?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // In-flight: a provider that never answers; the third call is refused.
+    let (prov, caller) = conns.split_at_mut(1);
+    let prov = &mut prov[0];
+    prov.send_json(&json!({"kind":"provide","id":1,"method":"svc.hold"}))?;
+    assert_eq!(prov.recv_some()?["kind"], "reply");
+    let caller = &mut caller[0];
+    for id in 1..=3 {
+        caller.send_json(&json!({"kind":"call","id":id,"method":"svc.hold"}))?;
+    }
+    let v = caller.recv_some()?;
+    assert_eq!(
+        (v["id"].clone(), v["error"]["code"].clone()),
+        (json!(3), json!("limit_exceeded")),
+        "{v}"
+    );
+    // Freed capacity is usable again once a call is answered.
+    let routed = prov.recv_some()?;
+    prov.send_json(&json!({"kind":"reply","id":routed["id"],"result":"done"}))?;
+    let v = caller.recv_some()?;
+    assert_eq!(v["result"], "done", "{v}");
+    drop(conns);
+    // After closing, the uid may connect again.
+    let mut again = RawConn::connect(broker.socket())?;
+    again.hello()?;
+    Ok(())
+}
+
+fn spawn_call(socket: &std::path::Path, method: &str) -> anyhow::Result<std::process::Child> {
+    Ok(Command::new(bin_path("wardenctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(["--json", "call", method, "[42]"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?)
+}
+
+fn wait_in_flight(socket: &std::path::Path, n: u64) -> anyhow::Result<()> {
+    let mut admin = RawConn::connect(socket)?;
+    admin.hello()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for id in 1.. {
+        let s = admin.call(id, "warden.status", json!(null))?;
+        if s["result"]["routed_in_flight"] == n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "never reached {n} in flight: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+#[test]
+fn sigterm_lets_in_flight_calls_finish_and_removes_the_socket() -> anyhow::Result<()> {
+    let Some((alice, _, _)) = users("sigterm_lets_in_flight_calls_finish") else {
+        return Ok(());
+    };
+    let dir = TestDir::new("term")?;
+    let mut broker = BrokerProcess::start(&dir, &config_text(&dir, RULES))?;
+    let mut provider = command_as(&alice, &bin_path("warden-peer"))
+        .arg("--socket")
+        .arg(broker.socket())
+        .args(["provide", "svc.slow", "--delay-ms", "800"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(
+            provider
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("stdout"))?,
+        ),
+        &mut line,
+    )?;
+    // An idle client stays connected throughout: it must not hold up stop.
+    let mut idle = RawConn::connect(broker.socket())?;
+    idle.hello()?;
+    let call = spawn_call(broker.socket(), "svc.slow")?;
+    wait_in_flight(broker.socket(), 1)?;
+    broker.signal(Signal::SIGTERM)?;
+    let out = call.wait_with_output()?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the in-flight call completes: {}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("42"), "{}", stdout(&out));
+    let status = broker.wait_exit(Duration::from_secs(10))?;
+    assert_eq!(status.code(), Some(0), "{}", broker.log());
+    assert!(!broker.socket().exists(), "socket removed");
+    let bye = idle.recv_some()?;
+    assert_eq!(bye["error"]["code"], "shutting_down", "{bye}");
+    let _ = provider.kill();
+    let _ = provider.wait();
+    Ok(())
+}
+
+#[test]
+fn sigterm_past_the_drain_timeout_answers_shutting_down() -> anyhow::Result<()> {
+    let Some((alice, _, _)) = users("sigterm_past_the_drain_timeout") else {
+        return Ok(());
+    };
+    let dir = TestDir::new("drain")?;
+    let conf = format!("[limits]\ndrain_timeout_ms = 300\n{RULES}");
+    let mut broker = BrokerProcess::start(&dir, &config_text(&dir, &conf))?;
+    let mut provider = command_as(&alice, &bin_path("warden-peer"))
+        .arg("--socket")
+        .arg(broker.socket())
+        .args(["provide", "svc.stuck", "--delay-ms", "600000"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(
+            provider
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("stdout"))?,
+        ),
+        &mut line,
+    )?;
+    let call = spawn_call(broker.socket(), "svc.stuck")?;
+    wait_in_flight(broker.socket(), 1)?;
+    let t = Instant::now();
+    broker.signal(Signal::SIGTERM)?;
+    let out = call.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("error: shutting_down"),
+        "{}",
+        stderr(&out)
+    );
+    let status = broker.wait_exit(Duration::from_secs(10))?;
+    assert_eq!(status.code(), Some(0), "{}", broker.log());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    assert!(!broker.socket().exists());
+    let _ = provider.kill();
+    let _ = provider.wait();
+    Ok(())
+}
+
+#[test]
+fn config_errors_name_file_line_and_key() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("wdn-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[broker]\nsocket_mode = \"0660\"\n\n[limits]\nmax_frame_bytez = 5\n",
+    )?;
+    let out = output_with_timeout(
+        Command::new(bin_path("wardend"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&bad),
+        Duration::from_secs(20),
+    )?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{}:5:", bad.display())), "{err}");
+    assert!(err.contains("limits.max_frame_bytez"), "{err}");
+
+    let bad_rule = dir.join("rule.toml");
+    std::fs::write(
+        &bad_rule,
+        "[[rule]]\nactions = [\"call\"]\nnames = [\"a.**.b\"]\neveryone = true\n",
+    )?;
+    let out = output_with_timeout(
+        Command::new(bin_path("wardend"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&bad_rule),
+        Duration::from_secs(20),
+    )?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(":3:") && stderr(&out).contains("rule[1].names[0]"),
+        "{}",
+        stderr(&out)
+    );
+
+    let good = dir.join("good.toml");
+    let default = output_with_timeout(
+        Command::new(bin_path("wardend")).arg("--print-default-config"),
+        Duration::from_secs(20),
+    )?;
+    std::fs::write(&good, &default.stdout)?;
+    let out = output_with_timeout(
+        Command::new(bin_path("wardend"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&good),
+        Duration::from_secs(20),
+    )?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

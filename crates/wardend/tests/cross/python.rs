@@ -1,0 +1,93 @@
+//! The Python client (written only from docs/protocol.md) against a real
+//! wardend: ping, whoami, a denied call, a subscription.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use warden_testkit::{
+    command_as, config_text, output_with_timeout, wardenctl, BrokerProcess, TestDir,
+};
+
+use crate::{stderr, stdout, users, RULES};
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/python/warden_client.py")
+}
+
+#[test]
+fn python_client_talks_to_a_real_broker() -> anyhow::Result<()> {
+    let Some((alice, bob, _)) = users("python_client_talks_to_a_real_broker") else {
+        return Ok(());
+    };
+    let dir = TestDir::new("python")?;
+    let broker = BrokerProcess::start(&dir, &config_text(&dir, RULES))?;
+    let py = Path::new("/usr/bin/python3");
+    let sock = broker.socket_str();
+    let run = |user, args: &[&str]| {
+        let mut cmd = command_as(user, py);
+        cmd.arg(script()).arg("--socket").arg(&sock).args(args);
+        output_with_timeout(&mut cmd, Duration::from_secs(30))
+    };
+
+    let out = run(&alice, &["ping"])?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run(&alice, &["whoami"])?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(stdout(&out).trim())?;
+    assert_eq!(v["uid"], alice.uid, "{v}");
+    assert_eq!(v["gid"], alice.gid, "{v}");
+
+    let out = run(&bob, &["call", "warden.status"])?;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let v: Value = serde_json::from_str(stdout(&out).trim())?;
+    assert_eq!(v["error"]["code"], "denied", "{v}");
+
+    // Subscribe from Python, publish from wardenctl.
+    let mut sub = command_as(&bob, py)
+        .arg(script())
+        .args(["--socket", &sock, "subscribe", "news.py", "--count", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let out = sub
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    // Wait until the subscription exists before publishing.
+    let mut delivered = 0;
+    for _ in 0..200 {
+        let p = wardenctl(
+            Some(&alice),
+            broker.socket(),
+            &["--json", "publish", "news.py", r#"{"n":1}"#],
+        )?;
+        let v: Value = serde_json::from_str(stdout(&p).trim())?;
+        if v["delivered"] == 1 {
+            delivered = 1;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(delivered, 1, "the python subscriber never subscribed");
+    let p = wardenctl(
+        Some(&alice),
+        broker.socket(),
+        &["publish", "news.py", r#"{"n":2}"#],
+    )?;
+    assert_eq!(p.status.code(), Some(0));
+    let lines: Vec<Value> = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect();
+    let status = sub.wait()?;
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["data"]["n"], 1, "{lines:?}");
+    assert_eq!(lines[1]["data"]["n"], 2, "{lines:?}");
+    assert_eq!(lines[1]["publisher"]["uid"], alice.uid, "{lines:?}");
+    Ok(())
+}
