@@ -22,10 +22,16 @@ use serde_json::{json, Value};
 use warden::{Broker, Shutdown};
 use warden_policy::{Config, StaticResolver};
 
-const WARMUP: usize = 2_000;
-const ROUND_TRIPS: usize = 20_000;
-const PIPELINE_REQUESTS: usize = 100_000;
+const WARMUP: usize = 1_000;
+/// Round trips per round, per path and payload.
+const ROUND_TRIPS: usize = 4_000;
+/// Pipelined requests per round, per path and payload.
+const PIPELINE_REQUESTS: usize = 20_000;
 const PIPELINE_WINDOW: usize = 32;
+/// Rounds; paths are interleaved within each round so that a noisy
+/// neighbour hits all of them alike. Latency percentiles pool every
+/// round; throughput is the median round.
+const ROUNDS: usize = 7;
 
 const CONFIG: &str = r#"
 [limits]
@@ -94,6 +100,8 @@ impl Peer {
 }
 
 /// Answers every routed call with its params, from a blocking thread.
+/// Like the raw echo server, it answers everything one read brought in
+/// with one write.
 fn provider_thread(path: PathBuf, method: &str) -> anyhow::Result<()> {
     let mut p = Peer::connect(&path, true)?;
     p.s.write_all(&frame(
@@ -103,23 +111,45 @@ fn provider_thread(path: PathBuf, method: &str) -> anyhow::Result<()> {
     ))?;
     read_frame(&mut p.s, &mut p.buf)?;
     std::thread::spawn(move || {
+        let mut inbuf: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
         let mut out = Vec::new();
         loop {
-            if read_frame(&mut p.s, &mut p.buf).is_err() {
-                return;
-            }
-            let Ok(v) = serde_json::from_slice::<Value>(&p.buf) else {
-                return;
+            let n = match p.s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
             };
-            let reply = json!({"kind":"reply","id":v["id"],"result":v["params"]}).to_string();
-            out.clear();
-            out.extend_from_slice(&frame(reply.as_bytes()));
-            if p.s.write_all(&out).is_err() {
-                return;
+            inbuf.extend_from_slice(&chunk[..n]);
+            let mut at = 0;
+            while inbuf.len() - at >= 4 {
+                let len =
+                    u32::from_be_bytes([inbuf[at], inbuf[at + 1], inbuf[at + 2], inbuf[at + 3]])
+                        as usize;
+                if inbuf.len() - at < 4 + len {
+                    break;
+                }
+                let Ok(v) = serde_json::from_slice::<Value>(&inbuf[at + 4..at + 4 + len]) else {
+                    return;
+                };
+                at += 4 + len;
+                let reply = json!({"kind":"reply","id":v["id"],"result":v["params"]}).to_string();
+                out.extend_from_slice(&frame(reply.as_bytes()));
+            }
+            inbuf.drain(..at);
+            if !out.is_empty() {
+                if p.s.write_all(&out).is_err() {
+                    return;
+                }
+                out.clear();
             }
         }
     });
     Ok(())
+}
+
+struct Samples {
+    times: Vec<Duration>,
+    rps: Vec<f64>,
 }
 
 struct Row {
@@ -130,27 +160,29 @@ struct Row {
     rps: f64,
 }
 
-fn measure(
-    name: &'static str,
-    size: usize,
-    path: &Path,
-    hello: bool,
-    make: &dyn Fn(u64) -> Vec<u8>,
-) -> anyhow::Result<Row> {
-    let mut p = Peer::connect(path, hello)?;
-    for i in 0..WARMUP {
-        p.round_trip(&make(i as u64 + 1))?;
+impl Samples {
+    fn row(mut self, name: &'static str, size: usize) -> Row {
+        self.times.sort();
+        self.rps.sort_by(f64::total_cmp);
+        let pick = |v: &[Duration], q: usize| v.get(v.len() * q / 100).copied().unwrap_or_default();
+        Row {
+            name,
+            size,
+            p50: pick(&self.times, 50),
+            p99: pick(&self.times, 99),
+            rps: self.rps.get(self.rps.len() / 2).copied().unwrap_or(0.0),
+        }
     }
+}
+
+/// One round on one connection: round trips, then pipelined throughput.
+fn round(p: &mut Peer, make: &dyn Fn(u64) -> Vec<u8>, out: &mut Samples) -> anyhow::Result<()> {
     let reqs: Vec<Vec<u8>> = (0..ROUND_TRIPS).map(|i| make(i as u64 + 1)).collect();
-    let mut times = Vec::with_capacity(ROUND_TRIPS);
     for r in &reqs {
         let t = Instant::now();
         p.round_trip(r)?;
-        times.push(t.elapsed());
+        out.times.push(t.elapsed());
     }
-    times.sort();
-    let p50 = times[times.len() / 2];
-    let p99 = times[times.len() * 99 / 100];
     // Pipelined: a window of requests in flight, written in one go.
     let batch: Vec<u8> = (0..PIPELINE_WINDOW)
         .flat_map(|i| make(i as u64 + 1))
@@ -162,16 +194,12 @@ fn measure(
             read_frame(&mut p.s, &mut p.buf)?;
         }
     }
-    let rps =
-        (PIPELINE_REQUESTS / PIPELINE_WINDOW * PIPELINE_WINDOW) as f64 / t.elapsed().as_secs_f64();
-    Ok(Row {
-        name,
-        size,
-        p50,
-        p99,
-        rps,
-    })
+    let done = (PIPELINE_REQUESTS / PIPELINE_WINDOW * PIPELINE_WINDOW) as f64;
+    out.rps.push(done / t.elapsed().as_secs_f64());
+    Ok(())
 }
+
+type MakeFn = Box<dyn Fn(u64) -> Vec<u8>>;
 
 fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("warden-bench-{}", std::process::id()));
@@ -204,25 +232,47 @@ fn main() -> anyhow::Result<()> {
                 .to_string()
                 .as_bytes(),
         );
-        rows.push(measure("raw", size, &raw_path, false, &|_| {
-            raw_body.clone()
-        })?);
-        let p = pad.clone();
-        rows.push(measure("echo", size, &broker_path, true, &move |id| {
-            frame(
-                json!({"kind":"call","id":id,"method":"warden.echo","params":p})
-                    .to_string()
-                    .as_bytes(),
-            )
-        })?);
-        let p = pad.clone();
-        rows.push(measure("routed", size, &broker_path, true, &move |id| {
-            frame(
-                json!({"kind":"call","id":id,"method":"bench.echo","params":p})
-                    .to_string()
-                    .as_bytes(),
-            )
-        })?);
+        let call = |method: &'static str, pad: String| -> MakeFn {
+            Box::new(move |id| {
+                frame(
+                    json!({"kind":"call","id":id,"method":method,"params":pad})
+                        .to_string()
+                        .as_bytes(),
+                )
+            })
+        };
+        let paths: [(&'static str, &Path, bool, MakeFn); 3] = [
+            ("raw", &raw_path, false, Box::new(move |_| raw_body.clone())),
+            ("echo", &broker_path, true, call("warden.echo", pad.clone())),
+            (
+                "routed",
+                &broker_path,
+                true,
+                call("bench.echo", pad.clone()),
+            ),
+        ];
+        let mut peers = Vec::new();
+        for (_, path, hello, make) in &paths {
+            let mut p = Peer::connect(path, *hello)?;
+            for i in 0..WARMUP {
+                p.round_trip(&make(i as u64 + 1))?;
+            }
+            peers.push(p);
+        }
+        let mut samples: Vec<Samples> = (0..paths.len())
+            .map(|_| Samples {
+                times: Vec::new(),
+                rps: Vec::new(),
+            })
+            .collect();
+        for _ in 0..ROUNDS {
+            for (i, (_, _, _, make)) in paths.iter().enumerate() {
+                round(&mut peers[i], make.as_ref(), &mut samples[i])?;
+            }
+        }
+        for ((name, ..), s) in paths.iter().zip(samples) {
+            rows.push(s.row(name, size));
+        }
     }
     trigger.trigger();
     runtime.shutdown_timeout(Duration::from_secs(2));

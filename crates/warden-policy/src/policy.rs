@@ -208,7 +208,8 @@ impl Policy {
             policy: Arc::clone(self),
             rules,
             admin: self.is_admin(caller),
-            cache: HashMap::new(),
+            cache: Default::default(),
+            cached: 0,
         }
     }
 }
@@ -223,19 +224,23 @@ pub struct CallerPolicy {
     policy: Arc<Policy>,
     rules: Vec<usize>,
     admin: bool,
-    cache: HashMap<(Action, String), Decision>,
+    /// One map per action, so a lookup borrows the name (no allocation).
+    cache: [HashMap<String, Decision>; Action::ALL.len()],
+    cached: usize,
 }
 
 impl CallerPolicy {
     /// Decides an action on a name for this caller.
     pub fn decide(&mut self, action: Action, name: &str) -> Decision {
-        if let Some(d) = self.cache.get(&(action, name.to_owned())) {
+        let slot = action as usize;
+        if let Some(d) = self.cache[slot].get(name) {
             return d.clone();
         }
         let policy = &self.policy;
         let d = policy.evaluate(self.rules.iter().map(|&i| &policy.rules[i]), action, name);
-        if self.cache.len() < CALLER_CACHE_MAX {
-            self.cache.insert((action, name.to_owned()), d.clone());
+        if self.cached < CALLER_CACHE_MAX {
+            self.cached += 1;
+            self.cache[slot].insert(name.to_owned(), d.clone());
         }
         d
     }

@@ -8,24 +8,35 @@
 /// Returns the maximum nesting depth of arrays and objects in `json`, or
 /// `None` as soon as it exceeds `max`. Brackets inside strings are ignored.
 /// The scan does not validate the JSON; the parser does that afterwards.
+///
+/// Strings (most of a payload's bytes) are skipped with a vectorized
+/// search for the next quote or backslash.
 pub fn nesting_depth(json: &[u8], max: usize) -> Option<usize> {
     let mut depth = 0usize;
     let mut deepest = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in json {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    let mut i = 0usize;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                // Skip the string: find its closing quote, stepping over
+                // escapes.
+                i += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &json[i.min(json.len())..]) {
+                        None => return Some(deepest),
+                        Some(off) => {
+                            let at = i + off;
+                            if json[at] == b'\\' {
+                                i = at + 2;
+                            } else {
+                                i = at + 1;
+                                break;
+                            }
+                        }
+                    }
+                }
+                continue;
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -36,6 +47,7 @@ pub fn nesting_depth(json: &[u8], max: usize) -> Option<usize> {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     Some(deepest)
 }
@@ -53,6 +65,14 @@ mod tests {
     #[test]
     fn ignores_brackets_in_strings_and_escapes() {
         assert_eq!(nesting_depth(br#"{"a":"[[[[\"{{{{"}"#, 2), Some(1));
+    }
+
+    #[test]
+    fn escapes_at_the_end_and_unterminated_strings() {
+        assert_eq!(nesting_depth(br#"["a\\"]"#, 4), Some(1));
+        assert_eq!(nesting_depth(br#"["a\"#, 4), Some(1));
+        assert_eq!(nesting_depth(br#"["abc"#, 4), Some(1));
+        assert_eq!(nesting_depth(br#"["\"[[[[["]"#, 2), Some(1));
     }
 
     #[test]

@@ -15,9 +15,10 @@ use std::fmt;
 
 use crate::depth::nesting_depth;
 use crate::error::{truncate_utf8, ErrorCode, WireError};
-use crate::frame::encode_frame;
 use crate::handshake::{Hello, Identity, Welcome, WelcomeLimits};
-use crate::limits::{MAX_GROUPS, MAX_NESTING_DEPTH, MAX_REQUEST_ID, MAX_TEXT_LEN};
+use crate::limits::{
+    FRAME_HEADER_LEN, MAX_GROUPS, MAX_NESTING_DEPTH, MAX_REQUEST_ID, MAX_TEXT_LEN,
+};
 use crate::name::{MethodName, TopicName};
 
 /// A request id: 1 ..= 2^53-1. Each side numbers its own requests; ids are
@@ -235,41 +236,41 @@ impl DecodeError {
 
 /// The flat wire shape of every envelope. Every field is optional here; the
 /// per-kind rules are applied in [`Message::decode`].
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEnvelope {
     kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     id: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     method: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     topic: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     params: Option<Box<RawValue>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     result: Option<Box<RawValue>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     data: Option<Box<RawValue>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     error: Option<WireError>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     caller: Option<Identity>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     publisher: Option<Identity>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     missed: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     version: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     client: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     invitation: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     server: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     identity: Option<Identity>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     limits: Option<WelcomeLimits>,
 }
 
@@ -448,13 +449,15 @@ impl Message {
         let req_id = || id.ok_or_else(|| missing("id"));
         let method = |m: Option<String>| -> Result<MethodName, DecodeError> {
             let m = m.ok_or_else(|| missing("method"))?;
-            MethodName::try_from(m.as_str())
-                .map_err(|e| DecodeError::new(id, format!("invalid method name {m:?}: {e}")))
+            crate::name::validate_name(&m)
+                .map_err(|e| DecodeError::new(id, format!("invalid method name {m:?}: {e}")))?;
+            MethodName::try_from(m).map_err(|e| DecodeError::new(id, e.to_string()))
         };
         let topic = |t: Option<String>| -> Result<TopicName, DecodeError> {
             let t = t.ok_or_else(|| missing("topic"))?;
-            TopicName::try_from(t.as_str())
-                .map_err(|e| DecodeError::new(id, format!("invalid topic name {t:?}: {e}")))
+            crate::name::validate_name(&t)
+                .map_err(|e| DecodeError::new(id, format!("invalid topic name {t:?}: {e}")))?;
+            TopicName::try_from(t).map_err(|e| DecodeError::new(id, e.to_string()))
         };
         let payload = |p: Option<Box<RawValue>>| p.map(Payload).unwrap_or_default();
         let msg = match kind {
@@ -519,38 +522,56 @@ impl Message {
 
     /// Encodes the envelope as JSON (the frame body).
     pub fn encode(&self) -> Vec<u8> {
-        let raw = self.to_raw();
-        // Serializing a struct of strings, integers and pre-validated raw
-        // JSON into a Vec cannot fail; fall back to an internal error frame
-        // rather than panic if it ever does.
-        serde_json::to_vec(&raw).unwrap_or_else(|_| {
-            br#"{"kind":"error","error":{"code":"internal","message":"encoding failed"}}"#.to_vec()
-        })
+        let mut out = Vec::with_capacity(128);
+        self.write_json(&mut out);
+        out
     }
 
     /// Encodes the envelope as a complete frame (length prefix + JSON).
     /// Returns `None` if it would exceed `max_frame` bytes.
     pub fn to_frame(&self, max_frame: usize) -> Option<Vec<u8>> {
-        encode_frame(&self.encode(), max_frame)
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+        self.write_json(&mut out);
+        let len = out.len() - FRAME_HEADER_LEN;
+        if len > max_frame {
+            return None;
+        }
+        let prefix = u32::try_from(len).ok()?.to_be_bytes();
+        out[..FRAME_HEADER_LEN].copy_from_slice(&prefix);
+        Some(out)
     }
 
-    fn to_raw(&self) -> RawEnvelope {
-        let mut r = RawEnvelope {
-            kind: self.kind().to_owned(),
+    fn write_json(&self, out: &mut Vec<u8>) {
+        // Serializing strings, integers and pre-validated raw JSON into a
+        // Vec cannot fail; write an internal error rather than panic if it
+        // ever does.
+        let start = out.len();
+        if serde_json::to_writer(&mut *out, &self.to_wire()).is_err() {
+            out.truncate(start);
+            out.extend_from_slice(
+                br#"{"kind":"error","error":{"code":"internal","message":"encoding failed"}}"#,
+            );
+        }
+    }
+
+    fn to_wire(&self) -> WireEnvelope<'_> {
+        let mut r = WireEnvelope {
+            kind: self.kind(),
             id: self.id().map(RequestId::get),
-            ..RawEnvelope::default()
+            ..WireEnvelope::default()
         };
         match self {
             Message::Hello(h) => {
                 r.version = Some(h.version);
-                r.client = h.client.clone();
-                r.invitation = h.invitation.clone();
+                r.client = h.client.as_deref();
+                r.invitation = h.invitation.as_deref();
             }
             Message::Welcome(w) => {
                 r.version = Some(w.version);
-                r.server = Some(w.server.clone());
-                r.identity = Some(w.identity.clone());
-                r.limits = Some(w.limits.clone());
+                r.server = Some(&w.server);
+                r.identity = Some(&w.identity);
+                r.limits = Some(&w.limits);
             }
             Message::Call {
                 method,
@@ -558,36 +579,74 @@ impl Message {
                 caller,
                 ..
             } => {
-                r.method = Some(method.as_str().to_owned());
-                r.params = Some(params.0.clone());
-                r.caller = caller.clone();
+                r.method = Some(method.as_str());
+                r.params = Some(&params.0);
+                r.caller = caller.as_ref();
             }
-            Message::Reply { result, .. } => r.result = Some(result.0.clone()),
-            Message::Error { error, .. } => r.error = Some(error.clone()),
+            Message::Reply { result, .. } => r.result = Some(&result.0),
+            Message::Error { error, .. } => r.error = Some(error),
             Message::Event {
                 topic,
                 data,
                 missed,
                 publisher,
             } => {
-                r.topic = Some(topic.as_str().to_owned());
-                r.data = Some(data.0.clone());
+                r.topic = Some(topic.as_str());
+                r.data = Some(&data.0);
                 r.missed = (*missed > 0).then_some(*missed);
-                r.publisher = publisher.clone();
+                r.publisher = publisher.as_ref();
             }
             Message::Lagged { missed } => r.missed = Some(*missed),
             Message::Subscribe { topic, .. } | Message::Unsubscribe { topic, .. } => {
-                r.topic = Some(topic.as_str().to_owned())
+                r.topic = Some(topic.as_str())
             }
             Message::Publish { topic, data, .. } => {
-                r.topic = Some(topic.as_str().to_owned());
-                r.data = Some(data.0.clone());
+                r.topic = Some(topic.as_str());
+                r.data = Some(&data.0);
             }
-            Message::Provide { method, .. } => r.method = Some(method.as_str().to_owned()),
+            Message::Provide { method, .. } => r.method = Some(method.as_str()),
             Message::Cancel { .. } => {}
         }
         r
     }
+}
+
+/// The encoding side of [`RawEnvelope`]: same fields, same order, borrowed.
+#[derive(Default, Serialize)]
+struct WireEnvelope<'a> {
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a WireError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    caller: Option<&'a Identity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    publisher: Option<&'a Identity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    missed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    invitation: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identity: Option<&'a Identity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<&'a WelcomeLimits>,
 }
 
 #[cfg(test)]
@@ -710,6 +769,20 @@ mod tests {
             "]".repeat(40)
         );
         assert!(err(&deep).reason.contains("nested deeper"));
+    }
+
+    #[test]
+    fn to_frame_matches_encode_and_respects_the_limit() {
+        let m = Message::Reply {
+            id: id(3),
+            result: Payload::from_raw_json("[1,2]").unwrap_or_default(),
+        };
+        let body = m.encode();
+        let frame = m.to_frame(1024).unwrap_or_default();
+        assert_eq!(&frame[..4], &(body.len() as u32).to_be_bytes());
+        assert_eq!(&frame[4..], &body[..]);
+        assert!(m.to_frame(body.len() - 1).is_none());
+        assert!(m.to_frame(body.len()).is_some());
     }
 
     #[test]

@@ -206,11 +206,19 @@ impl BrokerProcess {
     /// Writes `config` to `dir/warden.toml` and starts `wardend` on it,
     /// waiting until it answers a ping.
     pub fn start(dir: &TestDir, config: &str) -> anyhow::Result<BrokerProcess> {
+        Self::start_env(dir, config, &[])
+    }
+
+    /// Like [`BrokerProcess::start`], with extra environment variables.
+    pub fn start_env(
+        dir: &TestDir,
+        config: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> anyhow::Result<BrokerProcess> {
         let conf = dir.path().join("warden.toml");
         std::fs::write(&conf, config)?;
         let socket = dir.path().join("s/warden.sock");
-        let b = Self::spawn(dir, &["--config".as_ref(), conf.as_os_str()], socket)?;
-        Ok(b)
+        Self::spawn_env(dir, &["--config".as_ref(), conf.as_os_str()], socket, env)
     }
 
     /// Starts `wardend` with arbitrary arguments, expecting its socket at
@@ -220,6 +228,16 @@ impl BrokerProcess {
         args: &[&std::ffi::OsStr],
         socket: PathBuf,
     ) -> anyhow::Result<BrokerProcess> {
+        Self::spawn_env(dir, args, socket, &[])
+    }
+
+    /// Like [`BrokerProcess::spawn`], with extra environment variables.
+    pub fn spawn_env(
+        dir: &TestDir,
+        args: &[&std::ffi::OsStr],
+        socket: PathBuf,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> anyhow::Result<BrokerProcess> {
         static N: AtomicU32 = AtomicU32::new(0);
         let log = dir
             .path()
@@ -228,6 +246,7 @@ impl BrokerProcess {
         let child = Command::new(bin_path("wardend"))
             .args(args)
             .arg("--log-level=debug")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf)

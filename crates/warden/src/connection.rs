@@ -51,6 +51,10 @@ pub(crate) struct ConnState {
     pub(crate) subscriptions: HashSet<TopicName>,
     pub(crate) provided: HashSet<MethodName>,
     hello_done: bool,
+    /// Replies produced while handling one read's worth of frames, sent to
+    /// the writer as one batch: one queue operation and one wake-up per
+    /// read instead of one per frame.
+    out: Option<QueuedFrame>,
 }
 
 /// Releases the connection's slots in the global and per-uid counts.
@@ -182,6 +186,7 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: UnixStream, peer: PeerIdentity) {
         subscriptions: HashSet::new(),
         provided: HashSet::new(),
         hello_done: false,
+        out: None,
     };
     state.read_loop(read).await;
     state.cleanup();
@@ -215,6 +220,19 @@ async fn read_some(read: &OwnedReadHalf, buf: &mut [u8]) -> std::io::Result<(usi
 
 impl ConnState {
     async fn read_loop(&mut self, read: OwnedReadHalf) {
+        self.read_frames(read).await;
+        let _ = self.flush().await;
+    }
+
+    /// Hands the batched replies to the writer.
+    pub(crate) async fn flush(&mut self) -> Result<(), ()> {
+        match self.out.take() {
+            Some(f) => self.conn.ctl_tx.send(f).await.map_err(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    async fn read_frames(&mut self, read: OwnedReadHalf) {
         let limits = self.hub.settings.limits.clone();
         let mut close_rx = self.hub.close_tx.subscribe();
         let mut decoder = FrameDecoder::new(self.hub.settings.max_frame);
@@ -296,7 +314,12 @@ impl ConnState {
                                     return;
                                 }
                             }
-                            Ok(None) => break,
+                            Ok(None) => {
+                                if self.flush().await.is_err() {
+                                    return;
+                                }
+                                break;
+                            }
                             Err(e) => {
                                 let code = match e {
                                     FrameError::TooLarge { .. } => ErrorCode::TooLarge,
@@ -325,34 +348,68 @@ impl ConnState {
         );
     }
 
-    /// Queues a frame for this connection, waiting for queue space (which
-    /// only this connection's own reading speed governs).
-    pub(crate) async fn send(&self, msg: Message) -> Result<(), ()> {
+    /// Queues a frame for this connection in the current batch; hands a
+    /// full batch to the writer, waiting for queue space (which only this
+    /// connection's own reading speed governs).
+    pub(crate) async fn send(&mut self, msg: Message) -> Result<(), ()> {
         let max = self.hub.settings.max_frame;
         let max_queued = self.hub.settings.limits.max_queued_bytes_per_uid;
         let id = msg.id();
-        let frame = match msg.to_frame(max) {
-            Some(bytes) => match QueuedFrame::charge(bytes, &self.conn.account, max_queued) {
-                Some(f) => f,
-                None => self.forced_error(
+        let (bytes, force) = match msg.to_frame(max) {
+            Some(bytes) => (bytes, false),
+            None => (
+                self.error_frame(
                     id,
-                    ErrorCode::LimitExceeded,
-                    format!("reply dropped: uid {} has more than max_queued_bytes_per_uid = {max_queued} bytes waiting to be read; read your replies", self.conn.identity.uid),
+                    ErrorCode::TooLarge,
+                    format!("the reply exceeds the frame limit of {max} bytes"),
                 ),
-            },
-            None => self.forced_error(
-                id,
-                ErrorCode::TooLarge,
-                format!("the reply exceeds the frame limit of {max} bytes"),
+                true,
             ),
         };
-        self.conn.ctl_tx.send(frame).await.map_err(|_| ())
+        if self
+            .out
+            .as_ref()
+            .is_some_and(|o| o.len() + bytes.len() > WRITE_BATCH)
+        {
+            self.flush().await?;
+        }
+        let appended = match self.out.as_mut() {
+            Some(out) => out.append(&bytes, max_queued, force),
+            None => match QueuedFrame::charge(
+                bytes.clone(),
+                &self.conn.account,
+                if force { u64::MAX } else { max_queued },
+            ) {
+                Some(f) => {
+                    self.out = Some(f);
+                    true
+                }
+                None => false,
+            },
+        };
+        if !appended {
+            let err = self.error_frame(
+                id,
+                ErrorCode::LimitExceeded,
+                format!(
+                    "reply dropped: uid {} has more than max_queued_bytes_per_uid = {max_queued} bytes waiting to be read; read your replies",
+                    self.conn.identity.uid
+                ),
+            );
+            match self.out.as_mut() {
+                Some(out) => {
+                    out.append(&err, 0, true);
+                }
+                None => self.out = Some(QueuedFrame::force(err, &self.conn.account)),
+            }
+        }
+        Ok(())
     }
 
-    fn forced_error(&self, id: Option<RequestId>, code: ErrorCode, text: String) -> QueuedFrame {
-        let bytes = Message::error(id, code, text).encode();
-        let bytes = warden_proto::encode_frame(&bytes, usize::MAX).unwrap_or_default();
-        QueuedFrame::force(bytes, &self.conn.account)
+    fn error_frame(&self, id: Option<RequestId>, code: ErrorCode, text: String) -> Vec<u8> {
+        Message::error(id, code, text)
+            .to_frame(usize::MAX)
+            .unwrap_or_default()
     }
 
     async fn handle_frame(&mut self, body: &[u8]) -> Flow {
@@ -433,7 +490,7 @@ impl ConnState {
         }
     }
 
-    pub(crate) async fn reject(&self, id: Option<RequestId>, why: &str) -> Result<(), ()> {
+    pub(crate) async fn reject(&mut self, id: Option<RequestId>, why: &str) -> Result<(), ()> {
         self.send(Message::error(id, ErrorCode::BadRequest, why))
             .await
     }
@@ -542,6 +599,9 @@ async fn writer(
     let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
     let mut stopping = false;
     loop {
+        // A killed connection gets no more events: its last frames are the
+        // replies and the reason it was closed.
+        let events_off = stopping || conn.killed.load(Ordering::Acquire);
         let first = if stopping {
             match ctl_rx.try_recv() {
                 Ok(f) => f,
@@ -551,7 +611,7 @@ async fn writer(
             tokio::select! {
                 biased;
                 f = ctl_rx.recv() => match f { Some(f) => f, None => break },
-                f = ev_rx.recv() => match f { Some(f) => f, None => break },
+                f = ev_rx.recv(), if !events_off => match f { Some(f) => f, None => break },
                 _ = &mut stop => { stopping = true; continue; }
             }
         };
@@ -560,13 +620,13 @@ async fn writer(
         while batch.len() < WRITE_BATCH {
             if let Ok(f) = ctl_rx.try_recv() {
                 batch.extend_from_slice(f.bytes());
-            } else if let (false, Ok(f)) = (stopping, ev_rx.try_recv()) {
+            } else if let (false, Ok(f)) = (events_off, ev_rx.try_recv()) {
                 batch.extend_from_slice(f.bytes());
             } else {
                 break;
             }
         }
-        if !stopping && ev_rx.is_empty() && conn.missed.load(Ordering::Relaxed) > 0 {
+        if !events_off && ev_rx.is_empty() && conn.missed.load(Ordering::Relaxed) > 0 {
             let missed = conn.missed.swap(0, Ordering::AcqRel);
             if missed > 0 {
                 if let Some(f) = (Message::Lagged { missed }).to_frame(max_frame) {

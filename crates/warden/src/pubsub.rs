@@ -19,7 +19,7 @@ use crate::queue::QueuedFrame;
 
 impl ConnState {
     async fn deny(
-        &self,
+        &mut self,
         id: RequestId,
         action: Action,
         topic: &TopicName,

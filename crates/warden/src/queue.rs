@@ -65,6 +65,38 @@ impl QueuedFrame {
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Appends another frame, charging it to the same account; `force`
+    /// skips the limit check. Returns false (appending nothing) if the
+    /// limit would be exceeded.
+    pub(crate) fn append(&mut self, bytes: &[u8], max: u64, force: bool) -> bool {
+        let len = bytes.len() as u64;
+        if force {
+            self.account.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        } else {
+            let mut cur = self.account.queued_bytes.load(Ordering::Relaxed);
+            loop {
+                if cur.saturating_add(len) > max {
+                    return false;
+                }
+                match self.account.queued_bytes.compare_exchange_weak(
+                    cur,
+                    cur + len,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(actual) => cur = actual,
+                }
+            }
+        }
+        self.bytes.extend_from_slice(bytes);
+        true
+    }
 }
 
 impl Drop for QueuedFrame {
@@ -88,8 +120,13 @@ mod tests {
         assert_eq!(acct.queued_bytes.load(Ordering::Relaxed), 60);
         drop(a);
         assert_eq!(acct.queued_bytes.load(Ordering::Relaxed), 0);
-        let f = QueuedFrame::force(vec![0; 500], &acct);
+        let mut f = QueuedFrame::force(vec![0; 500], &acct);
         assert_eq!(f.bytes().len(), 500);
+        assert!(!f.append(&[0; 10], 505, false));
+        assert!(f.append(&[0; 10], 510, false));
+        assert!(f.append(&[0; 10], 0, true));
+        assert_eq!(acct.queued_bytes.load(Ordering::Relaxed), 520);
+        assert_eq!(f.len(), 520);
         drop(f);
         assert_eq!(acct.queued_bytes.load(Ordering::Relaxed), 0);
     }

@@ -263,3 +263,50 @@ fn slow_subscriber_does_not_block_and_learns_what_it_missed() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[test]
+fn slow_subscriber_is_disconnected_when_configured() -> anyhow::Result<()> {
+    if users("slow_subscriber_is_disconnected_when_configured").is_none() {
+        return Ok(());
+    }
+    let dir = TestDir::new("slowdisc")?;
+    let conf =
+        format!("on_slow_subscriber = \"disconnect\"\n[limits]\nsubscriber_queue_len = 8\n{RULES}");
+    let broker = BrokerProcess::start(&dir, &config_text(&dir, &conf))?;
+    let mut stalled = RawConn::connect(broker.socket())?;
+    stalled.hello()?;
+    stalled.send_json(&json!({"kind":"subscribe","id":1,"topic":"news.x"}))?;
+    assert_eq!(stalled.recv_some()?["kind"], "reply");
+    let mut publisher = RawConn::connect(broker.socket())?;
+    publisher.hello()?;
+    let pad = "y".repeat(4096);
+    let mut dropped = 0;
+    for id in 1..=2000u64 {
+        publisher.send_json(&json!({"kind":"publish","id":id,"topic":"news.x","data":pad}))?;
+        let r = publisher.recv_some()?;
+        dropped += r["result"]["dropped"].as_u64().unwrap_or(0);
+        if dropped > 0 {
+            break;
+        }
+    }
+    assert!(dropped > 0, "the queue never filled");
+    // The stalled subscriber finds its events, then the reason, then EOF.
+    let mut errors = Vec::new();
+    while let Some(v) = stalled.recv()? {
+        if v["kind"] == "error" {
+            errors.push(v);
+        }
+    }
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["error"]["code"], "limit_exceeded", "{errors:?}");
+    assert!(errors[0]["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("on_slow_subscriber"));
+    // The publisher carries on.
+    assert_eq!(
+        publisher.call(9999, "warden.ping", json!(null))?["result"]["pong"],
+        true
+    );
+    Ok(())
+}

@@ -21,11 +21,22 @@ fn connections_per_uid_and_in_flight_calls_are_limited() -> anyhow::Result<()> {
     let conf =
         format!("[limits]\nmax_connections_per_uid = 3\nmax_in_flight_per_connection = 2\n{RULES}");
     let broker = BrokerProcess::start(&dir, &config_text(&dir, &conf))?;
+    // The broker counts a connection until its task has finished, a moment
+    // after the peer closes it (e.g. the start-up probe): retry briefly.
+    let connect_retrying = || -> anyhow::Result<RawConn> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut c = RawConn::connect(broker.socket())?;
+            match c.hello() {
+                Ok(_) => return Ok(c),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    };
     let mut conns = Vec::new();
     for _ in 0..3 {
-        let mut c = RawConn::connect(broker.socket())?;
-        c.hello()?;
-        conns.push(c);
+        conns.push(connect_retrying()?);
     }
     let mut fourth = RawConn::connect(broker.socket())?;
     let v = fourth.recv_some()?;
@@ -61,8 +72,7 @@ fn connections_per_uid_and_in_flight_calls_are_limited() -> anyhow::Result<()> {
     assert_eq!(v["result"], "done", "{v}");
     drop(conns);
     // After closing, the uid may connect again.
-    let mut again = RawConn::connect(broker.socket())?;
-    again.hello()?;
+    connect_retrying()?;
     Ok(())
 }
 
@@ -244,5 +254,29 @@ fn config_errors_name_file_line_and_key() -> anyhow::Result<()> {
     )?;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn notify_socket_gets_ready_and_stopping() -> anyhow::Result<()> {
+    if users("notify_socket_gets_ready_and_stopping").is_none() {
+        return Ok(());
+    }
+    let dir = TestDir::new("notify")?;
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path)?;
+    notify.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut broker = BrokerProcess::start_env(
+        &dir,
+        &config_text(&dir, RULES),
+        &[("NOTIFY_SOCKET", notify_path.as_os_str())],
+    )?;
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf)?;
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    broker.signal(Signal::SIGTERM)?;
+    let n = notify.recv(&mut buf)?;
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert_eq!(broker.wait_exit(Duration::from_secs(10))?.code(), Some(0));
     Ok(())
 }

@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""A Warden client in Python, written only from docs/protocol.md.
+
+Standard library only. Synchronous: each request reads frames until its
+answer arrives; events and calls routed to this client (as a provider) that
+arrive meanwhile are queued for next_event() / next_call().
+
+    c = Client("/run/warden/warden.sock")   # checks the server's uid first
+    print(c.call("warden.whoami"))
+"""
+
+import argparse
+import collections
+import json
+import os
+import socket
+import stat
+import struct
+import sys
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME = 1024 * 1024
+ABSOLUTE_MAX_FRAME = 16 * 1024 * 1024
+MAX_REQUEST_ID = 2**53 - 1
+EXIT_REMOTE_ERROR = 1
+EXIT_CONNECT = 3
+
+
+class WardenError(Exception):
+    """The broker (or a provider) answered with an error."""
+
+    def __init__(self, code, message):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ServerIdentityError(Exception):
+    """The process listening on the socket runs as an untrusted uid."""
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol or closed the connection."""
+
+
+def encode_frame(envelope, max_frame=DEFAULT_MAX_FRAME):
+    """Envelope (dict) -> frame bytes: 4-byte big-endian length + JSON."""
+    body = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+    if not body or len(body) > max_frame:
+        raise ValueError(f"frame too large ({len(body)} bytes, max {max_frame})")
+    return struct.pack(">I", len(body)) + body
+
+
+def decode_frames(buf, max_frame=DEFAULT_MAX_FRAME):
+    """Splits complete frames off the front of buf.
+
+    Returns (list of envelopes, remaining bytes). Raises ProtocolError on a
+    zero or oversized length prefix."""
+    out = []
+    while len(buf) >= 4:
+        (n,) = struct.unpack(">I", buf[:4])
+        if n == 0 or n > max_frame:
+            raise ProtocolError(f"invalid frame length {n} (max {max_frame})")
+        if len(buf) < 4 + n:
+            break
+        out.append(json.loads(buf[4 : 4 + n].decode()))
+        buf = buf[4 + n :]
+    return out, buf
+
+
+def _root_controlled_owner(directory):
+    """Owner of directory if it and all its ancestors are root-owned and not
+    writable by others (the directory itself may belong to anyone)."""
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or not os.path.isabs(directory):
+        return None
+    parent = os.path.dirname(directory)
+    while True:
+        try:
+            pst = os.lstat(parent)
+        except OSError:
+            return None
+        if not stat.S_ISDIR(pst.st_mode) or pst.st_uid != 0 or pst.st_mode & 0o002:
+            return None
+        if parent == "/":
+            break
+        parent = os.path.dirname(parent)
+    return st.st_uid
+
+
+def trusted_uids(socket_path, server_uid=None):
+    """The uids a client accepts for the server at socket_path."""
+    if server_uid is not None:
+        return {server_uid}
+    trusted = {0, os.geteuid()}
+    if not socket_path.startswith("@"):
+        owner = _root_controlled_owner(os.path.dirname(os.path.abspath(socket_path)))
+        if owner is not None:
+            trusted.add(owner)
+    return trusted
+
+
+class Client:
+    """One connection to the broker."""
+
+    def __init__(self, socket_path, server_uid=None, client_name="warden-client.py/0.1", timeout=30.0):
+        self.path = socket_path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        addr = "\0" + socket_path[1:] if socket_path.startswith("@") else socket_path
+        self.sock.connect(addr)
+        # Check who is listening before sending a single byte.
+        creds = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        trusted = trusted_uids(socket_path, server_uid)
+        if uid not in trusted:
+            self.sock.close()
+            raise ServerIdentityError(
+                f"the server at {socket_path} runs as uid {uid}, which is not trusted "
+                f"(trusted: {', '.join('uid %d' % u for u in sorted(trusted))}); "
+                f"if this is expected, pin it with --server-uid {uid}"
+            )
+        self.server_uid = uid
+        self.max_frame = DEFAULT_MAX_FRAME
+        self._buf = b""
+        self._frames = collections.deque()
+        self._events = collections.deque()
+        self._calls = collections.deque()
+        self._next_id = 1
+        self.last_error = None
+        self._send({"kind": "hello", "version": PROTOCOL_VERSION, "client": client_name})
+        first = self._recv()
+        if first.get("kind") == "error":
+            err = first.get("error", {})
+            raise WardenError(err.get("code"), err.get("message"))
+        if first.get("kind") != "welcome":
+            raise ProtocolError(f"expected welcome, got {first.get('kind')!r}")
+        self.welcome = first
+        self.max_frame = min(int(first["limits"]["max_frame"]), ABSOLUTE_MAX_FRAME)
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- framing ----------------------------------------------------------
+    def _send(self, envelope):
+        self.sock.sendall(encode_frame(envelope, self.max_frame))
+
+    def _recv(self):
+        while not self._frames:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ProtocolError(
+                    "the broker closed the connection"
+                    + (f": {self.last_error['code']}: {self.last_error['message']}" if self.last_error else "")
+                )
+            self._buf += chunk
+            frames, self._buf = decode_frames(self._buf, self.max_frame)
+            self._frames.extend(frames)
+        return self._frames.popleft()
+
+    def _new_id(self):
+        i = self._next_id
+        self._next_id = 1 if i >= MAX_REQUEST_ID else i + 1
+        return i
+
+    def _dispatch(self, env):
+        """Queues frames that are not answers; returns True if handled."""
+        kind = env.get("kind")
+        if kind in ("event", "lagged"):
+            self._events.append(env)
+        elif kind == "call":
+            self._calls.append(env)
+        elif kind == "error" and "id" not in env:
+            self.last_error = env.get("error")
+        elif kind == "cancel":
+            pass
+        else:
+            return False
+        return True
+
+    def _request(self, envelope):
+        rid = self._new_id()
+        envelope["id"] = rid
+        self._send(envelope)
+        while True:
+            env = self._recv()
+            if self._dispatch(env):
+                continue
+            if env.get("id") != rid:
+                continue  # an answer to something we no longer wait for
+            if env.get("kind") == "reply":
+                return env.get("result")
+            if env.get("kind") == "error":
+                err = env.get("error", {})
+                raise WardenError(err.get("code"), err.get("message"))
+            raise ProtocolError(f"unexpected {env.get('kind')!r} answer")
+
+    # -- API --------------------------------------------------------------
+    def call(self, method, params=None):
+        env = {"kind": "call", "method": method}
+        if params is not None:
+            env["params"] = params
+        return self._request(env)
+
+    def subscribe(self, topic):
+        return self._request({"kind": "subscribe", "topic": topic})
+
+    def unsubscribe(self, topic):
+        return self._request({"kind": "unsubscribe", "topic": topic})
+
+    def publish(self, topic, data=None):
+        env = {"kind": "publish", "topic": topic}
+        if data is not None:
+            env["data"] = data
+        return self._request(env)
+
+    def provide(self, method):
+        return self._request({"kind": "provide", "method": method})
+
+    def next_event(self):
+        """The next event or lagged notice (blocks)."""
+        while not self._events:
+            env = self._recv()
+            if not self._dispatch(env):
+                continue
+        return self._events.popleft()
+
+    def next_call(self):
+        """The next call routed to this provider (blocks)."""
+        while not self._calls:
+            env = self._recv()
+            if not self._dispatch(env):
+                continue
+        return self._calls.popleft()
+
+    def reply(self, call, result=None, error=None):
+        """Answers a routed call: result, or error=(code, message)."""
+        if error is not None:
+            code, message = error
+            self._send({"kind": "error", "id": call["id"], "error": {"code": code, "message": message}})
+        else:
+            self._send({"kind": "reply", "id": call["id"], "result": result})
+
+
+def _print(obj):
+    print(json.dumps(obj, separators=(",", ":")), flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Talk to the Warden broker (Python client).")
+    p.add_argument("--socket", default=os.environ.get("WARDEN_SOCKET", "/run/warden/warden.sock"))
+    p.add_argument("--server-uid", type=int, default=None)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("ping")
+    sub.add_parser("whoami")
+    c = sub.add_parser("call")
+    c.add_argument("method")
+    c.add_argument("params", nargs="?")
+    s = sub.add_parser("subscribe")
+    s.add_argument("topic")
+    s.add_argument("--count", type=int, default=None)
+    pb = sub.add_parser("publish")
+    pb.add_argument("topic")
+    pb.add_argument("data")
+    a = p.parse_args(argv)
+    try:
+        client = Client(a.socket, a.server_uid)
+    except (OSError, ServerIdentityError, ProtocolError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONNECT
+    except WardenError as e:
+        _print({"error": {"code": e.code, "message": e.message}})
+        return EXIT_REMOTE_ERROR
+    try:
+        if a.cmd == "ping":
+            _print(client.call("warden.ping"))
+        elif a.cmd == "whoami":
+            _print(client.call("warden.whoami"))
+        elif a.cmd == "call":
+            params = json.loads(a.params) if a.params is not None else None
+            _print(client.call(a.method, params))
+        elif a.cmd == "publish":
+            _print(client.publish(a.topic, json.loads(a.data)))
+        elif a.cmd == "subscribe":
+            client.subscribe(a.topic)
+            client.sock.settimeout(None)
+            seen = 0
+            while a.count is None or seen < a.count:
+                ev = client.next_event()
+                if ev.get("kind") == "event":
+                    seen += 1
+                    _print({"topic": ev["topic"], "data": ev.get("data"), "missed": ev.get("missed", 0),
+                            "publisher": ev.get("publisher")})
+                else:
+                    _print({"lagged": ev.get("missed")})
+    except WardenError as e:
+        _print({"error": {"code": e.code, "message": e.message}})
+        return EXIT_REMOTE_ERROR
+    except (OSError, ProtocolError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONNECT
+    finally:
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
