@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::{json, Value};
+use serde_json::json;
 use warden::{Broker, Shutdown};
 use warden_policy::{Config, StaticResolver};
 
@@ -99,6 +99,14 @@ impl Peer {
     }
 }
 
+/// The fields of a routed call the bench provider needs.
+#[derive(serde::Deserialize)]
+struct RoutedCall<'a> {
+    id: u64,
+    #[serde(borrow)]
+    params: &'a serde_json::value::RawValue,
+}
+
 /// Answers every routed call with its params, from a blocking thread.
 /// Like the raw echo server, it answers everything one read brought in
 /// with one write.
@@ -128,11 +136,18 @@ fn provider_thread(path: PathBuf, method: &str) -> anyhow::Result<()> {
                 if inbuf.len() - at < 4 + len {
                     break;
                 }
-                let Ok(v) = serde_json::from_slice::<Value>(&inbuf[at + 4..at + 4 + len]) else {
+                let Ok(call) =
+                    serde_json::from_slice::<RoutedCall<'_>>(&inbuf[at + 4..at + 4 + len])
+                else {
                     return;
                 };
+                // Echo the params verbatim, as an efficient provider would.
+                let reply = format!(
+                    r#"{{"kind":"reply","id":{},"result":{}}}"#,
+                    call.id,
+                    call.params.get()
+                );
                 at += 4 + len;
-                let reply = json!({"kind":"reply","id":v["id"],"result":v["params"]}).to_string();
                 out.extend_from_slice(&frame(reply.as_bytes()));
             }
             inbuf.drain(..at);

@@ -21,7 +21,6 @@
 //! stops a client from handing its requests to an impostor.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,8 +29,8 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use warden_proto::{
-    ErrorCode, FrameDecoder, Hello, Identity, Message, MethodName, Payload, RequestId, TopicName,
-    Welcome, WireError, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
+    ErrorCode, FrameDecoder, Hello, IdSequence, Identity, Message, MethodName, Payload, RequestId,
+    TopicName, Welcome, WireError, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 pub use warden_sys::ServerTrust;
 
@@ -179,7 +178,7 @@ type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Payload, WireError>>>>;
 struct Shared {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pending: Pending,
-    next_id: AtomicU64,
+    ids: IdSequence,
     max_frame: usize,
     last_error: Mutex<Option<WireError>>,
 }
@@ -273,7 +272,7 @@ impl Client {
         let shared = Arc::new(Shared {
             writer: tokio::sync::Mutex::new(write),
             pending: Mutex::default(),
-            next_id: AtomicU64::new(1),
+            ids: IdSequence::new(),
             max_frame,
             last_error: Mutex::default(),
         });
@@ -309,13 +308,7 @@ impl Client {
     }
 
     fn next_id(&self) -> RequestId {
-        loop {
-            let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-            if let Some(id) = RequestId::new(n) {
-                return id;
-            }
-            self.shared.next_id.store(1, Ordering::Relaxed);
-        }
+        self.shared.ids.next_id()
     }
 
     async fn send(&self, msg: &Message) -> Result<(), CallError> {

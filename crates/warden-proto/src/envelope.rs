@@ -46,6 +46,39 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// Hands out one side's request ids: 1, 2, 3, ... and back to 1 after
+/// 2^53-1. Shared by reference between the tasks of that side.
+#[derive(Debug)]
+pub struct IdSequence(std::sync::atomic::AtomicU64);
+
+impl IdSequence {
+    /// A sequence starting at 1.
+    pub fn new() -> IdSequence {
+        IdSequence(std::sync::atomic::AtomicU64::new(1))
+    }
+
+    /// The next id.
+    pub fn next_id(&self) -> RequestId {
+        use std::sync::atomic::Ordering;
+        loop {
+            let n = self.0.fetch_add(1, Ordering::Relaxed);
+            if let Some(id) = RequestId::new(n) {
+                return id;
+            }
+            // Past 2^53-1 (after ~9e15 requests): start again at 1.
+            let _ = self
+                .0
+                .compare_exchange(n + 1, 1, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Default for IdSequence {
+    fn default() -> Self {
+        IdSequence::new()
+    }
+}
+
 /// A JSON value carried verbatim (params, result, event data).
 #[derive(Clone)]
 pub struct Payload(Box<RawValue>);
@@ -783,6 +816,17 @@ mod tests {
         assert_eq!(&frame[4..], &body[..]);
         assert!(m.to_frame(body.len() - 1).is_none());
         assert!(m.to_frame(body.len()).is_some());
+    }
+
+    #[test]
+    fn id_sequence_wraps_to_one() {
+        let seq = IdSequence::new();
+        assert_eq!(seq.next_id().get(), 1);
+        assert_eq!(seq.next_id().get(), 2);
+        seq.0
+            .store(MAX_REQUEST_ID, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(seq.next_id().get(), MAX_REQUEST_ID);
+        assert_eq!(seq.next_id().get(), 1);
     }
 
     #[test]

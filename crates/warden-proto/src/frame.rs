@@ -81,6 +81,15 @@ impl FrameDecoder {
     /// [`FrameError::TooLarge`] as soon as a header announces more than the
     /// limit; [`FrameError::Empty`] for a zero length.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        Ok(self.next_frame_ref()?.map(<[u8]>::to_vec))
+    }
+
+    /// Like [`FrameDecoder::next_frame`], without copying: the body is
+    /// borrowed from the decoder's buffer until the next call.
+    ///
+    /// # Errors
+    /// As [`FrameDecoder::next_frame`].
+    pub fn next_frame_ref(&mut self) -> Result<Option<&[u8]>, FrameError> {
         let avail = &self.buf[self.start..];
         if avail.len() < FRAME_HEADER_LEN {
             self.compact();
@@ -97,9 +106,9 @@ impl FrameDecoder {
             self.compact();
             return Ok(None);
         }
-        let body = avail[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len].to_vec();
-        self.start += FRAME_HEADER_LEN + len;
-        Ok(Some(body))
+        let begin = self.start + FRAME_HEADER_LEN;
+        self.start = begin + len;
+        Ok(Some(&self.buf[begin..begin + len]))
     }
 
     fn compact(&mut self) {

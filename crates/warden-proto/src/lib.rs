@@ -29,7 +29,7 @@ pub mod handshake;
 pub mod limits;
 pub mod name;
 
-pub use envelope::{DecodeError, Message, Payload, RequestId};
+pub use envelope::{DecodeError, IdSequence, Message, Payload, RequestId};
 pub use error::{ErrorCode, WireError};
 pub use frame::{encode_frame, FrameDecoder, FrameError};
 pub use handshake::{Hello, Identity, Welcome, WelcomeLimits};

@@ -31,7 +31,7 @@ pub(crate) fn call(
     hub: &Hub,
     state: &ConnState,
     method: &str,
-    params: &Payload,
+    params: Payload,
 ) -> Result<Payload, WireError> {
     match method {
         "warden.ping" => payload(json!({ "pong": true })),
@@ -49,7 +49,7 @@ pub(crate) fn call(
             "server": crate::SERVER_NAME,
             "protocol": PROTOCOL_VERSION,
         })),
-        "warden.echo" => Ok(params.clone()),
+        "warden.echo" => Ok(params),
         "warden.status" => status(hub),
         other => Err(WireError::new(
             ErrorCode::UnknownMethod,

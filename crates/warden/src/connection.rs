@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::io::{AsyncWriteExt, Interest};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
@@ -55,6 +54,9 @@ pub(crate) struct ConnState {
     /// the writer as one batch: one queue operation and one wake-up per
     /// read instead of one per frame.
     out: Option<QueuedFrame>,
+    /// Other connections whose wires got frames during this read (routed
+    /// calls and answers); written at the end of the read, in one go each.
+    pub(crate) dirty: Vec<Conn>,
 }
 
 /// Releases the connection's slots in the global and per-uid counts.
@@ -153,10 +155,11 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: UnixStream, peer: PeerIdentity) {
         in_flight: AtomicU32::new(0),
         routed: Mutex::default(),
         outstanding: Mutex::default(),
-        next_broker_id: AtomicU64::new(1),
+        broker_ids: warden_proto::IdSequence::new(),
         kill: Notify::new(),
         killed: AtomicBool::new(false),
         kill_reason: std::sync::atomic::AtomicU8::new(0),
+        wire: Wire::new(stream),
         calls: AtomicU64::new(0),
     });
     lock(&hub.conns).insert(id, Arc::clone(&conn));
@@ -168,10 +171,8 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: UnixStream, peer: PeerIdentity) {
         groups: identity.groups.clone(),
     };
     let policy = hub.current_policy().for_caller(&caller);
-    let (read, write) = stream.into_split();
     let (stop_tx, stop_rx) = oneshot::channel();
     let mut writer = tokio::spawn(writer(
-        write,
         ctl_rx,
         ev_rx,
         Arc::clone(&conn),
@@ -187,8 +188,9 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: UnixStream, peer: PeerIdentity) {
         provided: HashSet::new(),
         hello_done: false,
         out: None,
+        dirty: Vec::new(),
     };
-    state.read_loop(read).await;
+    state.read_loop().await;
     state.cleanup();
 
     let _ = stop_tx.send(());
@@ -204,8 +206,7 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: UnixStream, peer: PeerIdentity) {
 }
 
 /// Reads once, closing any file descriptors that came with the bytes.
-async fn read_some(read: &OwnedReadHalf, buf: &mut [u8]) -> std::io::Result<(usize, bool)> {
-    let stream: &UnixStream = read.as_ref();
+async fn read_some(stream: &UnixStream, buf: &mut [u8]) -> std::io::Result<(usize, bool)> {
     loop {
         stream.readable().await?;
         match stream.try_io(Interest::READABLE, || {
@@ -219,20 +220,46 @@ async fn read_some(read: &OwnedReadHalf, buf: &mut [u8]) -> std::io::Result<(usi
 }
 
 impl ConnState {
-    async fn read_loop(&mut self, read: OwnedReadHalf) {
-        self.read_frames(read).await;
-        let _ = self.flush().await;
-    }
-
-    /// Hands the batched replies to the writer.
-    pub(crate) async fn flush(&mut self) -> Result<(), ()> {
-        match self.out.take() {
-            Some(f) => self.conn.ctl_tx.send(f).await.map_err(|_| ()),
-            None => Ok(()),
+    pub(crate) fn mark_dirty(&mut self, other: &Conn) {
+        if !self.dirty.iter().any(|c| c.id == other.id) {
+            self.dirty.push(Arc::clone(other));
         }
     }
 
-    async fn read_frames(&mut self, read: OwnedReadHalf) {
+    async fn read_loop(&mut self) {
+        let stream = Arc::clone(&self.conn.wire.stream);
+        self.read_frames(&stream).await;
+        let _ = self.flush().await;
+    }
+
+    /// Writes the batched replies: straight to the socket when nothing is
+    /// waiting before them (no hand-off to the writer task, no wake-up),
+    /// else after what is waiting. Waits while too much is waiting, so a
+    /// peer that does not read its replies only slows itself.
+    pub(crate) async fn flush(&mut self) -> Result<(), ()> {
+        for other in std::mem::take(&mut self.dirty) {
+            other.wire.send_pending(&other);
+        }
+        let Some(f) = self.out.take() else {
+            return Ok(());
+        };
+        let wire = &self.conn.wire;
+        if !wire.send_now(f, &self.conn) {
+            return Err(());
+        }
+        loop {
+            let drained = wire.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            match wire.backlog() {
+                None => return Err(()),
+                Some(n) if n <= WIRE_BACKLOG_MAX => return Ok(()),
+                Some(_) => drained.await,
+            }
+        }
+    }
+
+    async fn read_frames(&mut self, read: &UnixStream) {
         let limits = self.hub.settings.limits.clone();
         let mut close_rx = self.hub.close_tx.subscribe();
         let mut decoder = FrameDecoder::new(self.hub.settings.max_frame);
@@ -281,7 +308,7 @@ impl ConnState {
                     ));
                     return;
                 }
-                r = read_some(&read, &mut buf) => {
+                r = read_some(read, &mut buf) => {
                     let (n, fds) = match r {
                         Ok(x) => x,
                         Err(e) => {
@@ -299,10 +326,10 @@ impl ConnState {
                     }
                     decoder.push(&buf[..n]);
                     loop {
-                        match decoder.next_frame() {
+                        match decoder.next_frame_ref() {
                             Ok(Some(body)) => {
                                 if std::mem::take(&mut fds_pending) {
-                                    let id = Message::decode(&body).ok().and_then(|m| m.id());
+                                    let id = Message::decode(body).ok().and_then(|m| m.id());
                                     let msg = Message::error(id, ErrorCode::BadRequest,
                                         "file descriptors (SCM_RIGHTS) are not accepted; they were closed and this frame was discarded");
                                     if self.send(msg).await.is_err() {
@@ -310,7 +337,7 @@ impl ConnState {
                                     }
                                     continue;
                                 }
-                                if let Flow::Close = self.handle_frame(&body).await {
+                                if let Flow::Close = self.handle_frame(body).await {
                                     return;
                                 }
                             }
@@ -461,14 +488,26 @@ impl ConnState {
                 caller,
             } => self.handle_call(id, method, params, caller).await,
             Message::Reply { id, result } => {
-                crate::router::provider_answer(&self.hub, &self.conn, id, Ok(result));
+                crate::router::provider_answer(
+                    &self.hub,
+                    &self.conn,
+                    id,
+                    Ok(result),
+                    &mut self.dirty,
+                );
                 Ok(())
             }
             Message::Error {
                 id: Some(id),
                 error,
             } => {
-                crate::router::provider_answer(&self.hub, &self.conn, id, Err(error));
+                crate::router::provider_answer(
+                    &self.hub,
+                    &self.conn,
+                    id,
+                    Err(error),
+                    &mut self.dirty,
+                );
                 Ok(())
             }
             Message::Error { id: None, error } => {
@@ -586,60 +625,195 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// Writes queued frames to the socket, `ctl` first, batching what is
-/// already queued into one write.
+/// Frames waiting in a connection's [`Wire`] beyond which the reader stops
+/// reading requests until the writer has caught up.
+const WIRE_BACKLOG_MAX: usize = 64;
+
+/// The socket, shared by the reader (which writes its own replies directly
+/// when nothing is waiting) and the writer task (which writes frames other
+/// tasks queued, and finishes whatever the socket did not take at once).
+/// Every write happens under `state`'s lock and starts with what is
+/// pending, so frames never interleave and never reorder.
+#[derive(Debug)]
+pub(crate) struct Wire {
+    pub(crate) stream: Arc<UnixStream>,
+    state: std::sync::Mutex<WireState>,
+    /// The writer has work: something is pending.
+    wake: Notify,
+    /// Pending became empty.
+    drained: Notify,
+}
+
+#[derive(Debug, Default)]
+struct WireState {
+    pending: std::collections::VecDeque<QueuedFrame>,
+    /// Bytes of the front frame already written.
+    offset: usize,
+    failed: bool,
+}
+
+impl Wire {
+    pub(crate) fn new(stream: UnixStream) -> Wire {
+        Wire {
+            stream: Arc::new(stream),
+            state: std::sync::Mutex::default(),
+            wake: Notify::new(),
+            drained: Notify::new(),
+        }
+    }
+
+    /// Writes pending frames until done or the socket is full. `Ok(true)`
+    /// when nothing is left.
+    fn drain(&self, st: &mut WireState) -> std::io::Result<bool> {
+        while let Some(front) = st.pending.front() {
+            match self.stream.try_write(&front.bytes()[st.offset..]) {
+                Ok(n) => {
+                    st.offset += n;
+                    if st.offset >= front.len() {
+                        st.pending.pop_front();
+                        st.offset = 0;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        self.drained.notify_waiters();
+        Ok(true)
+    }
+
+    /// Appends frames and writes what the socket takes now; the writer
+    /// task is woken for the rest. Returns false if the socket has failed.
+    fn push(&self, frames: impl IntoIterator<Item = QueuedFrame>, conn: &ConnShared) -> bool {
+        let mut st = lock(&self.state);
+        if st.failed {
+            return false;
+        }
+        st.pending.extend(frames);
+        match self.drain(&mut st) {
+            Ok(true) => true,
+            Ok(false) => {
+                drop(st);
+                self.wake.notify_one();
+                true
+            }
+            Err(e) => {
+                st.failed = true;
+                st.pending.clear();
+                drop(st);
+                self.drained.notify_waiters();
+                tracing::debug!(conn = conn.id, error = %e, "write failed; closing");
+                conn.kill();
+                false
+            }
+        }
+    }
+
+    fn send_now(&self, frame: QueuedFrame, conn: &ConnShared) -> bool {
+        self.push(std::iter::once(frame), conn)
+    }
+
+    /// Writes `frame` now (after anything pending), from any task.
+    pub(crate) fn send(&self, frame: QueuedFrame, conn: &ConnShared) {
+        self.push(std::iter::once(frame), conn);
+    }
+
+    /// Queues `frame` without writing; the caller must later call
+    /// [`Wire::send_pending`]. Returns false if the socket has failed.
+    pub(crate) fn enqueue(&self, frame: QueuedFrame) -> bool {
+        let mut st = lock(&self.state);
+        if st.failed {
+            return false;
+        }
+        st.pending.push_back(frame);
+        true
+    }
+
+    /// Writes what is pending (see [`Wire::enqueue`]).
+    pub(crate) fn send_pending(&self, conn: &ConnShared) {
+        self.push(std::iter::empty(), conn);
+    }
+
+    /// Frames pending, or `None` once the socket has failed.
+    fn backlog(&self) -> Option<usize> {
+        let st = lock(&self.state);
+        (!st.failed).then_some(st.pending.len())
+    }
+}
+
+/// Writes what other tasks queued (`ctl` first, then events), and
+/// finishes writes the socket could not take at once.
 async fn writer(
-    mut write: OwnedWriteHalf,
     mut ctl_rx: mpsc::Receiver<QueuedFrame>,
     mut ev_rx: mpsc::Receiver<QueuedFrame>,
     conn: Conn,
     mut stop: oneshot::Receiver<()>,
     max_frame: usize,
 ) {
-    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+    let wire = &conn.wire;
     let mut stopping = false;
+    let mut batch: Vec<QueuedFrame> = Vec::new();
     loop {
+        let Some(backlog) = wire.backlog() else {
+            return;
+        };
+        if backlog > 0 {
+            // Finish what the socket did not take.
+            tokio::select! {
+                biased;
+                r = wire.stream.writable() => {
+                    if r.is_err() {
+                        conn.kill();
+                        return;
+                    }
+                    if !wire.push(std::iter::empty(), &conn) {
+                        return;
+                    }
+                }
+                _ = &mut stop, if !stopping => stopping = true,
+            }
+            continue;
+        }
         // A killed connection gets no more events: its last frames are the
         // replies and the reason it was closed.
         let events_off = stopping || conn.killed.load(Ordering::Acquire);
-        let first = if stopping {
+        if stopping {
             match ctl_rx.try_recv() {
-                Ok(f) => f,
-                Err(_) => break,
+                Ok(f) => batch.push(f),
+                Err(_) => return,
             }
         } else {
             tokio::select! {
                 biased;
-                f = ctl_rx.recv() => match f { Some(f) => f, None => break },
-                f = ev_rx.recv(), if !events_off => match f { Some(f) => f, None => break },
+                f = ctl_rx.recv() => match f { Some(f) => batch.push(f), None => return },
+                f = ev_rx.recv(), if !events_off => match f { Some(f) => batch.push(f), None => return },
+                _ = wire.wake.notified() => continue,
                 _ = &mut stop => { stopping = true; continue; }
             }
-        };
-        batch.extend_from_slice(first.bytes());
-        drop(first);
-        while batch.len() < WRITE_BATCH {
-            if let Ok(f) = ctl_rx.try_recv() {
-                batch.extend_from_slice(f.bytes());
-            } else if let (false, Ok(f)) = (events_off, ev_rx.try_recv()) {
-                batch.extend_from_slice(f.bytes());
-            } else {
-                break;
-            }
+        }
+        let mut bytes: usize = batch.iter().map(QueuedFrame::len).sum();
+        while bytes < WRITE_BATCH {
+            let next = match ctl_rx.try_recv() {
+                Ok(f) => f,
+                Err(_) if !events_off => match ev_rx.try_recv() {
+                    Ok(f) => f,
+                    Err(_) => break,
+                },
+                Err(_) => break,
+            };
+            bytes += next.len();
+            batch.push(next);
         }
         if !events_off && ev_rx.is_empty() && conn.missed.load(Ordering::Relaxed) > 0 {
             let missed = conn.missed.swap(0, Ordering::AcqRel);
             if missed > 0 {
                 if let Some(f) = (Message::Lagged { missed }).to_frame(max_frame) {
-                    batch.extend_from_slice(&f);
+                    batch.push(QueuedFrame::force(f, &conn.account));
                 }
             }
         }
-        if let Err(e) = write.write_all(&batch).await {
-            tracing::debug!(conn = conn.id, error = %e, "write failed; closing");
-            conn.kill();
+        if !wire.push(batch.drain(..), &conn) {
             return;
         }
-        batch.clear();
     }
-    let _ = write.shutdown().await;
 }

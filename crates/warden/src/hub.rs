@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::mpsc::{self, OwnedPermit};
+use tokio::sync::mpsc;
 use tokio::sync::{watch, Notify};
 use warden_policy::{Limits, Policy, SlowSubscriber};
 use warden_proto::{Identity, Message, MethodName, RequestId, TopicName};
@@ -35,8 +35,6 @@ pub(crate) struct MethodStats {
 pub(crate) struct Routed {
     pub(crate) caller: Conn,
     pub(crate) caller_id: RequestId,
-    /// Space reserved in the caller's `ctl` queue for the answer.
-    pub(crate) permit: OwnedPermit<QueuedFrame>,
     pub(crate) method: MethodName,
 }
 
@@ -61,12 +59,14 @@ pub(crate) struct ConnShared {
     pub(crate) routed: Mutex<HashMap<u64, Routed>>,
     /// Calls this connection sent to providers: caller id → (provider, broker id).
     pub(crate) outstanding: Mutex<HashMap<RequestId, (Weak<ConnShared>, u64)>>,
-    pub(crate) next_broker_id: AtomicU64,
+    pub(crate) broker_ids: warden_proto::IdSequence,
     /// Set to make the connection close (slow subscriber, shutdown).
     pub(crate) kill: Notify,
     pub(crate) killed: AtomicBool,
     pub(crate) kill_reason: AtomicU8,
     pub(crate) calls: AtomicU64,
+    /// The socket's write side.
+    pub(crate) wire: crate::connection::Wire,
 }
 
 pub(crate) type Conn = Arc<ConnShared>;
@@ -74,14 +74,7 @@ pub(crate) type Conn = Arc<ConnShared>;
 impl ConnShared {
     /// Allocates the broker's next request id on this connection.
     pub(crate) fn next_id(&self) -> RequestId {
-        loop {
-            let n = self.next_broker_id.fetch_add(1, Ordering::Relaxed);
-            if let Some(id) = RequestId::new(n) {
-                return id;
-            }
-            // Wrapped past 2^53-1 after ~9e15 calls: start again at 1.
-            self.next_broker_id.store(1, Ordering::Relaxed);
-        }
+        self.broker_ids.next_id()
     }
 
     /// Asks the connection's task to close it (its writer failed).

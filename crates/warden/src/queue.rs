@@ -1,11 +1,11 @@
 //! Outgoing frames and per-uid byte accounting.
 //!
-//! Each connection has two bounded queues to its writer: `ctl` for replies,
-//! errors and calls to providers (must be delivered; space is reserved
-//! before the request is accepted), and `events` (may be dropped when full,
-//! with the drop counted). Every queued frame is charged to its recipient's
-//! uid until written, and released when written or dropped, so the bytes
-//! one uid can make the broker hold are bounded.
+//! Frames for a connection wait in its wire (see `connection::Wire`) or in
+//! one of two bounded queues to its writer task: `ctl` for errors and
+//! cancels the broker sends on its own, and `events` (dropped when full,
+//! with the drop counted). Every waiting frame is charged to its
+//! recipient's uid until written, and released when written or dropped, so
+//! the bytes one uid can make the broker hold are bounded.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,6 +15,27 @@ use std::sync::Arc;
 pub(crate) struct UidAccount {
     pub(crate) connections: AtomicUsize,
     pub(crate) queued_bytes: AtomicU64,
+}
+
+impl UidAccount {
+    /// Adds `len` queued bytes if that keeps the total within `max`.
+    fn try_charge(&self, len: u64, max: u64) -> bool {
+        let mut cur = self.queued_bytes.load(Ordering::Relaxed);
+        loop {
+            if cur.saturating_add(len) > max {
+                return false;
+            }
+            match self.queued_bytes.compare_exchange_weak(
+                cur,
+                cur + len,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
 }
 
 /// An encoded frame waiting for a writer, charged to a uid while it waits.
@@ -28,21 +49,8 @@ impl QueuedFrame {
     /// Charges `bytes` to `account` if that keeps it within `max`; else
     /// returns `None` and charges nothing.
     pub(crate) fn charge(bytes: Vec<u8>, account: &Arc<UidAccount>, max: u64) -> Option<Self> {
-        let len = bytes.len() as u64;
-        let mut cur = account.queued_bytes.load(Ordering::Relaxed);
-        loop {
-            if cur.saturating_add(len) > max {
-                return None;
-            }
-            match account.queued_bytes.compare_exchange_weak(
-                cur,
-                cur + len,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(actual) => cur = actual,
-            }
+        if !account.try_charge(bytes.len() as u64, max) {
+            return None;
         }
         Some(QueuedFrame {
             bytes,
@@ -77,22 +85,8 @@ impl QueuedFrame {
         let len = bytes.len() as u64;
         if force {
             self.account.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        } else {
-            let mut cur = self.account.queued_bytes.load(Ordering::Relaxed);
-            loop {
-                if cur.saturating_add(len) > max {
-                    return false;
-                }
-                match self.account.queued_bytes.compare_exchange_weak(
-                    cur,
-                    cur + len,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => break,
-                    Err(actual) => cur = actual,
-                }
-            }
+        } else if !self.account.try_charge(len, max) {
+            return false;
         }
         self.bytes.extend_from_slice(bytes);
         true

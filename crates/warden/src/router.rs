@@ -1,11 +1,13 @@
 //! Calls: built-ins, routing to providers, deadlines and cancellation.
 //!
 //! A call is authorized in the caller's task before anything else, so an
-//! unauthorized caller cannot even learn whether a method exists. A routed
-//! call reserves space for its answer in the caller's queue before it is
-//! forwarded, so the provider's task can always deliver the answer without
-//! waiting on the caller; the answer is sent exactly once, by whichever of
-//! reply, error, timeout, cancel, provider loss or shutdown comes first.
+//! unauthorized caller cannot even learn whether a method exists. Routed
+//! calls and their answers are queued on the other connection's wire
+//! without waiting (nobody's task ever blocks on another peer), and
+//! written when the current read's batch is flushed. What a peer can pile
+//! up is bounded by the in-flight limit per connection and the queued-bytes
+//! limit per uid. The answer is sent exactly once, by whichever of reply,
+//! error, timeout, cancel, provider loss or shutdown comes first.
 
 use std::cmp::Reverse;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -19,7 +21,7 @@ use warden_proto::{ErrorCode, Message, MethodName, Payload, RequestId, WireError
 
 use crate::broker::HandlerContext;
 use crate::connection::ConnState;
-use crate::hub::{lock, ConnShared, Deadline, Hub, Routed, WeakConn};
+use crate::hub::{lock, Conn, ConnShared, Deadline, Hub, Routed, WeakConn};
 use crate::queue::QueuedFrame;
 
 impl ConnState {
@@ -87,7 +89,7 @@ impl ConnState {
                 .await;
         }
         if method.is_reserved() {
-            let answer = crate::builtins::call(&hub, self, method.as_str(), &params);
+            let answer = crate::builtins::call(&hub, self, method.as_str(), params);
             hub.count(method.as_str(), answer.is_err());
             return self.send(answer_message(id, answer)).await;
         }
@@ -129,11 +131,6 @@ impl ConnState {
                 )
                 .await;
         }
-        // Reserve room for the answer first: only this connection's own
-        // reading speed can make this wait.
-        let Ok(permit) = self.conn.ctl_tx.clone().reserve_owned().await else {
-            return Err(());
-        };
         let broker_id = provider.next_id();
         let forward = Message::Call {
             id: broker_id,
@@ -143,7 +140,6 @@ impl ConnState {
         };
         let Some(bytes) = forward.to_frame(hub.settings.max_frame) else {
             hub.count(method.as_str(), true);
-            drop(permit);
             return self
                 .send(Message::error(
                     Some(id),
@@ -161,7 +157,6 @@ impl ConnState {
             hub.settings.limits.max_queued_bytes_per_uid,
         ) else {
             hub.count(method.as_str(), true);
-            drop(permit);
             return self
                 .send(Message::error(
                     Some(id),
@@ -178,7 +173,6 @@ impl ConnState {
             Routed {
                 caller: Arc::clone(&self.conn),
                 caller_id: id,
-                permit,
                 method: method.clone(),
             },
         );
@@ -208,7 +202,10 @@ impl ConnState {
                 hub.deadline_added.notify_one();
             }
         }
-        if provider.ctl_tx.try_send(frame).is_err() {
+        // Queued now, written when this read's batch is flushed.
+        if provider.wire.enqueue(frame) {
+            self.mark_dirty(&provider);
+        } else {
             let routed = lock(&provider.routed).remove(&broker_id.get());
             if let Some(r) = routed {
                 finish(
@@ -216,8 +213,9 @@ impl ConnState {
                     r,
                     Err(WireError::new(
                         ErrorCode::Unavailable,
-                        format!("the provider of {method} is not keeping up with its calls; try again later"),
+                        format!("the provider of {method} went away; try again later"),
                     )),
+                    None,
                 );
             }
         }
@@ -324,12 +322,19 @@ fn answer_message(id: RequestId, answer: Result<Payload, WireError>) -> Message 
     }
 }
 
-/// Delivers the one answer of a routed call to its caller.
-pub(crate) fn finish(hub: &Hub, r: Routed, answer: Result<Payload, WireError>) {
+/// Delivers the one answer of a routed call to its caller. With `dirty`,
+/// the answer is queued on the caller's wire and written when the current
+/// read's batch is flushed (one write for many answers); without, it is
+/// written now.
+pub(crate) fn finish(
+    hub: &Hub,
+    r: Routed,
+    answer: Result<Payload, WireError>,
+    dirty: Option<&mut Vec<Conn>>,
+) {
     let Routed {
         caller,
         caller_id,
-        permit,
         method,
     } = r;
     lock(&caller.outstanding).remove(&caller_id);
@@ -348,9 +353,16 @@ pub(crate) fn finish(hub: &Hub, r: Routed, answer: Result<Payload, WireError>) {
             );
             QueuedFrame::force(err.to_frame(usize::MAX).unwrap_or_default(), &caller.account)
         });
-    permit.send(frame);
     caller.in_flight.fetch_sub(1, Ordering::AcqRel);
     hub.count(method.as_str(), is_err);
+    match dirty {
+        Some(dirty) => {
+            if caller.wire.enqueue(frame) && !dirty.iter().any(|c| c.id == caller.id) {
+                dirty.push(Arc::clone(&caller));
+            }
+        }
+        None => caller.wire.send(frame, &caller),
+    }
     hub.routed_done();
 }
 
@@ -360,10 +372,11 @@ pub(crate) fn provider_answer(
     provider: &ConnShared,
     id: RequestId,
     answer: Result<Payload, WireError>,
+    dirty: &mut Vec<Conn>,
 ) {
     let routed = lock(&provider.routed).remove(&id.get());
     match routed {
-        Some(r) => finish(hub, r, answer),
+        Some(r) => finish(hub, r, answer, Some(dirty)),
         None => tracing::debug!(
             conn = provider.id,
             id = id.get(),
@@ -372,12 +385,15 @@ pub(crate) fn provider_answer(
     }
 }
 
-/// The caller cancels one of its calls.
-pub(crate) fn cancel(hub: &Hub, caller: &ConnShared, id: RequestId) {
-    let entry = lock(&caller.outstanding).remove(&id);
-    let Some((provider, broker_id)) = entry else {
-        return;
-    };
+/// Takes a routed call back from its provider (telling the provider with a
+/// `cancel`) and answers the caller with `error(method)`. Does nothing if
+/// the call was already answered.
+fn withdraw(
+    hub: &Hub,
+    provider: &std::sync::Weak<ConnShared>,
+    broker_id: u64,
+    error: impl FnOnce(&MethodName) -> WireError,
+) {
     let Some(provider) = provider.upgrade() else {
         return;
     };
@@ -386,14 +402,18 @@ pub(crate) fn cancel(hub: &Hub, caller: &ConnShared, id: RequestId) {
         if let Some(bid) = RequestId::new(broker_id) {
             hub.try_send_ctl(&provider, &Message::Cancel { id: bid });
         }
-        finish(
-            hub,
-            r,
-            Err(WireError::new(
-                ErrorCode::Cancelled,
-                "the call was cancelled by its caller",
-            )),
-        );
+        let e = error(&r.method);
+        finish(hub, r, Err(e), None);
+    }
+}
+
+/// The caller cancels one of its calls.
+pub(crate) fn cancel(hub: &Hub, caller: &ConnShared, id: RequestId) {
+    let entry = lock(&caller.outstanding).remove(&id);
+    if let Some((provider, broker_id)) = entry {
+        withdraw(hub, &provider, broker_id, |_| {
+            WireError::new(ErrorCode::Cancelled, "the call was cancelled by its caller")
+        });
     }
 }
 
@@ -403,27 +423,18 @@ pub(crate) fn connection_gone(hub: &Hub, conn: &ConnShared) {
     let routed: Vec<Routed> = lock(&conn.routed).drain().map(|(_, r)| r).collect();
     for r in routed {
         let msg = format!("the provider of {} disconnected before answering", r.method);
-        finish(hub, r, Err(WireError::new(ErrorCode::Unavailable, msg)));
+        finish(
+            hub,
+            r,
+            Err(WireError::new(ErrorCode::Unavailable, msg)),
+            None,
+        );
     }
     let outstanding: Vec<_> = lock(&conn.outstanding).drain().collect();
     for (_, (provider, broker_id)) in outstanding {
-        let Some(provider) = provider.upgrade() else {
-            continue;
-        };
-        let routed = lock(&provider.routed).remove(&broker_id);
-        if let Some(r) = routed {
-            if let Some(bid) = RequestId::new(broker_id) {
-                hub.try_send_ctl(&provider, &Message::Cancel { id: bid });
-            }
-            finish(
-                hub,
-                r,
-                Err(WireError::new(
-                    ErrorCode::Cancelled,
-                    "the caller disconnected",
-                )),
-            );
-        }
+        withdraw(hub, &provider, broker_id, |_| {
+            WireError::new(ErrorCode::Cancelled, "the caller disconnected")
+        });
     }
 }
 
@@ -433,7 +444,7 @@ pub(crate) fn fail_all_routed(hub: &Hub, error: WireError) {
     for c in conns {
         let routed: Vec<Routed> = lock(&c.routed).drain().map(|(_, r)| r).collect();
         for r in routed {
-            finish(hub, r, Err(error.clone()));
+            finish(hub, r, Err(error.clone()), None);
         }
     }
 }
@@ -465,21 +476,13 @@ pub(crate) async fn deadline_sweeper(hub: Arc<Hub>, mut close: watch::Receiver<b
             let Some(Deadline(Reverse((_, broker_id)), WeakConn(provider))) = expired else {
                 break;
             };
-            let Some(provider) = provider.upgrade() else {
-                continue;
-            };
-            let routed = lock(&provider.routed).remove(&broker_id);
-            if let Some(r) = routed {
-                if let Some(bid) = RequestId::new(broker_id) {
-                    hub.try_send_ctl(&provider, &Message::Cancel { id: bid });
-                }
-                let msg = format!(
-                    "the provider of {} did not answer within {} ms",
-                    r.method,
-                    hub.settings.call_timeout.as_millis()
-                );
-                finish(&hub, r, Err(WireError::new(ErrorCode::Timeout, msg)));
-            }
+            let timeout_ms = hub.settings.call_timeout.as_millis();
+            withdraw(&hub, &provider, broker_id, |method| {
+                WireError::new(
+                    ErrorCode::Timeout,
+                    format!("the provider of {method} did not answer within {timeout_ms} ms"),
+                )
+            });
         }
     }
 }

@@ -1,53 +1,30 @@
 //! Providers (calls in both directions on one connection) and pub/sub.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
 use serde_json::{json, Value};
 use warden_testkit::{
-    bin_path, command_as, config_text, wardenctl, BrokerProcess, RawConn, TestDir, TestUser,
+    bin_path, command_as, config_text, wardenctl, BrokerProcess, RawConn, TestDir,
 };
 
-use crate::{stderr, stdout, users, RULES};
+use crate::{provider, stderr, stdout, users, wait_in_flight, RULES};
 
-/// Starts `warden-peer provide METHOD` as `user` and waits until ready.
-fn provider(user: &TestUser, socket: &Path, method: &str, delay_ms: u64) -> anyhow::Result<Child> {
-    let mut child = command_as(user, &bin_path("warden-peer"))
-        .arg("--socket")
-        .arg(socket)
-        .args(["provide", method, "--delay-ms", &delay_ms.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let out = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line)?;
-    anyhow::ensure!(line.trim() == "ready", "provider said {line:?}");
-    Ok(child)
-}
-
-/// Waits until the broker reports `n` routed calls in flight.
-fn wait_in_flight(socket: &Path, n: u64) -> anyhow::Result<()> {
-    let mut admin = RawConn::connect(socket)?;
-    admin.hello()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for id in 1.. {
-        let s = admin.call(id, "warden.status", json!(null))?;
-        if s["result"]["routed_in_flight"] == n {
-            return Ok(());
+/// Reads events until `n` are accounted for (received or reported
+/// missed); returns (received, missed).
+fn drain_events(conn: &mut RawConn, n: u64) -> anyhow::Result<(u64, u64)> {
+    let (mut got, mut missed) = (0, 0);
+    while got + missed < n {
+        let v = conn.recv_some()?;
+        match v["kind"].as_str() {
+            Some("event") => {
+                got += 1;
+                missed += v["missed"].as_u64().unwrap_or(0);
+            }
+            Some("lagged") => missed += v["missed"].as_u64().unwrap_or(0),
+            _ => anyhow::bail!("unexpected {v}"),
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "never reached {n} in flight: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(())
+    Ok((got, missed))
 }
 
 #[test]
@@ -195,21 +172,7 @@ fn slow_subscriber_does_not_block_and_learns_what_it_missed() -> anyhow::Result<
     reader.hello()?;
     reader.send_json(&json!({"kind":"subscribe","id":1,"topic":"news.x"}))?;
     assert_eq!(reader.recv_some()?["kind"], "reply");
-    let reading = std::thread::spawn(move || -> anyhow::Result<(u64, u64)> {
-        let (mut got, mut missed) = (0, 0);
-        while got + missed < N {
-            let v = reader.recv_some()?;
-            match v["kind"].as_str() {
-                Some("event") => {
-                    got += 1;
-                    missed += v["missed"].as_u64().unwrap_or(0);
-                }
-                Some("lagged") => missed += v["missed"].as_u64().unwrap_or(0),
-                _ => anyhow::bail!("unexpected {v}"),
-            }
-        }
-        Ok((got, missed))
-    });
+    let reading = std::thread::spawn(move || drain_events(&mut reader, N));
 
     let mut publisher = RawConn::connect(broker.socket())?;
     publisher.hello()?;
@@ -244,18 +207,7 @@ fn slow_subscriber_does_not_block_and_learns_what_it_missed() -> anyhow::Result<
     assert_eq!(got + missed, N);
 
     // The stalled subscriber now reads everything and accounts for all N.
-    let (mut got, mut missed) = (0u64, 0u64);
-    while got + missed < N {
-        let v = stalled.recv_some()?;
-        match v["kind"].as_str() {
-            Some("event") => {
-                got += 1;
-                missed += v["missed"].as_u64().unwrap_or(0);
-            }
-            Some("lagged") => missed += v["missed"].as_u64().unwrap_or(0),
-            _ => anyhow::bail!("unexpected {v}"),
-        }
-    }
+    let (got, missed) = drain_events(&mut stalled, N)?;
     assert_eq!(got + missed, N);
     assert!(
         missed > 0,

@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::json;
 use warden_testkit::{
-    bin_path, command_as, config_text, output_with_timeout, wardenctl, BrokerProcess, RawConn,
-    TestDir,
+    bin_path, config_text, output_with_timeout, wardenctl, BrokerProcess, RawConn, TestDir,
 };
 
-use crate::{stderr, stdout, users, RULES};
+use crate::{provider, stderr, stdout, users, wait_in_flight, RULES};
 
 #[test]
 fn connections_per_uid_and_in_flight_calls_are_limited() -> anyhow::Result<()> {
@@ -86,24 +85,6 @@ fn spawn_call(socket: &std::path::Path, method: &str) -> anyhow::Result<std::pro
         .spawn()?)
 }
 
-fn wait_in_flight(socket: &std::path::Path, n: u64) -> anyhow::Result<()> {
-    let mut admin = RawConn::connect(socket)?;
-    admin.hello()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for id in 1.. {
-        let s = admin.call(id, "warden.status", json!(null))?;
-        if s["result"]["routed_in_flight"] == n {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "never reached {n} in flight: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
 #[test]
 fn sigterm_lets_in_flight_calls_finish_and_removes_the_socket() -> anyhow::Result<()> {
     let Some((alice, _, _)) = users("sigterm_lets_in_flight_calls_finish") else {
@@ -111,22 +92,7 @@ fn sigterm_lets_in_flight_calls_finish_and_removes_the_socket() -> anyhow::Resul
     };
     let dir = TestDir::new("term")?;
     let mut broker = BrokerProcess::start(&dir, &config_text(&dir, RULES))?;
-    let mut provider = command_as(&alice, &bin_path("warden-peer"))
-        .arg("--socket")
-        .arg(broker.socket())
-        .args(["provide", "svc.slow", "--delay-ms", "800"])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(
-            provider
-                .stdout
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("stdout"))?,
-        ),
-        &mut line,
-    )?;
+    let mut provider = provider(&alice, broker.socket(), "svc.slow", 800)?;
     // An idle client stays connected throughout: it must not hold up stop.
     let mut idle = RawConn::connect(broker.socket())?;
     idle.hello()?;
@@ -159,22 +125,7 @@ fn sigterm_past_the_drain_timeout_answers_shutting_down() -> anyhow::Result<()> 
     let dir = TestDir::new("drain")?;
     let conf = format!("[limits]\ndrain_timeout_ms = 300\n{RULES}");
     let mut broker = BrokerProcess::start(&dir, &config_text(&dir, &conf))?;
-    let mut provider = command_as(&alice, &bin_path("warden-peer"))
-        .arg("--socket")
-        .arg(broker.socket())
-        .args(["provide", "svc.stuck", "--delay-ms", "600000"])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(
-            provider
-                .stdout
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("stdout"))?,
-        ),
-        &mut line,
-    )?;
+    let mut provider = provider(&alice, broker.socket(), "svc.stuck", 600000)?;
     let call = spawn_call(broker.socket(), "svc.stuck")?;
     wait_in_flight(broker.socket(), 1)?;
     let t = Instant::now();

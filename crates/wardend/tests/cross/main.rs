@@ -9,7 +9,13 @@ mod lifecycle;
 mod python;
 mod squatting;
 
-use warden_testkit::{test_users, TestUser};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use warden_testkit::{bin_path, command_as, test_users, RawConn, TestUser};
 
 /// The test users, or `None` (after printing why) when not root outside CI.
 pub fn users(test: &str) -> Option<(TestUser, TestUser, TestUser)> {
@@ -65,4 +71,47 @@ pub fn stdout(o: &std::process::Output) -> String {
 
 pub fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Starts `warden-peer provide METHOD` as `user` and waits until ready.
+pub fn provider(
+    user: &TestUser,
+    socket: &Path,
+    method: &str,
+    delay_ms: u64,
+) -> anyhow::Result<Child> {
+    let mut child = command_as(user, &bin_path("warden-peer"))
+        .arg("--socket")
+        .arg(socket)
+        .args(["provide", method, "--delay-ms", &delay_ms.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    anyhow::ensure!(line.trim() == "ready", "provider said {line:?}");
+    Ok(child)
+}
+
+/// Waits until the broker reports `n` routed calls in flight.
+pub fn wait_in_flight(socket: &Path, n: u64) -> anyhow::Result<()> {
+    let mut admin = RawConn::connect(socket)?;
+    admin.hello()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for id in 1.. {
+        let s = admin.call(id, "warden.status", json!(null))?;
+        if s["result"]["routed_in_flight"] == n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "never reached {n} in flight: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
