@@ -133,9 +133,52 @@ pub fn bin_path(name: &str) -> PathBuf {
     p
 }
 
+/// A copy of `file` that every user can read and execute, in a
+/// per-process directory under `/run` (root-owned, 0755). Test users may
+/// not be able to reach the original (a checkout or target directory
+/// under a 0700 home).
+pub fn shared_copy(file: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = Path::new(SHARED_DIR);
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let meta = std::fs::metadata(file).with_context(|| format!("{}", file.display()))?;
+    let name = file.file_name().context("no file name")?.to_string_lossy();
+    // One copy per version of the file: name, size and mtime.
+    let copy = dir.join(format!(
+        "{}-{}-{}",
+        name,
+        meta.len(),
+        meta.mtime_nsec() + meta.mtime() * 1_000_000_000
+    ));
+    if !copy.exists() {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let tmp = dir.join(format!(
+            ".{name}.{}.{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::copy(file, &tmp).with_context(|| format!("copying {}", file.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::rename(&tmp, &copy)?;
+    }
+    Ok(copy)
+}
+
+/// Where [`shared_copy`] puts its copies; `scripts/test` and `.ci/run`
+/// remove it.
+pub const SHARED_DIR: &str = "/run/wdn-shared";
+
 /// A command that runs `program` as `user` (with the user's groups), via
-/// util-linux `setpriv`.
+/// util-linux `setpriv`. Programs under the build directory or the
+/// checkout are run from a [`shared_copy`], so the user can reach them.
 pub fn command_as(user: &TestUser, program: &Path) -> Command {
+    let program = if program.starts_with("/usr") || program.starts_with("/bin") {
+        program.to_path_buf()
+    } else {
+        shared_copy(program).unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let program = program.as_path();
     let mut c = Command::new("setpriv");
     c.arg(format!("--reuid={}", user.uid))
         .arg(format!("--regid={}", user.gid))
