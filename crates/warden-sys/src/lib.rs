@@ -19,6 +19,8 @@
 mod linux;
 
 #[cfg(target_os = "linux")]
+pub use linux::activation::{inherited_listener, ActivationError, InheritedListener};
+#[cfg(target_os = "linux")]
 pub use linux::client::{connect_unix, verify_server, ServerCheckError, ServerTrust};
 #[cfg(target_os = "linux")]
 pub use linux::endpoint::{bind_secure, BoundEndpoint, EndpointError, EndpointSpec};

@@ -56,6 +56,7 @@ pub struct BrokerBuilder {
     slow: SlowSubscriber,
     policy: Arc<Policy>,
     handlers: HashMap<String, Arc<dyn Handler>>,
+    heartbeat: Duration,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -103,7 +104,8 @@ impl BrokerBuilder {
                 max_frame,
                 call_timeout,
             },
-            policy: Mutex::new(self.policy),
+            policy_tx: watch::channel(self.policy).0,
+            heartbeat_ms: AtomicU64::new(0),
             handlers: self.handlers,
             started: Instant::now(),
             conns: Mutex::default(),
@@ -120,7 +122,20 @@ impl BrokerBuilder {
             draining: AtomicBool::new(false),
             close_tx,
         };
-        Broker { hub: Arc::new(hub) }
+        let (stall_tx, stall_rx) = tokio::sync::mpsc::channel(1);
+        Broker {
+            hub: Arc::new(hub),
+            heartbeat: self.heartbeat,
+            stall_tx,
+            stall_rx: Arc::new(Mutex::new(Some(stall_rx))),
+        }
+    }
+
+    /// How often the accept loop proves it is alive (see
+    /// [`Broker::loop_heartbeat_age`]); default 1 s.
+    pub fn heartbeat_interval(mut self, every: Duration) -> Self {
+        self.heartbeat = every.max(Duration::from_millis(10));
+        self
     }
 }
 
@@ -128,6 +143,9 @@ impl BrokerBuilder {
 #[derive(Debug, Clone)]
 pub struct Broker {
     hub: Arc<Hub>,
+    heartbeat: Duration,
+    stall_tx: tokio::sync::mpsc::Sender<Duration>,
+    stall_rx: Arc<Mutex<Option<tokio::sync::mpsc::Receiver<Duration>>>>,
 }
 
 /// Pause after `accept` fails because the process or system is out of
@@ -147,13 +165,30 @@ impl Broker {
             slow: config.broker.on_slow_subscriber,
             policy: Arc::clone(&config.policy),
             handlers: HashMap::new(),
+            heartbeat: Duration::from_secs(1),
         }
     }
 
-    /// Replaces the policy. Connections opened from now on use it;
-    /// existing connections keep the snapshot they were given at connect.
+    /// Replaces the policy, atomically. Every connection recompiles its
+    /// snapshot: subscriptions and provided names it no longer permits are
+    /// dropped, and the client is told with an event on
+    /// `warden.policy.revoked`. Connections stay open.
     pub fn set_policy(&self, policy: Arc<Policy>) {
-        *lock(&self.hub.policy) = policy;
+        self.hub.policy_tx.send_replace(policy);
+    }
+
+    /// Time since the accept loop last turned. The service watchdog pings
+    /// only while this stays below its interval, so a stalled loop stops
+    /// the pings.
+    pub fn loop_heartbeat_age(&self) -> Duration {
+        let now = self.hub.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.hub.heartbeat_ms.load(Ordering::Acquire)))
+    }
+
+    /// Test hook: blocks the accept loop's thread for `d`, as a hung loop
+    /// would. Used to prove that the watchdog stops pinging.
+    pub fn stall_loop_for_test(&self, d: Duration) {
+        let _ = self.stall_tx.try_send(d);
     }
 
     /// Number of open connections.
@@ -168,6 +203,9 @@ impl Broker {
     pub async fn serve(&self, listener: UnixListener, mut shutdown: Shutdown) {
         let hub = &self.hub;
         let mut tasks = JoinSet::new();
+        let mut stall_rx = lock(&self.stall_rx).take();
+        let mut heartbeat = tokio::time::interval(self.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let sweeper = tokio::spawn(crate::router::deadline_sweeper(
             Arc::clone(hub),
             hub.close_tx.subscribe(),
@@ -176,6 +214,13 @@ impl Broker {
             tokio::select! {
                 biased;
                 _ = shutdown.requested() => break,
+                _ = heartbeat.tick() => {
+                    hub.heartbeat_ms.store(hub.started.elapsed().as_millis() as u64, Ordering::Release);
+                }
+                Some(d) = async { match stall_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                    tracing::warn!(?d, "test hook: stalling the accept loop");
+                    std::thread::sleep(d);
+                }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {

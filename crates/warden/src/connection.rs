@@ -16,7 +16,7 @@ use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
-use warden_policy::{Caller, CallerPolicy};
+use warden_policy::{Action, Caller, CallerPolicy};
 use warden_proto::{
     ErrorCode, FrameDecoder, FrameError, Identity, Message, MethodName, RequestId, TopicName,
     Welcome, WelcomeLimits, PROTOCOL_VERSION,
@@ -25,6 +25,9 @@ use warden_sys::PeerIdentity;
 
 use crate::hub::{lock, Conn, ConnShared, Hub};
 use crate::queue::QueuedFrame;
+
+/// Topic of the event that tells a client what a policy reload took away.
+pub(crate) const REVOKED_TOPIC: &str = "warden.policy.revoked";
 
 /// Bytes read from the socket per read call.
 const READ_CHUNK: usize = 64 * 1024;
@@ -262,6 +265,8 @@ impl ConnState {
     async fn read_frames(&mut self, read: &UnixStream) {
         let limits = self.hub.settings.limits.clone();
         let mut close_rx = self.hub.close_tx.subscribe();
+        let mut policy_rx = self.hub.policy_tx.subscribe();
+        policy_rx.mark_unchanged();
         let mut decoder = FrameDecoder::new(self.hub.settings.max_frame);
         let mut buf = vec![0u8; READ_CHUNK];
         let hello_deadline = Instant::now() + Duration::from_millis(limits.hello_timeout_ms);
@@ -296,6 +301,12 @@ impl ConnState {
                 _ = close_rx.changed() => {
                     self.say_goodbye();
                     return;
+                }
+                _ = policy_rx.changed() => {
+                    let policy = Arc::clone(&policy_rx.borrow_and_update());
+                    if self.apply_policy(policy).await.is_err() {
+                        return;
+                    }
                 }
                 _ = sleep_until_opt(deadline) => {
                     let what = if self.hello_done { "a frame stayed half-sent" } else { "no hello" };
@@ -366,6 +377,75 @@ impl ConnState {
                 }
             }
         }
+    }
+
+    /// Recompiles this connection's policy snapshot after a reload, and
+    /// drops the subscriptions and provided names it no longer permits,
+    /// telling the client with an event on `warden.policy.revoked`.
+    async fn apply_policy(&mut self, policy: Arc<warden_policy::Policy>) -> Result<(), ()> {
+        let caller = Caller {
+            uid: self.conn.identity.uid,
+            gid: self.conn.identity.gid,
+            groups: self.conn.identity.groups.clone(),
+        };
+        self.policy = policy.for_caller(&caller);
+        let lost_topics: Vec<TopicName> = self
+            .subscriptions
+            .iter()
+            .filter(|t| !self.policy.decide(Action::Subscribe, t.as_str()).allowed)
+            .cloned()
+            .collect();
+        let lost_methods: Vec<MethodName> = self
+            .provided
+            .iter()
+            .filter(|m| !self.policy.decide(Action::Provide, m.as_str()).allowed)
+            .cloned()
+            .collect();
+        if lost_topics.is_empty() && lost_methods.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut topics = lock(&self.hub.topics);
+            for t in &lost_topics {
+                self.subscriptions.remove(t);
+                if let Some(subs) = topics.get_mut(t) {
+                    subs.retain(|c| c.id != self.conn.id);
+                    if subs.is_empty() {
+                        topics.remove(t);
+                    }
+                }
+            }
+        }
+        {
+            let mut providers = lock(&self.hub.providers);
+            for m in &lost_methods {
+                self.provided.remove(m);
+                if providers.get(m).is_some_and(|c| c.id == self.conn.id) {
+                    providers.remove(m);
+                }
+            }
+        }
+        tracing::info!(
+            target: "warden::audit",
+            conn = self.conn.id, uid = self.conn.identity.uid, pid = self.conn.identity.pid,
+            topics = ?lost_topics, methods = ?lost_methods,
+            "policy reload revoked subscriptions or provided methods"
+        );
+        let data = serde_json::json!({
+            "subscriptions": lost_topics.iter().map(TopicName::as_str).collect::<Vec<_>>(),
+            "provided": lost_methods.iter().map(MethodName::as_str).collect::<Vec<_>>(),
+        });
+        let Ok(topic) = TopicName::try_from(REVOKED_TOPIC) else {
+            return Ok(());
+        };
+        let event = Message::Event {
+            topic,
+            data: warden_proto::Payload::from_value(&data).unwrap_or_default(),
+            missed: 0,
+            publisher: None,
+        };
+        self.send(event).await?;
+        self.flush().await
     }
 
     fn say_goodbye(&self) {

@@ -131,7 +131,12 @@ pub(crate) struct Settings {
 /// Everything the connection tasks share.
 pub(crate) struct Hub {
     pub(crate) settings: Settings,
-    pub(crate) policy: Mutex<Arc<Policy>>,
+    /// The current policy; connections watch it and recompile their
+    /// snapshot when it changes (SIGHUP reload).
+    pub(crate) policy_tx: watch::Sender<Arc<Policy>>,
+    /// Milliseconds since `started` at the accept loop's last turn: the
+    /// service watchdog pings only while this stays fresh.
+    pub(crate) heartbeat_ms: AtomicU64,
     pub(crate) handlers: HashMap<String, Arc<dyn Handler>>,
     pub(crate) started: Instant,
     pub(crate) conns: Mutex<HashMap<u64, Conn>>,
@@ -165,7 +170,7 @@ impl Hub {
     }
 
     pub(crate) fn current_policy(&self) -> Arc<Policy> {
-        Arc::clone(&lock(&self.policy))
+        Arc::clone(&self.policy_tx.borrow())
     }
 
     /// Records one finished call of `method`.

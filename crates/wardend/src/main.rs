@@ -109,50 +109,104 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where the listening socket came from.
+enum Endpoint {
+    /// Bound by wardend: removed at exit.
+    Bound(warden_sys::BoundEndpoint),
+    /// Passed by the service manager: left alone at exit.
+    Inherited,
+}
+
+/// Environment variable that enables test hooks (SIGUSR1 stalls the accept
+/// loop for 5 s). Never set in production.
+const TEST_HOOKS_ENV: &str = "WARDEND_TEST_HOOKS";
+
 fn run(args: Args, config: Config) -> anyhow::Result<()> {
-    let socket = match args.socket.or_else(|| config.broker.socket.clone()) {
-        Some(s) => s,
-        None => default_socket()?,
-    };
     match warden_sys::raise_nofile_limit() {
         Ok((old, new)) if old != new => tracing::info!(old, new, "raised the open-file limit"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
-    let spec = warden_sys::EndpointSpec {
-        path: socket.clone(),
-        mode: config.broker.socket_mode,
-        group: config.broker.socket_group.as_ref().map(|(_, gid)| *gid),
-        create_dir: true,
+    // Socket activation first (it edits the environment: before any
+    // thread starts), else bind our own socket.
+    let (std_listener, endpoint, socket) = match warden_sys::inherited_listener()
+        .context("socket activation")?
+    {
+        Some(inherited) => {
+            let shown = inherited
+                .path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("<unnamed>"));
+            if let Some(flag) = &args.socket {
+                if inherited.path.as_ref() != Some(flag) {
+                    tracing::warn!(flag = %flag.display(), inherited = %shown.display(),
+                        "--socket ignored: the service manager passed a listening socket");
+                }
+            }
+            (inherited.listener, Endpoint::Inherited, shown)
+        }
+        None => {
+            let socket = match args.socket.clone().or_else(|| config.broker.socket.clone()) {
+                Some(s) => s,
+                None => default_socket()?,
+            };
+            let spec = warden_sys::EndpointSpec {
+                path: socket.clone(),
+                mode: config.broker.socket_mode,
+                group: config.broker.socket_group.as_ref().map(|(_, gid)| *gid),
+                create_dir: true,
+            };
+            // Bind before starting any thread: binding sets the process umask.
+            let mut bound = warden_sys::bind_secure(&spec)
+                .with_context(|| format!("cannot listen on {}", socket.display()))?;
+            if bound.reclaimed_stale() {
+                tracing::info!(path = %socket.display(), "removed a stale socket left by an earlier broker");
+            }
+            let l = bound
+                .take_listener()
+                .context("the endpoint has no listener")?;
+            (l, Endpoint::Bound(bound), socket)
+        }
     };
-    // Bind before starting any thread: binding sets the process umask.
-    let mut endpoint = warden_sys::bind_secure(&spec)
-        .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    if endpoint.reclaimed_stale() {
-        tracing::info!(path = %socket.display(), "removed a stale socket left by an earlier broker");
-    }
-    let std_listener = endpoint
-        .take_listener()
-        .context("the endpoint has no listener")?;
+    let watchdog = sd_notify::watchdog_enabled();
+    let test_hooks = std::env::var(TEST_HOOKS_ENV).is_ok_and(|v| v == "1");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("wardend")
         .build()
         .context("cannot start the async runtime")?;
+    let config_path = args.config.clone();
     let result = runtime.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .context("cannot register the listener with the runtime")?;
-        let broker = Broker::builder(&config).build();
+        let mut builder = Broker::builder(&config);
+        if let Some(w) = watchdog {
+            builder = builder.heartbeat_interval(w / 4);
+        }
+        let broker = builder.build();
         let (trigger, shutdown) = Shutdown::new();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot install the SIGTERM handler")?;
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-            .context("cannot install the SIGINT handler")?;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term =
+            signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        let mut int =
+            signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+        let mut usr1 =
+            signal(SignalKind::user_defined1()).context("cannot install the SIGUSR1 handler")?;
+        let signals_broker = broker.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-                _ = int.recv() => tracing::info!("SIGINT: stopping"),
+            loop {
+                tokio::select! {
+                    _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }
+                    _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
+                    _ = hup.recv() => reload(&signals_broker, config_path.as_ref()),
+                    _ = usr1.recv() => {
+                        if test_hooks {
+                            signals_broker.stall_loop_for_test(std::time::Duration::from_secs(5));
+                        }
+                    }
+                }
             }
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             trigger.trigger();
@@ -161,18 +215,78 @@ fn run(args: Args, config: Config) -> anyhow::Result<()> {
             socket = %socket.display(),
             config = %config.source,
             server = warden::SERVER_NAME,
+            watchdog = ?watchdog,
             "listening"
         );
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        spawn_notifier(broker.clone(), watchdog);
         broker.serve(listener, shutdown).await;
         anyhow::Ok(())
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    if let Err(e) = endpoint.remove_socket() {
-        tracing::warn!(error = %e, "could not remove the socket");
+    if let Endpoint::Bound(bound) = &endpoint {
+        if let Err(e) = bound.remove_socket() {
+            tracing::warn!(error = %e, "could not remove the socket");
+        }
     }
     tracing::info!("stopped");
     result
+}
+
+/// SIGHUP: load the configuration again and swap the policy in, or keep
+/// the old one if the new file is invalid.
+fn reload(broker: &Broker, path: Option<&PathBuf>) {
+    match load_config(path) {
+        Ok(c) => {
+            for w in &c.warnings {
+                tracing::warn!("{w}");
+            }
+            tracing::info!(
+                target: "warden::audit",
+                config = %c.source, rules = c.policy.rule_count(),
+                "SIGHUP: policy reloaded (limits and socket settings take effect at the next start)"
+            );
+            broker.set_policy(c.policy);
+        }
+        Err(e) => tracing::error!(
+            target: "warden::audit",
+            "SIGHUP: the new configuration is invalid, keeping the old policy: {e}"
+        ),
+    }
+}
+
+/// A thread, outside the async runtime, that sends `STATUS=` lines and,
+/// when the service manager asked for it, `WATCHDOG=1` at half the
+/// interval, but only while the broker's accept loop is turning.
+fn spawn_notifier(broker: Broker, watchdog: Option<std::time::Duration>) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let every = watchdog
+        .map(|w| w / 2)
+        .unwrap_or(std::time::Duration::from_secs(5));
+    let spawned = std::thread::Builder::new()
+        .name("wardend-notify".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            let status = format!("serving {} connections", broker.connection_count());
+            let mut states = vec![sd_notify::NotifyState::Status(&status)];
+            if let Some(w) = watchdog {
+                let age = broker.loop_heartbeat_age();
+                if age < w * 3 / 4 {
+                    states.push(sd_notify::NotifyState::Watchdog);
+                } else {
+                    tracing::error!(
+                        ?age,
+                        "the accept loop is not turning: withholding the watchdog ping"
+                    );
+                }
+            }
+            let _ = sd_notify::notify(&states);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the notification thread");
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The Linux backend.
 #![cfg(target_os = "linux")]
 
+pub(crate) mod activation;
 pub(crate) mod client;
 pub(crate) mod endpoint;
 pub(crate) mod fds;

@@ -7,6 +7,7 @@ mod duplex;
 mod identity;
 mod lifecycle;
 mod python;
+mod service;
 mod squatting;
 
 use std::io::{BufRead, BufReader};
