@@ -281,12 +281,50 @@ impl BrokerProcess {
         socket: PathBuf,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> anyhow::Result<BrokerProcess> {
+        Self::spawn_full(dir, args, socket, env, None)
+    }
+
+    /// Starts `wardend` as `user` (a service account), on `config`, with
+    /// its socket at `socket`.
+    pub fn start_as(
+        dir: &TestDir,
+        config: &str,
+        socket: PathBuf,
+        user: &TestUser,
+    ) -> anyhow::Result<BrokerProcess> {
+        let conf = dir.path().join("warden.toml");
+        std::fs::write(&conf, config)?;
+        Self::spawn_full(
+            dir,
+            &[
+                "--config".as_ref(),
+                conf.as_os_str(),
+                "--socket".as_ref(),
+                socket.as_os_str(),
+            ],
+            socket.clone(),
+            &[],
+            Some(user),
+        )
+    }
+
+    fn spawn_full(
+        dir: &TestDir,
+        args: &[&std::ffi::OsStr],
+        socket: PathBuf,
+        env: &[(&str, &std::ffi::OsStr)],
+        user: Option<&TestUser>,
+    ) -> anyhow::Result<BrokerProcess> {
         static N: AtomicU32 = AtomicU32::new(0);
         let log = dir
             .path()
             .join(format!("wardend-{}.log", N.fetch_add(1, Ordering::Relaxed)));
         let logf = std::fs::File::create(&log)?;
-        let child = Command::new(bin_path("wardend"))
+        let mut cmd = match user {
+            Some(u) => command_as(u, &bin_path("wardend")),
+            None => Command::new(bin_path("wardend")),
+        };
+        let child = cmd
             .args(args)
             .arg("--log-level=debug")
             .envs(env.iter().map(|(k, v)| (*k, *v)))

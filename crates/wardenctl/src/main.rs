@@ -3,6 +3,7 @@
 //! Thin by design: arguments → [`warden_client`] → output. Exit codes are
 //! part of the interface (see `--help`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -80,6 +81,37 @@ enum Command {
         /// Event data as JSON.
         data: String,
     },
+    /// Install Warden as a systemd service (units, service user, config).
+    Install {
+        /// Install into this root instead of the running system (an offline
+        /// image, like `systemctl --root`).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Configuration to install if none exists yet (default: the
+        /// embedded default with the system socket written out).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The wardend binary the unit starts, as a path inside the root
+        /// (default: the wardend next to this wardenctl). Nothing is copied.
+        #[arg(long, value_name = "PATH")]
+        wardend: Option<PathBuf>,
+    },
+    /// Remove what install created (configuration kept unless --purge).
+    Uninstall {
+        /// The root install used.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Also remove the configuration install created.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Show what is installed, the effective configuration and privileges,
+    /// and the running broker's status if it answers.
+    Dump {
+        /// The root install used.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+    },
 }
 
 /// A failure, with the exit status it maps to.
@@ -87,6 +119,8 @@ enum Failure {
     Connect(String),
     Remote(warden_proto::WireError),
     Local(String),
+    /// A local operation (install, uninstall, dump) failed.
+    Operation(String),
 }
 
 impl From<CallError> for Failure {
@@ -171,6 +205,161 @@ fn group_name(gid: u64) -> String {
         .and_then(|g| warden_sys::group_name(g).ok().flatten())
         .map(|n| format!("{gid}({n})"))
         .unwrap_or_else(|| gid.to_string())
+}
+
+/// True when systemd runs the machine (`sd_booted`): then install and
+/// uninstall also talk to it.
+fn systemd_running(root: &std::path::Path) -> bool {
+    root == std::path::Path::new("/") && std::path::Path::new("/run/systemd/system").is_dir()
+}
+
+fn run_systemctl(args: &[&str]) -> Result<(), Failure> {
+    let status = std::process::Command::new("systemctl")
+        .args(args)
+        .status()
+        .map_err(|e| Failure::Local(format!("running systemctl {}: {e}", args.join(" "))))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Failure::Local(format!(
+            "systemctl {} failed ({status})",
+            args.join(" ")
+        )))
+    }
+}
+
+/// The commands that work on files, not on a running broker.
+fn run_local(cli: &Cli) -> Option<Result<(), Failure>> {
+    use warden_service::SystemResolver;
+    let failed = |e: warden_service::ServiceError| Failure::Operation(error_chain(&e));
+    match &cli.command {
+        Command::Install {
+            root,
+            config,
+            wardend,
+        } => Some((|| {
+            let wardend = match wardend {
+                Some(p) => p.clone(),
+                None => std::env::current_exe()
+                    .ok()
+                    .and_then(|p| p.parent().map(|d| d.join("wardend")))
+                    .unwrap_or_else(|| PathBuf::from("/usr/bin/wardend")),
+            };
+            let opts = warden_service::InstallOptions {
+                root: root.clone(),
+                wardend,
+                config: config.clone(),
+            };
+            let manifest = warden_service::install(&opts, &SystemResolver).map_err(failed)?;
+            if cli.json {
+                print_json(&serde_json::to_value(&manifest).unwrap_or_default());
+            } else {
+                for f in &manifest.files {
+                    println!("wrote {}", root.join(f).display());
+                }
+                if manifest.config_created {
+                    println!("wrote {}", root.join(warden_service::CONFIG_PATH).display());
+                }
+            }
+            if systemd_running(root) {
+                run_systemctl(&["daemon-reload"])?;
+                for cmd in [["systemd-sysusers", ""], ["systemd-tmpfiles", "--create"]] {
+                    let _ = std::process::Command::new(cmd[0])
+                        .args(cmd[1..].iter().filter(|a| !a.is_empty()))
+                        .status();
+                }
+                run_systemctl(&["enable", "--now", warden_service::SOCKET_UNIT])?;
+            } else if !cli.json {
+                println!(
+                    "systemd is not running this system (or --root was given): run these on the target system:\n  \
+                     systemd-sysusers && systemd-tmpfiles --create\n  \
+                     systemctl daemon-reload\n  \
+                     systemctl enable --now {}",
+                    warden_service::SOCKET_UNIT
+                );
+            }
+            Ok(())
+        })()),
+        Command::Uninstall { root, purge } => Some((|| {
+            if systemd_running(root) {
+                let _ = run_systemctl(&[
+                    "disable",
+                    "--now",
+                    warden_service::SOCKET_UNIT,
+                    warden_service::SERVICE_UNIT,
+                ]);
+            }
+            let removed = warden_service::uninstall(root, *purge).map_err(failed)?;
+            if systemd_running(root) {
+                run_systemctl(&["daemon-reload"])?;
+            }
+            if cli.json {
+                let list: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
+                print_json(&serde_json::json!({ "removed": list }));
+            } else if removed.is_empty() {
+                println!(
+                    "nothing to remove: Warden is not installed under {}",
+                    root.display()
+                );
+            } else {
+                for p in &removed {
+                    println!("removed {}", p.display());
+                }
+            }
+            Ok(())
+        })()),
+        Command::Dump { root } => Some((|| {
+            let state = warden_service::installed_state(root, &SystemResolver).map_err(failed)?;
+            let socket = cli.socket.clone().unwrap_or_else(default_socket);
+            let status = std::thread::scope(|_| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    let c = Client::connect(ConnectOptions::new(socket)).await.ok()?;
+                    c.call_json("warden.status", Value::Null).await.ok()
+                })
+            });
+            if cli.json {
+                let mut v = serde_json::to_value(&state).unwrap_or_default();
+                v["broker"] = status.unwrap_or(Value::Null);
+                print_json(&v);
+            } else {
+                println!("installed: {}", if state.installed { "yes" } else { "no" });
+                for p in &state.paths {
+                    match (&p.mode, p.uid, p.gid) {
+                        (Some(mode), Some(uid), Some(gid)) => println!(
+                            "  {:<48} {mode} {}:{}",
+                            p.path,
+                            user_name(u64::from(uid)),
+                            group_name(u64::from(gid))
+                        ),
+                        _ => println!("  {:<48} (absent)", p.path),
+                    }
+                }
+                println!("configuration: {}", state.config_source);
+                if state.capabilities.is_empty() {
+                    println!("capabilities: none (the core broker needs none; it runs as the warden user)");
+                } else {
+                    for c in &state.capabilities {
+                        println!("capability {}: {}", c.name, c.reason);
+                    }
+                }
+                match status {
+                    Some(s) => println!(
+                        "broker: {} up {:.1} s, {} connections",
+                        s["server"].as_str().unwrap_or("?"),
+                        s["uptime_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+                        s["connections"]
+                    ),
+                    None => println!("broker: not running, or its status is not open to you"),
+                }
+            }
+            Ok(())
+        })()),
+        _ => None,
+    }
 }
 
 async fn run(cli: &Cli) -> Result<(), Failure> {
@@ -276,6 +465,11 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 print_json(&line);
             }
         }
+        Command::Install { .. } | Command::Uninstall { .. } | Command::Dump { .. } => {
+            return Err(Failure::Local(
+                "install, uninstall and dump do not talk to the broker".into(),
+            ));
+        }
         Command::Publish { topic, data } => {
             let d = parse_json("data", data)?;
             let r = client.publish(topic, d).await?;
@@ -339,6 +533,12 @@ fn print_status(r: &Value) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(result) = run_local(&cli) {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(f) => report(&cli, f),
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -351,7 +551,17 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(&cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Remote(w)) => {
+        Err(f) => report(&cli, f),
+    }
+}
+
+fn report(cli: &Cli, failure: Failure) -> ExitCode {
+    match failure {
+        Failure::Operation(m) => {
+            eprintln!("error: {m}");
+            ExitCode::from(EXIT_REMOTE_ERROR)
+        }
+        Failure::Remote(w) => {
             if cli.json {
                 print_json(
                     &serde_json::json!({ "error": { "code": w.code.as_str(), "message": w.message } }),
@@ -360,11 +570,11 @@ fn main() -> ExitCode {
             eprintln!("error: {}: {}", w.code, w.message);
             ExitCode::from(EXIT_REMOTE_ERROR)
         }
-        Err(Failure::Connect(m)) => {
+        Failure::Connect(m) => {
             eprintln!("error: {m}");
             ExitCode::from(EXIT_CONNECT)
         }
-        Err(Failure::Local(m)) => {
+        Failure::Local(m) => {
             eprintln!("error: {m}");
             ExitCode::from(EXIT_USAGE)
         }

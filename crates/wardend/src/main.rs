@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use warden::{Broker, Shutdown};
-use warden_policy::{Config, Resolver, DEFAULT_CONFIG};
+use warden_policy::{Config, DEFAULT_CONFIG};
+use warden_service::SystemResolver;
 
 /// The Warden broker: a hardened local IPC broker for privileged helpers.
 #[derive(Debug, Parser)]
@@ -31,18 +32,6 @@ struct Args {
     /// Log level: error, warn, info, debug or trace (or a tracing filter).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
-}
-
-/// Resolves user and group names through the system database.
-struct SystemResolver;
-
-impl Resolver for SystemResolver {
-    fn user_uid(&self, name: &str) -> Option<u32> {
-        warden_sys::user_by_name(name).ok().flatten().map(|u| u.uid)
-    }
-    fn group_gid(&self, name: &str) -> Option<u32> {
-        warden_sys::group_by_name(name).ok().flatten()
-    }
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config, warden_policy::ConfigError> {

@@ -184,3 +184,34 @@ fn client_refuses_a_squatter_and_sends_nothing() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_service_users_broker_in_a_root_controlled_directory_is_trusted() -> anyhow::Result<()> {
+    let Some((alice, bob, _)) =
+        users("a_service_users_broker_in_a_root_controlled_directory_is_trusted")
+    else {
+        return Ok(());
+    };
+    // Like /run/warden handed to a `warden` service user by root: the
+    // directory is bob's, every ancestor is root's and not writable by
+    // others, so a client trusts bob as the server there.
+    let dir = TestDir::new("svcuser")?;
+    let svc = dir.path().join("svc");
+    std::fs::create_dir(&svc)?;
+    std::os::unix::fs::chown(&svc, Some(bob.uid), Some(bob.gid))?;
+    let sock = svc.join("warden.sock");
+    let broker = BrokerProcess::start_as(&dir, &config_text(&dir, RULES), sock.clone(), &bob)?;
+    let out = wardenctl(Some(&alice), &sock, &["--json", "version"])?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Pinning another uid refuses it, before anything is sent.
+    let pinned = alice.uid.to_string();
+    let out = wardenctl(Some(&alice), &sock, &["--server-uid", &pinned, "ping"])?;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("uid {}", bob.uid)),
+        "{}",
+        stderr(&out)
+    );
+    drop(broker);
+    Ok(())
+}
