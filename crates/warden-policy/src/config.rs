@@ -119,6 +119,17 @@ pub enum SlowSubscriber {
     Disconnect,
 }
 
+/// The `[learn]` section: learning mode (capturing a process's access
+/// denials). Off by default; turning it on grants the broker the
+/// privileges the capture needs (see `wardenctl dump`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearnSection {
+    /// Serve `learn.*` methods.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
 /// The `[broker]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerSection {
@@ -249,6 +260,8 @@ struct RawConfig {
     broker: RawBroker,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    learn: LearnSection,
     #[serde(default, rename = "rule")]
     rules: Vec<Spanned<RawRule>>,
 }
@@ -262,6 +275,8 @@ pub struct Config {
     pub broker: BrokerSection,
     /// The `[limits]` section.
     pub limits: Limits,
+    /// The `[learn]` section.
+    pub learn: LearnSection,
     /// The compiled rules.
     pub policy: Arc<Policy>,
     /// Things that are valid but probably not what was meant (e.g. a user
@@ -540,6 +555,7 @@ impl Config {
             source: file.to_owned(),
             broker,
             limits,
+            learn: raw.learn,
             policy: Arc::new(Policy::new(rules, admin_gid, source)),
             warnings,
         })

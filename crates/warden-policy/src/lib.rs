@@ -25,7 +25,8 @@ mod pattern;
 mod policy;
 
 pub use config::{
-    Action, BrokerSection, Config, ConfigError, Effect, Limits, SlowSubscriber, DEFAULT_CONFIG,
+    Action, BrokerSection, Config, ConfigError, Effect, LearnSection, Limits, SlowSubscriber,
+    DEFAULT_CONFIG,
 };
 pub use pattern::{NamePattern, PatternError};
 pub use policy::{Caller, CallerPolicy, Decision, Policy, Resolver, RuleRef, StaticResolver};

@@ -54,8 +54,23 @@ pub struct Capability {
 /// Features that need privileges (learning mode: `CAP_BPF`,
 /// `CAP_PERFMON`; per-user child hosts: `CAP_SETUID`, `CAP_SETGID`,
 /// `CAP_KILL`) add theirs here when they land.
-pub fn capabilities(_config: &Config) -> Vec<Capability> {
-    Vec::new()
+pub fn capabilities(config: &Config) -> Vec<Capability> {
+    let mut caps = Vec::new();
+    if config.learn.enabled {
+        caps.push(Capability {
+            name: "CAP_BPF",
+            reason: "learning mode: load the eBPF programs that capture a traced process's denials",
+        });
+        caps.push(Capability {
+            name: "CAP_PERFMON",
+            reason: "learning mode: attach them to syscall tracepoints and read their ring buffer",
+        });
+        caps.push(Capability {
+            name: "CAP_SYS_PTRACE",
+            reason: "learning mode: read the traced process's executable and start time from /proc (processes of other uids)",
+        });
+    }
+    caps
 }
 
 /// What install does.
@@ -205,14 +220,19 @@ pub fn service_unit(config: &Config, wardend: &Path) -> String {
          DevicePolicy=closed\n\
          KeyringMode=private\n\
          SystemCallArchitectures=native\n\
-         SystemCallFilter=@system-service\n\
-         SystemCallFilter=~@privileged @resources\n\
+         {syscalls}\
          SystemCallErrorNumber=EPERM\n\
          \n\
          [Install]\n\
          WantedBy=multi-user.target\n",
         source = config.source,
         wardend = wardend.display(),
+        syscalls = if config.learn.enabled {
+            "# Learning mode loads eBPF programs and opens perf events.\n\
+             SystemCallFilter=@system-service bpf perf_event_open\n"
+        } else {
+            "SystemCallFilter=@system-service\nSystemCallFilter=~@privileged @resources\n"
+        },
     )
 }
 
@@ -460,6 +480,38 @@ pub struct InstalledState {
     pub capabilities: Vec<Capability>,
     /// Whether the broker needs full root (never for the core).
     pub needs_root: bool,
+    /// Whether the `warden` service account exists in the root's user
+    /// database (`etc/passwd` of the root; the system database for `/`).
+    pub service_user_exists: bool,
+    /// The effective configuration, summarized.
+    pub config: ConfigSummary,
+}
+
+/// The settings of the effective configuration that `dump` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigSummary {
+    /// Socket path (`null`: the default for the broker's uid).
+    pub socket: Option<String>,
+    /// Socket file mode, octal text.
+    pub socket_mode: String,
+    /// Number of policy rules.
+    pub rules: usize,
+    /// Learning mode enabled.
+    pub learn: bool,
+    /// Warnings the configuration produced.
+    pub warnings: Vec<String>,
+}
+
+fn service_user_exists(root: &Path) -> bool {
+    if root == Path::new("/") {
+        return warden_sys::user_by_name(SERVICE_USER)
+            .ok()
+            .flatten()
+            .is_some();
+    }
+    fs::read_to_string(root.join("etc/passwd"))
+        .map(|t| t.lines().any(|l| l.split(':').next() == Some(SERVICE_USER)))
+        .unwrap_or(false)
 }
 
 /// Reports what is installed below `root`.
@@ -505,6 +557,18 @@ pub fn installed_state(
         config_source: config.source.clone(),
         capabilities: capabilities(&config),
         needs_root: false,
+        service_user_exists: service_user_exists(root),
+        config: ConfigSummary {
+            socket: config
+                .broker
+                .socket
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            socket_mode: format!("{:04o}", config.broker.socket_mode),
+            rules: config.policy.rule_count(),
+            learn: config.learn.enabled,
+            warnings: config.warnings.clone(),
+        },
     })
 }
 

@@ -338,7 +338,26 @@ fn run_local(cli: &Cli) -> Option<Result<(), Failure>> {
                         _ => println!("  {:<48} (absent)", p.path),
                     }
                 }
-                println!("configuration: {}", state.config_source);
+                println!(
+                    "service user {}: {}",
+                    warden_service::SERVICE_USER,
+                    if state.service_user_exists {
+                        "exists"
+                    } else {
+                        "not created yet (systemd-sysusers creates it)"
+                    }
+                );
+                println!(
+                    "configuration: {} (socket {}, mode {}, {} rules, learning mode {})",
+                    state.config_source,
+                    state.config.socket.as_deref().unwrap_or("default"),
+                    state.config.socket_mode,
+                    state.config.rules,
+                    if state.config.learn { "on" } else { "off" }
+                );
+                for w in &state.config.warnings {
+                    println!("  warning: {w}");
+                }
                 if state.capabilities.is_empty() {
                     println!("capabilities: none (the core broker needs none; it runs as the warden user)");
                 } else {

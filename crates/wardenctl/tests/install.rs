@@ -213,3 +213,72 @@ fn install_refuses_to_overwrite_what_it_did_not_create() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
+
+#[test]
+fn learning_mode_adds_exactly_the_capabilities_it_needs() -> anyhow::Result<()> {
+    let Some(root) = offline_root("learn")? else {
+        return Ok(());
+    };
+    let r = root.display().to_string();
+    let conf = root.join("learn.toml");
+    std::fs::write(
+        &conf,
+        "[broker]\nsocket = \"/run/warden/warden.sock\"\n\n[learn]\nenabled = true\n\n[[rule]]\nactions = [\"call\"]\nnames = [\"learn.*\"]\neveryone = true\n",
+    )?;
+    let out = ctl(&[
+        "install",
+        "--root",
+        &r,
+        "--wardend",
+        "/usr/bin/wardend",
+        "--config",
+        &conf.display().to_string(),
+    ])?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/warden.service"))?;
+    assert!(
+        unit.contains("AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_SYS_PTRACE"),
+        "{unit}"
+    );
+    assert!(
+        unit.contains("# CAP_BPF: learning mode"),
+        "each capability carries its reason: {unit}"
+    );
+    let verify = output_with_timeout(
+        Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(format!("--root={r}"))
+            .arg(root.join("etc/systemd/system/warden.service")),
+        Duration::from_secs(60),
+    )?;
+    let err = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && err.trim().is_empty(),
+        "systemd-analyze verify: {err}"
+    );
+    let security = output_with_timeout(
+        Command::new("systemd-analyze")
+            .args(["security", "--offline=yes"])
+            .arg(format!("--root={r}"))
+            .arg("warden.service"),
+        Duration::from_secs(60),
+    )?;
+    let text = String::from_utf8_lossy(&security.stdout);
+    if let Some(line) = text.lines().find(|l| l.contains("Overall exposure level")) {
+        println!("with learning mode: {}", line.trim());
+    }
+    let dump = ctl(&["--json", "dump", "--root", &r])?;
+    let v: Value = serde_json::from_slice(&dump.stdout)?;
+    let caps: Vec<&str> = v["capabilities"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(caps, ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE"], "{v}");
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}

@@ -98,6 +98,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Answers the methods of a feature that is configured but not built yet.
+struct NotYet;
+
+impl warden::Handler for NotYet {
+    fn call(
+        &self,
+        _: &warden::HandlerContext,
+        _: &warden_proto::Payload,
+    ) -> Result<warden_proto::Payload, warden_proto::WireError> {
+        Err(warden_proto::WireError::new(
+            warden_proto::ErrorCode::Unavailable,
+            "learning mode is not implemented yet in this wardend; nothing was captured",
+        ))
+    }
+}
+
 /// Where the listening socket came from.
 enum Endpoint {
     /// Bound by wardend: removed at exit.
@@ -170,6 +186,13 @@ fn run(args: Args, config: Config) -> anyhow::Result<()> {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .context("cannot register the listener with the runtime")?;
         let mut builder = Broker::builder(&config);
+        if config.learn.enabled {
+            for m in ["learn.start", "learn.stop", "learn.events"] {
+                builder = builder
+                    .handler(m, NotYet)
+                    .context("registering learning mode")?;
+            }
+        }
         if let Some(w) = watchdog {
             builder = builder.heartbeat_interval(w / 4);
         }

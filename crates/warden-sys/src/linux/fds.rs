@@ -60,9 +60,15 @@ mod tests {
     use std::io::{IoSlice, Write};
     use std::os::fd::AsFd;
 
-    fn open_fds() -> usize {
+    /// Descriptors of this process that point at `path` (other tests run
+    /// in parallel threads, so count only those).
+    fn fds_on(path: &std::path::Path) -> usize {
         std::fs::read_dir("/proc/self/fd")
-            .map(|d| d.count())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == path))
+                    .count()
+            })
             .unwrap_or(0)
     }
 
@@ -79,8 +85,10 @@ mod tests {
     #[test]
     fn descriptors_are_detected_and_closed() -> Result<(), Box<dyn std::error::Error>> {
         let (a, b) = std::os::unix::net::UnixStream::pair()?;
-        let f = std::fs::File::open("/dev/null")?;
-        let before = open_fds();
+        let path = std::env::temp_dir().join(format!("warden-sys-fds-{}", std::process::id()));
+        std::fs::write(&path, "x")?;
+        let f = std::fs::File::open(&path)?;
+        assert_eq!(fds_on(&path), 1);
         let raw = [f.as_raw_fd(), f.as_raw_fd()];
         sendmsg::<()>(
             a.as_raw_fd(),
@@ -92,7 +100,9 @@ mod tests {
         let mut buf = [0u8; 16];
         let (n, fds) = recv_reject_fds(b.as_fd(), &mut buf)?;
         assert_eq!((n, fds), (1, true));
-        assert_eq!(open_fds(), before, "received descriptors must be closed");
+        assert_eq!(fds_on(&path), 1, "received descriptors must be closed");
+        drop(f);
+        std::fs::remove_file(&path)?;
         Ok(())
     }
 }

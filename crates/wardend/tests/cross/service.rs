@@ -286,3 +286,21 @@ fn sigterm_with_100_idle_clients_exits_promptly() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn learning_mode_configured_but_not_built_says_so() -> anyhow::Result<()> {
+    if users("learning_mode_configured_but_not_built_says_so").is_none() {
+        return Ok(());
+    }
+    let dir = TestDir::new("learn")?;
+    let conf = format!("[learn]\nenabled = true\n{RULES}\n[[rule]]\nactions = [\"call\"]\nnames = [\"learn.*\"]\neveryone = true\n");
+    let broker = BrokerProcess::start(&dir, &config_text(&dir, &conf))?;
+    let out = wardenctl(None, broker.socket(), &["call", "learn.start", "{}"])?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: unavailable:") && err.contains("not implemented yet"),
+        "{err}"
+    );
+    Ok(())
+}
