@@ -205,11 +205,14 @@ fn sighup_reloads_policy_without_dropping_connections() -> anyhow::Result<()> {
     sub.hello()?;
     sub.send_json(&json!({"kind":"subscribe","id":1,"topic":"news.a"}))?;
     assert_eq!(sub.recv_some()?["kind"], "reply");
+    sub.send_json(&json!({"kind":"provide","id":6,"method":"svc.mine"}))?;
+    assert_eq!(sub.recv_some()?["kind"], "reply");
 
-    // The new policy keeps calls but drops every subscribe/publish rule.
+    // The new policy keeps calls but drops every subscribe/publish and
+    // provide rule.
     let without_pubsub = RULES
         .split("[[rule]]")
-        .filter(|r| !r.contains("\"subscribe\""))
+        .filter(|r| !r.contains("\"subscribe\"") && !r.contains("\"provide\""))
         .collect::<Vec<_>>()
         .join("[[rule]]");
     std::fs::write(
