@@ -188,6 +188,20 @@ pub fn command_as(user: &TestUser, program: &Path) -> Command {
     c
 }
 
+/// Like [`command_as`], with exactly these supplementary groups instead of
+/// the user's own (to act as a member of a group the user is not in).
+pub fn command_as_with_groups(user: &TestUser, groups: &[u32], program: &Path) -> Command {
+    let program = shared_copy(program).unwrap_or_else(|e| panic!("{e:#}"));
+    let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .arg(format!("--groups={}", list.join(",")))
+        .arg("--")
+        .arg(program);
+    c
+}
+
 /// A private directory for sockets and logs, under `/run` (root-owned,
 /// not writable by others, so the broker's checks accept it). Removed on
 /// drop.

@@ -15,12 +15,13 @@ use crate::connection::ConnState;
 use crate::hub::{lock, Hub};
 
 /// Names of the built-in methods.
-pub(crate) const BUILTINS: [&str; 5] = [
+pub(crate) const BUILTINS: [&str; 6] = [
     "warden.ping",
     "warden.whoami",
     "warden.version",
     "warden.echo",
     "warden.status",
+    "warden.explain",
 ];
 
 fn payload(v: serde_json::Value) -> Result<Payload, WireError> {
@@ -51,6 +52,7 @@ pub(crate) fn call(
         })),
         "warden.echo" => Ok(params),
         "warden.status" => status(hub),
+        "warden.explain" => explain(hub, state, &params),
         other => Err(WireError::new(
             ErrorCode::UnknownMethod,
             format!(
@@ -59,6 +61,60 @@ pub(crate) fn call(
             ),
         )),
     }
+}
+
+/// Parameters of `warden.explain`: the subject (a hypothetical caller),
+/// the action and the name.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExplainParams {
+    uid: u32,
+    gid: u32,
+    #[serde(default)]
+    groups: Vec<u32>,
+    action: String,
+    name: String,
+}
+
+/// `warden.explain`: the decision the current policy makes for a subject,
+/// with the rule that makes it. The very same `Policy::decide` as every
+/// request. Explaining another uid's access needs administrator rights.
+fn explain(hub: &Hub, state: &ConnState, params: &Payload) -> Result<Payload, WireError> {
+    let p: ExplainParams = params.parse().map_err(|e| {
+        WireError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "warden.explain takes {{\"uid\", \"gid\", \"groups\", \"action\", \"name\"}}: {e}"
+            ),
+        )
+    })?;
+    if p.uid != state.conn.identity.uid && !state.policy.is_admin() {
+        return Err(WireError::new(
+            ErrorCode::Denied,
+            format!(
+                "explaining the access of uid {} needs administrator rights; uid {} may explain only its own",
+                p.uid, state.conn.identity.uid
+            ),
+        ));
+    }
+    let action: warden_policy::Action = p
+        .action
+        .parse()
+        .map_err(|e: String| WireError::new(ErrorCode::BadRequest, e))?;
+    if p.groups.len() > warden_proto::MAX_GROUPS {
+        return Err(WireError::new(ErrorCode::BadRequest, "too many groups"));
+    }
+    let caller = warden_policy::Caller {
+        uid: p.uid,
+        gid: p.gid,
+        groups: p.groups,
+    };
+    let d = hub.current_policy().decide(&caller, action, &p.name);
+    payload(json!({
+        "allowed": d.allowed,
+        "rule": d.rule.as_ref().map(|r| json!({"file": r.file.as_ref(), "line": r.line, "index": r.index})),
+        "reason": d.reason(),
+    }))
 }
 
 fn status(hub: &Hub) -> Result<Payload, WireError> {

@@ -81,6 +81,11 @@ enum Command {
         /// Event data as JSON.
         data: String,
     },
+    /// Inspect the policy.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Install Warden as a systemd service (units, service user, config).
     Install {
         /// Install into this root instead of the running system (an offline
@@ -114,6 +119,99 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Explain what the policy decides for a user, an action and a name,
+    /// and which rule decides it. Exit 0 for allow, 1 for deny. With
+    /// --config, offline against that file; otherwise live, against the
+    /// running broker's policy (another user's access: administrators only).
+    Explain {
+        /// The user (name or uid); their groups come from the system database.
+        #[arg(long, value_name = "USER")]
+        user: String,
+        /// An extra group (name or gid), as if the user were a member.
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
+        /// The action: call, provide, subscribe, publish, learn or monitor.
+        action: String,
+        /// The method or topic name.
+        name: String,
+        /// Explain against this configuration file, offline.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// A subject for `policy explain`: a user with their groups.
+struct Subject {
+    name: String,
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+}
+
+fn subject(user: &str, extra: &[String]) -> Result<Subject, Failure> {
+    let info = match user.parse::<u32>() {
+        Ok(uid) => warden_sys::user_by_uid(uid),
+        Err(_) => warden_sys::user_by_name(user),
+    }
+    .map_err(|e| Failure::Local(format!("looking up user {user}: {e}")))?
+    .ok_or_else(|| Failure::Local(format!("no such user: {user}")))?;
+    let mut groups = warden_sys::groups_of_user(&info.name, info.gid)
+        .map_err(|e| Failure::Local(format!("looking up the groups of {}: {e}", info.name)))?;
+    for g in extra {
+        let gid = match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => warden_sys::group_by_name(g)
+                .map_err(|e| Failure::Local(format!("looking up group {g}: {e}")))?
+                .ok_or_else(|| Failure::Local(format!("no such group: {g}")))?,
+        };
+        groups.push(gid);
+    }
+    groups.retain(|&g| g != info.gid);
+    groups.sort_unstable();
+    groups.dedup();
+    Ok(Subject {
+        name: info.name,
+        uid: info.uid,
+        gid: info.gid,
+        groups,
+    })
+}
+
+/// Prints a decision; returns the failure that sets exit status 1 for deny.
+fn print_decision(
+    cli: &Cli,
+    who: &Subject,
+    action: &str,
+    name: &str,
+    v: &Value,
+) -> Result<(), Failure> {
+    let allowed = v["allowed"].as_bool().unwrap_or(false);
+    if cli.json {
+        let mut out = v.clone();
+        out["user"] = Value::from(who.name.clone());
+        out["uid"] = Value::from(who.uid);
+        out["action"] = Value::from(action);
+        out["name"] = Value::from(name);
+        print_json(&out);
+    } else {
+        println!(
+            "{}: {} may {} {}: {}",
+            if allowed { "allow" } else { "deny" },
+            who.name,
+            action,
+            name,
+            v["reason"].as_str().unwrap_or("?")
+        );
+    }
+    if allowed {
+        Ok(())
+    } else {
+        Err(Failure::Denied)
+    }
+}
+
 /// A failure, with the exit status it maps to.
 enum Failure {
     Connect(String),
@@ -121,6 +219,8 @@ enum Failure {
     Local(String),
     /// A local operation (install, uninstall, dump) failed.
     Operation(String),
+    /// `policy explain` decided deny (exit 1, nothing more to print).
+    Denied,
 }
 
 impl From<CallError> for Failure {
@@ -377,6 +477,33 @@ fn run_local(cli: &Cli) -> Option<Result<(), Failure>> {
             }
             Ok(())
         })()),
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    user,
+                    groups,
+                    action,
+                    name,
+                    config: Some(path),
+                },
+        } => Some((|| {
+            let who = subject(user, groups)?;
+            let act: warden_policy::Action = action.parse().map_err(Failure::Local)?;
+            let config = warden_policy::Config::load(path, &SystemResolver)
+                .map_err(|e| Failure::Operation(e.to_string()))?;
+            let caller = warden_policy::Caller {
+                uid: who.uid,
+                gid: who.gid,
+                groups: who.groups.clone(),
+            };
+            let d = config.policy.decide(&caller, act, name);
+            let v = serde_json::json!({
+                "allowed": d.allowed,
+                "rule": d.rule.as_ref().map(|r| serde_json::json!({"file": r.file.as_ref(), "line": r.line, "index": r.index})),
+                "reason": d.reason(),
+            });
+            print_decision(cli, &who, action, name, &v)
+        })()),
         _ => None,
     }
 }
@@ -484,7 +611,28 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 print_json(&line);
             }
         }
-        Command::Install { .. } | Command::Uninstall { .. } | Command::Dump { .. } => {
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    user,
+                    groups,
+                    action,
+                    name,
+                    config: None,
+                },
+        } => {
+            let who = subject(user, groups)?;
+            let params = serde_json::json!({
+                "uid": who.uid, "gid": who.gid, "groups": who.groups,
+                "action": action, "name": name,
+            });
+            let v = client.call_json("warden.explain", params).await?;
+            print_decision(cli, &who, action, name, &v)?;
+        }
+        Command::Install { .. }
+        | Command::Uninstall { .. }
+        | Command::Dump { .. }
+        | Command::Policy { .. } => {
             return Err(Failure::Local(
                 "install, uninstall and dump do not talk to the broker".into(),
             ));
@@ -580,6 +728,7 @@ fn report(cli: &Cli, failure: Failure) -> ExitCode {
             eprintln!("error: {m}");
             ExitCode::from(EXIT_REMOTE_ERROR)
         }
+        Failure::Denied => ExitCode::from(EXIT_REMOTE_ERROR),
         Failure::Remote(w) => {
             if cli.json {
                 print_json(

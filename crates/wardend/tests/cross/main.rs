@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod duplex;
+mod explain;
 mod identity;
 mod lifecycle;
 mod python;
