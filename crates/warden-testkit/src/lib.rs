@@ -144,16 +144,19 @@ pub fn shared_copy(file: &Path) -> anyhow::Result<PathBuf> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     let meta = std::fs::metadata(file).with_context(|| format!("{}", file.display()))?;
     let name = file.file_name().context("no file name")?.to_string_lossy();
-    // One copy per version of the file: name, size and mtime.
-    let copy = dir.join(format!(
-        "{}-{}-{}",
-        name,
+    // One copy per version of the file (size and mtime), under its own
+    // name so the process's comm stays the program's name.
+    let version = dir.join(format!(
+        "{}-{}",
         meta.len(),
         meta.mtime_nsec() + meta.mtime() * 1_000_000_000
     ));
+    std::fs::create_dir_all(&version)?;
+    std::fs::set_permissions(&version, std::fs::Permissions::from_mode(0o755))?;
+    let copy = version.join(name.as_ref());
     if !copy.exists() {
         static N: AtomicU32 = AtomicU32::new(0);
-        let tmp = dir.join(format!(
+        let tmp = version.join(format!(
             ".{name}.{}.{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)

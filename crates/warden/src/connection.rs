@@ -379,6 +379,26 @@ impl ConnState {
         }
     }
 
+    /// Records a denied request in the audit log (target `warden::audit`):
+    /// who (uid, gid, pid, comm, connection), what (action, target), the
+    /// deciding rule, and the result.
+    pub(crate) fn audit_denied(&self, action: &str, target: &str, rule: &str) {
+        let i = &self.conn.identity;
+        tracing::info!(
+            target: "warden::audit",
+            uid = i.uid,
+            gid = i.gid,
+            pid = i.pid,
+            comm = self.conn.comm.as_deref().unwrap_or("?"),
+            conn = self.conn.id,
+            action,
+            target,
+            rule,
+            result = "denied",
+            "request denied"
+        );
+    }
+
     /// Recompiles this connection's policy snapshot after a reload, and
     /// drops the subscriptions and provided names it no longer permits,
     /// telling the client with an event on `warden.policy.revoked`.
@@ -427,8 +447,13 @@ impl ConnState {
         }
         tracing::info!(
             target: "warden::audit",
-            conn = self.conn.id, uid = self.conn.identity.uid, pid = self.conn.identity.pid,
-            topics = ?lost_topics, methods = ?lost_methods,
+            uid = self.conn.identity.uid,
+            pid = self.conn.identity.pid,
+            comm = self.conn.comm.as_deref().unwrap_or("?"),
+            conn = self.conn.id,
+            action = "policy.revoke",
+            target = ?lost_topics.iter().map(TopicName::as_str).chain(lost_methods.iter().map(MethodName::as_str)).collect::<Vec<_>>(),
+            result = "revoked",
             "policy reload revoked subscriptions or provided methods"
         );
         let data = serde_json::json!({

@@ -25,11 +25,7 @@ impl ConnState {
         topic: &TopicName,
         reason: String,
     ) -> Result<(), ()> {
-        tracing::info!(
-            target: "warden::audit",
-            conn = self.conn.id, uid = self.conn.identity.uid, pid = self.conn.identity.pid,
-            action = action.as_str(), topic = %topic, rule = %reason, "denied"
-        );
+        self.audit_denied(action.as_str(), topic.as_str(), &reason);
         self.send(Message::error(
             Some(id),
             ErrorCode::Denied,

@@ -56,12 +56,7 @@ impl ConnState {
         let decision = self.policy.decide(Action::Call, method.as_str());
         if !decision.allowed {
             hub.count(method.as_str(), true);
-            tracing::info!(
-                target: "warden::audit",
-                conn = self.conn.id, uid = self.conn.identity.uid, pid = self.conn.identity.pid,
-                comm = self.conn.comm.as_deref().unwrap_or("?"), action = "call", method = %method,
-                rule = %decision.reason(), "denied"
-            );
+            self.audit_denied("call", method.as_str(), &decision.reason());
             return self
                 .send(Message::error(
                     Some(id),
@@ -241,11 +236,7 @@ impl ConnState {
         }
         let decision = self.policy.decide(Action::Provide, method.as_str());
         if !decision.allowed {
-            tracing::info!(
-                target: "warden::audit",
-                conn = self.conn.id, uid = self.conn.identity.uid, pid = self.conn.identity.pid,
-                action = "provide", method = %method, rule = %decision.reason(), "denied"
-            );
+            self.audit_denied("provide", method.as_str(), &decision.reason());
             return self
                 .send(Message::error(
                     Some(id),

@@ -32,6 +32,18 @@ struct Args {
     /// Log level: error, warn, info, debug or trace (or a tracing filter).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
+    /// Log format: `text` for people, `json` (one object per line) for
+    /// machines. Audit events (denials, reloads) have the target
+    /// `warden::audit` and the fields uid, pid, comm, action, target, rule,
+    /// result.
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config, warden_policy::ConfigError> {
@@ -64,11 +76,13 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => fmt.json().with_current_span(false).init(),
+    }
 
     let config = match load_config(args.config.as_ref()) {
         Ok(c) => c,

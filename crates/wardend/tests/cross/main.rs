@@ -2,6 +2,7 @@
 //! real clients (`wardenctl`, `warden-peer`, raw sockets) in others, run
 //! as real test users with their own uids.
 
+mod audit;
 mod bad_input;
 mod duplex;
 mod explain;
