@@ -15,13 +15,14 @@ use crate::connection::ConnState;
 use crate::hub::{lock, Hub};
 
 /// Names of the built-in methods.
-pub(crate) const BUILTINS: [&str; 6] = [
+pub(crate) const BUILTINS: [&str; 7] = [
     "warden.ping",
     "warden.whoami",
     "warden.version",
     "warden.echo",
     "warden.status",
     "warden.explain",
+    "warden.metrics",
 ];
 
 fn payload(v: serde_json::Value) -> Result<Payload, WireError> {
@@ -53,6 +54,7 @@ pub(crate) fn call(
         "warden.echo" => Ok(params),
         "warden.status" => status(hub),
         "warden.explain" => explain(hub, state, &params),
+        "warden.metrics" => metrics(hub),
         other => Err(WireError::new(
             ErrorCode::UnknownMethod,
             format!(
@@ -117,6 +119,49 @@ fn explain(hub: &Hub, state: &ConnState, params: &Payload) -> Result<Payload, Wi
     }))
 }
 
+/// `warden.metrics`: counters and histograms for monitoring (admins only
+/// by default: they describe other users' activity).
+fn metrics(hub: &Hub) -> Result<Payload, WireError> {
+    let methods: std::collections::BTreeMap<String, serde_json::Value> = lock(&hub.stats)
+        .iter()
+        .map(|(m, s)| {
+            (
+                m.clone(),
+                json!({
+                    "calls": s.calls,
+                    "errors": s.errors,
+                    "latency_us": {
+                        "le": crate::hub::LATENCY_BUCKETS_US,
+                        "counts": s.buckets,
+                        "sum": s.sum_us,
+                    },
+                }),
+            )
+        })
+        .collect();
+    let conns: Vec<_> = lock(&hub.conns).values().cloned().collect();
+    let queued_events: usize = conns
+        .iter()
+        .map(|c| c.ev_tx.max_capacity() - c.ev_tx.capacity())
+        .sum();
+    let missed: u64 = conns.iter().map(|c| c.missed.load(Ordering::Relaxed)).sum();
+    let queued_bytes: u64 = lock(&hub.uids)
+        .values()
+        .map(|a| a.queued_bytes.load(Ordering::Relaxed))
+        .sum();
+    payload(json!({
+        "uptime_ms": hub.started.elapsed().as_millis() as u64,
+        "connections": conns.len(),
+        "routed_in_flight": hub.routed_in_flight.load(Ordering::Relaxed),
+        "providers": lock(&hub.providers).len(),
+        "topics": lock(&hub.topics).len(),
+        "queued_events": queued_events,
+        "queued_bytes": queued_bytes,
+        "missed_events_pending": missed,
+        "methods": methods,
+    }))
+}
+
 fn status(hub: &Hub) -> Result<Payload, WireError> {
     let conns: Vec<_> = {
         let map = lock(&hub.conns);
@@ -145,7 +190,13 @@ fn status(hub: &Hub) -> Result<Payload, WireError> {
             })
         })
         .collect();
-    let methods = lock(&hub.stats).clone();
+    let methods: std::collections::BTreeMap<String, serde_json::Value> = lock(&hub.stats)
+        .iter()
+        .map(|(m, s)| {
+            let errors: u64 = s.errors.values().sum();
+            (m.clone(), json!({ "calls": s.calls, "errors": errors }))
+        })
+        .collect();
     let mut providers: Vec<String> = lock(&hub.providers)
         .keys()
         .map(|m| m.as_str().to_owned())

@@ -23,11 +23,22 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Upper bounds of the call-latency histogram buckets, in microseconds
+/// (the last bucket, +Inf, is implicit).
+pub(crate) const LATENCY_BUCKETS_US: [u64; 16] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 10_000_000,
+];
+
 /// Counters for one method.
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct MethodStats {
     pub(crate) calls: u64,
-    pub(crate) errors: u64,
+    /// Failed calls by wire error code.
+    pub(crate) errors: std::collections::BTreeMap<&'static str, u64>,
+    /// Calls per latency bucket (not cumulative); the last is +Inf.
+    pub(crate) buckets: [u64; LATENCY_BUCKETS_US.len() + 1],
+    pub(crate) sum_us: u64,
 }
 
 /// A call routed to a provider, waiting for its reply.
@@ -36,6 +47,8 @@ pub(crate) struct Routed {
     pub(crate) caller: Conn,
     pub(crate) caller_id: RequestId,
     pub(crate) method: MethodName,
+    /// When the caller's call arrived (for the latency histogram).
+    pub(crate) started: std::time::Instant,
 }
 
 /// `kill_reason`: the subscriber was too slow.
@@ -173,16 +186,28 @@ impl Hub {
         Arc::clone(&self.policy_tx.borrow())
     }
 
-    /// Records one finished call of `method`.
-    pub(crate) fn count(&self, method: &str, error: bool) {
+    /// Records one finished call of `method`: its outcome and latency.
+    pub(crate) fn count(
+        &self,
+        method: &str,
+        error: Option<warden_proto::ErrorCode>,
+        started: std::time::Instant,
+    ) {
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
         let mut stats = lock(&self.stats);
         let s = match stats.get_mut(method) {
             Some(s) => s,
             None => stats.entry(method.to_owned()).or_default(),
         };
         s.calls += 1;
-        if error {
-            s.errors += 1;
+        s.buckets[bucket] += 1;
+        s.sum_us = s.sum_us.saturating_add(us);
+        if let Some(code) = error {
+            *s.errors.entry(code.as_str()).or_default() += 1;
         }
     }
 

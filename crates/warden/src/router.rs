@@ -33,9 +33,10 @@ impl ConnState {
         caller_field: Option<warden_proto::Identity>,
     ) -> Result<(), ()> {
         let hub = Arc::clone(&self.hub);
+        let started = std::time::Instant::now();
         self.conn.calls.fetch_add(1, Ordering::Relaxed);
         if caller_field.is_some() {
-            hub.count(method.as_str(), true);
+            hub.count(method.as_str(), Some(ErrorCode::BadRequest), started);
             return self
                 .reject(
                     Some(id),
@@ -44,7 +45,7 @@ impl ConnState {
                 .await;
         }
         if hub.draining.load(Ordering::Acquire) {
-            hub.count(method.as_str(), true);
+            hub.count(method.as_str(), Some(ErrorCode::ShuttingDown), started);
             return self
                 .send(Message::error(
                     Some(id),
@@ -55,7 +56,7 @@ impl ConnState {
         }
         let decision = self.policy.decide(Action::Call, method.as_str());
         if !decision.allowed {
-            hub.count(method.as_str(), true);
+            hub.count(method.as_str(), Some(ErrorCode::Denied), started);
             self.audit_denied("call", method.as_str(), &decision.reason());
             return self
                 .send(Message::error(
@@ -71,7 +72,7 @@ impl ConnState {
         }
         let max_in_flight = hub.settings.limits.max_in_flight_per_connection;
         if u64::from(self.conn.in_flight.load(Ordering::Acquire)) >= max_in_flight {
-            hub.count(method.as_str(), true);
+            hub.count(method.as_str(), Some(ErrorCode::LimitExceeded), started);
             return self
                 .send(Message::error(
                     Some(id),
@@ -85,7 +86,11 @@ impl ConnState {
         }
         if method.is_reserved() {
             let answer = crate::builtins::call(&hub, self, method.as_str(), params);
-            hub.count(method.as_str(), answer.is_err());
+            hub.count(
+                method.as_str(),
+                answer.as_ref().err().map(|e| e.code),
+                started,
+            );
             return self.send(answer_message(id, answer)).await;
         }
         if let Some(h) = hub.handlers.get(method.as_str()).cloned() {
@@ -104,12 +109,16 @@ impl ConnState {
                         ),
                     ))
                 });
-            hub.count(method.as_str(), answer.is_err());
+            hub.count(
+                method.as_str(),
+                answer.as_ref().err().map(|e| e.code),
+                started,
+            );
             return self.send(answer_message(id, answer)).await;
         }
         let provider = lock(&hub.providers).get(&method).cloned();
         let Some(provider) = provider else {
-            hub.count(method.as_str(), true);
+            hub.count(method.as_str(), Some(ErrorCode::UnknownMethod), started);
             return self
                 .send(Message::error(
                     Some(id),
@@ -134,7 +143,7 @@ impl ConnState {
             caller: Some(self.conn.identity.clone()),
         };
         let Some(bytes) = forward.to_frame(hub.settings.max_frame) else {
-            hub.count(method.as_str(), true);
+            hub.count(method.as_str(), Some(ErrorCode::TooLarge), started);
             return self
                 .send(Message::error(
                     Some(id),
@@ -151,7 +160,7 @@ impl ConnState {
             &provider.account,
             hub.settings.limits.max_queued_bytes_per_uid,
         ) else {
-            hub.count(method.as_str(), true);
+            hub.count(method.as_str(), Some(ErrorCode::LimitExceeded), started);
             return self
                 .send(Message::error(
                     Some(id),
@@ -169,6 +178,7 @@ impl ConnState {
                 caller: Arc::clone(&self.conn),
                 caller_id: id,
                 method: method.clone(),
+                started,
             },
         );
         let deadline = Instant::now() + hub.settings.call_timeout;
@@ -327,9 +337,10 @@ pub(crate) fn finish(
         caller,
         caller_id,
         method,
+        started,
     } = r;
     lock(&caller.outstanding).remove(&caller_id);
-    let is_err = answer.is_err();
+    let code = answer.as_ref().err().map(|e| e.code);
     let max = hub.settings.max_frame;
     let frame = answer_message(caller_id, answer)
         .to_frame(max)
@@ -345,7 +356,7 @@ pub(crate) fn finish(
             QueuedFrame::force(err.to_frame(usize::MAX).unwrap_or_default(), &caller.account)
         });
     caller.in_flight.fetch_sub(1, Ordering::AcqRel);
-    hub.count(method.as_str(), is_err);
+    hub.count(method.as_str(), code, started);
     match dirty {
         Some(dirty) => {
             if caller.wire.enqueue(frame) && !dirty.iter().any(|c| c.id == caller.id) {

@@ -8,6 +8,7 @@ mod duplex;
 mod explain;
 mod identity;
 mod lifecycle;
+mod metrics;
 mod python;
 mod service;
 mod squatting;
