@@ -93,6 +93,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Install Warden as a systemd service (units, service user, config).
     Install {
         /// Install into this root instead of the running system (an offline
@@ -314,6 +319,46 @@ fn group_name(gid: u64) -> String {
         .unwrap_or_else(|| gid.to_string())
 }
 
+/// Shell completions and man pages, generated from the clap definitions,
+/// with the root-relative paths `install` puts them at.
+fn generated_docs() -> Result<Vec<(String, String)>, String> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let mut out = Vec::new();
+    for (shell, path) in [
+        (
+            Shell::Bash,
+            "usr/share/bash-completion/completions/wardenctl",
+        ),
+        (Shell::Zsh, "usr/share/zsh/vendor-completions/_wardenctl"),
+        (
+            Shell::Fish,
+            "usr/share/fish/vendor_completions.d/wardenctl.fish",
+        ),
+    ] {
+        let mut buf = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "wardenctl", &mut buf);
+        out.push((path.to_owned(), String::from_utf8_lossy(&buf).into_owned()));
+    }
+    let man = |cmd: clap::Command, section: &str| -> Result<String, String> {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd)
+            .section(section)
+            .render(&mut buf)
+            .map_err(|e| format!("rendering a man page: {e}"))?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    out.push((
+        "usr/share/man/man1/wardenctl.1".to_owned(),
+        man(Cli::command(), "1")?,
+    ));
+    out.push((
+        "usr/share/man/man8/wardend.8".to_owned(),
+        man(wardend::cli::Args::command(), "8")?,
+    ));
+    Ok(out)
+}
+
 /// True when systemd runs the machine (`sd_booted`): then install and
 /// uninstall also talk to it.
 fn systemd_running(root: &std::path::Path) -> bool {
@@ -356,6 +401,7 @@ fn run_local(cli: &Cli) -> Option<Result<(), Failure>> {
                 root: root.clone(),
                 wardend,
                 config: config.clone(),
+                extra: generated_docs().map_err(Failure::Operation)?,
             };
             let manifest = warden_service::install(&opts, &SystemResolver).map_err(failed)?;
             if cli.json {
@@ -415,6 +461,12 @@ fn run_local(cli: &Cli) -> Option<Result<(), Failure>> {
             }
             Ok(())
         })()),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "wardenctl", &mut std::io::stdout());
+            Some(Ok(()))
+        }
         Command::Dump { root } => Some((|| {
             let state = warden_service::installed_state(root, &SystemResolver).map_err(failed)?;
             let socket = cli.socket.clone().unwrap_or_else(default_socket);
@@ -649,6 +701,7 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Install { .. }
         | Command::Uninstall { .. }
         | Command::Dump { .. }
+        | Command::Completions { .. }
         | Command::Policy { .. } => {
             return Err(Failure::Local(
                 "install, uninstall and dump do not talk to the broker".into(),

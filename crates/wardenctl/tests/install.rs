@@ -128,6 +128,30 @@ fn install_verifies_and_uninstall_removes_exactly_what_it_created() -> anyhow::R
     println!("systemd-analyze security exposure (core features only): {score}");
     assert!(score <= 2.0, "exposure {score} > 2.0");
 
+    // Completions and man pages, generated from the clap definitions.
+    let bash =
+        std::fs::read_to_string(root.join("usr/share/bash-completion/completions/wardenctl"))?;
+    assert!(
+        bash.contains("complete") && bash.contains("subscribe"),
+        "{bash}"
+    );
+    assert!(root
+        .join("usr/share/zsh/vendor-completions/_wardenctl")
+        .exists());
+    assert!(root
+        .join("usr/share/fish/vendor_completions.d/wardenctl.fish")
+        .exists());
+    let man1 = std::fs::read_to_string(root.join("usr/share/man/man1/wardenctl.1"))?;
+    assert!(
+        man1.starts_with(".ie") || man1.contains(".TH wardenctl 1"),
+        "{man1}"
+    );
+    let man8 = std::fs::read_to_string(root.join("usr/share/man/man8/wardend.8"))?;
+    assert!(
+        man8.contains(".TH wardend 8") && man8.contains("check\\-config"),
+        "{man8}"
+    );
+
     // dump --json after install.
     let dump = ctl(&["--json", "dump", "--root", &r])?;
     let v: Value = serde_json::from_slice(&dump.stdout)?;
@@ -280,5 +304,25 @@ fn learning_mode_adds_exactly_the_capabilities_it_needs() -> anyhow::Result<()> 
         .unwrap_or_default();
     assert_eq!(caps, ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE"], "{v}");
     let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() -> anyhow::Result<()> {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = ctl(&["completions", shell])?;
+        assert_eq!(out.status.code(), Some(0));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("wardenctl") && text.contains("policy"),
+            "{shell}: {text}"
+        );
+    }
+    let out = ctl(&["completions", "tcsh"])?;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
     Ok(())
 }

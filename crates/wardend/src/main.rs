@@ -11,40 +11,7 @@ use clap::Parser;
 use warden::{Broker, Shutdown};
 use warden_policy::{Config, DEFAULT_CONFIG};
 use warden_service::SystemResolver;
-
-/// The Warden broker: a hardened local IPC broker for privileged helpers.
-#[derive(Debug, Parser)]
-#[command(name = "wardend", version, about, long_about = None)]
-struct Args {
-    /// Configuration file (TOML). Without it, the embedded default is used
-    /// (see --print-default-config).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Socket path; overrides the config's broker.socket.
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Validate the configuration and exit: 0 if valid, 1 if not.
-    #[arg(long)]
-    check_config: bool,
-    /// Print the embedded default configuration and exit.
-    #[arg(long)]
-    print_default_config: bool,
-    /// Log level: error, warn, info, debug or trace (or a tracing filter).
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
-    log_level: String,
-    /// Log format: `text` for people, `json` (one object per line) for
-    /// machines. Audit events (denials, reloads) have the target
-    /// `warden::audit` and the fields uid, pid, comm, action, target, rule,
-    /// result.
-    #[arg(long, value_name = "FORMAT", default_value = "text")]
-    log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
+use wardend::cli::{Args, LogFormat};
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config, warden_policy::ConfigError> {
     match path {
@@ -323,5 +290,23 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Args::command().debug_assert();
+    }
+
+    #[test]
+    fn the_unit_starts_wardend_with_flags_it_accepts() {
+        // Pinned: the ExecStart line warden-service writes must parse.
+        let unit = warden_service::service_unit(
+            &warden_policy::Config::embedded_default(&warden_policy::StaticResolver::default())
+                .unwrap_or_else(|e| panic!("{e}")),
+            std::path::Path::new("/usr/bin/wardend"),
+        );
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap_or_else(|| panic!("no ExecStart in {unit}"));
+        let argv: Vec<&str> = exec.split_whitespace().collect();
+        if let Err(e) = Args::try_parse_from(&argv) {
+            panic!("{exec}: {e}");
+        }
     }
 }
