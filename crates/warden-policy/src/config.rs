@@ -590,7 +590,7 @@ mod tests {
         let c = c.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.broker.socket_mode, 0o666);
         assert_eq!(c.limits, Limits::default());
-        assert_eq!(c.policy.rule_count(), 2);
+        assert_eq!(c.policy.rule_count(), 3);
     }
 
     #[test]

@@ -114,6 +114,8 @@ impl BrokerBuilder {
             uids: Mutex::default(),
             providers: Mutex::default(),
             topics: Mutex::default(),
+            monitors: Mutex::default(),
+            monitor_count: AtomicUsize::new(0),
             deadlines: Mutex::default(),
             deadline_added: Notify::new(),
             stats: Mutex::default(),

@@ -60,6 +60,8 @@ pub(crate) struct ConnState {
     /// Other connections whose wires got frames during this read (routed
     /// calls and answers); written at the end of the read, in one go each.
     pub(crate) dirty: Vec<Conn>,
+    /// `Some(with_payloads)` while this connection monitors.
+    pub(crate) monitoring: Option<bool>,
 }
 
 /// Releases the connection's slots in the global and per-uid counts.
@@ -192,6 +194,7 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: UnixStream, peer: PeerIdentity) {
         hello_done: false,
         out: None,
         dirty: Vec::new(),
+        monitoring: None,
     };
     state.read_loop().await;
     state.cleanup();
@@ -697,6 +700,7 @@ impl ConnState {
     }
 
     fn cleanup(&mut self) {
+        self.stop_monitor();
         let hub = &self.hub;
         let conn = &self.conn;
         lock(&hub.conns).remove(&conn.id);

@@ -49,6 +49,8 @@ pub(crate) struct Routed {
     pub(crate) method: MethodName,
     /// When the caller's call arrived (for the latency histogram).
     pub(crate) started: std::time::Instant,
+    /// The rule that allowed it, kept only while someone monitors.
+    pub(crate) rule: Option<String>,
 }
 
 /// `kill_reason`: the subscriber was too slow.
@@ -158,6 +160,9 @@ pub(crate) struct Hub {
     pub(crate) uids: Mutex<HashMap<u32, Arc<UidAccount>>>,
     pub(crate) providers: Mutex<HashMap<MethodName, Conn>>,
     pub(crate) topics: Mutex<HashMap<TopicName, Vec<Conn>>>,
+    /// Monitoring connections, and whether each may see payloads.
+    pub(crate) monitors: Mutex<Vec<(Conn, bool)>>,
+    pub(crate) monitor_count: AtomicUsize,
     pub(crate) deadlines: Mutex<BinaryHeap<Deadline>>,
     pub(crate) deadline_added: Notify,
     pub(crate) stats: Mutex<HashMap<String, MethodStats>>,

@@ -30,6 +30,7 @@ pub mod broker;
 mod builtins;
 mod connection;
 mod hub;
+mod monitor;
 mod pubsub;
 mod queue;
 mod router;

@@ -42,6 +42,11 @@ impl ConnState {
         id: RequestId,
         topic: TopicName,
     ) -> Result<(), ()> {
+        if topic.as_str() == crate::monitor::MONITOR_TOPIC
+            || topic.as_str() == crate::monitor::MONITOR_PAYLOADS_TOPIC
+        {
+            return self.start_monitor(id, topic).await;
+        }
         let d = self.policy.decide(Action::Subscribe, topic.as_str());
         if !d.allowed {
             return self.deny(id, Action::Subscribe, &topic, d.reason()).await;
@@ -71,11 +76,63 @@ impl ConnState {
         .await
     }
 
+    /// Subscribing to a monitor topic: policy `monitor` on `calls` (and on
+    /// `payloads` for the payload topic).
+    async fn start_monitor(&mut self, id: RequestId, topic: TopicName) -> Result<(), ()> {
+        let payloads = topic.as_str() == crate::monitor::MONITOR_PAYLOADS_TOPIC;
+        let needed: &[&str] = if payloads {
+            &["calls", "payloads"]
+        } else {
+            &["calls"]
+        };
+        for what in needed {
+            let d = self.policy.decide(Action::Monitor, what);
+            if !d.allowed {
+                return self.deny(id, Action::Monitor, &topic, d.reason()).await;
+            }
+        }
+        if self.monitoring.is_none() {
+            lock(&self.hub.monitors).push((Arc::clone(&self.conn), payloads));
+            self.hub.monitor_count.fetch_add(1, Ordering::AcqRel);
+            self.monitoring = Some(payloads);
+        }
+        tracing::info!(
+            target: "warden::audit",
+            uid = self.conn.identity.uid,
+            pid = self.conn.identity.pid,
+            comm = self.conn.comm.as_deref().unwrap_or("?"),
+            conn = self.conn.id,
+            action = "monitor",
+            target = topic.as_str(),
+            result = "started",
+            "monitoring started"
+        );
+        self.send(Message::Reply {
+            id,
+            result: Payload::from_value(&serde_json::json!({ "topic": topic.as_str() }))
+                .unwrap_or_default(),
+        })
+        .await
+    }
+
+    /// Stops monitoring (on unsubscribe or disconnect).
+    pub(crate) fn stop_monitor(&mut self) {
+        if self.monitoring.take().is_some() {
+            lock(&self.hub.monitors).retain(|(c, _)| c.id != self.conn.id);
+            self.hub.monitor_count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     pub(crate) async fn handle_unsubscribe(
         &mut self,
         id: RequestId,
         topic: TopicName,
     ) -> Result<(), ()> {
+        if topic.as_str() == crate::monitor::MONITOR_TOPIC
+            || topic.as_str() == crate::monitor::MONITOR_PAYLOADS_TOPIC
+        {
+            self.stop_monitor();
+        }
         if self.subscriptions.remove(&topic) {
             let mut topics = lock(&self.hub.topics);
             if let Some(subs) = topics.get_mut(&topic) {
@@ -112,8 +169,19 @@ impl ConnState {
                 ))
                 .await;
         }
+        let monitored = self.hub.monitoring().then(|| data.clone());
         let (delivered, dropped) =
             publish(&self.hub, &topic, data, Some(self.conn.identity.clone()));
+        if let Some(data) = monitored {
+            self.hub.monitor_publish(
+                &self.conn,
+                topic.as_str(),
+                &d.reason(),
+                delivered,
+                dropped,
+                &data,
+            );
+        }
         self.send(Message::Reply {
             id,
             result: Payload::from_value(

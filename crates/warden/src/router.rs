@@ -25,6 +25,28 @@ use crate::hub::{lock, Conn, ConnShared, Deadline, Hub, Routed, WeakConn};
 use crate::queue::QueuedFrame;
 
 impl ConnState {
+    /// Records a finished call: counters, and the monitors' answer event.
+    fn done(
+        &self,
+        id: RequestId,
+        method: &str,
+        code: Option<ErrorCode>,
+        started: std::time::Instant,
+        rule: Option<&str>,
+        result: Option<&Payload>,
+    ) {
+        self.hub.count(method, code, started);
+        self.hub.monitor_answer(&crate::monitor::CallRecord {
+            conn: &self.conn,
+            id,
+            method,
+            code,
+            started,
+            rule,
+            result,
+        });
+    }
+
     pub(crate) async fn handle_call(
         &mut self,
         id: RequestId,
@@ -36,7 +58,14 @@ impl ConnState {
         let started = std::time::Instant::now();
         self.conn.calls.fetch_add(1, Ordering::Relaxed);
         if caller_field.is_some() {
-            hub.count(method.as_str(), Some(ErrorCode::BadRequest), started);
+            self.done(
+                id,
+                method.as_str(),
+                Some(ErrorCode::BadRequest),
+                started,
+                None,
+                None,
+            );
             return self
                 .reject(
                     Some(id),
@@ -45,7 +74,14 @@ impl ConnState {
                 .await;
         }
         if hub.draining.load(Ordering::Acquire) {
-            hub.count(method.as_str(), Some(ErrorCode::ShuttingDown), started);
+            self.done(
+                id,
+                method.as_str(),
+                Some(ErrorCode::ShuttingDown),
+                started,
+                None,
+                None,
+            );
             return self
                 .send(Message::error(
                     Some(id),
@@ -56,8 +92,16 @@ impl ConnState {
         }
         let decision = self.policy.decide(Action::Call, method.as_str());
         if !decision.allowed {
-            hub.count(method.as_str(), Some(ErrorCode::Denied), started);
-            self.audit_denied("call", method.as_str(), &decision.reason());
+            let reason = decision.reason();
+            self.done(
+                id,
+                method.as_str(),
+                Some(ErrorCode::Denied),
+                started,
+                Some(&reason),
+                None,
+            );
+            self.audit_denied("call", method.as_str(), &reason);
             return self
                 .send(Message::error(
                     Some(id),
@@ -70,9 +114,21 @@ impl ConnState {
                 ))
                 .await;
         }
+        // The deciding rule, spelled out only when someone monitors.
+        let rule = hub.monitoring().then(|| decision.reason());
+        if let Some(rule) = &rule {
+            hub.monitor_call(&self.conn, id, method.as_str(), rule, &params);
+        }
         let max_in_flight = hub.settings.limits.max_in_flight_per_connection;
         if u64::from(self.conn.in_flight.load(Ordering::Acquire)) >= max_in_flight {
-            hub.count(method.as_str(), Some(ErrorCode::LimitExceeded), started);
+            self.done(
+                id,
+                method.as_str(),
+                Some(ErrorCode::LimitExceeded),
+                started,
+                rule.as_deref(),
+                None,
+            );
             return self
                 .send(Message::error(
                     Some(id),
@@ -86,10 +142,13 @@ impl ConnState {
         }
         if method.is_reserved() {
             let answer = crate::builtins::call(&hub, self, method.as_str(), params);
-            hub.count(
+            self.done(
+                id,
                 method.as_str(),
                 answer.as_ref().err().map(|e| e.code),
                 started,
+                rule.as_deref(),
+                answer.as_ref().ok(),
             );
             return self.send(answer_message(id, answer)).await;
         }
@@ -109,16 +168,26 @@ impl ConnState {
                         ),
                     ))
                 });
-            hub.count(
+            self.done(
+                id,
                 method.as_str(),
                 answer.as_ref().err().map(|e| e.code),
                 started,
+                rule.as_deref(),
+                answer.as_ref().ok(),
             );
             return self.send(answer_message(id, answer)).await;
         }
         let provider = lock(&hub.providers).get(&method).cloned();
         let Some(provider) = provider else {
-            hub.count(method.as_str(), Some(ErrorCode::UnknownMethod), started);
+            self.done(
+                id,
+                method.as_str(),
+                Some(ErrorCode::UnknownMethod),
+                started,
+                rule.as_deref(),
+                None,
+            );
             return self
                 .send(Message::error(
                     Some(id),
@@ -143,7 +212,14 @@ impl ConnState {
             caller: Some(self.conn.identity.clone()),
         };
         let Some(bytes) = forward.to_frame(hub.settings.max_frame) else {
-            hub.count(method.as_str(), Some(ErrorCode::TooLarge), started);
+            self.done(
+                id,
+                method.as_str(),
+                Some(ErrorCode::TooLarge),
+                started,
+                rule.as_deref(),
+                None,
+            );
             return self
                 .send(Message::error(
                     Some(id),
@@ -160,7 +236,14 @@ impl ConnState {
             &provider.account,
             hub.settings.limits.max_queued_bytes_per_uid,
         ) else {
-            hub.count(method.as_str(), Some(ErrorCode::LimitExceeded), started);
+            self.done(
+                id,
+                method.as_str(),
+                Some(ErrorCode::LimitExceeded),
+                started,
+                rule.as_deref(),
+                None,
+            );
             return self
                 .send(Message::error(
                     Some(id),
@@ -179,6 +262,7 @@ impl ConnState {
                 caller_id: id,
                 method: method.clone(),
                 started,
+                rule,
             },
         );
         let deadline = Instant::now() + hub.settings.call_timeout;
@@ -338,9 +422,15 @@ pub(crate) fn finish(
         caller_id,
         method,
         started,
+        rule,
     } = r;
     lock(&caller.outstanding).remove(&caller_id);
     let code = answer.as_ref().err().map(|e| e.code);
+    let answer_payload = if hub.monitoring() {
+        answer.as_ref().ok().cloned()
+    } else {
+        None
+    };
     let max = hub.settings.max_frame;
     let frame = answer_message(caller_id, answer)
         .to_frame(max)
@@ -357,6 +447,17 @@ pub(crate) fn finish(
         });
     caller.in_flight.fetch_sub(1, Ordering::AcqRel);
     hub.count(method.as_str(), code, started);
+    if hub.monitoring() {
+        hub.monitor_answer(&crate::monitor::CallRecord {
+            conn: &caller,
+            id: caller_id,
+            method: method.as_str(),
+            code,
+            started,
+            rule: rule.as_deref(),
+            result: answer_payload.as_ref(),
+        });
+    }
     match dirty {
         Some(dirty) => {
             if caller.wire.enqueue(frame) && !dirty.iter().any(|c| c.id == caller.id) {

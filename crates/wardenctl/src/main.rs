@@ -59,6 +59,25 @@ enum Command {
     Version,
     /// Show the broker's status (administrators only by default).
     Status,
+    /// Watch calls, answers and publications live (administrators only by
+    /// default). One line per event; --json for one JSON object per line.
+    Monitor {
+        /// Only methods matching this pattern (e.g. `net.**`).
+        #[arg(long, value_name = "GLOB")]
+        method: Option<String>,
+        /// Only publications on topics matching this pattern.
+        #[arg(long, value_name = "GLOB")]
+        topic: Option<String>,
+        /// Only this user's traffic (name or uid).
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Show payloads (needs the monitor permission on `payloads`).
+        #[arg(long)]
+        payloads: bool,
+        /// Exit after this many events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// Show the broker's metrics (administrators only by default).
     Metrics {
         /// Print the Prometheus text format (for a node-exporter textfile
@@ -621,6 +640,86 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 print_status(&r);
             }
         }
+        Command::Monitor {
+            method,
+            topic,
+            user,
+            payloads,
+            count,
+        } => {
+            let pattern =
+                |p: &Option<String>| -> Result<Option<warden_policy::NamePattern>, Failure> {
+                    p.as_deref()
+                        .map(warden_policy::NamePattern::parse)
+                        .transpose()
+                        .map_err(|e| Failure::Local(format!("invalid pattern: {e}")))
+                };
+            let (method_p, topic_p) = (pattern(method)?, pattern(topic)?);
+            let uid = match user {
+                Some(u) => Some(subject(u, &[])?.uid),
+                None => None,
+            };
+            client
+                .subscribe(if *payloads {
+                    "warden.monitor.payloads"
+                } else {
+                    "warden.monitor"
+                })
+                .await?;
+            let mut seen = 0u64;
+            while count.is_none_or(|c| seen < c) {
+                let Some(ev) = client.next_event().await else {
+                    return Err(Failure::Connect(format!(
+                        "the connection to the broker closed{}",
+                        client
+                            .last_error()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    )));
+                };
+                let (v, missed) = match ev {
+                    Event::Event {
+                        topic,
+                        data,
+                        missed,
+                        ..
+                    } if topic.as_str().starts_with("warden.monitor") => {
+                        (data.parse::<Value>().unwrap_or(Value::Null), missed)
+                    }
+                    Event::Event { .. } => continue,
+                    Event::Lagged { missed } => (Value::Null, missed),
+                };
+                if missed > 0 {
+                    if cli.json {
+                        print_json(&serde_json::json!({ "lagged": missed }));
+                    } else {
+                        println!("-- {missed} events missed (this monitor did not keep up) --");
+                    }
+                }
+                if v.is_null() {
+                    continue;
+                }
+                if uid.is_some_and(|u| v["uid"].as_u64() != Some(u64::from(u))) {
+                    continue;
+                }
+                let name_ok = |p: &Option<warden_policy::NamePattern>, key: &str| {
+                    p.as_ref()
+                        .is_none_or(|p| v[key].as_str().is_some_and(|n| p.matches(n)))
+                };
+                let is_publish = v["kind"] == "publish";
+                if (is_publish && (method_p.is_some() || !name_ok(&topic_p, "topic")))
+                    || (!is_publish && (topic_p.is_some() || !name_ok(&method_p, "method")))
+                {
+                    continue;
+                }
+                seen += 1;
+                if cli.json {
+                    print_json(&v);
+                } else {
+                    print_monitor_line(&v);
+                }
+            }
+        }
         Command::Metrics { prometheus } => {
             let r = client.call_json("warden.metrics", Value::Null).await?;
             if *prometheus {
@@ -833,6 +932,44 @@ fn prometheus_text(r: &Value) -> String {
         );
     }
     text
+}
+
+fn print_monitor_line(v: &Value) {
+    let time = v["time_ms"].as_u64().unwrap_or(0);
+    let (secs, ms) = (time / 1000, time % 1000);
+    let clock = format!(
+        "{:02}:{:02}:{:02}.{ms:03}",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    );
+    let who = format!(
+        "{} pid={} {}",
+        user_name(v["uid"].as_u64().unwrap_or(u64::MAX)),
+        v["pid"],
+        v["comm"].as_str().unwrap_or("?")
+    );
+    let kind = v["kind"].as_str().unwrap_or("?");
+    let name = v["method"].as_str().or(v["topic"].as_str()).unwrap_or("?");
+    let detail = match kind {
+        "call" => String::new(),
+        "publish" => format!("delivered={} dropped={}", v["delivered"], v["dropped"]),
+        _ => format!(
+            "{} {} µs",
+            v["code"].as_str().unwrap_or("?"),
+            v["latency_us"]
+        ),
+    };
+    let rule = v["rule"].as_str().unwrap_or("");
+    let payload = ["params", "result", "data"]
+        .iter()
+        .find_map(|k| {
+            v.get(*k)
+                .filter(|p| !p.is_null())
+                .map(|p| format!(" {k}={p}"))
+        })
+        .unwrap_or_default();
+    println!("{clock} {who:<32} {kind:<7} {name:<28} {detail} [{rule}]{payload}");
 }
 
 fn print_metrics(r: &Value) {

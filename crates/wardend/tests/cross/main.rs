@@ -9,6 +9,7 @@ mod explain;
 mod identity;
 mod lifecycle;
 mod metrics;
+mod monitor;
 mod python;
 mod service;
 mod squatting;
