@@ -13,6 +13,7 @@ mod monitor;
 mod python;
 mod service;
 mod squatting;
+mod top;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
