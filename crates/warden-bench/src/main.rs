@@ -6,7 +6,9 @@
 //!   floor: two syscalls and a copy each way);
 //! - **echo**: `warden.echo` through the broker (decode, policy, encode);
 //! - **routed**: a call routed through the broker to a provider connection
-//!   and back (two hops).
+//!   and back (two hops);
+//! - **echo+mon**: `warden.echo` while a monitor that stopped reading is
+//!   attached (it must lag, not slow the caller).
 //!
 //! Servers run on their own multi-threaded runtime; the client is a plain
 //! blocking socket in the main thread, identical for all three. Ratios to
@@ -38,7 +40,7 @@ const CONFIG: &str = r#"
 max_in_flight_per_connection = 256
 
 [[rule]]
-actions = ["call", "provide"]
+actions = ["call", "provide", "monitor"]
 names = ["**"]
 everyone = true
 "#;
@@ -256,7 +258,7 @@ fn main() -> anyhow::Result<()> {
                 )
             })
         };
-        let paths: [(&'static str, &Path, bool, MakeFn); 3] = [
+        let paths: [(&'static str, &Path, bool, MakeFn); 4] = [
             ("raw", &raw_path, false, Box::new(move |_| raw_body.clone())),
             ("echo", &broker_path, true, call("warden.echo", pad.clone())),
             (
@@ -264,6 +266,13 @@ fn main() -> anyhow::Result<()> {
                 &broker_path,
                 true,
                 call("bench.echo", pad.clone()),
+            ),
+            // warden.echo while a monitor that never reads is attached.
+            (
+                "echo+mon",
+                &broker_path,
+                true,
+                call("warden.echo", pad.clone()),
             ),
         ];
         let mut peers = Vec::new();
@@ -281,7 +290,19 @@ fn main() -> anyhow::Result<()> {
             })
             .collect();
         for _ in 0..ROUNDS {
-            for (i, (_, _, _, make)) in paths.iter().enumerate() {
+            for (i, (name, _, _, make)) in paths.iter().enumerate() {
+                // A stalled monitor for this round only: it subscribes to
+                // every call and answer, then never reads again.
+                let _monitor = if *name == "echo+mon" {
+                    let mut m = Peer::connect(&broker_path, true)?;
+                    m.s.write_all(&frame(
+                        br#"{"kind":"subscribe","id":1,"topic":"warden.monitor"}"#,
+                    ))?;
+                    read_frame(&mut m.s, &mut m.buf)?;
+                    Some(m)
+                } else {
+                    None
+                };
                 round(&mut peers[i], make.as_ref(), &mut samples[i])?;
             }
         }

@@ -87,11 +87,15 @@ impl Hub {
         if !self.monitoring() {
             return;
         }
-        let base = with(
-            who(conn),
-            json!({"time_ms": now_ms(), "kind": "call", "id": id.get(), "method": method, "rule": rule}),
+        self.emit(
+            || {
+                with(
+                    who(conn),
+                    json!({"time_ms": now_ms(), "kind": "call", "id": id.get(), "method": method, "rule": rule}),
+                )
+            },
+            || json!({ "params": payload_value(Some(params)) }),
         );
-        self.emit(&base, &json!({ "params": payload_value(Some(params)) }));
     }
 
     /// A call was answered (or refused).
@@ -99,19 +103,24 @@ impl Hub {
         if !self.monitoring() {
             return;
         }
-        let base = with(
-            who(r.conn),
-            json!({
-                "time_ms": now_ms(),
-                "kind": if r.code.is_some() { "error" } else { "reply" },
-                "id": r.id.get(),
-                "method": r.method,
-                "code": r.code.map_or("ok", ErrorCode::as_str),
-                "latency_us": r.started.elapsed().as_micros() as u64,
-                "rule": r.rule,
-            }),
+        let latency_us = r.started.elapsed().as_micros() as u64;
+        self.emit(
+            || {
+                with(
+                    who(r.conn),
+                    json!({
+                        "time_ms": now_ms(),
+                        "kind": if r.code.is_some() { "error" } else { "reply" },
+                        "id": r.id.get(),
+                        "method": r.method,
+                        "code": r.code.map_or("ok", ErrorCode::as_str),
+                        "latency_us": latency_us,
+                        "rule": r.rule,
+                    }),
+                )
+            },
+            || json!({ "result": payload_value(r.result) }),
         );
-        self.emit(&base, &json!({ "result": payload_value(r.result) }));
     }
 
     /// An event was published.
@@ -127,30 +136,43 @@ impl Hub {
         if !self.monitoring() {
             return;
         }
-        let base = with(
-            who(conn),
-            json!({
-                "time_ms": now_ms(), "kind": "publish", "topic": topic, "rule": rule,
-                "delivered": delivered, "dropped": dropped,
-            }),
+        self.emit(
+            || {
+                with(
+                    who(conn),
+                    json!({
+                        "time_ms": now_ms(), "kind": "publish", "topic": topic, "rule": rule,
+                        "delivered": delivered, "dropped": dropped,
+                    }),
+                )
+            },
+            || json!({ "data": payload_value(Some(data)) }),
         );
-        self.emit(&base, &json!({ "data": payload_value(Some(data)) }));
     }
 
-    /// Sends `base` to every monitor, with `payload`'s fields added for
-    /// those allowed to see payloads and `"redacted": true` for the rest.
-    fn emit(&self, base: &Value, payload: &Value) {
+    /// Sends an event to every monitor: `base()`'s fields, plus
+    /// `payload()`'s for monitors allowed to see payloads and
+    /// `"redacted": true` for the rest. Nothing is built for monitors whose
+    /// queue is full: they are only told, later, how many they missed, so a
+    /// monitor that stopped reading costs next to nothing.
+    fn emit(&self, base: impl Fn() -> Value, payload: impl Fn() -> Value) {
         let monitors: Vec<_> = lock(&self.monitors).clone();
         let max = self.settings.max_frame;
         let max_queued = self.settings.limits.max_queued_bytes_per_uid;
-        let mut frames: [Option<(TopicName, Vec<u8>)>; 2] = [None, None];
+        let mut frames: [Option<Vec<u8>>; 2] = [None, None];
+        let mut base_value: Option<Value> = None;
         for (conn, payloads) in monitors {
+            if conn.ev_tx.capacity() == 0 {
+                conn.missed.fetch_add(1, Ordering::AcqRel);
+                continue;
+            }
             let slot = usize::from(payloads);
             if frames[slot].is_none() {
+                let b = base_value.get_or_insert_with(&base).clone();
                 let (topic, data) = if payloads {
-                    (MONITOR_PAYLOADS_TOPIC, with(base.clone(), payload.clone()))
+                    (MONITOR_PAYLOADS_TOPIC, with(b, payload()))
                 } else {
-                    (MONITOR_TOPIC, with(base.clone(), json!({"redacted": true})))
+                    (MONITOR_TOPIC, with(b, json!({"redacted": true})))
                 };
                 let Ok(topic) = TopicName::try_from(topic) else {
                     continue;
@@ -159,19 +181,14 @@ impl Hub {
                     continue;
                 };
                 let msg = Message::Event {
-                    topic: topic.clone(),
+                    topic,
                     data,
                     missed: 0,
                     publisher: None,
                 };
-                let Some(bytes) = msg.to_frame(max) else {
-                    continue;
-                };
-                frames[slot] = Some((topic, bytes));
+                frames[slot] = msg.to_frame(max);
             }
-            let Some((_, bytes)) = &frames[slot] else {
-                continue;
-            };
+            let Some(bytes) = &frames[slot] else { continue };
             let sent = QueuedFrame::charge(bytes.clone(), &conn.account, max_queued)
                 .is_some_and(|f| conn.ev_tx.try_send(f).is_ok());
             if !sent {
