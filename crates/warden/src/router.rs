@@ -47,6 +47,21 @@ impl ConnState {
         });
     }
 
+    /// Records a call that failed before reaching a handler or provider,
+    /// and answers it with `code`.
+    async fn fail_call(
+        &mut self,
+        id: RequestId,
+        method: &str,
+        code: ErrorCode,
+        started: std::time::Instant,
+        rule: Option<&str>,
+        message: impl Into<String>,
+    ) -> Result<(), ()> {
+        self.done(id, method, Some(code), started, rule, None);
+        self.send(Message::error(Some(id), code, message)).await
+    }
+
     pub(crate) async fn handle_call(
         &mut self,
         id: RequestId,
@@ -58,60 +73,46 @@ impl ConnState {
         let started = std::time::Instant::now();
         self.conn.calls.fetch_add(1, Ordering::Relaxed);
         if caller_field.is_some() {
-            self.done(
-                id,
-                method.as_str(),
-                Some(ErrorCode::BadRequest),
-                started,
-                None,
-                None,
-            );
             return self
-                .reject(
-                    Some(id),
+                .fail_call(
+                    id,
+                    method.as_str(),
+                    ErrorCode::BadRequest,
+                    started,
+                    None,
                     "the \"caller\" field is set by the broker on routed calls; a client must not send it",
                 )
                 .await;
         }
         if hub.draining.load(Ordering::Acquire) {
-            self.done(
-                id,
-                method.as_str(),
-                Some(ErrorCode::ShuttingDown),
-                started,
-                None,
-                None,
-            );
             return self
-                .send(Message::error(
-                    Some(id),
+                .fail_call(
+                    id,
+                    method.as_str(),
                     ErrorCode::ShuttingDown,
+                    started,
+                    None,
                     "the broker is shutting down and takes no new calls",
-                ))
+                )
                 .await;
         }
         let decision = self.policy.decide(Action::Call, method.as_str());
         if !decision.allowed {
             let reason = decision.reason();
-            self.done(
-                id,
-                method.as_str(),
-                Some(ErrorCode::Denied),
-                started,
-                Some(&reason),
-                None,
-            );
             self.audit_denied("call", method.as_str(), &reason);
             return self
-                .send(Message::error(
-                    Some(id),
+                .fail_call(
+                    id,
+                    method.as_str(),
                     ErrorCode::Denied,
+                    started,
+                    Some(&reason),
                     format!(
                         "uid {} may not call {method} ({})",
                         self.conn.identity.uid,
                         decision.reason()
                     ),
-                ))
+                )
                 .await;
         }
         // The deciding rule, spelled out only when someone monitors.
@@ -121,23 +122,18 @@ impl ConnState {
         }
         let max_in_flight = hub.settings.limits.max_in_flight_per_connection;
         if u64::from(self.conn.in_flight.load(Ordering::Acquire)) >= max_in_flight {
-            self.done(
-                id,
-                method.as_str(),
-                Some(ErrorCode::LimitExceeded),
-                started,
-                rule.as_deref(),
-                None,
-            );
             return self
-                .send(Message::error(
-                    Some(id),
+                .fail_call(
+                    id,
+                    method.as_str(),
                     ErrorCode::LimitExceeded,
+                    started,
+                    rule.as_deref(),
                     format!(
                         "this connection already has {max_in_flight} calls in flight \
                          (max_in_flight_per_connection); wait for replies first"
                     ),
-                ))
+                )
                 .await;
         }
         if method.is_reserved() {
@@ -180,20 +176,15 @@ impl ConnState {
         }
         let provider = lock(&hub.providers).get(&method).cloned();
         let Some(provider) = provider else {
-            self.done(
-                id,
-                method.as_str(),
-                Some(ErrorCode::UnknownMethod),
-                started,
-                rule.as_deref(),
-                None,
-            );
             return self
-                .send(Message::error(
-                    Some(id),
+                .fail_call(
+                    id,
+                    method.as_str(),
                     ErrorCode::UnknownMethod,
+                    started,
+                    rule.as_deref(),
                     format!("no built-in or provider serves {method}"),
-                ))
+                )
                 .await;
         };
         if lock(&self.conn.outstanding).contains_key(&id) {
@@ -212,23 +203,11 @@ impl ConnState {
             caller: Some(self.conn.identity.clone()),
         };
         let Some(bytes) = forward.to_frame(hub.settings.max_frame) else {
-            self.done(
-                id,
-                method.as_str(),
-                Some(ErrorCode::TooLarge),
-                started,
-                rule.as_deref(),
-                None,
-            );
             return self
-                .send(Message::error(
-                    Some(id),
-                    ErrorCode::TooLarge,
-                    format!(
+                .fail_call(id, method.as_str(), ErrorCode::TooLarge, started, rule.as_deref(), format!(
                         "the call with the caller's identity attached exceeds the frame limit of {} bytes",
                         hub.settings.max_frame
-                    ),
-                ))
+                    ))
                 .await;
         };
         let Some(frame) = QueuedFrame::charge(
@@ -236,20 +215,8 @@ impl ConnState {
             &provider.account,
             hub.settings.limits.max_queued_bytes_per_uid,
         ) else {
-            self.done(
-                id,
-                method.as_str(),
-                Some(ErrorCode::LimitExceeded),
-                started,
-                rule.as_deref(),
-                None,
-            );
             return self
-                .send(Message::error(
-                    Some(id),
-                    ErrorCode::LimitExceeded,
-                    format!("the provider of {method} has too many bytes waiting to be read; try again later"),
-                ))
+                .fail_call(id, method.as_str(), ErrorCode::LimitExceeded, started, rule.as_deref(), format!("the provider of {method} has too many bytes waiting to be read; try again later"))
                 .await;
         };
         self.conn.in_flight.fetch_add(1, Ordering::AcqRel);
