@@ -90,12 +90,21 @@ fn explain(hub: &Hub, state: &ConnState, params: &Payload) -> Result<Payload, Wi
             ),
         )
     })?;
-    if p.uid != state.conn.identity.uid && !state.policy.is_admin() {
+    // A non-administrator may explain only itself, with groups it really
+    // has: otherwise it could map out rules for groups it is not in.
+    let me = &state.conn.identity;
+    let own_groups = p
+        .groups
+        .iter()
+        .chain(std::iter::once(&p.gid))
+        .all(|g| *g == me.gid || me.groups.contains(g));
+    if (p.uid != me.uid || !own_groups) && !state.policy.is_admin() {
         return Err(WireError::new(
             ErrorCode::Denied,
             format!(
-                "explaining the access of uid {} needs administrator rights; uid {} may explain only its own",
-                p.uid, state.conn.identity.uid
+                "explaining the access of another uid, or with groups this connection does not have, \
+                 needs administrator rights; uid {} may explain only its own access",
+                me.uid
             ),
         ));
     }

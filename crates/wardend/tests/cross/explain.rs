@@ -202,6 +202,23 @@ fn offline_live_and_real_decisions_agree() -> anyhow::Result<()> {
     )?;
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("administrator"), "{}", stderr(&out));
+    // ...nor its own with a group it is not in...
+    let out = wardenctl(
+        Some(&bob),
+        broker.socket(),
+        &[
+            "policy",
+            "explain",
+            "--user",
+            "wdn_bob",
+            "--group",
+            "wdn_grp",
+            "call",
+            "svc.team.y",
+        ],
+    )?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("administrator"), "{}", stderr(&out));
     // ...but may explain its own.
     let out = wardenctl(
         Some(&bob),
