@@ -231,6 +231,15 @@ impl Broker {
                                 let hub = Arc::clone(hub);
                                 tasks.spawn(crate::connection::run(hub, stream, peer));
                             }
+                            Err(e) if e.is_fd_exhaustion() => {
+                                // Fail closed (no identity, no connection),
+                                // and give descriptors time to come back.
+                                tracing::warn!(error = %e, "refused a connection: out of file descriptors; backing off");
+                                tokio::select! {
+                                    _ = shutdown.requested() => break,
+                                    _ = tokio::time::sleep(ACCEPT_BACKOFF_FD_EXHAUSTED) => {}
+                                }
+                            }
                             Err(e) => {
                                 // Fail closed: no identity, no connection.
                                 tracing::warn!(error = %e, "refused a connection: cannot read its credentials");

@@ -58,6 +58,19 @@ pub enum PeerIdentityError {
     },
 }
 
+impl PeerIdentityError {
+    /// True if the process (or system) ran out of file descriptors while
+    /// reading the identity (the pidfd could not be allocated).
+    pub fn is_fd_exhaustion(&self) -> bool {
+        match self {
+            PeerIdentityError::Pidfd { source, .. }
+            | PeerIdentityError::Credentials(source)
+            | PeerIdentityError::Groups(source) => crate::linux::process::is_fd_exhaustion(source),
+            PeerIdentityError::Raced { .. } => false,
+        }
+    }
+}
+
 fn io_err(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }

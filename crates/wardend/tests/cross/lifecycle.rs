@@ -1,10 +1,11 @@
 //! Limits, graceful shutdown and configuration errors.
 
 use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use serde_json::json;
+use serde_json::{json, Value};
 use warden_testkit::{
     bin_path, config_text, output_with_timeout, wardenctl, BrokerProcess, RawConn, TestDir,
 };
@@ -229,5 +230,143 @@ fn notify_socket_gets_ready_and_stopping() -> anyhow::Result<()> {
     let n = notify.recv(&mut buf)?;
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     assert_eq!(broker.wait_exit(Duration::from_secs(10))?.code(), Some(0));
+    Ok(())
+}
+
+#[test]
+fn global_cap_and_per_connection_subscription_and_provide_limits() -> anyhow::Result<()> {
+    if users("global_cap_and_per_connection_limits").is_none() {
+        return Ok(());
+    }
+    let dir = TestDir::new("caps")?;
+    let conf = format!(
+        "[limits]\nmax_connections = 3\nmax_subscriptions_per_connection = 2\nmax_provided_per_connection = 1\n{RULES}"
+    );
+    let broker = BrokerProcess::start(&dir, &config_text(&dir, &conf))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut conns = Vec::new();
+    while conns.len() < 3 {
+        let mut c = RawConn::connect(broker.socket())?;
+        match c.hello() {
+            Ok(_) => conns.push(c),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let mut over = RawConn::connect(broker.socket())?;
+    let v = over.recv_some()?;
+    assert_eq!(v["error"]["code"], "limit_exceeded", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("connection limit"),
+        "{v}"
+    );
+
+    let c = &mut conns[0];
+    for (id, topic) in [(1, "news.a"), (2, "news.b")] {
+        c.send_json(&json!({"kind":"subscribe","id":id,"topic":topic}))?;
+        assert_eq!(c.recv_some()?["kind"], "reply");
+    }
+    c.send_json(&json!({"kind":"subscribe","id":3,"topic":"news.c"}))?;
+    let v = c.recv_some()?;
+    assert_eq!(v["error"]["code"], "limit_exceeded", "{v}");
+    // Subscribing again to a topic already held is not a new subscription.
+    c.send_json(&json!({"kind":"subscribe","id":4,"topic":"news.a"}))?;
+    assert_eq!(c.recv_some()?["kind"], "reply");
+
+    c.send_json(&json!({"kind":"provide","id":5,"method":"svc.one"}))?;
+    assert_eq!(c.recv_some()?["kind"], "reply");
+    c.send_json(&json!({"kind":"provide","id":6,"method":"svc.two"}))?;
+    let v = c.recv_some()?;
+    assert_eq!(v["error"]["code"], "limit_exceeded", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_provided_per_connection"),
+        "{v}"
+    );
+    Ok(())
+}
+
+#[test]
+fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() -> anyhow::Result<()> {
+    if users("out_of_descriptors_the_accept_loop_backs_off").is_none() {
+        return Ok(());
+    }
+    let dir = TestDir::new("emfile")?;
+    let conf = dir.path().join("warden.toml");
+    std::fs::write(&conf, config_text(&dir, RULES))?;
+    let socket = dir.path().join("s/warden.sock");
+    // A hard limit of 32 descriptors: the broker raises its soft limit to
+    // it and no further, so a few dozen clients exhaust it.
+    let mut child = std::process::Command::new("prlimit")
+        .arg("--nofile=32:32")
+        .arg(bin_path("wardend"))
+        .arg("--config")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("emfile.log"))?)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while RawConn::connect(&socket)
+        .and_then(|mut c| c.hello().map_err(std::io::Error::other))
+        .is_err()
+    {
+        anyhow::ensure!(Instant::now() < deadline, "wardend did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cpu = || -> anyhow::Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))?;
+        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        Ok(f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+    };
+    // Hold 60 connections: the later ones wait in the backlog while
+    // accept fails with EMFILE.
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        if let Ok(c) = std::os::unix::net::UnixStream::connect(&socket) {
+            held.push(c);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu()?;
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu()? - before;
+    // Clock ticks (100 per second): a spinning accept loop burns ~100.
+    assert!(
+        used < 30,
+        "the broker used {used} ticks in 1 s while out of descriptors"
+    );
+    let log = std::fs::read_to_string(dir.path().join("emfile.log"))?;
+    assert!(log.contains("out of file descriptors"), "{log}");
+    // Freed descriptors: the broker serves again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ping = || -> anyhow::Result<Value> {
+        let mut c = RawConn::connect(&socket)?;
+        c.hello()?;
+        c.call(1, "warden.ping", json!(null))
+    };
+    loop {
+        match ping() {
+            Ok(v) => {
+                assert_eq!(v["result"]["pong"], true, "{v}");
+                break;
+            }
+            Err(e) => anyhow::ensure!(
+                Instant::now() < deadline,
+                "the broker did not recover: {e:#}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
     Ok(())
 }
