@@ -122,12 +122,28 @@ pub enum SlowSubscriber {
 /// The `[learn]` section: learning mode (capturing a process's access
 /// denials). Off by default; turning it on grants the broker the
 /// privileges the capture needs (see `wardenctl dump`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LearnSection {
     /// Serve `learn.*` methods.
     #[serde(default)]
     pub enabled: bool,
+    /// Learning sessions one uid may run at once.
+    #[serde(default = "default_learn_sessions")]
+    pub max_sessions_per_uid: usize,
+}
+
+fn default_learn_sessions() -> usize {
+    4
+}
+
+impl Default for LearnSection {
+    fn default() -> Self {
+        LearnSection {
+            enabled: false,
+            max_sessions_per_uid: default_learn_sessions(),
+        }
+    }
 }
 
 /// The `[broker]` section.
@@ -590,7 +606,29 @@ mod tests {
         let c = c.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.broker.socket_mode, 0o666);
         assert_eq!(c.limits, Limits::default());
-        assert_eq!(c.policy.rule_count(), 3);
+        assert_eq!(c.policy.rule_count(), 6);
+        // `wardenctl learn -- CMD` works out of the box, for one's own
+        // processes only; root may learn any.
+        assert!(c.learn.enabled);
+        assert_eq!(c.learn.max_sessions_per_uid, 4);
+        let user = crate::Caller {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![],
+        };
+        let root = crate::Caller {
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+        };
+        assert!(c.policy.decide(&user, crate::Action::Learn, "own").allowed);
+        assert!(!c.policy.decide(&user, crate::Action::Learn, "any").allowed);
+        assert!(c.policy.decide(&root, crate::Action::Learn, "any").allowed);
+        assert!(
+            c.policy
+                .decide(&user, crate::Action::Call, "learn.start")
+                .allowed
+        );
     }
 
     #[test]

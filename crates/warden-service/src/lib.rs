@@ -594,7 +594,9 @@ mod tests {
 
     #[test]
     fn core_needs_no_capabilities_and_the_unit_says_so() {
-        let c = Config::embedded_default(&StaticResolver::default());
+        // The embedded default with learning mode off: the core alone.
+        let text = warden_policy::DEFAULT_CONFIG.replace("enabled = true", "enabled = false");
+        let c = Config::parse(&text, "core.toml", &StaticResolver::default());
         let Ok(c) = c else {
             panic!("default config invalid")
         };

@@ -33,6 +33,11 @@ pub use linux::process::{
     effective_gid, effective_uid, is_fd_exhaustion, process_comm, raise_nofile_limit,
 };
 #[cfg(target_os = "linux")]
+pub use linux::target::{
+    confirm_same_process, pid_ns_levels, pidfd_alive, pidfd_open, process_facts, wait_for_gate,
+    ProcessFacts,
+};
+#[cfg(target_os = "linux")]
 pub use linux::users::{
     group_by_name, group_name, groups_of_user, user_by_name, user_by_uid, UserInfo,
 };

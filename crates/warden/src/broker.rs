@@ -24,6 +24,24 @@ pub struct HandlerContext {
     pub connection: u64,
     /// True if the caller is an administrator under the current policy.
     pub is_admin: bool,
+    /// The policy in force when the call arrived, for handlers that make
+    /// further decisions (e.g. learning mode's `learn` action).
+    pub policy: Arc<Policy>,
+    /// The caller's connection: events to it, its close, its pidfd.
+    pub channel: crate::CallerChannel,
+}
+
+impl HandlerContext {
+    /// Decides `action` on `name` for the caller under [`Self::policy`],
+    /// with the identity the kernel reported at connect.
+    pub fn decide(&self, action: warden_policy::Action, name: &str) -> warden_policy::Decision {
+        let caller = warden_policy::Caller {
+            uid: self.caller.uid,
+            gid: self.caller.gid,
+            groups: self.caller.groups.clone(),
+        };
+        self.policy.decide(&caller, action, name)
+    }
 }
 
 /// A method served inside the broker (other than the `warden.*` built-ins),

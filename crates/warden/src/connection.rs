@@ -85,7 +85,7 @@ fn refuse(stream: &UnixStream, code: ErrorCode, message: String) {
     }
 }
 
-pub(crate) async fn run(hub: Arc<Hub>, stream: UnixStream, peer: PeerIdentity) {
+pub(crate) async fn run(hub: Arc<Hub>, stream: UnixStream, mut peer: PeerIdentity) {
     let limits = &hub.settings.limits;
     let account = hub.uid_account(peer.uid);
     let total = hub.conn_count.fetch_add(1, Ordering::AcqRel) + 1;
@@ -152,6 +152,7 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: UnixStream, peer: PeerIdentity) {
         id,
         identity: identity.clone(),
         comm: warden_sys::process_comm(peer.pid),
+        pidfd: peer.pidfd.take(),
         connected_at: SystemTime::now(),
         ctl_tx,
         ev_tx,
@@ -206,8 +207,6 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: UnixStream, peer: PeerIdentity) {
     {
         writer.abort();
     }
-    // Keep the peer's pidfd open for the life of the connection.
-    drop(peer);
     tracing::debug!(conn = id, "closed");
 }
 

@@ -61,6 +61,9 @@ pub(crate) const KILL_SLOW: u8 = 1;
 pub(crate) struct ConnShared {
     pub(crate) id: u64,
     pub(crate) identity: Identity,
+    /// The peer process, pinned at connect (kept open for the life of the
+    /// connection).
+    pub(crate) pidfd: Option<std::os::fd::OwnedFd>,
     pub(crate) comm: Option<String>,
     pub(crate) connected_at: SystemTime,
     pub(crate) ctl_tx: mpsc::Sender<QueuedFrame>,

@@ -28,6 +28,7 @@
 
 pub mod broker;
 mod builtins;
+mod channel;
 mod connection;
 mod hub;
 mod monitor;
@@ -37,6 +38,7 @@ mod router;
 mod shutdown;
 
 pub use broker::{Broker, BrokerBuilder, BrokerError, Handler, HandlerContext};
+pub use channel::{CallerChannel, Pushed};
 pub use shutdown::{Shutdown, ShutdownTrigger};
 
 /// Software name reported in `welcome` and `warden.version`.

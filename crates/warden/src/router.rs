@@ -153,6 +153,12 @@ impl ConnState {
                 caller: self.conn.identity.clone(),
                 connection: self.conn.id,
                 is_admin: self.policy.is_admin(),
+                policy: Arc::clone(self.policy.policy()),
+                channel: crate::CallerChannel::new(
+                    &self.conn,
+                    hub.settings.max_frame,
+                    hub.settings.limits.max_queued_bytes_per_uid,
+                ),
             };
             let answer =
                 catch_unwind(AssertUnwindSafe(|| h.call(&ctx, &params))).unwrap_or_else(|_| {

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+
+mod learn;
 use serde_json::Value;
 use warden_client::{CallError, Client, ConnectError, ConnectOptions, Event, ServerTrust};
 use warden_proto::Payload;
@@ -53,6 +55,49 @@ struct Cli {
 enum Command {
     /// Check that the broker answers, and how fast.
     Ping,
+    /// Capture the access denials (EACCES/EPERM) of a command, or of a
+    /// running process you own, and report them or suggest a sandbox
+    /// profile. `learn -- CMD ARGS...` exits with CMD's exit status; a
+    /// capture that cannot start exits 3 with the reason.
+    #[command(after_help = "Examples:\n  wardenctl learn -- ./myapp --flag\n  \
+        wardenctl learn --format landlock-json -- ./myapp > myapp.landlock.json\n  \
+        wardenctl learn --verify myapp.landlock.json -- ./myapp\n  \
+        wardenctl learn --pid 1234 --duration 30")]
+    Learn {
+        /// Capture this running process (yours) and its descendants
+        /// instead of starting a command; until Ctrl-C, --duration, or
+        /// its exit.
+        #[arg(long, value_name = "PID", conflicts_with = "command")]
+        pid: Option<u32>,
+        /// With --pid: stop after this many seconds.
+        #[arg(long, value_name = "SECONDS", requires = "pid")]
+        duration: Option<f64>,
+        /// What to print on stdout: the report (with --json, every
+        /// event), or a suggested profile (the report then goes to stderr).
+        #[arg(long, value_enum, default_value = "report")]
+        format: learn::LearnFormat,
+        /// Also write the suggested Landlock profile (JSON) to FILE.
+        #[arg(long, value_name = "FILE")]
+        save_profile: Option<PathBuf>,
+        /// Run the command under this Landlock profile (from
+        /// --format landlock-json) and report the denials that remain.
+        #[arg(long, value_name = "PROFILE", conflicts_with = "pid")]
+        verify: Option<PathBuf>,
+        /// The command and its arguments (after --).
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// (internal) The helper `learn` starts: waits for the capture, then
+    /// runs the command.
+    #[command(hide = true)]
+    LearnExec {
+        #[arg(long)]
+        gate_fd: i32,
+        #[arg(long)]
+        landlock: Option<PathBuf>,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Show the identity the broker attached to this connection.
     Whoami,
     /// Show the broker's software and protocol version.
@@ -811,9 +856,11 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
         | Command::Uninstall { .. }
         | Command::Dump { .. }
         | Command::Completions { .. }
-        | Command::Policy { .. } => {
+        | Command::Policy { .. }
+        | Command::Learn { .. }
+        | Command::LearnExec { .. } => {
             return Err(Failure::Local(
-                "install, uninstall and dump do not talk to the broker".into(),
+                "this command is handled before connecting; this is a bug in wardenctl".into(),
             ));
         }
         Command::Publish { topic, data } => {
@@ -1210,6 +1257,14 @@ fn print_status(r: &Value) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::LearnExec {
+        gate_fd,
+        landlock,
+        command,
+    } = &cli.command
+    {
+        return learn::exec_helper(*gate_fd, landlock.as_deref(), command);
+    }
     if let Some(result) = run_local(&cli) {
         return match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -1226,6 +1281,35 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONNECT);
         }
     };
+    if let Command::Learn {
+        pid,
+        duration,
+        format,
+        save_profile,
+        verify,
+        command,
+    } = &cli.command
+    {
+        return runtime.block_on(async {
+            let client = match connect(&cli).await {
+                Ok(c) => c,
+                Err(f) => {
+                    report(&cli, f);
+                    return ExitCode::from(learn::EXIT_CAPTURE);
+                }
+            };
+            let args = learn::LearnArgs {
+                pid: *pid,
+                duration: *duration,
+                format: *format,
+                save_profile: save_profile.as_deref(),
+                verify: verify.as_deref(),
+                command,
+                json: cli.json,
+            };
+            learn::run(&client, &args).await
+        });
+    }
     match runtime.block_on(run(&cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => report(&cli, f),

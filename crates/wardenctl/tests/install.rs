@@ -125,7 +125,7 @@ fn install_verifies_and_uninstall_removes_exactly_what_it_created() -> anyhow::R
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no exposure score in: {text}"))?;
-    println!("systemd-analyze security exposure (core features only): {score}");
+    println!("systemd-analyze security exposure (embedded default, learning mode on): {score}");
     assert!(score <= 2.0, "exposure {score} > 2.0");
 
     // Completions and man pages, generated from the clap definitions.
@@ -156,7 +156,14 @@ fn install_verifies_and_uninstall_removes_exactly_what_it_created() -> anyhow::R
     let dump = ctl(&["--json", "dump", "--root", &r])?;
     let v: Value = serde_json::from_slice(&dump.stdout)?;
     assert_eq!(v["installed"], true, "{v}");
-    assert_eq!(v["capabilities"], serde_json::json!([]), "{v}");
+    // The embedded default has learning mode on: exactly its three.
+    let caps: Vec<&str> = v["capabilities"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(caps, ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE"], "{v}");
     let paths = v["paths"].as_array().cloned().unwrap_or_default();
     assert!(paths.iter().all(|p| p["exists"] == true), "{v}");
 
@@ -238,17 +245,15 @@ fn install_refuses_to_overwrite_what_it_did_not_create() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn learning_mode_adds_exactly_the_capabilities_it_needs() -> anyhow::Result<()> {
-    let Some(root) = offline_root("learn")? else {
-        return Ok(());
+/// Installs `config` into a fresh root; checks the unit verifies, prints
+/// the exposure, and returns (exposure, capability names, unit text).
+fn install_config(tag: &str, config: &str) -> anyhow::Result<Option<(f64, Vec<String>, String)>> {
+    let Some(root) = offline_root(tag)? else {
+        return Ok(None);
     };
     let r = root.display().to_string();
     let conf = root.join("learn.toml");
-    std::fs::write(
-        &conf,
-        "[broker]\nsocket = \"/run/warden/warden.sock\"\n\n[learn]\nenabled = true\n\n[[rule]]\nactions = [\"call\"]\nnames = [\"learn.*\"]\neveryone = true\n",
-    )?;
+    std::fs::write(&conf, config)?;
     let out = ctl(&[
         "install",
         "--root",
@@ -265,14 +270,6 @@ fn learning_mode_adds_exactly_the_capabilities_it_needs() -> anyhow::Result<()> 
         String::from_utf8_lossy(&out.stderr)
     );
     let unit = std::fs::read_to_string(root.join("etc/systemd/system/warden.service"))?;
-    assert!(
-        unit.contains("AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_SYS_PTRACE"),
-        "{unit}"
-    );
-    assert!(
-        unit.contains("# CAP_BPF: learning mode"),
-        "each capability carries its reason: {unit}"
-    );
     let verify = output_with_timeout(
         Command::new("systemd-analyze")
             .arg("verify")
@@ -293,17 +290,61 @@ fn learning_mode_adds_exactly_the_capabilities_it_needs() -> anyhow::Result<()> 
         Duration::from_secs(60),
     )?;
     let text = String::from_utf8_lossy(&security.stdout);
-    if let Some(line) = text.lines().find(|l| l.contains("Overall exposure level")) {
-        println!("with learning mode: {}", line.trim());
-    }
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for warden.service:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no exposure score in: {text}"))?;
+    println!("systemd-analyze security exposure ({tag}): {score}");
     let dump = ctl(&["--json", "dump", "--root", &r])?;
     let v: Value = serde_json::from_slice(&dump.stdout)?;
-    let caps: Vec<&str> = v["capabilities"]
+    let caps: Vec<String> = v["capabilities"]
         .as_array()
-        .map(|a| a.iter().filter_map(|c| c["name"].as_str()).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
-    assert_eq!(caps, ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE"], "{v}");
     let _ = std::fs::remove_dir_all(&root);
+    Ok(Some((score, caps, unit)))
+}
+
+#[test]
+fn core_only_config_needs_no_capabilities() -> anyhow::Result<()> {
+    let Some((score, caps, unit)) = install_config(
+        "core",
+        "[broker]\nsocket = \"/run/warden/warden.sock\"\n\n[learn]\nenabled = false\n",
+    )?
+    else {
+        return Ok(());
+    };
+    assert!(caps.is_empty(), "{caps:?}");
+    assert!(unit.contains("CapabilityBoundingSet=\n"), "{unit}");
+    assert!(score <= 2.0, "exposure {score} > 2.0");
+    Ok(())
+}
+
+#[test]
+fn learning_mode_adds_exactly_the_capabilities_it_needs() -> anyhow::Result<()> {
+    let Some((score, caps, unit)) = install_config(
+        "learn",
+        "[broker]\nsocket = \"/run/warden/warden.sock\"\n\n[learn]\nenabled = true\n\n[[rule]]\nactions = [\"call\"]\nnames = [\"learn.*\"]\neveryone = true\n",
+    )?
+    else {
+        return Ok(());
+    };
+    assert_eq!(caps, ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE"]);
+    assert!(
+        unit.contains("AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_SYS_PTRACE"),
+        "{unit}"
+    );
+    assert!(
+        unit.contains("# CAP_BPF: learning mode"),
+        "each capability carries its reason: {unit}"
+    );
+    assert!(score <= 2.0, "exposure {score} > 2.0");
     Ok(())
 }
 

@@ -79,22 +79,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Answers the methods of a feature that is configured but not built yet.
-struct NotYet;
-
-impl warden::Handler for NotYet {
-    fn call(
-        &self,
-        _: &warden::HandlerContext,
-        _: &warden_proto::Payload,
-    ) -> Result<warden_proto::Payload, warden_proto::WireError> {
-        Err(warden_proto::WireError::new(
-            warden_proto::ErrorCode::Unavailable,
-            "learning mode is not implemented yet in this wardend; nothing was captured",
-        ))
-    }
-}
-
 /// Where the listening socket came from.
 enum Endpoint {
     /// Bound by wardend: removed at exit.
@@ -106,6 +90,9 @@ enum Endpoint {
 /// Environment variable that enables test hooks (SIGUSR1 stalls the accept
 /// loop for 5 s). Never set in production.
 const TEST_HOOKS_ENV: &str = "WARDEND_TEST_HOOKS";
+/// With test hooks on: milliseconds `learn.start` waits between checking
+/// the target process and attaching (to test pid-reuse races).
+const TEST_ATTACH_DELAY_ENV: &str = "WARDEND_TEST_LEARN_ATTACH_DELAY_MS";
 
 fn run(args: Args, config: Config) -> anyhow::Result<()> {
     match warden_sys::raise_nofile_limit() {
@@ -167,11 +154,23 @@ fn run(args: Args, config: Config) -> anyhow::Result<()> {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .context("cannot register the listener with the runtime")?;
         let mut builder = Broker::builder(&config);
-        if config.learn.enabled {
-            for m in ["learn.start", "learn.stop", "learn.events"] {
-                builder = builder
-                    .handler(m, NotYet)
-                    .context("registering learning mode")?;
+        let learn = config.learn.enabled.then(|| {
+            warden_learn::service::LearnService::new(warden_learn::service::LearnSettings {
+                max_sessions_per_uid: config.learn.max_sessions_per_uid,
+                attach_delay: if test_hooks {
+                    std::env::var(TEST_ATTACH_DELAY_ENV)
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .map(std::time::Duration::from_millis)
+                        .unwrap_or_default()
+                } else {
+                    std::time::Duration::ZERO
+                },
+            })
+        });
+        if let Some(learn) = &learn {
+            for (m, h) in learn.handlers() {
+                builder = builder.handler(m, h).context("registering learning mode")?;
             }
         }
         if let Some(w) = watchdog {
@@ -214,6 +213,9 @@ fn run(args: Args, config: Config) -> anyhow::Result<()> {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         spawn_notifier(broker.clone(), watchdog);
         broker.serve(listener, shutdown).await;
+        if let Some(learn) = &learn {
+            learn.stop_all();
+        }
         anyhow::Ok(())
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -7,4 +7,5 @@ pub(crate) mod endpoint;
 pub(crate) mod fds;
 pub(crate) mod identity;
 pub(crate) mod process;
+pub(crate) mod target;
 pub(crate) mod users;

@@ -7,6 +7,7 @@ mod bad_input;
 mod duplex;
 mod explain;
 mod identity;
+mod learn;
 mod lifecycle;
 mod metrics;
 mod monitor;

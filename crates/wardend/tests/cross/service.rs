@@ -291,8 +291,8 @@ fn sigterm_with_100_idle_clients_exits_promptly() -> anyhow::Result<()> {
 }
 
 #[test]
-fn learning_mode_configured_but_not_built_says_so() -> anyhow::Result<()> {
-    if users("learning_mode_configured_but_not_built_says_so").is_none() {
+fn learning_methods_exist_only_when_enabled() -> anyhow::Result<()> {
+    if users("learning_methods_exist_only_when_enabled").is_none() {
         return Ok(());
     }
     let dir = TestDir::new("learn")?;
@@ -302,8 +302,21 @@ fn learning_mode_configured_but_not_built_says_so() -> anyhow::Result<()> {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.starts_with("error: unavailable:") && err.contains("not implemented yet"),
+        err.starts_with("error: bad_request:") && err.contains("pid"),
         "{err}"
+    );
+    drop(broker);
+    let conf = format!("[learn]\nenabled = false\n{RULES}\n[[rule]]\nactions = [\"call\"]\nnames = [\"learn.*\"]\neveryone = true\n");
+    let broker = BrokerProcess::start(&dir, &config_text(&dir, &conf))?;
+    let out = wardenctl(
+        None,
+        broker.socket(),
+        &["call", "learn.start", "{\"pid\": 1}"],
+    )?;
+    assert!(
+        stderr(&out).starts_with("error: unknown_method:"),
+        "{}",
+        stderr(&out)
     );
     Ok(())
 }

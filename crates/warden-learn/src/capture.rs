@@ -1,0 +1,633 @@
+//! The eBPF capture: loading the kernel half, and one [`Session`] per
+//! traced process tree.
+//!
+//! The programs are loaded when the first session starts and unloaded when
+//! the last one stops: while attached, the `sys_exit` tracepoint puts every
+//! thread on the machine on the slower syscall-exit path, so nothing stays
+//! attached when nobody learns. Nothing is pinned in bpffs: every program,
+//! link and map lives in this process's file descriptors, so the kernel
+//! removes all of it if the broker dies, however it dies.
+//!
+//! Each session owns a slot: its own ring buffer (an inner map of
+//! `session_rb`, so a noisy session can only fill its own buffer), its
+//! counters in `stats`, and a generation number that every record carries,
+//! so a record written for a slot's previous owner is never delivered to
+//! the next.
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, MapType, Object, ObjectBuilder};
+
+use crate::event::{decode, Record};
+
+/// The compiled kernel half (built by build.rs from src/bpf/learn.bpf.c).
+static BPF_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/learn.bpf.o"));
+
+/// Sessions at once, machine-wide (`WL_MAX_SESSIONS`).
+pub const MAX_SESSIONS: usize = 64;
+/// Bytes of each session's kernel ring buffer (`WL_RINGBUF_BYTES`).
+const RINGBUF_BYTES: u32 = 1024 * 1024;
+/// How often a session's reader wakes when idle, to notice a stop.
+const POLL: Duration = Duration::from_millis(50);
+/// `tracked.flags`: report accesses too.
+const FLAG_ACCESSES: u32 = 1;
+
+/// Why a capture could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The BPF programs could not be loaded or attached.
+    #[error(
+        "cannot load the learning-mode eBPF programs: {0} (the broker needs CAP_BPF and \
+         CAP_PERFMON, or root, and a kernel with BPF and BTF)"
+    )]
+    Load(String),
+    /// Every session slot is taken.
+    #[error("all {MAX_SESSIONS} learning sessions are in use; try again later")]
+    Full,
+    /// Another session already traces this process.
+    #[error("process {0} is already being learned by another session")]
+    Busy(u32),
+    /// The process exited (or its pid was recycled) before the capture
+    /// attached.
+    #[error("process {0} exited before the capture could attach; nothing was captured")]
+    Exited(u32),
+    /// A map operation failed.
+    #[error("learning-mode map operation failed: {0}")]
+    Map(String),
+}
+
+fn map_err(e: libbpf_rs::Error) -> CaptureError {
+    CaptureError::Map(e.to_string())
+}
+
+/// What a session's reader thread hands over: a decoded record.
+pub type Sink = Box<dyn FnMut(Record) + Send>;
+
+/// The loaded programs and the handles the sessions use.
+struct Loaded {
+    /// Keeps the programs and maps alive.
+    _object: Object,
+    /// Detached (and the programs unloaded) on drop.
+    _links: Vec<Link>,
+    tracked: MapHandle,
+    stats: MapHandle,
+    session_rb: MapHandle,
+}
+
+struct SlotState {
+    gen: u32,
+}
+
+struct State {
+    loaded: Option<Loaded>,
+    slots: Vec<Option<SlotState>>,
+}
+
+/// The machine-wide capture. One per broker.
+pub struct Capture {
+    state: Mutex<State>,
+    next_gen: AtomicU32,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture").finish_non_exhaustive()
+    }
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Counters of one session (`struct session_stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SessionStats {
+    /// Records written to the session's ring buffer.
+    pub events: u64,
+    /// Records lost because the session's ring buffer was full.
+    pub lost: u64,
+    /// Denials discarded because the process was not the one tracked (its
+    /// pid had been reused).
+    pub stale: u64,
+    /// Children not tracked because the tracking table was full.
+    pub untracked: u64,
+}
+
+/// What a session traces.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The root process (pid in the broker's namespace).
+    pub pid: u32,
+    /// Its start time in clock ticks (binds the pid to this process).
+    pub start_ticks: u64,
+    /// The uid the session runs for: a tracked process whose credentials
+    /// leave this uid leaves the capture (0: no such check).
+    pub uid: u32,
+    /// Also report the first successful open of each file.
+    pub accesses: bool,
+}
+
+/// One traced process tree. Stops (and removes everything it put in the
+/// kernel) on [`Session::stop`] or drop.
+pub struct Session {
+    capture: Arc<Capture>,
+    slot: u32,
+    gen: u32,
+    stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+    stopped: Option<SessionStats>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("slot", &self.slot)
+            .field("gen", &self.gen)
+            .finish_non_exhaustive()
+    }
+}
+
+fn load() -> Result<Loaded, CaptureError> {
+    let load_err = |e: libbpf_rs::Error| CaptureError::Load(e.to_string());
+    let open = ObjectBuilder::default()
+        .open_memory(BPF_OBJECT)
+        .map_err(load_err)?;
+    let object = open.load().map_err(load_err)?;
+    let mut links = Vec::new();
+    for prog in object.progs_mut() {
+        links.push(prog.attach().map_err(load_err)?);
+    }
+    let handle = |name: &str| -> Result<MapHandle, CaptureError> {
+        let map = object
+            .maps()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| CaptureError::Load(format!("map {name} missing from the object")))?;
+        MapHandle::try_from(&map).map_err(load_err)
+    };
+    let tracked = handle("tracked")?;
+    let stats = handle("stats")?;
+    let session_rb = handle("session_rb")?;
+    Ok(Loaded {
+        tracked,
+        stats,
+        session_rb,
+        _links: links,
+        _object: object,
+    })
+}
+
+/// `struct tracked` as bytes.
+fn tracked_value(slot: u32, gen: u32, start_ticks: u64, uid: u32, flags: u32) -> [u8; 24] {
+    let mut v = [0u8; 24];
+    v[0..4].copy_from_slice(&slot.to_ne_bytes());
+    v[4..8].copy_from_slice(&gen.to_ne_bytes());
+    v[8..16].copy_from_slice(&start_ticks.to_ne_bytes());
+    v[16..20].copy_from_slice(&uid.to_ne_bytes());
+    v[20..24].copy_from_slice(&flags.to_ne_bytes());
+    v
+}
+
+impl Capture {
+    /// A capture with nothing loaded yet.
+    pub fn new() -> Self {
+        Capture {
+            state: Mutex::new(State {
+                loaded: None,
+                slots: (0..MAX_SESSIONS).map(|_| None).collect(),
+            }),
+            next_gen: AtomicU32::new(1),
+        }
+    }
+
+    /// Loads and attaches the programs if no session has yet: a check that
+    /// learning mode can work here at all.
+    ///
+    /// # Errors
+    /// [`CaptureError::Load`] with the kernel's reason.
+    pub fn probe(&self) -> Result<(), CaptureError> {
+        let mut st = lock(&self.state);
+        if st.loaded.is_none() {
+            st.loaded = Some(load()?);
+            // Nothing uses it yet: unload again.
+            if st.slots.iter().all(Option::is_none) {
+                st.loaded = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of sessions running.
+    pub fn active(&self) -> usize {
+        lock(&self.state).slots.iter().flatten().count()
+    }
+
+    /// True while the programs are attached.
+    pub fn is_loaded(&self) -> bool {
+        lock(&self.state).loaded.is_some()
+    }
+
+    /// Starts tracing `target`'s process tree. `confirm` runs after the
+    /// process is in the tracking table and must return false if the
+    /// process is no longer the one that was checked (it exited, its pid
+    /// was recycled): the entry is then removed and nothing is captured.
+    /// Records go to `sink` from a reader thread.
+    ///
+    /// # Errors
+    /// See [`CaptureError`].
+    pub fn start(
+        self: &Arc<Self>,
+        target: &Target,
+        confirm: impl FnOnce() -> bool,
+        mut sink: Sink,
+    ) -> Result<Session, CaptureError> {
+        let mut st = lock(&self.state);
+        let slot = st
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or(CaptureError::Full)?;
+        if st.loaded.is_none() {
+            st.loaded = Some(load()?);
+        }
+        let gen = self.next_gen.fetch_add(1, Ordering::Relaxed).max(1);
+        let slot_u32 = slot as u32;
+        let key = slot_u32.to_ne_bytes();
+        let result = (|| {
+            let loaded = st
+                .loaded
+                .as_ref()
+                .ok_or_else(|| CaptureError::Load("not loaded".into()))?;
+            let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+                sz: size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+                ..Default::default()
+            };
+            let ring = MapHandle::create(
+                MapType::RingBuf,
+                Some("warden_learn_rb"),
+                0,
+                0,
+                RINGBUF_BYTES,
+                &opts,
+            )
+            .map_err(map_err)?;
+            loaded
+                .stats
+                .update(&key, &[0u8; 32], MapFlags::ANY)
+                .map_err(map_err)?;
+            let fd = ring.as_fd().as_raw_fd() as u32;
+            loaded
+                .session_rb
+                .update(&key, &fd.to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_err)?;
+            let flags = if target.accesses { FLAG_ACCESSES } else { 0 };
+            let value = tracked_value(slot_u32, gen, target.start_ticks, target.uid, flags);
+            if let Err(e) =
+                loaded
+                    .tracked
+                    .update(&target.pid.to_ne_bytes(), &value, MapFlags::NO_EXIST)
+            {
+                let _ = loaded.session_rb.delete(&key);
+                return Err(if e.kind() == libbpf_rs::ErrorKind::AlreadyExists {
+                    CaptureError::Busy(target.pid)
+                } else {
+                    map_err(e)
+                });
+            }
+            Ok(ring)
+        })();
+        let ring = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if st.slots.iter().all(Option::is_none) {
+                    st.loaded = None;
+                }
+                return Err(e);
+            }
+        };
+        st.slots[slot] = Some(SlotState { gen });
+        drop(st);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut session = Session {
+            capture: Arc::clone(self),
+            slot: slot_u32,
+            gen,
+            stop: Arc::clone(&stop),
+            reader: None,
+            stopped: None,
+        };
+        if !confirm() {
+            session.stop();
+            return Err(CaptureError::Exited(target.pid));
+        }
+        let reader = std::thread::Builder::new()
+            .name(format!("learn-{slot}"))
+            .spawn(move || {
+                let mut builder = libbpf_rs::RingBufferBuilder::new();
+                let deliver = |bytes: &[u8]| {
+                    if let Some(r) = decode(bytes) {
+                        if r.header.gen == gen {
+                            sink(r);
+                        }
+                    }
+                    0
+                };
+                if let Err(e) = builder.add(&ring, deliver) {
+                    tracing::error!(error = %e, "learning session cannot read its ring buffer");
+                    return;
+                }
+                let rb = match builder.build() {
+                    Ok(rb) => rb,
+                    Err(e) => {
+                        tracing::error!(error = %e, "learning session cannot read its ring buffer");
+                        return;
+                    }
+                };
+                while !stop.load(Ordering::Acquire) {
+                    if let Err(e) = rb.poll(POLL) {
+                        if e.kind() != libbpf_rs::ErrorKind::Interrupted {
+                            tracing::error!(error = %e, "learning session ring buffer poll failed");
+                            break;
+                        }
+                    }
+                }
+                // Whatever the kernel wrote before the stop.
+                let _ = rb.consume();
+            });
+        match reader {
+            Ok(h) => session.reader = Some(h),
+            Err(e) => {
+                session.stop();
+                return Err(CaptureError::Map(format!(
+                    "cannot start a reader thread: {e}"
+                )));
+            }
+        }
+        Ok(session)
+    }
+
+    /// Removes every tracked process of (slot, gen), reads the counters,
+    /// detaches the slot's ring buffer and frees the slot.
+    fn release(&self, slot: u32, gen: u32) -> SessionStats {
+        let mut st = lock(&self.state);
+        let mut stats = SessionStats::default();
+        if let Some(loaded) = &st.loaded {
+            let mine: Vec<Vec<u8>> = loaded
+                .tracked
+                .keys()
+                .filter(|k| {
+                    loaded
+                        .tracked
+                        .lookup(k, MapFlags::ANY)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|v| {
+                            v.get(0..4) == Some(&slot.to_ne_bytes()[..])
+                                && v.get(4..8) == Some(&gen.to_ne_bytes()[..])
+                        })
+                })
+                .collect();
+            for k in mine {
+                let _ = loaded.tracked.delete(&k);
+            }
+            let key = slot.to_ne_bytes();
+            if let Ok(Some(v)) = loaded.stats.lookup(&key, MapFlags::ANY) {
+                let at = |i: usize| {
+                    v.get(i * 8..i * 8 + 8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_ne_bytes)
+                        .unwrap_or(0)
+                };
+                stats = SessionStats {
+                    events: at(0),
+                    lost: at(1),
+                    stale: at(2),
+                    untracked: at(3),
+                };
+            }
+            let _ = loaded.session_rb.delete(&key);
+        }
+        if let Some(s) = st.slots.get_mut(slot as usize) {
+            if s.as_ref().is_some_and(|s| s.gen == gen) {
+                *s = None;
+            }
+        }
+        if st.slots.iter().all(Option::is_none) {
+            // Last session: detach everything.
+            st.loaded = None;
+        }
+        stats
+    }
+}
+
+impl Session {
+    /// The session's generation (carried by every record).
+    pub fn generation(&self) -> u32 {
+        self.gen
+    }
+
+    /// Stops the capture: no process is tracked any more, the reader has
+    /// delivered everything the kernel wrote, and the slot is free.
+    /// Idempotent; returns the session's counters.
+    pub fn stop(&mut self) -> SessionStats {
+        if let Some(s) = self.stopped {
+            return s;
+        }
+        // Untrack first, so nothing new is written; then let the reader
+        // drain what is there.
+        let mut stats = self.capture.release_tracking(self.slot, self.gen);
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.reader.take() {
+            let _ = h.join();
+        }
+        let final_stats = self.capture.release(self.slot, self.gen);
+        stats = SessionStats {
+            events: final_stats.events.max(stats.events),
+            lost: final_stats.lost.max(stats.lost),
+            stale: final_stats.stale.max(stats.stale),
+            untracked: final_stats.untracked.max(stats.untracked),
+        };
+        self.stopped = Some(stats);
+        stats
+    }
+}
+
+impl Capture {
+    /// Stops tracking (slot, gen)'s processes, leaving its ring buffer for
+    /// the reader to drain.
+    fn release_tracking(&self, slot: u32, gen: u32) -> SessionStats {
+        let st = lock(&self.state);
+        if let Some(loaded) = &st.loaded {
+            let keys: Vec<Vec<u8>> = loaded.tracked.keys().collect();
+            for k in keys {
+                let mine = loaded
+                    .tracked
+                    .lookup(&k, MapFlags::ANY)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| {
+                        v.get(0..4) == Some(&slot.to_ne_bytes()[..])
+                            && v.get(4..8) == Some(&gen.to_ne_bytes()[..])
+                    });
+                if mine {
+                    let _ = loaded.tracked.delete(&k);
+                }
+            }
+        }
+        SessionStats::default()
+    }
+
+    /// Pids a session tracks now (for tests and `status`).
+    pub fn tracked_pids(&self, gen: u32) -> Vec<u32> {
+        let st = lock(&self.state);
+        let Some(loaded) = &st.loaded else {
+            return Vec::new();
+        };
+        loaded
+            .tracked
+            .keys()
+            .filter_map(|k| {
+                let v = loaded.tracked.lookup(&k, MapFlags::ANY).ok().flatten()?;
+                (v.get(4..8) == Some(&gen.to_ne_bytes()[..]))
+                    .then(|| k.try_into().ok().map(u32::from_ne_bytes))
+                    .flatten()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+
+    /// Needs root (CAP_BPF + CAP_PERFMON): skipped with a reason outside
+    /// CI, a failure under CI=true.
+    fn privileged() -> bool {
+        if nix_uid() == 0 {
+            return true;
+        }
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: the learning-mode capture tests need root"
+        );
+        eprintln!("skipped: loading eBPF programs needs root");
+        false
+    }
+
+    fn nix_uid() -> u32 {
+        warden_sys::effective_uid()
+    }
+
+    #[test]
+    fn captures_a_denial_with_its_path_then_unloads() -> Result<(), Box<dyn std::error::Error>> {
+        if !privileged() {
+            return Ok(());
+        }
+        let capture = Arc::new(Capture::new());
+        // The child waits for a line, then drops to nobody (no exec, so it
+        // stays tracked) and opens /etc/shadow relative to /etc.
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                "read x; cd /etc && exec setpriv --reuid=65534 --regid=65534 --clear-groups \
+                 cat shadow",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let pid = child.id();
+        let pidfd = warden_sys::pidfd_open(pid)?;
+        let facts = warden_sys::process_facts(pidfd.as_fd(), pid)?;
+        let (tx, rx) = mpsc::channel();
+        let target = Target {
+            pid,
+            start_ticks: facts.start_ticks,
+            uid: 0,
+            accesses: false,
+        };
+        let mut session = capture.start(
+            &target,
+            || warden_sys::confirm_same_process(pidfd.as_fd(), pid, facts.start_ticks).is_ok(),
+            Box::new(move |r| {
+                let _ = tx.send(r.event);
+            }),
+        )?;
+        assert!(capture.is_loaded());
+        assert_eq!(capture.tracked_pids(session.generation()), vec![pid]);
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(b"go\n")?;
+        }
+        let status = child.wait()?;
+        assert!(!status.success(), "cat /etc/shadow as nobody must fail");
+        let stats = session.stop();
+        let events: Vec<Event> = rx.try_iter().collect();
+        let denial = events.iter().find_map(|e| match e {
+            Event::Denial(d) if d.path.as_deref() == Some("/etc/shadow") => Some(d),
+            _ => None,
+        });
+        let d = denial.ok_or_else(|| format!("no denial for /etc/shadow in {events:?}"))?;
+        assert_eq!(d.errno, "EACCES");
+        assert_eq!(d.syscall, "openat");
+        assert_eq!(d.pid, pid);
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, Event::Exec { exe: Some(x), .. } if x.ends_with("/cat"))));
+        assert!(stats.events >= 2, "{stats:?}");
+        assert!(
+            !capture.is_loaded(),
+            "programs stay attached after the last session"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_exited_target_is_not_captured() -> Result<(), Box<dyn std::error::Error>> {
+        if !privileged() {
+            return Ok(());
+        }
+        let capture = Arc::new(Capture::new());
+        let mut child = Command::new("true").spawn()?;
+        let pid = child.id();
+        let pidfd = warden_sys::pidfd_open(pid)?;
+        let facts = warden_sys::process_facts(pidfd.as_fd(), pid)?;
+        child.wait()?;
+        let target = Target {
+            pid,
+            start_ticks: facts.start_ticks,
+            uid: 0,
+            accesses: false,
+        };
+        let r = capture.start(
+            &target,
+            || warden_sys::confirm_same_process(pidfd.as_fd(), pid, facts.start_ticks).is_ok(),
+            Box::new(|_| {}),
+        );
+        assert!(
+            matches!(r, Err(CaptureError::Exited(p)) if p == pid),
+            "{r:?}"
+        );
+        assert!(!capture.is_loaded());
+        Ok(())
+    }
+}

@@ -1,0 +1,277 @@
+//! A capture, summarised: the denials grouped by what was denied and to
+//! whom, the processes seen, and what the capture may have missed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::event::{Denial, Event};
+
+/// Denials with the same syscall, errno, path(s) and program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Group {
+    /// How many times.
+    pub count: u64,
+    /// Syscall name.
+    pub syscall: String,
+    /// `EACCES` or `EPERM`.
+    pub errno: String,
+    /// The path, or for signals `pid N`, or `-`.
+    pub target: String,
+    /// The second path (rename, link).
+    pub target2: Option<String>,
+    /// The program that was denied.
+    pub exe: Option<String>,
+    /// `comm` of the first denial.
+    pub comm: String,
+    /// Pids that were denied, first seen first.
+    pub pids: Vec<u32>,
+}
+
+/// A process the capture saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Process {
+    /// Its program, when known.
+    pub exe: Option<String>,
+    /// Its last `comm`.
+    pub comm: String,
+    /// Its parent, when it was forked under the capture.
+    pub parent: Option<u32>,
+    /// Exit status (`code << 8 | signal`), once it exited.
+    pub status: Option<i32>,
+    /// Why it left the capture, if it did.
+    pub left: Option<String>,
+}
+
+/// Everything a capture reported.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Every event, in order.
+    pub events: Vec<Event>,
+    /// Processes by pid.
+    pub processes: BTreeMap<u32, Process>,
+    /// The end record (counters, losses), once the stream ended.
+    pub end: Option<serde_json::Value>,
+    /// Events the broker could not deliver in time (the `missed` count of
+    /// the event frames).
+    pub missed: u64,
+}
+
+impl Report {
+    /// Adds one event.
+    pub fn add(&mut self, e: Event) {
+        match &e {
+            Event::Exec { pid, exe, comm } => {
+                let p = self.processes.entry(*pid).or_default();
+                p.exe.clone_from(exe);
+                p.comm.clone_from(comm);
+            }
+            Event::Fork { pid, child } => {
+                let parent = self.processes.get(pid).cloned().unwrap_or_default();
+                self.processes.insert(
+                    *child,
+                    Process {
+                        exe: parent.exe,
+                        comm: parent.comm,
+                        parent: Some(*pid),
+                        status: None,
+                        left: None,
+                    },
+                );
+            }
+            Event::Exit { pid, status } => {
+                self.processes.entry(*pid).or_default().status = Some(*status);
+            }
+            Event::Left { pid, reason } => {
+                self.processes.entry(*pid).or_default().left = Some(reason.clone());
+            }
+            Event::Denial(d) => {
+                let p = self.processes.entry(d.pid).or_default();
+                if p.comm.is_empty() {
+                    p.comm.clone_from(&d.comm);
+                }
+                if p.exe.is_none() {
+                    p.exe.clone_from(&d.exe);
+                }
+            }
+            Event::Access(_) => {}
+        }
+        self.events.push(e);
+    }
+
+    /// The denials, in order.
+    pub fn denials(&self) -> impl Iterator<Item = &Denial> {
+        self.events.iter().filter_map(|e| match e {
+            Event::Denial(d) => Some(d),
+            _ => None,
+        })
+    }
+
+    /// Denials grouped, in order of first appearance.
+    pub fn groups(&self) -> Vec<Group> {
+        let mut out: Vec<Group> = Vec::new();
+        for d in self.denials() {
+            let target = match (&d.path, d.target_pid) {
+                (Some(p), _) => p.clone(),
+                (None, Some(pid)) => format!("pid {pid}"),
+                (None, None) => "-".to_owned(),
+            };
+            let exe = d
+                .exe
+                .clone()
+                .or_else(|| self.processes.get(&d.pid).and_then(|p| p.exe.clone()));
+            if let Some(g) = out.iter_mut().find(|g| {
+                g.syscall == d.syscall
+                    && g.errno == d.errno
+                    && g.target == target
+                    && g.target2 == d.path2
+                    && g.exe == exe
+            }) {
+                g.count += 1;
+                if !g.pids.contains(&d.pid) {
+                    g.pids.push(d.pid);
+                }
+                continue;
+            }
+            out.push(Group {
+                count: 1,
+                syscall: d.syscall.clone(),
+                errno: d.errno.clone(),
+                target,
+                target2: d.path2.clone(),
+                exe,
+                comm: d.comm.clone(),
+                pids: vec![d.pid],
+            });
+        }
+        out
+    }
+
+    /// The report for people.
+    pub fn render_text(&self) -> String {
+        let groups = self.groups();
+        let total: u64 = groups.iter().map(|g| g.count).sum();
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "learn: {total} denied operation{} ({} distinct) in {} process{}",
+            if total == 1 { "" } else { "s" },
+            groups.len(),
+            self.processes.len(),
+            if self.processes.len() == 1 { "" } else { "es" }
+        );
+        if !groups.is_empty() {
+            let _ = writeln!(
+                s,
+                "{:>6}  {:<12} {:<7} {:<40} PROCESS",
+                "COUNT", "SYSCALL", "ERRNO", "PATH"
+            );
+            for g in &groups {
+                let target = match &g.target2 {
+                    Some(t2) => format!("{} -> {t2}", g.target),
+                    None => g.target.clone(),
+                };
+                let pids: Vec<String> = g.pids.iter().map(u32::to_string).collect();
+                let _ = writeln!(
+                    s,
+                    "{:>6}  {:<12} {:<7} {:<40} {} {} ({})",
+                    g.count,
+                    g.syscall,
+                    g.errno,
+                    target,
+                    pids.join(","),
+                    g.comm,
+                    g.exe.as_deref().unwrap_or("?")
+                );
+            }
+        }
+        let _ = writeln!(s, "processes:");
+        for (pid, p) in &self.processes {
+            let _ = writeln!(
+                s,
+                "  {pid:>7}  {:<16} {}{}{}",
+                p.comm,
+                p.exe.as_deref().unwrap_or("?"),
+                p.parent
+                    .map(|pp| format!("  (child of {pp})"))
+                    .unwrap_or_default(),
+                match (&p.left, p.status) {
+                    (Some(r), _) => format!("  left the capture: {r}"),
+                    (None, Some(st)) if st & 0x7f == 0 => format!("  exit {}", (st >> 8) & 0xff),
+                    (None, Some(st)) => format!("  killed by signal {}", st & 0x7f),
+                    (None, None) => String::new(),
+                }
+            );
+        }
+        if let Some(end) = &self.end {
+            let e = &end["end"];
+            let lost = e["lost_in_kernel"].as_u64().unwrap_or(0)
+                + e["lost_in_broker"].as_u64().unwrap_or(0)
+                + self.missed;
+            if lost > 0 {
+                let _ = writeln!(
+                    s,
+                    "warning: {lost} events were lost (buffers full); the report is incomplete"
+                );
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn denial(pid: u32, path: &str) -> Event {
+        Event::Denial(Denial {
+            time_ns: 0,
+            pid,
+            tid: pid,
+            comm: "t".into(),
+            exe: Some("/bin/t".into()),
+            uid: 1000,
+            syscall: "openat".into(),
+            nr: 257,
+            errno: "EACCES".into(),
+            path: Some(path.into()),
+            path2: None,
+            path_note: None,
+            target_pid: None,
+            args: [0; 4],
+        })
+    }
+
+    #[test]
+    fn groups_count_repeats_and_keep_order() {
+        let mut r = Report::default();
+        r.add(denial(1, "/b"));
+        r.add(denial(2, "/a"));
+        r.add(denial(1, "/b"));
+        let g = r.groups();
+        assert_eq!(g.len(), 2);
+        assert_eq!((g[0].target.as_str(), g[0].count), ("/b", 2));
+        assert_eq!(g[1].target, "/a");
+        let text = r.render_text();
+        assert!(text.contains("3 denied operations (2 distinct)"), "{text}");
+        assert!(text.contains("/bin/t"), "{text}");
+    }
+
+    #[test]
+    fn forks_inherit_the_program() {
+        let mut r = Report::default();
+        r.add(Event::Exec {
+            pid: 1,
+            exe: Some("/bin/sh".into()),
+            comm: "sh".into(),
+        });
+        r.add(Event::Fork { pid: 1, child: 2 });
+        r.add(Event::Exit {
+            pid: 2,
+            status: 3 << 8,
+        });
+        assert_eq!(r.processes[&2].exe.as_deref(), Some("/bin/sh"));
+        assert!(r.render_text().contains("exit 3"));
+    }
+}

@@ -1,0 +1,71 @@
+//! `warden-denier DIR`: the learning-mode test program. Run as an
+//! unprivileged user, it is denied exactly these operations, and nothing
+//! else (`DIR` is prepared by the test, see `learn.rs` in the cross tests):
+//!
+//! 1. `openat("/etc/shadow", O_RDONLY)`: EACCES (root-only file);
+//! 2. `openat("DIR/rootdir/new", O_CREAT|O_WRONLY)`: EACCES (a root-owned
+//!    0755 directory);
+//! 3. `openat("DIR/ro555/new", O_CREAT|O_WRONLY)`: EACCES (the user's own
+//!    directory, mode 0555);
+//! 4. `fchmodat("DIR/otherfile", 0600)`: EPERM (another user's file);
+//! 5. in a grandchild (a child of a child), with its cwd in
+//!    `DIR/rootdir`: `openat(AT_FDCWD, "rel-new", O_CREAT|O_WRONLY)`:
+//!    EACCES, reported as `DIR/rootdir/rel-new`.
+//!
+//! It exits with status 7 once its child (and so its grandchild) is done.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, ExitCode};
+
+fn create(path: &Path) {
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path);
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(mode), Some(dir)) = (args.get(1), args.get(2)) else {
+        eprintln!("usage: warden-denier main|child|grandchild DIR");
+        return ExitCode::from(2);
+    };
+    let dir = Path::new(dir);
+    let me = std::env::current_exe().unwrap_or_default();
+    match mode.as_str() {
+        "main" => {
+            let _ = std::fs::File::open("/etc/shadow");
+            create(&dir.join("rootdir/new"));
+            create(&dir.join("ro555/new"));
+            let _ = std::fs::set_permissions(
+                dir.join("otherfile"),
+                std::fs::Permissions::from_mode(0o600),
+            );
+            let status = Command::new(&me).arg("child").arg(dir).status();
+            if !status.is_ok_and(|s| s.success()) {
+                eprintln!("warden-denier: the child failed");
+                return ExitCode::from(1);
+            }
+            ExitCode::from(7)
+        }
+        "child" => {
+            let status = Command::new(&me)
+                .arg("grandchild")
+                .arg(dir)
+                .current_dir(dir.join("rootdir"))
+                .status();
+            if status.is_ok_and(|s| s.success()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        "grandchild" => {
+            create(Path::new("rel-new"));
+            ExitCode::SUCCESS
+        }
+        _ => ExitCode::from(2),
+    }
+}
