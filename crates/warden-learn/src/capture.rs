@@ -76,10 +76,28 @@ struct Loaded {
     tracked: MapHandle,
     stats: MapHandle,
     session_rb: MapHandle,
+    /// The object's `.bss`: `accesses_active`.
+    bss: MapHandle,
+}
+
+impl Loaded {
+    /// Tells the kernel half how many sessions record accesses (so it can
+    /// skip successful syscalls outright when none does).
+    fn set_accesses_active(&self, n: u32) -> Result<(), CaptureError> {
+        self.bss
+            .update(&0u32.to_ne_bytes(), &n.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err)
+    }
 }
 
 struct SlotState {
     gen: u32,
+    accesses: bool,
+}
+
+/// Sessions in `slots` that record accesses.
+fn accesses_active(slots: &[Option<SlotState>]) -> u32 {
+    slots.iter().flatten().filter(|s| s.accesses).count() as u32
 }
 
 struct State {
@@ -177,10 +195,16 @@ fn load() -> Result<Loaded, CaptureError> {
     let tracked = handle("tracked")?;
     let stats = handle("stats")?;
     let session_rb = handle("session_rb")?;
+    let bss = object
+        .maps()
+        .find(|m| m.name().to_string_lossy().ends_with(".bss"))
+        .ok_or_else(|| CaptureError::Load("the object has no .bss map".into()))
+        .and_then(|m| MapHandle::try_from(&m).map_err(load_err))?;
     Ok(Loaded {
         tracked,
         stats,
         session_rb,
+        bss,
         _links: links,
         _object: object,
     })
@@ -262,6 +286,7 @@ impl Capture {
         let gen = self.next_gen.fetch_add(1, Ordering::Relaxed).max(1);
         let slot_u32 = slot as u32;
         let key = slot_u32.to_ne_bytes();
+        let recording = accesses_active(&st.slots);
         let result = (|| {
             let loaded = st
                 .loaded
@@ -289,6 +314,13 @@ impl Capture {
                 .session_rb
                 .update(&key, &fd.to_ne_bytes(), MapFlags::ANY)
                 .map_err(map_err)?;
+            if target.accesses {
+                // Before the process is tracked, so no open is missed.
+                if let Err(e) = loaded.set_accesses_active(recording + 1) {
+                    let _ = loaded.session_rb.delete(&key);
+                    return Err(e);
+                }
+            }
             let flags = if target.accesses { FLAG_ACCESSES } else { 0 };
             let value = tracked_value(slot_u32, gen, target.start_ticks, target.uid, flags);
             if let Err(e) =
@@ -297,6 +329,7 @@ impl Capture {
                     .update(&target.pid.to_ne_bytes(), &value, MapFlags::NO_EXIST)
             {
                 let _ = loaded.session_rb.delete(&key);
+                let _ = loaded.set_accesses_active(recording);
                 return Err(if e.kind() == libbpf_rs::ErrorKind::AlreadyExists {
                     CaptureError::Busy(target.pid)
                 } else {
@@ -314,7 +347,10 @@ impl Capture {
                 return Err(e);
             }
         };
-        st.slots[slot] = Some(SlotState { gen });
+        st.slots[slot] = Some(SlotState {
+            gen,
+            accesses: target.accesses,
+        });
         drop(st);
         let stop = Arc::new(AtomicBool::new(false));
         let mut session = Session {
@@ -420,6 +456,10 @@ impl Capture {
             if s.as_ref().is_some_and(|s| s.gen == gen) {
                 *s = None;
             }
+        }
+        let n = accesses_active(&st.slots);
+        if let Some(loaded) = &st.loaded {
+            let _ = loaded.set_accesses_active(n);
         }
         if st.slots.iter().all(Option::is_none) {
             // Last session: detach everything.
