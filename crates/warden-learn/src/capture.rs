@@ -81,6 +81,30 @@ struct Loaded {
 }
 
 impl Loaded {
+    /// The tracking-table keys (pids) whose entry belongs to (slot, gen).
+    fn tracked_of(&self, slot: u32, gen: u32) -> Vec<Vec<u8>> {
+        self.tracked
+            .keys()
+            .filter(|k| {
+                self.tracked
+                    .lookup(k, MapFlags::ANY)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| {
+                        v.get(0..4) == Some(&slot.to_ne_bytes()[..])
+                            && v.get(4..8) == Some(&gen.to_ne_bytes()[..])
+                    })
+            })
+            .collect()
+    }
+
+    /// Stops tracking (slot, gen)'s processes.
+    fn untrack(&self, slot: u32, gen: u32) {
+        for k in self.tracked_of(slot, gen) {
+            let _ = self.tracked.delete(&k);
+        }
+    }
+
     /// Tells the kernel half how many sessions record accesses (so it can
     /// skip successful syscalls outright when none does).
     fn set_accesses_active(&self, n: u32) -> Result<(), CaptureError> {
@@ -231,28 +255,6 @@ impl Capture {
             }),
             next_gen: AtomicU32::new(1),
         }
-    }
-
-    /// Loads and attaches the programs if no session has yet: a check that
-    /// learning mode can work here at all.
-    ///
-    /// # Errors
-    /// [`CaptureError::Load`] with the kernel's reason.
-    pub fn probe(&self) -> Result<(), CaptureError> {
-        let mut st = lock(&self.state);
-        if st.loaded.is_none() {
-            st.loaded = Some(load()?);
-            // Nothing uses it yet: unload again.
-            if st.slots.iter().all(Option::is_none) {
-                st.loaded = None;
-            }
-        }
-        Ok(())
-    }
-
-    /// Number of sessions running.
-    pub fn active(&self) -> usize {
-        lock(&self.state).slots.iter().flatten().count()
     }
 
     /// True while the programs are attached.
@@ -417,24 +419,8 @@ impl Capture {
         let mut st = lock(&self.state);
         let mut stats = SessionStats::default();
         if let Some(loaded) = &st.loaded {
-            let mine: Vec<Vec<u8>> = loaded
-                .tracked
-                .keys()
-                .filter(|k| {
-                    loaded
-                        .tracked
-                        .lookup(k, MapFlags::ANY)
-                        .ok()
-                        .flatten()
-                        .is_some_and(|v| {
-                            v.get(0..4) == Some(&slot.to_ne_bytes()[..])
-                                && v.get(4..8) == Some(&gen.to_ne_bytes()[..])
-                        })
-                })
-                .collect();
-            for k in mine {
-                let _ = loaded.tracked.delete(&k);
-            }
+            // Children forked while the reader drained.
+            loaded.untrack(slot, gen);
             let key = slot.to_ne_bytes();
             if let Ok(Some(v)) = loaded.stats.lookup(&key, MapFlags::ANY) {
                 let at = |i: usize| {
@@ -483,49 +469,21 @@ impl Session {
             return s;
         }
         // Untrack first, so nothing new is written; then let the reader
-        // drain what is there.
-        let mut stats = self.capture.release_tracking(self.slot, self.gen);
+        // drain what is there; then free the slot.
+        if let Some(loaded) = &lock(&self.capture.state).loaded {
+            loaded.untrack(self.slot, self.gen);
+        }
         self.stop.store(true, Ordering::Release);
         if let Some(h) = self.reader.take() {
             let _ = h.join();
         }
-        let final_stats = self.capture.release(self.slot, self.gen);
-        stats = SessionStats {
-            events: final_stats.events.max(stats.events),
-            lost: final_stats.lost.max(stats.lost),
-            stale: final_stats.stale.max(stats.stale),
-            untracked: final_stats.untracked.max(stats.untracked),
-        };
+        let stats = self.capture.release(self.slot, self.gen);
         self.stopped = Some(stats);
         stats
     }
 }
 
 impl Capture {
-    /// Stops tracking (slot, gen)'s processes, leaving its ring buffer for
-    /// the reader to drain.
-    fn release_tracking(&self, slot: u32, gen: u32) -> SessionStats {
-        let st = lock(&self.state);
-        if let Some(loaded) = &st.loaded {
-            let keys: Vec<Vec<u8>> = loaded.tracked.keys().collect();
-            for k in keys {
-                let mine = loaded
-                    .tracked
-                    .lookup(&k, MapFlags::ANY)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|v| {
-                        v.get(0..4) == Some(&slot.to_ne_bytes()[..])
-                            && v.get(4..8) == Some(&gen.to_ne_bytes()[..])
-                    });
-                if mine {
-                    let _ = loaded.tracked.delete(&k);
-                }
-            }
-        }
-        SessionStats::default()
-    }
-
     /// Pids a session tracks now (for tests and `status`).
     pub fn tracked_pids(&self, gen: u32) -> Vec<u32> {
         let st = lock(&self.state);

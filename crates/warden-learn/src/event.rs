@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::syscalls::syscall_name;
 
+/// Topic of the events `learn.events` streams: `{"session", "events":
+/// [...]}` frames, then one `{"session", "end": {...}}`.
+pub const EVENTS_TOPIC: &str = "warden.learn.events";
+
 /// One thing a capture saw, as sent on the wire (`learn.events`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

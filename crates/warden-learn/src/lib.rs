@@ -23,5 +23,5 @@ pub mod capture;
 #[cfg(feature = "capture")]
 pub mod service;
 
-pub use event::{Access, Denial, Event};
+pub use event::{Access, Denial, Event, EVENTS_TOPIC};
 pub use syscalls::syscall_name;

@@ -122,11 +122,24 @@ impl Needs {
         e.extend(rights);
     }
 
+    /// `entry` is created or removed: `rights` on its directory, which
+    /// must stay writable.
+    fn change_entry(&mut self, entry: &str, rights: &[&'static str]) {
+        let dir = parent(entry);
+        self.grant(&dir, rights);
+        self.writable.insert(dir);
+    }
+
+    /// `path` itself is written: `rights` on it, and it must stay writable.
+    fn write(&mut self, path: &str, rights: &[&'static str]) {
+        self.grant(path, rights);
+        self.writable.insert(path.to_owned());
+    }
+
     fn open(&mut self, path: &str, flags: u64) {
         let acc = flags & O_ACCMODE;
         if flags & O_CREAT != 0 {
-            self.grant(&parent(path), &["make_reg"]);
-            self.writable.insert(parent(path));
+            self.change_entry(path, &["make_reg"]);
         }
         if flags & O_DIRECTORY != 0 {
             self.grant(path, &["read_dir"]);
@@ -173,16 +186,13 @@ impl Needs {
             "openat2" => self.open(&path, 0),
             "execve" | "execveat" => self.grant(&path, &["execute", "read_file"]),
             "mkdir" | "mkdirat" => {
-                self.grant(&parent(&path), &["make_dir"]);
-                self.writable.insert(parent(&path));
+                self.change_entry(&path, &["make_dir"]);
             }
             "rmdir" => {
-                self.grant(&parent(&path), &["remove_dir"]);
-                self.writable.insert(parent(&path));
+                self.change_entry(&path, &["remove_dir"]);
             }
             "unlink" => {
-                self.grant(&parent(&path), &["remove_file"]);
-                self.writable.insert(parent(&path));
+                self.change_entry(&path, &["remove_file"]);
             }
             "unlinkat" => {
                 let r = if a[2] & AT_REMOVEDIR != 0 {
@@ -190,33 +200,24 @@ impl Needs {
                 } else {
                     "remove_file"
                 };
-                self.grant(&parent(&path), &[r]);
-                self.writable.insert(parent(&path));
+                self.change_entry(&path, &[r]);
             }
             "mknod" | "mknodat" => {
-                self.grant(&parent(&path), &["make_reg"]);
-                self.writable.insert(parent(&path));
+                self.change_entry(&path, &["make_reg"]);
             }
             "symlink" | "symlinkat" => {
-                self.grant(&parent(&path), &["make_sym"]);
-                self.writable.insert(parent(&path));
+                self.change_entry(&path, &["make_sym"]);
             }
             "bind" => {
-                self.grant(&parent(&path), &["make_sock"]);
-                self.writable.insert(parent(&path));
+                self.change_entry(&path, &["make_sock"]);
             }
             "rename" | "renameat" | "renameat2" | "link" | "linkat" => {
-                self.grant(&parent(&path), &["remove_file", "refer"]);
-                self.writable.insert(parent(&path));
+                self.change_entry(&path, &["remove_file", "refer"]);
                 if let Some(p2) = &d.path2 {
-                    self.grant(&parent(p2), &["make_reg", "refer"]);
-                    self.writable.insert(parent(p2));
+                    self.change_entry(p2, &["make_reg", "refer"]);
                 }
             }
-            "truncate" | "ftruncate" => {
-                self.grant(&path, &["truncate", "write_file"]);
-                self.writable.insert(path.clone());
-            }
+            "truncate" | "ftruncate" => self.write(&path, &["truncate", "write_file"]),
             "chmod" | "fchmod" | "fchmodat" | "fchmodat2" | "chown" | "fchown" | "lchown"
             | "fchownat" | "utime" | "utimes" | "utimensat" | "futimesat" | "setxattr"
             | "lsetxattr" | "fsetxattr" | "removexattr" | "lremovexattr" | "fremovexattr" => {
@@ -242,21 +243,14 @@ impl Needs {
                     n.used.insert(a.path.clone());
                     match a.access.as_str() {
                         "read" => n.grant(&a.path, &["read_file"]),
-                        "write" => {
-                            n.grant(&a.path, &["write_file"]);
-                            n.writable.insert(a.path.clone());
-                        }
-                        "read_write" => {
-                            n.grant(&a.path, &["read_file", "write_file"]);
-                            n.writable.insert(a.path.clone());
-                        }
+                        "write" => n.write(&a.path, &["write_file"]),
+                        "read_write" => n.write(&a.path, &["read_file", "write_file"]),
                         "read_dir" => n.grant(&a.path, &["read_dir"]),
                         "create" => {
                             // Opened with O_CREAT: it may be new. The file
                             // itself, and the right to create it.
                             n.grant(&a.path, &["read_file", "write_file", "truncate"]);
-                            n.grant(&parent(&a.path), &["make_reg"]);
-                            n.writable.insert(parent(&a.path));
+                            n.change_entry(&a.path, &["make_reg"]);
                         }
                         _ => {}
                     }

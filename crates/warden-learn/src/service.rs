@@ -25,7 +25,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -37,10 +37,8 @@ use warden_policy::Action;
 use warden_proto::{ErrorCode, Payload, TopicName, WireError};
 
 use crate::capture::{Capture, CaptureError, Session, SessionStats, Target};
-use crate::event::{Event, Record};
+use crate::event::{Event, Record, EVENTS_TOPIC};
 
-/// Topic of the events `learn.events` streams.
-pub const EVENTS_TOPIC: &str = "warden.learn.events";
 /// Events a session keeps for its client before counting them as lost.
 pub const SESSION_BUFFER: usize = 65_536;
 /// Events per pushed frame.
@@ -83,7 +81,8 @@ struct Live {
     session: Mutex<Option<Session>>,
     buffer: Mutex<Buffer>,
     wake: Notify,
-    stream: Mutex<Option<CallerChannel>>,
+    /// Set once `learn.events` started the stream.
+    streaming: AtomicBool,
 }
 
 impl std::fmt::Debug for Live {
@@ -165,9 +164,9 @@ impl Live {
 
     /// Stops the capture (idempotent) and marks the stream's end.
     fn finish(&self, why: &'static str) -> Option<SessionStats> {
-        let stats = lock(&self.session).as_mut().map(Session::stop);
-        // The reader has delivered everything: the session's slot is free.
-        lock(&self.session).take();
+        // Stopping joins the reader: everything the kernel wrote has been
+        // recorded, and the session's slot is free.
+        let stats = lock(&self.session).take().map(|mut s| s.stop());
         if let Some(s) = stats {
             let mut b = lock(&self.buffer);
             if b.end.is_none() {
@@ -390,7 +389,7 @@ impl LearnService {
             session: Mutex::new(None),
             buffer: Mutex::new(Buffer::default()),
             wake: Notify::new(),
-            stream: Mutex::new(None),
+            streaming: AtomicBool::new(false),
         });
         lock(&live.buffer)
             .exes
@@ -458,9 +457,7 @@ impl LearnService {
     fn events(&self, ctx: &HandlerContext, params: &Payload) -> Result<Value, WireError> {
         let p: SessionParams = params.parse().map_err(bad_request)?;
         let live = self.own_session(ctx, p.session)?;
-        let mut stream_slot = lock(&live.stream);
-        if stream_slot.is_none() {
-            *stream_slot = Some(ctx.channel.clone());
+        if !live.streaming.swap(true, Ordering::AcqRel) {
             tokio::spawn(stream(Arc::clone(&live), ctx.channel.clone()));
         }
         Ok(json!({ "session": p.session, "topic": EVENTS_TOPIC }))

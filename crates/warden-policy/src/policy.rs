@@ -61,6 +61,17 @@ pub struct Caller {
     pub groups: Vec<u32>,
 }
 
+impl From<&warden_proto::Identity> for Caller {
+    /// The identity the broker attached at connect, as the policy sees it.
+    fn from(id: &warden_proto::Identity) -> Self {
+        Caller {
+            uid: id.uid,
+            gid: id.gid,
+            groups: id.groups.clone(),
+        }
+    }
+}
+
 impl Caller {
     fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)

@@ -35,12 +35,8 @@ impl HandlerContext {
     /// Decides `action` on `name` for the caller under [`Self::policy`],
     /// with the identity the kernel reported at connect.
     pub fn decide(&self, action: warden_policy::Action, name: &str) -> warden_policy::Decision {
-        let caller = warden_policy::Caller {
-            uid: self.caller.uid,
-            gid: self.caller.gid,
-            groups: self.caller.groups.clone(),
-        };
-        self.policy.decide(&caller, action, name)
+        self.policy
+            .decide(&warden_policy::Caller::from(&self.caller), action, name)
     }
 }
 

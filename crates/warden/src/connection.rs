@@ -171,12 +171,7 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: UnixStream, mut peer: PeerIdentit
     lock(&hub.conns).insert(id, Arc::clone(&conn));
     tracing::debug!(conn = id, uid = peer.uid, pid = peer.pid, "connected");
 
-    let caller = Caller {
-        uid: identity.uid,
-        gid: identity.gid,
-        groups: identity.groups.clone(),
-    };
-    let policy = hub.current_policy().for_caller(&caller);
+    let policy = hub.current_policy().for_caller(&Caller::from(&identity));
     let (stop_tx, stop_rx) = oneshot::channel();
     let mut writer = tokio::spawn(writer(
         ctl_rx,
@@ -405,12 +400,7 @@ impl ConnState {
     /// drops the subscriptions and provided names it no longer permits,
     /// telling the client with an event on `warden.policy.revoked`.
     async fn apply_policy(&mut self, policy: Arc<warden_policy::Policy>) -> Result<(), ()> {
-        let caller = Caller {
-            uid: self.conn.identity.uid,
-            gid: self.conn.identity.gid,
-            groups: self.conn.identity.groups.clone(),
-        };
-        self.policy = policy.for_caller(&caller);
+        self.policy = policy.for_caller(&Caller::from(&self.conn.identity));
         let lost_topics: Vec<TopicName> = self
             .subscriptions
             .iter()

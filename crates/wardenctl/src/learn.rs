@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use warden_client::{Client, Event as ClientEvent};
 use warden_learn::profile::LandlockProfile;
 use warden_learn::report::Report;
-use warden_learn::Event;
+use warden_learn::{Event, EVENTS_TOPIC};
 
 /// Exit status when the capture could not be set up.
 pub const EXIT_CAPTURE: u8 = 3;
@@ -145,55 +145,10 @@ fn apply_landlock(p: &LandlockProfile) -> Result<(), String> {
     Ok(())
 }
 
-/// Collects the session's events until its end record.
+/// Reads the session's events until its end record.
 async fn collect(client: &Client, session: u64, report: &mut Report) -> Result<(), String> {
-    loop {
-        let Some(ev) = client.next_event().await else {
-            return Err(format!(
-                "the connection to the broker closed before the capture ended{}",
-                client
-                    .last_error()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            ));
-        };
-        let (data, missed) = match ev {
-            ClientEvent::Event {
-                topic,
-                data,
-                missed,
-                ..
-            } if topic.as_str() == warden_learn_topic() => (data, missed),
-            ClientEvent::Event { .. } => continue,
-            ClientEvent::Lagged { missed } => {
-                report.missed += missed;
-                continue;
-            }
-        };
-        report.missed += missed;
-        let v: Value = data
-            .parse()
-            .map_err(|e| format!("undecodable event from the broker: {e}"))?;
-        if v["session"].as_u64() != Some(session) {
-            continue;
-        }
-        if let Some(events) = v["events"].as_array() {
-            for e in events {
-                match serde_json::from_value::<Event>(e.clone()) {
-                    Ok(ev) => report.add(ev),
-                    Err(err) => eprintln!("wardenctl learn: skipped an event: {err}"),
-                }
-            }
-        }
-        if v.get("end").is_some() {
-            report.end = Some(v);
-            return Ok(());
-        }
-    }
-}
-
-fn warden_learn_topic() -> &'static str {
-    "warden.learn.events"
+    while !pump(client, client.next_event().await, session, report)?.ended {}
+    Ok(())
 }
 
 /// Runs `learn`. `client` is connected.
@@ -320,7 +275,7 @@ async fn attach(
             _ = &mut deadline => break,
             _ = &mut ctrl_c => break,
             ev = client.next_event() => {
-                if pump(ev, report)? == Some(pid) {
+                if pump(client, ev, session, report)?.exited == Some(pid) {
                     // The process exited: nothing more to see.
                     break;
                 }
@@ -330,35 +285,66 @@ async fn attach(
     stop_session(client, session, report).await
 }
 
-/// Takes one event of the stream into the report. Returns the pid of a
-/// process whose exit it reported.
-fn pump(ev: Option<ClientEvent>, report: &mut Report) -> Result<Option<u32>, String> {
-    let mut exited = None;
+/// What one frame of the stream brought.
+#[derive(Debug, Default)]
+struct Step {
+    /// A process exited: its pid.
+    exited: Option<u32>,
+    /// The end record came: the stream is over.
+    ended: bool,
+}
+
+/// Takes one frame of `session`'s stream into the report.
+fn pump(
+    client: &Client,
+    ev: Option<ClientEvent>,
+    session: u64,
+    report: &mut Report,
+) -> Result<Step, String> {
+    let mut step = Step::default();
     match ev {
         Some(ClientEvent::Event {
             topic,
             data,
             missed,
             ..
-        }) if topic.as_str() == warden_learn_topic() => {
+        }) if topic.as_str() == EVENTS_TOPIC => {
             report.missed += missed;
-            let v: Value = data.parse().unwrap_or(Value::Null);
-            if let Some(events) = v["events"].as_array() {
-                for e in events {
-                    if let Ok(ev) = serde_json::from_value::<Event>(e.clone()) {
+            let v: Value = data
+                .parse()
+                .map_err(|e| format!("undecodable event from the broker: {e}"))?;
+            if v["session"].as_u64() != Some(session) {
+                return Ok(step);
+            }
+            for e in v["events"].as_array().into_iter().flatten() {
+                match serde_json::from_value::<Event>(e.clone()) {
+                    Ok(ev) => {
                         if let Event::Exit { pid, .. } = &ev {
-                            exited = Some(*pid);
+                            step.exited = Some(*pid);
                         }
                         report.add(ev);
                     }
+                    Err(err) => eprintln!("wardenctl learn: skipped an event: {err}"),
                 }
+            }
+            if v.get("end").is_some() {
+                report.end = Some(v);
+                step.ended = true;
             }
         }
         Some(ClientEvent::Lagged { missed }) => report.missed += missed,
-        Some(_) => {}
-        None => return Err("the connection to the broker closed during the capture".into()),
+        Some(ClientEvent::Event { .. }) => {}
+        None => {
+            return Err(format!(
+                "the connection to the broker closed during the capture{}",
+                client
+                    .last_error()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ))
+        }
     }
-    Ok(exited)
+    Ok(step)
 }
 
 /// `learn -- CMD`: start the helper, capture it, open the gate, wait.
@@ -424,7 +410,7 @@ async fn launch(
         tokio::select! {
             st = &mut waiter => break st,
             // Keep the stream moving while the command runs.
-            ev = client.next_event() => { pump(ev, report)?; }
+            ev = client.next_event() => { pump(client, ev, session, report)?; }
         }
     };
     ignore_int.abort();

@@ -246,6 +246,18 @@ static __noinline int walk_dir(struct wl_path *p, struct dentry *dentry, struct 
 	return 0;
 }
 
+/* A path slot that names nothing yet (ring-buffer memory is not zeroed). */
+static __always_inline void path_init(struct wl_path *p)
+{
+	p->dirfd = 0;
+	p->name_len = 0;
+	p->dir_len = 0;
+	p->used = 0;
+	p->name_state = WL_NAME_NONE;
+	p->dir_state = WL_DIR_NONE;
+	p->pad = 0;
+}
+
 static __always_inline unsigned long arg_of(struct pt_regs *regs, int i)
 {
 	switch (i) {
@@ -557,9 +569,8 @@ static __noinline int on_open(struct pt_regs *regs, long nr, long fd)
 	fill_header(&e->h, WL_EV_ACCESS, t, task);
 	e->nr = nr;
 	e->mode = key.mode;
+	path_init(&e->path);
 	e->path.used = 1;
-	e->path.name_len = 0;
-	e->path.name_state = WL_NAME_NONE;
 	e->path.dirfd = (int)fd;
 	walk_dir(&e->path, dentry, mnt, task);
 	bpf_ringbuf_submit(e, 0);
@@ -613,16 +624,8 @@ int BPF_PROG(wl_sys_exit, struct pt_regs *regs, long ret)
 	e->args[2] = BPF_CORE_READ(regs, dx);
 	e->args[3] = BPF_CORE_READ(regs, r10);
 	e->target_pid = 0;
-	e->paths[0].used = 0;
-	e->paths[0].name_len = 0;
-	e->paths[0].dir_len = 0;
-	e->paths[0].dir_state = WL_DIR_NONE;
-	e->paths[0].name_state = WL_NAME_NONE;
-	e->paths[1].used = 0;
-	e->paths[1].name_len = 0;
-	e->paths[1].dir_len = 0;
-	e->paths[1].dir_state = WL_DIR_NONE;
-	e->paths[1].name_state = WL_NAME_NONE;
+	path_init(&e->paths[0]);
+	path_init(&e->paths[1]);
 	l = layout_of(nr);
 	e->decoded = l.known;
 	if (l.name0 >= 0)
@@ -698,12 +701,7 @@ int BPF_PROG(wl_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	if (!e)
 		return 0;
 	fill_header(&e->h, WL_EV_EXEC, t, p);
-	e->exe.used = 0;
-	e->exe.name_len = 0;
-	e->exe.dir_len = 0;
-	e->exe.dir_state = WL_DIR_NONE;
-	e->exe.name_state = WL_NAME_NONE;
-	e->exe.dirfd = 0;
+	path_init(&e->exe);
 	file = BPF_CORE_READ(bprm, file);
 	if (file) {
 		e->exe.used = 1;

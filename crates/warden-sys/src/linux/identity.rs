@@ -13,6 +13,8 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
+
+use crate::linux::target::pidfd_open;
 use nix::sys::socket::{getsockopt, sockopt};
 
 /// The identity of the process at the other end of a Unix socket, as the
@@ -127,24 +129,6 @@ pub fn peer_identity(fd: BorrowedFd<'_>) -> Result<PeerIdentity, PeerIdentityErr
         pid,
         pidfd,
     })
-}
-
-fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    let pid = rustix_pid(pid)?;
-    // SAFETY: pidfd_open takes a pid and a flags word and returns a new file
-    // descriptor or -1; no memory is passed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).map_err(|_| io::Error::other("pidfd out of range"))?;
-    // SAFETY: the kernel just returned `fd` as a new descriptor that nothing
-    // else owns.
-    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
-}
-
-fn rustix_pid(pid: u32) -> io::Result<libc::pid_t> {
-    libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
 /// `getsockopt(SO_PEERGROUPS)`, growing the buffer on `ERANGE`.

@@ -89,6 +89,23 @@ fn learn_as(user: &TestUser, socket: &Path, args: &[&str]) -> Command {
     c
 }
 
+/// `wardenctl learn ARGS -- warden-denier main DIR` as `user`.
+fn learn_denier(
+    user: &TestUser,
+    socket: &Path,
+    args: &[&std::ffi::OsStr],
+    denier: &Path,
+    dir: &Path,
+) -> std::io::Result<std::process::Output> {
+    learn_as(user, socket, &[])
+        .args(args)
+        .arg("--")
+        .arg(denier)
+        .arg("main")
+        .arg(dir)
+        .output()
+}
+
 fn start(test: &str) -> Option<(TestUser, TestUser, TestDir, BrokerProcess)> {
     let (a, b, _) = users(test)?;
     let dir = TestDir::new(test).unwrap_or_else(|e| panic!("{e:#}"));
@@ -104,11 +121,7 @@ fn learn_reports_each_denial_with_syscall_errno_and_path() -> anyhow::Result<()>
     };
     let d = denier_dir(&dir, &a, &b)?;
     let denier = warden_testkit::shared_copy(&bin_path("warden-denier"))?;
-    let out = learn_as(&a, broker.socket(), &["--json", "--"])
-        .arg(&denier)
-        .arg("main")
-        .arg(&d)
-        .output()?;
+    let out = learn_denier(&a, broker.socket(), &["--json".as_ref()], &denier, &d)?;
     // The command's own exit status comes through.
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     let report: Value = serde_json::from_str(stdout(&out).trim())?;
@@ -133,11 +146,7 @@ fn learn_reports_each_denial_with_syscall_errno_and_path() -> anyhow::Result<()>
     assert_eq!(pids.len(), 2, "main and grandchild: {report:#}");
     assert_eq!(report["end"]["lost_in_kernel"], 0);
     // The plain report names each.
-    let text = learn_as(&a, broker.socket(), &["--"])
-        .arg(&denier)
-        .arg("main")
-        .arg(&d)
-        .output()?;
+    let text = learn_denier(&a, broker.socket(), &[], &denier, &d)?;
     let t = stdout(&text);
     assert!(t.contains("5 denied operations"), "{t}");
     assert!(t.contains("/etc/shadow") && t.contains("chmod"), "{t}");
@@ -440,14 +449,18 @@ fn the_suggested_landlock_profile_leaves_only_the_intended_denials() -> anyhow::
     let profile = dir.path().join("denier.landlock.json");
     std::fs::write(&profile, "")?;
     std::os::unix::fs::chown(&profile, Some(a.uid), Some(a.gid))?;
-    let out = learn_as(&a, broker.socket(), &["--format", "landlock-json"])
-        .arg("--save-profile")
-        .arg(&profile)
-        .arg("--")
-        .arg(&denier)
-        .arg("main")
-        .arg(&d)
-        .output()?;
+    let out = learn_denier(
+        &a,
+        broker.socket(),
+        &[
+            "--format".as_ref(),
+            "landlock-json".as_ref(),
+            "--save-profile".as_ref(),
+            profile.as_os_str(),
+        ],
+        &denier,
+        &d,
+    )?;
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     let p: Value = serde_json::from_str(&std::fs::read_to_string(&profile)?)?;
     assert!(
@@ -456,13 +469,13 @@ fn the_suggested_landlock_profile_leaves_only_the_intended_denials() -> anyhow::
             .is_some_and(|r| r.iter().any(|r| r["path"] == "/etc/shadow")),
         "{p:#}"
     );
-    let out = learn_as(&a, broker.socket(), &["--json", "--verify"])
-        .arg(&profile)
-        .arg("--")
-        .arg(&denier)
-        .arg("main")
-        .arg(&d)
-        .output()?;
+    let out = learn_denier(
+        &a,
+        broker.socket(),
+        &["--json".as_ref(), "--verify".as_ref(), profile.as_os_str()],
+        &denier,
+        &d,
+    )?;
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     let report: Value = serde_json::from_str(stdout(&out).trim())?;
     assert_eq!(denials(&report), expected(&d), "{report:#}");
@@ -472,13 +485,13 @@ fn the_suggested_landlock_profile_leaves_only_the_intended_denials() -> anyhow::
         &empty,
         r#"{"version":1,"handled":["read_file","execute"],"rules":[]}"#,
     )?;
-    let out = learn_as(&a, broker.socket(), &["--json", "--verify"])
-        .arg(&empty)
-        .arg("--")
-        .arg(&denier)
-        .arg("main")
-        .arg(&d)
-        .output()?;
+    let out = learn_denier(
+        &a,
+        broker.socket(),
+        &["--json".as_ref(), "--verify".as_ref(), empty.as_os_str()],
+        &denier,
+        &d,
+    )?;
     assert_ne!(out.status.code(), Some(7), "an empty ruleset let it run");
     Ok(())
 }
