@@ -6,6 +6,14 @@
 //! background task that routes replies to the calls waiting for them and
 //! queues events and incoming calls (for providers).
 //!
+//! Nothing waits forever: connecting and the hello are bounded by
+//! [`ConnectOptions::connect_timeout`], and every request/reply (calls,
+//! subscribe, publish, provide) by [`ConnectOptions::call_timeout`]. The
+//! default call timeout is longer than the broker's own default call
+//! deadline (`limits.call_timeout_ms`, 30 s), so a slow provider yields the
+//! broker's `timeout` error rather than the client's. Streams
+//! ([`Client::next_event`], [`Client::next_call`]) wait as long as asked.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use warden_client::{Client, ConnectOptions};
@@ -37,8 +45,11 @@ pub use warden_sys::ServerTrust;
 /// Events and incoming calls buffered in the client before its reader
 /// waits for the application to take them.
 const INBOX_LEN: usize = 4096;
-/// Time the broker has to answer the hello.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time for connecting and the hello/welcome exchange.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a request waits for its answer: the broker's default call
+/// deadline (30 s) plus 5 s, so the broker's `timeout` answer arrives first.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(35);
 
 /// How to connect.
 #[derive(Debug, Clone)]
@@ -49,6 +60,11 @@ pub struct ConnectOptions {
     pub trust: ServerTrust,
     /// Client software name sent in the hello.
     pub client_name: String,
+    /// Bound on connecting plus the hello/welcome exchange.
+    pub connect_timeout: Duration,
+    /// Bound on each request/reply; `None` waits as long as the broker
+    /// keeps the connection open.
+    pub call_timeout: Option<Duration>,
 }
 
 impl ConnectOptions {
@@ -58,7 +74,22 @@ impl ConnectOptions {
             socket: socket.into(),
             trust: ServerTrust::Default,
             client_name: concat!("warden-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            call_timeout: Some(DEFAULT_CALL_TIMEOUT),
         }
+    }
+
+    /// Bounds connecting plus the hello (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Bounds each request/reply (default [`DEFAULT_CALL_TIMEOUT`]; `None`:
+    /// no bound).
+    pub fn call_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.call_timeout = timeout;
+        self
     }
 
     /// Accept only a server running as `uid`.
@@ -86,6 +117,15 @@ pub enum ConnectError {
     /// The broker refused the connection (e.g. a connection limit).
     #[error("the broker refused the connection: {0}")]
     Refused(WireError),
+    /// Connecting and the hello did not finish in time: the broker is
+    /// overloaded or stuck, or something else listens on the socket.
+    #[error("no welcome from {path} within {after:?}: the broker is not answering")]
+    Timeout {
+        /// The socket.
+        path: String,
+        /// The bound that passed.
+        after: Duration,
+    },
     /// The hello/welcome exchange failed.
     #[error("handshake with {path} failed: {reason}")]
     Handshake {
@@ -126,6 +166,12 @@ pub enum CallError {
     /// The answer could not be parsed.
     #[error("cannot parse the answer: {0}")]
     Parse(#[from] serde_json::Error),
+    /// No answer within the call timeout; the request was cancelled.
+    #[error("no answer from the broker within {after:?} (the request was cancelled)")]
+    Timeout {
+        /// The bound that passed.
+        after: Duration,
+    },
 }
 
 impl CallError {
@@ -181,6 +227,7 @@ struct Shared {
     ids: IdSequence,
     max_frame: usize,
     last_error: Mutex<Option<WireError>>,
+    call_timeout: Option<Duration>,
 }
 
 /// A connection to the broker.
@@ -212,12 +259,36 @@ impl Client {
     /// trusted (nothing is sent then), the broker refused, or the handshake
     /// failed.
     pub async fn connect(opts: ConnectOptions) -> Result<Client, ConnectError> {
+        let (path, after) = (opts.socket.clone(), opts.connect_timeout);
+        match tokio::time::timeout(after, Self::connect_unbounded(opts)).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout { path, after }),
+        }
+    }
+
+    async fn connect_unbounded(opts: ConnectOptions) -> Result<Client, ConnectError> {
         let path = opts.socket.clone();
-        let std_stream =
-            warden_sys::connect_unix(&path).map_err(|source| ConnectError::Connect {
+        // A Unix connect blocks while the listener's backlog is full: do it
+        // on a thread of its own, which the caller's timeout can abandon
+        // (a runtime blocking task would hold up the runtime's shutdown).
+        let (tx, rx) = oneshot::channel();
+        let target = path.clone();
+        std::thread::Builder::new()
+            .name("warden-connect".into())
+            .spawn(move || {
+                let _ = tx.send(warden_sys::connect_unix(&target));
+            })
+            .map_err(|source| ConnectError::Connect {
                 path: path.clone(),
                 source,
             })?;
+        let connected = rx
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("the connecting thread ended early")));
+        let std_stream = connected.map_err(|source| ConnectError::Connect {
+            path: path.clone(),
+            source,
+        })?;
         let server_uid = {
             use std::os::fd::AsFd;
             warden_sys::verify_server(std_stream.as_fd(), &path, opts.trust)?
@@ -250,9 +321,8 @@ impl Client {
             .await
             .map_err(|e| handshake_err(format!("sending hello: {e}")))?;
         let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
-        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut read, &mut decoder))
+        let first = read_frame(&mut read, &mut decoder)
             .await
-            .map_err(|_| handshake_err(format!("no welcome within {HANDSHAKE_TIMEOUT:?}")))?
             .map_err(|e| handshake_err(format!("reading welcome: {e}")))?;
         let Some(body) = first else {
             return Err(handshake_err("the broker closed the connection".into()));
@@ -275,6 +345,7 @@ impl Client {
             ids: IdSequence::new(),
             max_frame,
             last_error: Mutex::default(),
+            call_timeout: opts.call_timeout,
         });
         let (ev_tx, ev_rx) = mpsc::channel(INBOX_LEN);
         let (call_tx, call_rx) = mpsc::channel(INBOX_LEN);
@@ -331,37 +402,84 @@ impl Client {
         &self,
         build: impl FnOnce(RequestId) -> Message,
     ) -> Result<Payload, CallError> {
+        self.request_within(self.shared.call_timeout, build).await
+    }
+
+    /// Sends a request and waits for its answer, for at most `timeout`
+    /// (sending included: a broker that stops reading fills the socket).
+    /// Past it, the request is forgotten and a `cancel` is sent.
+    async fn request_within(
+        &self,
+        timeout: Option<Duration>,
+        build: impl FnOnce(RequestId) -> Message,
+    ) -> Result<Payload, CallError> {
         let id = self.next_id();
         let (tx, rx) = oneshot::channel();
         lock(&self.shared.pending).insert(id.get(), tx);
-        if let Err(e) = self.send(&build(id)).await {
+        let exchange = async {
+            self.send(&build(id)).await?;
+            match rx.await {
+                Ok(Ok(p)) => Ok(p),
+                Ok(Err(e)) => Err(CallError::Remote(e)),
+                Err(_) => Err(self.disconnected()),
+            }
+        };
+        let result = match timeout {
+            None => exchange.await,
+            Some(after) => match tokio::time::timeout(after, exchange).await {
+                Ok(r) => r,
+                Err(_) => {
+                    lock(&self.shared.pending).remove(&id.get());
+                    // Best effort, briefly: the broker may not be reading.
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(100),
+                        self.send(&Message::Cancel { id }),
+                    )
+                    .await;
+                    return Err(CallError::Timeout { after });
+                }
+            },
+        };
+        if result.is_err() {
             lock(&self.shared.pending).remove(&id.get());
-            return Err(e);
         }
-        match rx.await {
-            Ok(Ok(p)) => Ok(p),
-            Ok(Err(e)) => Err(CallError::Remote(e)),
-            Err(_) => Err(self.disconnected()),
-        }
+        result
     }
 
-    /// Calls a method with raw JSON params.
+    /// Calls a method with raw JSON params, waiting at most `timeout` for
+    /// the answer instead of the connection's call timeout (`None`: no
+    /// bound).
     ///
     /// # Errors
-    /// [`CallError::Remote`] with the broker's code (`denied`,
-    /// `unknown_method`, ...), or a local failure.
-    pub async fn call(&self, method: &str, params: Payload) -> Result<Payload, CallError> {
+    /// As [`Client::call`]; [`CallError::Timeout`] past `timeout`.
+    pub async fn call_with_timeout(
+        &self,
+        method: &str,
+        params: Payload,
+        timeout: Option<Duration>,
+    ) -> Result<Payload, CallError> {
         let method = MethodName::try_from(method).map_err(|source| CallError::BadName {
             name: method.to_owned(),
             source,
         })?;
-        self.request(|id| Message::Call {
+        self.request_within(timeout, |id| Message::Call {
             id,
             method,
             params,
             caller: None,
         })
         .await
+    }
+
+    /// Calls a method with raw JSON params.
+    ///
+    /// # Errors
+    /// [`CallError::Remote`] with the broker's code (`denied`,
+    /// `unknown_method`, ...), [`CallError::Timeout`] past the call
+    /// timeout, or a local failure.
+    pub async fn call(&self, method: &str, params: Payload) -> Result<Payload, CallError> {
+        self.call_with_timeout(method, params, self.shared.call_timeout)
+            .await
     }
 
     /// Calls a method with JSON values.

@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use warden_policy::{Config, DEFAULT_CONFIG};
 
+pub mod wardend_cli;
+
 /// The service and socket unit names.
 pub const SERVICE_UNIT: &str = "warden.service";
 /// The socket unit.

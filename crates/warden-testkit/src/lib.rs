@@ -298,7 +298,28 @@ impl BrokerProcess {
         socket: PathBuf,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> anyhow::Result<BrokerProcess> {
-        Self::spawn_full(dir, args, socket, env, None)
+        Self::spawn_full(dir, args, socket, env, None, None)
+    }
+
+    /// Writes `config` to `dir/warden.toml` and starts `wardend` on it with
+    /// `stderr` as its standard error (instead of the log file, so
+    /// [`BrokerProcess::log`] is empty), waiting until it answers a hello.
+    pub fn start_with_stderr(
+        dir: &TestDir,
+        config: &str,
+        stderr: Stdio,
+    ) -> anyhow::Result<BrokerProcess> {
+        let conf = dir.path().join("warden.toml");
+        std::fs::write(&conf, config)?;
+        let socket = dir.path().join("s/warden.sock");
+        Self::spawn_full(
+            dir,
+            &["--config".as_ref(), conf.as_os_str()],
+            socket,
+            &[],
+            None,
+            Some(stderr),
+        )
     }
 
     /// Starts `wardend` as `user` (a service account), on `config`, with
@@ -322,6 +343,7 @@ impl BrokerProcess {
             socket.clone(),
             &[],
             Some(user),
+            None,
         )
     }
 
@@ -331,12 +353,14 @@ impl BrokerProcess {
         socket: PathBuf,
         env: &[(&str, &std::ffi::OsStr)],
         user: Option<&TestUser>,
+        stderr: Option<Stdio>,
     ) -> anyhow::Result<BrokerProcess> {
         static N: AtomicU32 = AtomicU32::new(0);
         let log = dir
             .path()
             .join(format!("wardend-{}.log", N.fetch_add(1, Ordering::Relaxed)));
         let logf = std::fs::File::create(&log)?;
+        let stderr = stderr.unwrap_or_else(|| Stdio::from(logf));
         let mut cmd = match user {
             Some(u) => command_as(u, &bin_path("wardend")),
             None => Command::new(bin_path("wardend")),
@@ -347,7 +371,7 @@ impl BrokerProcess {
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(logf)
+            .stderr(stderr)
             .spawn()
             .context("spawning wardend")?;
         let mut b = BrokerProcess {

@@ -20,8 +20,49 @@ use warden_learn::profile::LandlockProfile;
 use warden_learn::report::Report;
 use warden_learn::{Event, EVENTS_TOPIC};
 
-/// Exit status when the capture could not be set up.
-pub const EXIT_CAPTURE: u8 = 3;
+/// Exit status when the capture was refused or could not be set up.
+pub const EXIT_CAPTURE: u8 = 1;
+/// Exit status when the broker went away during the capture.
+const EXIT_CONNECT: u8 = 3;
+/// Exit status when the broker did not answer in time.
+const EXIT_TIMEOUT: u8 = 4;
+
+/// Why `learn` stopped before it could report, with its exit status.
+#[derive(Debug)]
+pub struct Failed {
+    msg: String,
+    exit: u8,
+}
+
+impl From<String> for Failed {
+    fn from(msg: String) -> Failed {
+        Failed {
+            msg,
+            exit: EXIT_CAPTURE,
+        }
+    }
+}
+
+impl From<&str> for Failed {
+    fn from(msg: &str) -> Failed {
+        Failed::from(msg.to_owned())
+    }
+}
+
+/// A failed request: `what` failed because of `e`, with the exit status
+/// the kind of failure gets.
+fn call_failed(what: &str, e: &warden_client::CallError) -> Failed {
+    use warden_client::CallError;
+    let exit = match e {
+        CallError::Timeout { .. } => EXIT_TIMEOUT,
+        CallError::Disconnected { .. } => EXIT_CONNECT,
+        _ => EXIT_CAPTURE,
+    };
+    Failed {
+        msg: format!("{what}: {e}"),
+        exit,
+    }
+}
 
 /// What `learn` prints on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -38,7 +79,7 @@ pub enum LearnFormat {
 #[derive(Debug)]
 pub struct LearnArgs<'a> {
     pub pid: Option<u32>,
-    pub duration: Option<f64>,
+    pub duration: Option<Duration>,
     pub format: LearnFormat,
     pub save_profile: Option<&'a Path>,
     pub verify: Option<&'a Path>,
@@ -49,6 +90,11 @@ pub struct LearnArgs<'a> {
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("wardenctl learn: {msg}");
     ExitCode::from(EXIT_CAPTURE)
+}
+
+fn failed(f: Failed) -> ExitCode {
+    eprintln!("wardenctl learn: {}", f.msg);
+    ExitCode::from(f.exit)
 }
 
 /// `wardenctl learn-exec`: in the helper process. Waits for the gate,
@@ -146,7 +192,7 @@ fn apply_landlock(p: &LandlockProfile) -> Result<(), String> {
 }
 
 /// Reads the session's events until its end record.
-async fn collect(client: &Client, session: u64, report: &mut Report) -> Result<(), String> {
+async fn collect(client: &Client, session: u64, report: &mut Report) -> Result<(), Failed> {
     while !pump(client, client.next_event().await, session, report)?.ended {}
     Ok(())
 }
@@ -158,12 +204,12 @@ pub async fn run(client: &Client, args: &LearnArgs<'_>) -> ExitCode {
     let (status, label) = if let Some(pid) = args.pid {
         match attach(client, pid, args, wants_profile, &mut report).await {
             Ok(()) => (None, format!("pid {pid}")),
-            Err(e) => return fail(e),
+            Err(e) => return failed(e),
         }
     } else {
         match launch(client, args, wants_profile, &mut report).await {
             Ok(st) => (Some(st), args.command.join(" ")),
-            Err(e) => return fail(e),
+            Err(e) => return failed(e),
         }
     };
     if let Some(path) = args.save_profile {
@@ -223,26 +269,26 @@ fn exit_of(status: std::process::ExitStatus) -> ExitCode {
     }
 }
 
-async fn start_session(client: &Client, pid: u32, accesses: bool) -> Result<u64, String> {
+async fn start_session(client: &Client, pid: u32, accesses: bool) -> Result<u64, Failed> {
     let r = client
         .call_json("learn.start", json!({ "pid": pid, "accesses": accesses }))
         .await
-        .map_err(|e| format!("the broker refused the capture: {e}"))?;
+        .map_err(|e| call_failed("the broker refused the capture", &e))?;
     let session = r["session"]
         .as_u64()
         .ok_or("the broker's learn.start answer has no session id")?;
     client
         .call_json("learn.events", json!({ "session": session }))
         .await
-        .map_err(|e| format!("cannot stream the capture: {e}"))?;
+        .map_err(|e| call_failed("cannot stream the capture", &e))?;
     Ok(session)
 }
 
-async fn stop_session(client: &Client, session: u64, report: &mut Report) -> Result<(), String> {
+async fn stop_session(client: &Client, session: u64, report: &mut Report) -> Result<(), Failed> {
     client
         .call_json("learn.stop", json!({ "session": session }))
         .await
-        .map_err(|e| format!("learn.stop failed: {e}"))?;
+        .map_err(|e| call_failed("learn.stop failed", &e))?;
     collect(client, session, report).await
 }
 
@@ -254,16 +300,13 @@ async fn attach(
     args: &LearnArgs<'_>,
     accesses: bool,
     report: &mut Report,
-) -> Result<(), String> {
+) -> Result<(), Failed> {
     let session = start_session(client, pid, accesses).await?;
-    let duration = args
-        .duration
-        .map(Duration::from_secs_f64)
-        .unwrap_or(Duration::MAX);
+    let duration = args.duration.unwrap_or(Duration::MAX);
     eprintln!(
         "wardenctl learn: capturing process {pid} (session {session}); Ctrl-C to stop{}",
         args.duration
-            .map(|d| format!(", or after {d} s"))
+            .map(|d| format!(", or after {d:?}"))
             .unwrap_or_default()
     );
     let deadline = tokio::time::sleep(duration.min(Duration::from_secs(10 * 365 * 86400)));
@@ -300,7 +343,7 @@ fn pump(
     ev: Option<ClientEvent>,
     session: u64,
     report: &mut Report,
-) -> Result<Step, String> {
+) -> Result<Step, Failed> {
     let mut step = Step::default();
     match ev {
         Some(ClientEvent::Event {
@@ -335,13 +378,16 @@ fn pump(
         Some(ClientEvent::Lagged { missed }) => report.missed += missed,
         Some(ClientEvent::Event { .. }) => {}
         None => {
-            return Err(format!(
-                "the connection to the broker closed during the capture{}",
-                client
-                    .last_error()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            ))
+            return Err(Failed {
+                msg: format!(
+                    "the connection to the broker closed during the capture{}",
+                    client
+                        .last_error()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ),
+                exit: EXIT_CONNECT,
+            })
         }
     }
     Ok(step)
@@ -353,7 +399,7 @@ async fn launch(
     args: &LearnArgs<'_>,
     accesses: bool,
     report: &mut Report,
-) -> Result<std::process::ExitStatus, String> {
+) -> Result<std::process::ExitStatus, Failed> {
     if args.command.is_empty() {
         return Err("give a command after --, or --pid PID".into());
     }
@@ -402,7 +448,7 @@ async fn launch(
     if let Err(e) = opened {
         let _ = child.kill();
         let _ = child.wait();
-        return Err(format!("cannot start the command: {e}"));
+        return Err(format!("cannot start the command: {e}").into());
     }
     let waiter = tokio::task::spawn_blocking(move || child.wait());
     tokio::pin!(waiter);

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
@@ -14,23 +14,61 @@ use serde_json::Value;
 use warden_client::{CallError, Client, ConnectError, ConnectOptions, Event, ServerTrust};
 use warden_proto::Payload;
 
-/// Exit status: the broker answered with an error.
+/// Exit status: the broker answered with an error (`policy explain`:
+/// deny), or a local operation (install, uninstall) failed.
 const EXIT_REMOTE_ERROR: u8 = 1;
-/// Exit status: usage error (clap's own, and invalid JSON arguments).
+/// Exit status: usage error, or the command could not be evaluated (bad
+/// flags, unreadable config, bad JSON).
 const EXIT_USAGE: u8 = 2;
 /// Exit status: could not connect, or the server identity check failed.
 const EXIT_CONNECT: u8 = 3;
+/// Exit status: the broker did not answer within `--timeout`.
+const EXIT_TIMEOUT: u8 = 4;
+/// Exit status: the broker revoked what the command was using (a
+/// subscription, after a policy reload).
+const EXIT_REVOKED: u8 = 5;
+
+/// The default `--timeout`: longer than the broker's default call
+/// deadline (30 s), so a slow provider yields the broker's `timeout` error.
+const DEFAULT_TIMEOUT: &str = "35s";
+
+/// Parses a duration for a command-line option: a number with a unit
+/// (`500ms`, `25s`, `10m`, `1h`, or sums such as `1m 30s`); a bare number
+/// is refused, since its unit would be a guess.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(format!(
+            "{t:?} has no unit: write e.g. {t}s, {t}ms, {t}m or {t}h"
+        ));
+    }
+    let d = humantime::parse_duration(t)
+        .map_err(|e| format!("{e} (write e.g. 500ms, 25s, 10m or 1h)"))?;
+    if d.is_zero() {
+        return Err("the duration must be more than zero".into());
+    }
+    Ok(d)
+}
 
 /// The system broker's socket.
 const SYSTEM_SOCKET: &str = "/run/warden/warden.sock";
 
 const EXIT_CODES_HELP: &str = "\
+Durations (--timeout, learn --duration, top --interval): a number and a
+unit: 500ms, 25s, 10m, 1h (or sums: 1m30s). A bare number is an error.
+
 Exit status:
-  0  success
+  0  success (policy explain: allow)
   1  the broker answered with an error (stderr: `error: <code>: <message>`;
-     with --json, the error object is printed on stdout)
-  2  usage error
-  3  could not connect to the broker, or its identity check failed";
+     with --json, the error object is printed on stdout); policy explain:
+     deny; learn: the capture was refused or failed; install/uninstall failed
+  2  usage error, or the command could not be evaluated (bad flags,
+     unreadable config, bad JSON)
+  3  could not connect to the broker, or its identity check failed
+  4  timed out: the broker did not answer within --timeout
+  5  the broker revoked what the command was using (e.g. a subscription
+     after a policy reload)
+  learn -- CMD: once CMD has run, CMD's exit status (128+N for signal N)";
 
 /// Talk to the Warden broker.
 #[derive(Debug, Parser)]
@@ -47,6 +85,11 @@ struct Cli {
     /// Machine-readable output: JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
+    /// Give up after this long on connecting, the hello, and each
+    /// request/reply (not on a stream: subscribe, monitor, top between
+    /// refreshes, or the run of a command under learn). Exit status 4.
+    #[arg(long, global = true, value_name = "DURATION", default_value = DEFAULT_TIMEOUT, value_parser = parse_duration)]
+    timeout: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,20 +101,21 @@ enum Command {
     /// Capture the access denials (EACCES/EPERM) of a command, or of a
     /// running process you own, and report them or suggest a sandbox
     /// profile. `learn -- CMD ARGS...` exits with CMD's exit status; a
-    /// capture that cannot start exits 3 with the reason.
+    /// capture that cannot start exits 1 with the reason (3 if the broker
+    /// cannot be reached, 4 if it does not answer).
     #[command(after_help = "Examples:\n  wardenctl learn -- ./myapp --flag\n  \
         wardenctl learn --format landlock-json -- ./myapp > myapp.landlock.json\n  \
         wardenctl learn --verify myapp.landlock.json -- ./myapp\n  \
-        wardenctl learn --pid 1234 --duration 30")]
+        wardenctl learn --pid 1234 --duration 30s")]
     Learn {
         /// Capture this running process (yours) and its descendants
         /// instead of starting a command; until Ctrl-C, --duration, or
         /// its exit.
         #[arg(long, value_name = "PID", conflicts_with = "command")]
         pid: Option<u32>,
-        /// With --pid: stop after this many seconds.
-        #[arg(long, value_name = "SECONDS", requires = "pid")]
-        duration: Option<f64>,
+        /// With --pid: stop after this long (e.g. 30s, 5m).
+        #[arg(long, value_name = "DURATION", requires = "pid", value_parser = parse_duration)]
+        duration: Option<Duration>,
         /// What to print on stdout: the report (with --json, every
         /// event), or a suggested profile (the report then goes to stderr).
         #[arg(long, value_enum, default_value = "report")]
@@ -126,9 +170,9 @@ enum Command {
     /// A live view of the broker's connections, busiest first (`q` quits).
     /// When stdout is not a terminal, prints one plain table and exits.
     Top {
-        /// Seconds between refreshes.
-        #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
-        interval: f64,
+        /// Time between refreshes (e.g. 500ms, 2s).
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
     },
     /// Show the broker's metrics (administrators only by default).
     Metrics {
@@ -298,6 +342,10 @@ fn print_decision(
 /// A failure, with the exit status it maps to.
 enum Failure {
     Connect(String),
+    /// No answer within `--timeout`.
+    Timeout(String),
+    /// The broker revoked what the command used.
+    Revoked(String),
     Remote(warden_proto::WireError),
     Local(String),
     /// A local operation (install, uninstall, dump) failed.
@@ -313,6 +361,9 @@ impl From<CallError> for Failure {
             CallError::Disconnected { reason } => Failure::Connect(format!(
                 "the connection to the broker closed{}",
                 reason.map(|r| format!(": {r}")).unwrap_or_default()
+            )),
+            CallError::Timeout { .. } => Failure::Timeout(format!(
+                "{e}: the broker is overloaded or stuck; `--timeout` sets how long to wait"
             )),
             other => Failure::Local(other.to_string()),
         }
@@ -350,16 +401,51 @@ fn print_pretty(v: &Value) {
     );
 }
 
-async fn connect(cli: &Cli) -> Result<Client, Failure> {
+fn connect_options(cli: &Cli) -> ConnectOptions {
     let socket = cli.socket.clone().unwrap_or_else(default_socket);
-    let mut opts = ConnectOptions::new(socket);
+    let mut opts = ConnectOptions::new(socket)
+        .connect_timeout(cli.timeout)
+        .call_timeout(Some(cli.timeout));
     opts.client_name = concat!("wardenctl/", env!("CARGO_PKG_VERSION")).to_owned();
     if let Some(uid) = cli.server_uid {
         opts.trust = ServerTrust::Pin(uid);
     }
-    Client::connect(opts).await.map_err(|e| match e {
-        ConnectError::Refused(w) => Failure::Remote(w),
-        other => Failure::Connect(error_chain(&other)),
+    opts
+}
+
+async fn connect(cli: &Cli) -> Result<Client, Failure> {
+    Client::connect(connect_options(cli))
+        .await
+        .map_err(|e| match e {
+            ConnectError::Refused(w) => Failure::Remote(w),
+            ConnectError::Timeout { .. } => {
+                Failure::Timeout(format!("{e}; `--timeout` sets how long to wait"))
+            }
+            other => Failure::Connect(error_chain(&other)),
+        })
+}
+
+/// The topic on which the broker announces what a policy reload took away
+/// from this connection.
+const REVOKED_TOPIC: &str = "warden.policy.revoked";
+
+/// If `ev` says a reload revoked the subscription to `topic`, the failure
+/// that ends the command.
+fn revoked(ev: &Event, topic: &str) -> Option<Failure> {
+    let Event::Event { topic: t, data, .. } = ev else {
+        return None;
+    };
+    if t.as_str() != REVOKED_TOPIC {
+        return None;
+    }
+    let v: Value = data.parse().unwrap_or(Value::Null);
+    let lost = v["subscriptions"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|s| s.as_str() == Some(topic)));
+    lost.then(|| {
+        Failure::Revoked(format!(
+            "the broker revoked the subscription to {topic}: a policy reload no longer allows it"
+        ))
     })
 }
 
@@ -425,7 +511,7 @@ fn generated_docs() -> Result<Vec<(String, String)>, String> {
     ));
     out.push((
         "usr/share/man/man8/wardend.8".to_owned(),
-        man(wardend::cli::Args::command(), "8")?,
+        man(warden_service::wardend_cli::Args::command(), "8")?,
     ));
     Ok(out)
 }
@@ -540,14 +626,14 @@ fn run_local(cli: &Cli) -> Option<Result<(), Failure>> {
         }
         Command::Dump { root } => Some((|| {
             let state = warden_service::installed_state(root, &SystemResolver).map_err(failed)?;
-            let socket = cli.socket.clone().unwrap_or_else(default_socket);
+            let opts = connect_options(cli);
             let status = std::thread::scope(|_| {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .ok()?;
                 rt.block_on(async {
-                    let c = Client::connect(ConnectOptions::new(socket)).await.ok()?;
+                    let c = Client::connect(opts).await.ok()?;
                     c.call_json("warden.status", Value::Null).await.ok()
                 })
             });
@@ -620,7 +706,7 @@ fn run_local(cli: &Cli) -> Option<Result<(), Failure>> {
             let who = subject(user, groups)?;
             let act: warden_policy::Action = action.parse().map_err(Failure::Local)?;
             let config = warden_policy::Config::load(path, &SystemResolver)
-                .map_err(|e| Failure::Operation(e.to_string()))?;
+                .map_err(|e| Failure::Local(e.to_string()))?;
             let caller = warden_policy::Caller {
                 uid: who.uid,
                 gid: who.gid,
@@ -711,13 +797,12 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 Some(u) => Some(subject(u, &[])?.uid),
                 None => None,
             };
-            client
-                .subscribe(if *payloads {
-                    "warden.monitor.payloads"
-                } else {
-                    "warden.monitor"
-                })
-                .await?;
+            let monitor_topic = if *payloads {
+                "warden.monitor.payloads"
+            } else {
+                "warden.monitor"
+            };
+            client.subscribe(monitor_topic).await?;
             let mut seen = 0u64;
             while count.is_none_or(|c| seen < c) {
                 let Some(ev) = client.next_event().await else {
@@ -729,6 +814,9 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                             .unwrap_or_default()
                     )));
                 };
+                if let Some(f) = revoked(&ev, monitor_topic) {
+                    return Err(f);
+                }
                 let (v, missed) = match ev {
                     Event::Event {
                         topic,
@@ -813,6 +901,9 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                             .unwrap_or_default()
                     )));
                 };
+                if let Some(f) = revoked(&ev, topic) {
+                    return Err(f);
+                }
                 let line = match ev {
                     Event::Event {
                         topic,
@@ -1124,7 +1215,7 @@ fn top_table(status: &Value, rows: &[TopRow]) -> String {
 
 /// `wardenctl top`: refreshes a table of connections until `q` (or
 /// Ctrl-C); on a non-terminal, prints it once.
-async fn top(client: &Client, interval: f64) -> Result<(), Failure> {
+async fn top(client: &Client, interval: Duration) -> Result<(), Failure> {
     use std::io::{IsTerminal, Write};
     let status = client.call_json("warden.status", Value::Null).await?;
     let mut prev: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
@@ -1132,7 +1223,7 @@ async fn top(client: &Client, interval: f64) -> Result<(), Failure> {
         print!("{}", top_table(&status, &top_rows(&status, &prev, 0.0)));
         return Ok(());
     }
-    let every = std::time::Duration::from_secs_f64(interval.clamp(0.1, 3600.0));
+    let every = interval.clamp(Duration::from_millis(100), Duration::from_secs(3600));
     crossterm::terminal::enable_raw_mode()
         .map_err(|e| Failure::Local(format!("cannot use the terminal: {e}")))?;
     let mut status = status;
@@ -1278,7 +1369,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_CONNECT);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     if let Command::Learn {
@@ -1293,10 +1384,7 @@ fn main() -> ExitCode {
         return runtime.block_on(async {
             let client = match connect(&cli).await {
                 Ok(c) => c,
-                Err(f) => {
-                    report(&cli, f);
-                    return ExitCode::from(learn::EXIT_CAPTURE);
-                }
+                Err(f) => return report(&cli, f),
             };
             let args = learn::LearnArgs {
                 pid: *pid,
@@ -1336,6 +1424,14 @@ fn report(cli: &Cli, failure: Failure) -> ExitCode {
             eprintln!("error: {m}");
             ExitCode::from(EXIT_CONNECT)
         }
+        Failure::Timeout(m) => {
+            eprintln!("error: {m}");
+            ExitCode::from(EXIT_TIMEOUT)
+        }
+        Failure::Revoked(m) => {
+            eprintln!("error: {m}");
+            ExitCode::from(EXIT_REVOKED)
+        }
         Failure::Local(m) => {
             eprintln!("error: {m}");
             ExitCode::from(EXIT_USAGE)
@@ -1356,14 +1452,42 @@ mod tests {
     #[test]
     fn help_documents_exit_codes() {
         let help = Cli::command().render_long_help().to_string();
-        for code in [
-            "0  success",
-            "1  the broker",
-            "2  usage",
-            "3  could not connect",
+        for (code, text) in [
+            (0, "0  success"),
+            (EXIT_REMOTE_ERROR, "1  the broker"),
+            (EXIT_USAGE, "2  usage"),
+            (EXIT_CONNECT, "3  could not connect"),
+            (EXIT_TIMEOUT, "4  timed out"),
+            (EXIT_REVOKED, "5  the broker revoked"),
         ] {
-            assert!(help.contains(code), "{code} missing from --help");
+            assert!(help.contains(text), "{text} missing from --help");
+            assert!(
+                text.starts_with(&code.to_string()),
+                "{text} is not exit {code}"
+            );
         }
-        assert_eq!(EXIT_USAGE, 2);
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("25s"), Ok(Duration::from_secs(25)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        for bad in ["30", "1.5", "", "0s", "soon", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_duration("30").is_err_and(|e| e.contains("30s")));
+    }
+
+    #[test]
+    fn the_default_timeout_outlasts_the_brokers_call_deadline() {
+        let default = parse_duration(DEFAULT_TIMEOUT).unwrap_or_default();
+        let config =
+            warden_policy::Config::embedded_default(&warden_policy::StaticResolver::default())
+                .unwrap_or_else(|e| panic!("{e}"));
+        let broker = Duration::from_millis(config.limits.call_timeout_ms);
+        assert!(default > broker, "{default:?} <= {broker:?}");
     }
 }

@@ -10,8 +10,65 @@ use anyhow::Context;
 use clap::Parser;
 use warden::{Broker, Shutdown};
 use warden_policy::{Config, DEFAULT_CONFIG};
+use warden_service::wardend_cli::{Args, LogFormat};
 use warden_service::SystemResolver;
-use wardend::cli::{Args, LogFormat};
+
+mod log;
+use log::LogSink;
+
+/// Writes a message for the person who started wardend, before logging
+/// starts or instead of it; a closed stderr is ignored (never a panic).
+fn say(msg: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+/// Writes to stdout for `--print-default-config` and `--check-config`; a
+/// closed stdout gives exit status 1, not a panic.
+fn print_out(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(1),
+    }
+}
+
+/// Sets up logging through a [`LogSink`]: tracing-subscriber's own
+/// reporting of write errors is off (it would print to the same closed
+/// stderr, and panic), and panics are logged as events rather than
+/// printed straight to a stderr that may be stalled.
+fn init_logging(args: &Args) -> Option<LogSink> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let sink = match LogSink::stderr() {
+        Ok(s) => s,
+        Err(e) => {
+            say(format_args!(
+                "wardend: cannot start logging ({e}); running without logs"
+            ));
+            return None;
+        }
+    };
+    use std::io::IsTerminal;
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(sink.clone())
+        .log_internal_errors(false);
+    match args.log_format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => fmt.json().with_current_span(false).init(),
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("?"),
+            backtrace = %std::backtrace::Backtrace::capture(),
+            "panic: {info}"
+        );
+    }));
+    Some(sink)
+}
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config, warden_policy::ConfigError> {
     match path {
@@ -37,24 +94,14 @@ fn default_socket() -> anyhow::Result<PathBuf> {
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.print_default_config {
-        print!("{DEFAULT_CONFIG}");
-        return ExitCode::SUCCESS;
+        return print_out(DEFAULT_CONFIG);
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => fmt.json().with_current_span(false).init(),
-    }
+    let sink = init_logging(&args);
 
     let config = match load_config(args.config.as_ref()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("wardend: invalid configuration: {e}");
+            say(format_args!("wardend: invalid configuration: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -62,20 +109,33 @@ fn main() -> ExitCode {
         tracing::warn!("{w}");
     }
     if args.check_config {
-        println!(
-            "{}: ok ({} rules, {} warnings)",
+        return print_out(&format!(
+            "{}: ok ({} rules, {} warnings)\n",
             config.source,
             config.policy.rule_count(),
             config.warnings.len()
-        );
-        return ExitCode::SUCCESS;
+        ));
     }
-    match run(args, config) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("wardend: {e:#}");
-            ExitCode::from(1)
+    let result = run(args, config, sink.clone());
+    if let Err(e) = &result {
+        tracing::error!("{e:#}");
+    }
+    if let Some(sink) = &sink {
+        if sink.dropped() > 0 {
+            tracing::warn!(
+                dropped = sink.dropped(),
+                "log lines were dropped: stderr was closed or did not keep up"
+            );
         }
+        // Give the writer a moment to finish; a stalled stderr does not
+        // hold up the exit.
+        sink.flush(std::time::Duration::from_secs(1));
+    } else if let Err(e) = &result {
+        say(format_args!("wardend: {e:#}"));
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(1),
     }
 }
 
@@ -94,7 +154,7 @@ const TEST_HOOKS_ENV: &str = "WARDEND_TEST_HOOKS";
 /// the target process and attaching (to test pid-reuse races).
 const TEST_ATTACH_DELAY_ENV: &str = "WARDEND_TEST_LEARN_ATTACH_DELAY_MS";
 
-fn run(args: Args, config: Config) -> anyhow::Result<()> {
+fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
     match warden_sys::raise_nofile_limit() {
         Ok((old, new)) if old != new => tracing::info!(old, new, "raised the open-file limit"),
         Ok(_) => {}
@@ -211,7 +271,7 @@ fn run(args: Args, config: Config) -> anyhow::Result<()> {
             "listening"
         );
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        spawn_notifier(broker.clone(), watchdog);
+        spawn_notifier(broker.clone(), watchdog, log);
         broker.serve(listener, shutdown).await;
         if let Some(learn) = &learn {
             learn.stop_all();
@@ -253,7 +313,7 @@ fn reload(broker: &Broker, path: Option<&PathBuf>) {
 /// A thread, outside the async runtime, that sends `STATUS=` lines and,
 /// when the service manager asked for it, `WATCHDOG=1` at half the
 /// interval, but only while the broker's accept loop is turning.
-fn spawn_notifier(broker: Broker, watchdog: Option<std::time::Duration>) {
+fn spawn_notifier(broker: Broker, watchdog: Option<std::time::Duration>, log: Option<LogSink>) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
@@ -264,7 +324,12 @@ fn spawn_notifier(broker: Broker, watchdog: Option<std::time::Duration>) {
         .name("wardend-notify".into())
         .spawn(move || loop {
             std::thread::sleep(every);
-            let status = format!("serving {} connections", broker.connection_count());
+            let mut status = format!("serving {} connections", broker.connection_count());
+            if let Some(dropped) = log.as_ref().map(LogSink::dropped).filter(|&n| n > 0) {
+                status.push_str(&format!(
+                    "; {dropped} log lines dropped (stderr closed or slow)"
+                ));
+            }
             let mut states = vec![sd_notify::NotifyState::Status(&status)];
             if let Some(w) = watchdog {
                 let age = broker.loop_heartbeat_age();
@@ -281,34 +346,5 @@ fn spawn_notifier(broker: Broker, watchdog: Option<std::time::Duration>) {
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the notification thread");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        Args::command().debug_assert();
-    }
-
-    #[test]
-    fn the_unit_starts_wardend_with_flags_it_accepts() {
-        // Pinned: the ExecStart line warden-service writes must parse.
-        let unit = warden_service::service_unit(
-            &warden_policy::Config::embedded_default(&warden_policy::StaticResolver::default())
-                .unwrap_or_else(|e| panic!("{e}")),
-            std::path::Path::new("/usr/bin/wardend"),
-        );
-        let exec = unit
-            .lines()
-            .find_map(|l| l.strip_prefix("ExecStart="))
-            .unwrap_or_else(|| panic!("no ExecStart in {unit}"));
-        let argv: Vec<&str> = exec.split_whitespace().collect();
-        if let Err(e) = Args::try_parse_from(&argv) {
-            panic!("{exec}: {e}");
-        }
     }
 }

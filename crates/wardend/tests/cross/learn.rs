@@ -160,15 +160,16 @@ fn another_users_process_is_refused() -> anyhow::Result<()> {
     };
     let mut sleeper = command_as(&a, Path::new("/bin/sleep")).arg("30").spawn()?;
     let pid = sleeper.id().to_string();
-    let out = learn_as(&b, broker.socket(), &["--pid", &pid, "--duration", "1"]).output()?;
+    let out = learn_as(&b, broker.socket(), &["--pid", &pid, "--duration", "1s"]).output()?;
     let _ = sleeper.kill();
     let _ = sleeper.wait();
-    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    // A refused capture is the broker's error: exit 1.
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     let err = stderr(&out);
     assert!(err.contains("denied") && err.contains("not yours"), "{err}");
     // A process of root's too.
-    let out = learn_as(&a, broker.socket(), &["--pid", "1", "--duration", "1"]).output()?;
-    assert_eq!(out.status.code(), Some(3));
+    let out = learn_as(&a, broker.socket(), &["--pid", "1", "--duration", "1s"]).output()?;
+    assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("denied"), "{}", stderr(&out));
     Ok(())
 }
@@ -218,7 +219,7 @@ fn a_pid_recycled_between_request_and_attach_is_not_captured() -> anyhow::Result
         let pid = target.id();
         let learner = learn_as(&a, broker.socket(), &["--json", "--pid", &pid.to_string()])
             .arg("--duration")
-            .arg("3")
+            .arg("3s")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
@@ -241,7 +242,7 @@ fn a_pid_recycled_between_request_and_attach_is_not_captured() -> anyhow::Result
         let out = learner.wait_with_output()?;
         let _ = impostor.kill();
         let _ = impostor.wait();
-        assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+        assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
         let err = stderr(&out);
         assert!(
             err.contains("exited before the capture could attach"),

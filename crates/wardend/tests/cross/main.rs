@@ -9,11 +9,13 @@ mod explain;
 mod identity;
 mod learn;
 mod lifecycle;
+mod logging;
 mod metrics;
 mod monitor;
 mod python;
 mod service;
 mod squatting;
+mod timeouts;
 mod top;
 
 use std::io::{BufRead, BufReader};

@@ -37,7 +37,7 @@ fn top_shows_a_known_client_in_a_terminal_and_piped() -> anyhow::Result<()> {
     // In a terminal: refreshing, and `q` quits.
     let session = format!("wdn-top-{}", std::process::id());
     let cmd = format!(
-        "{} --socket {} top --interval 0.2",
+        "{} --socket {} top --interval 200ms",
         bin_path("wardenctl").display(),
         broker.socket().display()
     );

@@ -1,0 +1,191 @@
+//! `wardenctl` never waits forever, and says why it stopped with its own
+//! exit status: 4 when the broker does not answer within `--timeout`, 5
+//! when the broker revokes what the command was using.
+
+use std::os::unix::net::UnixListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use warden_testkit::{bin_path, command_as, config_text, BrokerProcess, RawConn, TestDir};
+
+use crate::{provider, stderr, users, wait_in_flight, RULES};
+
+/// A server on `path` that accepts every connection and never writes a
+/// byte (a hung broker, or something else listening there).
+fn silent_server(path: &std::path::Path) -> anyhow::Result<()> {
+    let listener = UnixListener::bind(path)?;
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            match conn {
+                Ok(c) => held.push(c),
+                Err(_) => return,
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Runs `cmd`, returning its output and how long it took; kills it past
+/// `bound`.
+fn timed(cmd: &mut Command, bound: Duration) -> anyhow::Result<(std::process::Output, Duration)> {
+    let start = Instant::now();
+    let out = warden_testkit::output_with_timeout(cmd, bound)?;
+    Ok((out, start.elapsed()))
+}
+
+#[test]
+fn a_server_that_never_answers_the_hello_times_out_with_exit_4() -> anyhow::Result<()> {
+    if !warden_testkit::require_root("a_server_that_never_answers_the_hello_times_out_with_exit_4")
+    {
+        return Ok(());
+    }
+    let dir = TestDir::new("silent")?;
+    let socket = dir.path().join("silent.sock");
+    silent_server(&socket)?;
+    for args in [
+        &["ping"][..],
+        &["--json", "whoami"],
+        &["call", "warden.echo", "{}"],
+    ] {
+        let (out, took) = timed(
+            Command::new(bin_path("wardenctl"))
+                .arg("--socket")
+                .arg(&socket)
+                .args(["--timeout", "1s"])
+                .args(args),
+            Duration::from_secs(10),
+        )?;
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {}", stderr(&out));
+        assert!(
+            took >= Duration::from_secs(1),
+            "{args:?}: gave up after {took:?}"
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains("no welcome") && err.contains("--timeout"),
+            "{args:?}: {err}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_provider_that_never_answers_times_out_each_call_and_the_call_is_cancelled(
+) -> anyhow::Result<()> {
+    let Some((alice, bob, _)) =
+        users("a_provider_that_never_answers_times_out_each_call_and_the_call_is_cancelled")
+    else {
+        return Ok(());
+    };
+    let dir = TestDir::new("calltimeout")?;
+    let limits = "[limits]\ncall_timeout_ms = 600000\n";
+    let broker = BrokerProcess::start(&dir, &config_text(&dir, &format!("{limits}{RULES}")))?;
+    let mut p = provider(&alice, broker.socket(), "svc.stuck", 600_000)?;
+    let (out, took) = timed(
+        command_as(&bob, &bin_path("wardenctl"))
+            .arg("--socket")
+            .arg(broker.socket())
+            .args(["--timeout", "1500ms", "call", "svc.stuck"]),
+        Duration::from_secs(10),
+    )?;
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        took >= Duration::from_millis(1500),
+        "gave up after {took:?}"
+    );
+    assert!(stderr(&out).contains("no answer"), "{}", stderr(&out));
+    // wardenctl cancelled the call on its way out: the broker no longer
+    // holds it for the provider.
+    wait_in_flight(broker.socket(), 0)?;
+    p.kill()?;
+    p.wait()?;
+    Ok(())
+}
+
+#[test]
+fn by_default_a_slow_provider_yields_the_brokers_timeout_error() -> anyhow::Result<()> {
+    let Some((alice, bob, _)) =
+        users("by_default_a_slow_provider_yields_the_brokers_timeout_error")
+    else {
+        return Ok(());
+    };
+    let dir = TestDir::new("brokertimeout")?;
+    let limits = "[limits]\ncall_timeout_ms = 1000\n";
+    let broker = BrokerProcess::start(&dir, &config_text(&dir, &format!("{limits}{RULES}")))?;
+    let mut p = provider(&alice, broker.socket(), "svc.slow", 600_000)?;
+    let (out, _) = timed(
+        command_as(&bob, &bin_path("wardenctl"))
+            .arg("--socket")
+            .arg(broker.socket())
+            .args(["call", "svc.slow"]),
+        Duration::from_secs(30),
+    )?;
+    // The broker's answer (exit 1, code timeout), not the client's (4).
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("error: timeout:"),
+        "{}",
+        stderr(&out)
+    );
+    p.kill()?;
+    p.wait()?;
+    Ok(())
+}
+
+#[test]
+fn a_subscription_revoked_by_a_reload_exits_5() -> anyhow::Result<()> {
+    let Some((_, bob, _)) = users("a_subscription_revoked_by_a_reload_exits_5") else {
+        return Ok(());
+    };
+    let dir = TestDir::new("revoked")?;
+    let broker = BrokerProcess::start(&dir, &config_text(&dir, RULES))?;
+    let sub = command_as(&bob, &bin_path("wardenctl"))
+        .arg("--socket")
+        .arg(broker.socket())
+        .args(["subscribe", "news.a"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Wait until the broker has the subscription.
+    let mut admin = RawConn::connect(broker.socket())?;
+    admin.hello()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for id in 1.. {
+        let s = admin.call(id, "warden.status", json!(null))?;
+        if s["result"]["topics"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "never subscribed: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let without_pubsub = RULES
+        .split("[[rule]]")
+        .filter(|r| !r.contains("\"subscribe\""))
+        .collect::<Vec<_>>()
+        .join("[[rule]]");
+    std::fs::write(
+        dir.path().join("warden.toml"),
+        config_text(&dir, &without_pubsub),
+    )?;
+    broker.signal(nix::sys::signal::Signal::SIGHUP)?;
+    let mut sub = sub;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sub.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = sub.kill();
+            anyhow::bail!("wardenctl subscribe kept running after its subscription was revoked");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = sub.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("revoked the subscription to news.a"),
+        "{}",
+        stderr(&out)
+    );
+    Ok(())
+}
