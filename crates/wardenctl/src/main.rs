@@ -1469,6 +1469,24 @@ mod tests {
     }
 
     #[test]
+    fn the_man_page_carries_the_exit_code_table() {
+        let docs = generated_docs().unwrap_or_else(|e| panic!("{e}"));
+        let man = docs
+            .iter()
+            .find(|(path, _)| path.ends_with("man1/wardenctl.1"))
+            .map(|(_, text)| text.replace("\\-", "-"))
+            .unwrap_or_else(|| panic!("no wardenctl.1 among {} generated files", docs.len()));
+        for text in [
+            "0  success",
+            "3  could not connect",
+            "4  timed out",
+            "5  the broker revoked",
+        ] {
+            assert!(man.contains(text), "{text} missing from the man page");
+        }
+    }
+
+    #[test]
     fn durations_need_a_unit() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("25s"), Ok(Duration::from_secs(25)));
