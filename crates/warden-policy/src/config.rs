@@ -514,10 +514,29 @@ impl Config {
                 })?;
                 patterns.push(p);
             }
+            // An allow rule naming someone who does not resolve matches
+            // nobody: it fails closed, so a warning is enough. A deny rule
+            // that matches nobody lets the very users it should stop fall
+            // through to a later allow, so it is an error, whatever the
+            // cause (a typo, or a directory service that is down during a
+            // reload: the broker then keeps the old policy).
+            let deny = r.effect == Effect::Deny;
+            let unresolved = |what: &str, span: std::ops::Range<usize>, field: &str, name: &str| {
+                ctx.err(
+                    Some(span),
+                    key(field),
+                    format!(
+                        "{what} {name:?} not found or lookup failed; a deny rule must name only \
+                         {what}s that resolve (matching nobody, it would let them through to a \
+                         later allow): fix the name, create the {what}, or name it by id"
+                    ),
+                )
+            };
             let mut uids = r.uids.clone();
             for u in &r.users {
                 match resolver.user_uid(u.get_ref()) {
                     Some(uid) => uids.push(uid),
+                    None if deny => return Err(unresolved("user", u.span(), "users", u.get_ref())),
                     None => warnings.push(format!(
                         "{file}:{}: {}: user {:?} does not exist; it matches nobody",
                         ctx.line(u.span().start),
@@ -530,6 +549,9 @@ impl Config {
             for g in &r.groups {
                 match resolver.group_gid(g.get_ref()) {
                     Some(gid) => gids.push(gid),
+                    None if deny => {
+                        return Err(unresolved("group", g.span(), "groups", g.get_ref()))
+                    }
                     None => warnings.push(format!(
                         "{file}:{}: {}: group {:?} does not exist; it matches nobody",
                         ctx.line(g.span().start),
@@ -685,6 +707,47 @@ mod tests {
         let c = c.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.warnings.len(), 1);
         assert!(c.warnings[0].contains("mallory"));
+    }
+
+    /// A resolver whose every lookup fails, as during a directory outage.
+    struct Outage;
+    impl Resolver for Outage {
+        fn user_uid(&self, _: &str) -> Option<u32> {
+            None
+        }
+        fn group_gid(&self, _: &str) -> Option<u32> {
+            None
+        }
+    }
+
+    #[test]
+    fn unresolved_names_in_deny_rules_are_errors() {
+        let deny_user = "[[rule]]\neffect = \"deny\"\nactions = [\"call\"]\nnames = [\"a\"]\nusers = [\"mallory\"]\n";
+        let e = parse(deny_user).err().unwrap_or_else(|| panic!("accepted"));
+        assert_eq!((e.line, e.key.as_str()), (5, "rule[1].users"), "{e}");
+        assert!(
+            e.message.contains("\"mallory\" not found or lookup failed"),
+            "{e}"
+        );
+        let deny_group = "[[rule]]\neffect = \"deny\"\nactions = [\"call\"]\nnames = [\"a\"]\ngroups = [\"nope\"]\n";
+        let e = parse(deny_group)
+            .err()
+            .unwrap_or_else(|| panic!("accepted"));
+        assert_eq!(e.key, "rule[1].groups", "{e}");
+        // The same rules, with names that resolve normally, fail when every
+        // lookup fails; allow rules still only warn.
+        let r = StaticResolver::default()
+            .user("alice", 1000)
+            .group("wtest", 2000);
+        let ok = "[[rule]]\neffect = \"deny\"\nactions = [\"call\"]\nnames = [\"a\"]\nusers = [\"alice\"]\ngroups = [\"wtest\"]\n\n[[rule]]\nactions = [\"call\"]\nnames = [\"**\"]\nusers = [\"alice\"]\n";
+        assert!(Config::parse(ok, "t.toml", &r).is_ok());
+        let e = Config::parse(ok, "t.toml", &Outage)
+            .err()
+            .unwrap_or_else(|| panic!("accepted during an outage"));
+        assert_eq!(e.key, "rule[1].users", "{e}");
+        let allow_only = "[[rule]]\nactions = [\"call\"]\nnames = [\"**\"]\nusers = [\"alice\"]\n";
+        let c = Config::parse(allow_only, "t.toml", &Outage).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     }
 
     #[test]

@@ -30,7 +30,8 @@ pub use linux::fds::recv_reject_fds;
 pub use linux::identity::{peer_identity, server_uid, PeerIdentity, PeerIdentityError};
 #[cfg(target_os = "linux")]
 pub use linux::process::{
-    effective_gid, effective_uid, is_fd_exhaustion, process_comm, raise_nofile_limit,
+    effective_gid, effective_uid, is_fd_exhaustion, pidfd_exited, process_comm,
+    process_comm_confirmed, raise_nofile_limit,
 };
 #[cfg(target_os = "linux")]
 pub use linux::target::{

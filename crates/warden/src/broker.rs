@@ -51,6 +51,42 @@ pub trait Handler: Send + Sync + 'static {
     fn call(&self, ctx: &HandlerContext, params: &Payload) -> Result<Payload, WireError>;
 }
 
+/// With test hooks on, a call to this method panics in the caller's
+/// connection task, outside any handler (to test that such a panic is
+/// fatal). Unknown without test hooks.
+pub const TEST_PANIC_METHOD: &str = "warden.test.panic_connection";
+
+/// Why the broker stopped serving before it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A task of the broker itself (a connection task, outside any
+    /// handler, or the deadline sweeper) panicked. Its state (registered
+    /// providers, subscriptions, routed calls) cannot be trusted any more,
+    /// so the broker stops at once; the service manager restarts it.
+    #[error("{task} panicked: {message}")]
+    TaskPanicked {
+        /// Which task.
+        task: &'static str,
+        /// The panic's message.
+        message: String,
+    },
+}
+
+impl ServeError {
+    fn from_join(task: &'static str, e: tokio::task::JoinError) -> Option<ServeError> {
+        if !e.is_panic() {
+            return None;
+        }
+        let payload = e.into_panic();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_owned());
+        Some(ServeError::TaskPanicked { task, message })
+    }
+}
+
 /// Why the broker could not serve.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -71,6 +107,7 @@ pub struct BrokerBuilder {
     policy: Arc<Policy>,
     handlers: HashMap<String, Arc<dyn Handler>>,
     heartbeat: Duration,
+    test_hooks: bool,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -104,6 +141,13 @@ impl BrokerBuilder {
     }
 
     /// Finishes the broker.
+    /// Turns on test hooks (see [`TEST_PANIC_METHOD`]). Never in
+    /// production.
+    pub fn test_hooks(mut self, on: bool) -> Self {
+        self.test_hooks = on;
+        self
+    }
+
     pub fn build(self) -> Broker {
         let limits = self.limits;
         let max_frame = usize::try_from(limits.max_frame_bytes)
@@ -117,6 +161,7 @@ impl BrokerBuilder {
                 slow: self.slow,
                 max_frame,
                 call_timeout,
+                test_hooks: self.test_hooks,
             },
             policy_tx: watch::channel(self.policy).0,
             heartbeat_ms: AtomicU64::new(0),
@@ -182,6 +227,7 @@ impl Broker {
             policy: Arc::clone(&config.policy),
             handlers: HashMap::new(),
             heartbeat: Duration::from_secs(1),
+            test_hooks: false,
         }
     }
 
@@ -216,13 +262,22 @@ impl Broker {
     /// stops accepting, lets routed calls finish for up to the drain
     /// timeout, answers what is left with `shutting_down`, tells every
     /// client `shutting_down`, and returns.
-    pub async fn serve(&self, listener: UnixListener, mut shutdown: Shutdown) {
+    ///
+    /// # Errors
+    /// [`ServeError`] when a task of the broker itself panicked: it stops
+    /// at once (connections are dropped, nothing is drained), since the
+    /// shared state that task kept can no longer be trusted.
+    pub async fn serve(
+        &self,
+        listener: UnixListener,
+        mut shutdown: Shutdown,
+    ) -> Result<(), ServeError> {
         let hub = &self.hub;
         let mut tasks = JoinSet::new();
         let mut stall_rx = lock(&self.stall_rx).take();
         let mut heartbeat = tokio::time::interval(self.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let sweeper = tokio::spawn(crate::router::deadline_sweeper(
+        let mut sweeper = tokio::spawn(crate::router::deadline_sweeper(
             Arc::clone(hub),
             hub.close_tx.subscribe(),
         ));
@@ -230,6 +285,18 @@ impl Broker {
             tokio::select! {
                 biased;
                 _ = shutdown.requested() => break,
+                done = &mut sweeper => {
+                    let fatal = match done {
+                        Err(e) => ServeError::from_join("the deadline sweeper", e),
+                        Ok(()) => None,
+                    };
+                    let error = fatal.unwrap_or(ServeError::TaskPanicked {
+                        task: "the deadline sweeper",
+                        message: "it stopped before shutdown".into(),
+                    });
+                    tracing::error!(error = %error, "stopping the broker at once");
+                    return Err(error);
+                }
                 _ = heartbeat.tick() => {
                     hub.heartbeat_ms.store(hub.started.elapsed().as_millis() as u64, Ordering::Release);
                 }
@@ -237,7 +304,12 @@ impl Broker {
                     tracing::warn!(?d, "test hook: stalling the accept loop");
                     std::thread::sleep(d);
                 }
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Some(error) = done.err().and_then(|e| ServeError::from_join("a connection task", e)) {
+                        tracing::error!(error = %error, "stopping the broker at once");
+                        return Err(error);
+                    }
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         match warden_sys::peer_identity(stream.as_fd()) {
@@ -323,5 +395,6 @@ impl Broker {
             }
         }
         sweeper.abort();
+        Ok(())
     }
 }

@@ -151,7 +151,9 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: UnixStream, mut peer: PeerIdentit
     let conn: Conn = Arc::new(ConnShared {
         id,
         identity: identity.clone(),
-        comm: warden_sys::process_comm(peer.pid),
+        // Display only, and chosen by the peer: confirmed through the
+        // pidfd to belong to the process that connected.
+        comm: warden_sys::process_comm_confirmed(peer.pid, peer.pidfd.as_ref().map(AsFd::as_fd)),
         pidfd: peer.pidfd.take(),
         connected_at: SystemTime::now(),
         ctl_tx,
@@ -196,11 +198,12 @@ pub(crate) async fn run(hub: Arc<Hub>, stream: UnixStream, mut peer: PeerIdentit
     state.cleanup();
 
     let _ = stop_tx.send(());
-    if tokio::time::timeout(WRITER_FLUSH_GRACE, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
+    match tokio::time::timeout(WRITER_FLUSH_GRACE, &mut writer).await {
+        Err(_) => writer.abort(),
+        // The writer is part of this connection: its panic is this task's,
+        // which the broker treats as fatal.
+        Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Ok(_) => {}
     }
     tracing::debug!(conn = id, "closed");
 }
@@ -577,6 +580,12 @@ impl ConnState {
                     &format!("{kind:?} messages are sent only by the broker"),
                 )
                 .await
+            }
+            Message::Call { method, .. }
+                if self.hub.settings.test_hooks
+                    && method.as_str() == crate::broker::TEST_PANIC_METHOD =>
+            {
+                panic!("test hook: a panic in a connection task, outside any handler");
             }
             Message::Call {
                 id,

@@ -144,6 +144,9 @@ pub(crate) struct Settings {
     pub(crate) slow: SlowSubscriber,
     pub(crate) max_frame: usize,
     pub(crate) call_timeout: Duration,
+    /// Test hooks (wardend's `WARDEND_TEST_HOOKS=1`): a call to
+    /// [`crate::broker::TEST_PANIC_METHOD`] panics in the connection task.
+    pub(crate) test_hooks: bool,
 }
 
 /// Everything the connection tasks share.

@@ -37,7 +37,9 @@ mod queue;
 mod router;
 mod shutdown;
 
-pub use broker::{Broker, BrokerBuilder, BrokerError, Handler, HandlerContext};
+pub use broker::{
+    Broker, BrokerBuilder, BrokerError, Handler, HandlerContext, ServeError, TEST_PANIC_METHOD,
+};
 pub use channel::{CallerChannel, Pushed};
 pub use shutdown::{Shutdown, ShutdownTrigger};
 

@@ -36,7 +36,7 @@ everyone = true
 struct Running {
     socket: PathBuf,
     trigger: ShutdownTrigger,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), warden::ServeError>>,
     _dir: PathBuf,
 }
 
@@ -81,7 +81,7 @@ async fn handler_panic_is_contained_to_its_call() -> anyhow::Result<()> {
     let who = c.call_json("test.whoasks", Value::Null).await?;
     assert_eq!(who["uid"], c.welcome().identity.uid);
     r.trigger.trigger();
-    r.task.await?;
+    r.task.await??;
     Ok(())
 }
 
@@ -146,7 +146,7 @@ async fn duplex_and_pubsub_through_the_client_library() -> anyhow::Result<()> {
     assert_eq!(reserved, Some(ErrorCode::Denied));
     drop(caller);
     r.trigger.trigger();
-    r.task.await?;
+    r.task.await??;
     serving.abort();
     Ok(())
 }

@@ -237,7 +237,7 @@ pub async fn run(client: &Client, args: &LearnArgs<'_>) -> ExitCode {
             let _ = writeln!(out, "{}", serde_json::to_string(&v).unwrap_or_default());
         }
         LearnFormat::Report => {
-            let _ = write!(out, "{}", report.render_text());
+            let _ = write!(out, "{}", crate::term::escape_text(&report.render_text()));
         }
         LearnFormat::LandlockJson => {
             let p = warden_learn::profile::landlock(&report);
@@ -246,11 +246,12 @@ pub async fn run(client: &Client, args: &LearnArgs<'_>) -> ExitCode {
                 "{}",
                 serde_json::to_string_pretty(&p).unwrap_or_default()
             );
-            eprint!("{}", report.render_text());
+            eprint!("{}", crate::term::escape_text(&report.render_text()));
         }
         LearnFormat::Systemd => {
-            let _ = write!(out, "{}", warden_learn::profile::systemd(&report, &label));
-            eprint!("{}", report.render_text());
+            let text = warden_learn::profile::systemd(&report, &label);
+            let _ = write!(out, "{}", crate::term::escape_text(&text));
+            eprint!("{}", crate::term::escape_text(&report.render_text()));
         }
     }
     let _ = out.flush();

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 mod learn;
+mod term;
 use serde_json::Value;
 use warden_client::{CallError, Client, ConnectError, ConnectOptions, Event, ServerTrust};
 use warden_proto::Payload;
@@ -394,11 +395,11 @@ fn print_json(v: &Value) {
     );
 }
 
+/// Pretty JSON for people: serde escapes C0 controls inside strings but
+/// not C1 or bidi controls, which a provider's answer may carry.
 fn print_pretty(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
+    let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    println!("{}", term::escape_text(&text));
 }
 
 fn connect_options(cli: &Cli) -> ConnectOptions {
@@ -1117,7 +1118,8 @@ fn print_monitor_line(v: &Value) {
                 .map(|p| format!(" {k}={p}"))
         })
         .unwrap_or_default();
-    println!("{clock} {who:<32} {kind:<7} {name:<28} {detail} [{rule}]{payload}");
+    let line = format!("{clock} {who:<32} {kind:<7} {name:<28} {detail} [{rule}]{payload}");
+    println!("{}", term::escape(&line));
 }
 
 /// One row of `top`.
@@ -1153,7 +1155,7 @@ fn top_rows(status: &Value, prev: &std::collections::HashMap<u64, u64>, secs: f6
                         id,
                         user: user_name(c["uid"].as_u64().unwrap_or(u64::MAX)),
                         pid: c["pid"].as_u64().unwrap_or(0),
-                        comm: c["comm"].as_str().unwrap_or("?").to_owned(),
+                        comm: term::escape(c["comm"].as_str().unwrap_or("?")).into_owned(),
                         since_s: now_ms
                             .saturating_sub(c["connected_ms"].as_u64().unwrap_or(now_ms))
                             / 1000,
@@ -1338,7 +1340,7 @@ fn print_status(r: &Value) {
                 c["id"],
                 user_name(c["uid"].as_u64().unwrap_or(u64::MAX)),
                 c["pid"],
-                c["comm"].as_str().unwrap_or("?"),
+                term::escape(c["comm"].as_str().unwrap_or("?")),
                 c["calls"],
                 c["in_flight"]
             );
@@ -1417,7 +1419,7 @@ fn report(cli: &Cli, failure: Failure) -> ExitCode {
                     &serde_json::json!({ "error": { "code": w.code.as_str(), "message": w.message } }),
                 );
             }
-            eprintln!("error: {}: {}", w.code, w.message);
+            eprintln!("error: {}: {}", w.code, term::escape(&w.message));
             ExitCode::from(EXIT_REMOTE_ERROR)
         }
         Failure::Connect(m) => {

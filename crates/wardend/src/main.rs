@@ -135,7 +135,31 @@ fn main() -> ExitCode {
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<warden::ServeError>().is_some() => {
+            ExitCode::from(EXIT_INTERNAL_PANIC)
+        }
         Err(_) => ExitCode::from(1),
+    }
+}
+
+/// Exit status when a task of the broker itself panicked (`EX_SOFTWARE`
+/// from sysexits.h): the service manager's `Restart=on-failure` restarts
+/// it with clean state.
+const EXIT_INTERNAL_PANIC: u8 = 70;
+
+/// With test hooks on, a handler that panics (to test that a handler's
+/// panic stays confined to its call).
+const TEST_PANIC_HANDLER: &str = "test.panic_in_handler";
+
+struct PanickingHandler;
+
+impl warden::Handler for PanickingHandler {
+    fn call(
+        &self,
+        _: &warden::HandlerContext,
+        _: &warden_proto::Payload,
+    ) -> Result<warden_proto::Payload, warden_proto::WireError> {
+        panic!("test hook: a panic inside a handler");
     }
 }
 
@@ -236,6 +260,12 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
         if let Some(w) = watchdog {
             builder = builder.heartbeat_interval(w / 4);
         }
+        if test_hooks {
+            builder = builder
+                .test_hooks(true)
+                .handler(TEST_PANIC_HANDLER, PanickingHandler)
+                .context("registering the test hooks")?;
+        }
         let broker = builder.build();
         let (trigger, shutdown) = Shutdown::new();
         use tokio::signal::unix::{signal, SignalKind};
@@ -272,10 +302,11 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
         );
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         spawn_notifier(broker.clone(), watchdog, log);
-        broker.serve(listener, shutdown).await;
+        let served = broker.serve(listener, shutdown).await;
         if let Some(learn) = &learn {
             learn.stop_all();
         }
+        served?;
         anyhow::Ok(())
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

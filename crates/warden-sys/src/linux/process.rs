@@ -45,9 +45,67 @@ pub fn process_comm(pid: u32) -> Option<String> {
         .map(|s| s.trim_end().to_owned())
 }
 
+/// The `comm` of the process `pidfd` refers to (whose pid is `pid`), for
+/// display: read from `/proc/PID/comm`, then kept only if the pidfd's
+/// process is still alive afterwards. A live process keeps its pid, so the
+/// name read belongs to it and not to a later process that reused the pid.
+/// `None` when that cannot be confirmed (the process exited, or there is
+/// no pidfd). The name is chosen by the process itself (`PR_SET_NAME`):
+/// escape it before printing it on a terminal.
+pub fn process_comm_confirmed(
+    pid: u32,
+    pidfd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Option<String> {
+    let pidfd = pidfd?;
+    let comm = process_comm(pid)?;
+    match pidfd_exited(pidfd) {
+        Ok(false) => Some(comm),
+        Ok(true) | Err(_) => None,
+    }
+}
+
+/// True once the process `pidfd` refers to has exited (`poll(2)`: a pidfd
+/// becomes readable then). Unlike a signal-0 probe this needs no
+/// permission over the process.
+///
+/// # Errors
+/// The `poll` error.
+pub fn pidfd_exited(pidfd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
+    let n = poll(&mut fds, PollTimeout::ZERO).map_err(io::Error::from)?;
+    Ok(n > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn comm_is_confirmed_only_while_the_process_lives() -> io::Result<()> {
+        use std::os::fd::AsFd;
+        let mut child = std::process::Command::new("sleep").arg("30").spawn()?;
+        let pidfd = crate::linux::target::pidfd_open(child.id())?;
+        assert_eq!(
+            process_comm_confirmed(child.id(), Some(pidfd.as_fd())).as_deref(),
+            Some("sleep")
+        );
+        assert_eq!(process_comm_confirmed(child.id(), None), None);
+        child.kill()?;
+        // Exited but not reaped: /proc still has the name, the pidfd says
+        // the process is gone.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !pidfd_exited(pidfd.as_fd())? {
+            assert!(std::time::Instant::now() < deadline, "never exited");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(
+            process_comm_confirmed(child.id(), Some(pidfd.as_fd())),
+            None
+        );
+        child.wait()?;
+        Ok(())
+    }
 
     #[test]
     fn nofile_soft_reaches_hard() -> io::Result<()> {

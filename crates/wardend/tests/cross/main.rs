@@ -6,6 +6,7 @@ mod audit;
 mod bad_input;
 mod duplex;
 mod explain;
+mod hardening;
 mod identity;
 mod learn;
 mod lifecycle;
