@@ -211,6 +211,20 @@ class Client:
             env["params"] = params
         return self._request(env)
 
+    def status(self):
+        """warden.status (administrators by default). Per-method counts are
+        under "methods" only for names that resolved to something that
+        serves calls; every other call is counted in "unresolved"
+        ({"calls", "errors"}). "truncated" is true when the broker cut the
+        answer to fit in one frame ("connections" and "method_count" stay
+        whole)."""
+        return self.call("warden.status")
+
+    def metrics(self):
+        """warden.metrics: like status() for "methods", "unresolved" and
+        "truncated", plus latency histograms and "queued_bytes_by_uid"."""
+        return self.call("warden.metrics")
+
     def subscribe(self, topic):
         return self._request({"kind": "subscribe", "topic": topic})
 
@@ -262,6 +276,7 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("ping")
     sub.add_parser("whoami")
+    sub.add_parser("status")
     c = sub.add_parser("call")
     c.add_argument("method")
     c.add_argument("params", nargs="?")
@@ -285,6 +300,11 @@ def main(argv=None):
             _print(client.call("warden.ping"))
         elif a.cmd == "whoami":
             _print(client.call("warden.whoami"))
+        elif a.cmd == "status":
+            st = client.status()
+            _print(st)
+            if st.get("truncated"):
+                print("note: the broker cut this answer to fit in one frame", file=sys.stderr)
         elif a.cmd == "call":
             params = json.loads(a.params) if a.params is not None else None
             _print(client.call(a.method, params))

@@ -160,6 +160,14 @@ macro_rules! name_type {
                 &self.0
             }
         }
+
+        // Hashes and compares like the string (derived on the one field),
+        // so maps keyed by names can be looked up with a `&str`.
+        impl std::borrow::Borrow<str> for $ty {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
     };
 }
 

@@ -29,6 +29,72 @@ fn payload(v: serde_json::Value) -> Result<Payload, WireError> {
     Payload::from_value(&v).map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
 }
 
+/// Room left in a frame for the envelope around an answer.
+const ENVELOPE_SLACK: usize = 1024;
+
+/// Makes a `status`/`metrics` answer fit in one frame: cuts the
+/// connection list first, then the per-method table (keeping the methods
+/// with the most calls), and says so with `"truncated": true`. Counts
+/// (`connections`, `method_count`) stay whole.
+fn fit(mut v: serde_json::Value, max_frame: usize) -> Result<Payload, WireError> {
+    let budget = max_frame.saturating_sub(ENVELOPE_SLACK);
+    let size = json_len;
+    if size(&v) <= budget {
+        return payload(v);
+    }
+    v["truncated"] = json!(true);
+    if cut_array(&mut v, "connection_list", budget) {
+        return payload(v);
+    }
+    if let Some(methods) = v.get("methods").and_then(|m| m.as_object()).cloned() {
+        let mut by_calls: Vec<(String, serde_json::Value)> = methods.into_iter().collect();
+        by_calls.sort_by_key(|(_, s)| std::cmp::Reverse(s["calls"].as_u64().unwrap_or(0)));
+        let keep = |n: usize| -> serde_json::Value {
+            serde_json::Value::Object(by_calls[..n].iter().cloned().collect())
+        };
+        let (mut lo, mut hi) = (0usize, by_calls.len());
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            v["methods"] = keep(mid);
+            if size(&v) <= budget {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        v["methods"] = keep(lo);
+        if size(&v) <= budget {
+            return payload(v);
+        }
+    }
+    cut_array(&mut v, "providers", budget);
+    payload(v)
+}
+
+fn json_len(v: &serde_json::Value) -> usize {
+    serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX)
+}
+
+/// Cuts the array `v[key]` to its longest prefix with which `v` fits in
+/// `budget` bytes (found by bisection); true if `v` then fits.
+fn cut_array(v: &mut serde_json::Value, key: &str, budget: usize) -> bool {
+    let Some(list) = v.get(key).and_then(|l| l.as_array()).cloned() else {
+        return json_len(v) <= budget;
+    };
+    let (mut lo, mut hi) = (0usize, list.len());
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        v[key] = json!(list[..mid]);
+        if json_len(v) <= budget {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    v[key] = json!(list[..lo]);
+    json_len(v) <= budget
+}
+
 pub(crate) fn call(
     hub: &Hub,
     state: &ConnState,
@@ -131,44 +197,63 @@ fn explain(hub: &Hub, state: &ConnState, params: &Payload) -> Result<Payload, Wi
 /// `warden.metrics`: counters and histograms for monitoring (admins only
 /// by default: they describe other users' activity).
 fn metrics(hub: &Hub) -> Result<Payload, WireError> {
-    let methods: std::collections::BTreeMap<String, serde_json::Value> = lock(&hub.stats)
-        .iter()
-        .map(|(m, s)| {
-            (
-                m.clone(),
-                json!({
-                    "calls": s.calls,
-                    "errors": s.errors,
-                    "latency_us": {
-                        "le": crate::hub::LATENCY_BUCKETS_US,
-                        "counts": s.buckets,
-                        "sum": s.sum_us,
-                    },
-                }),
-            )
-        })
-        .collect();
+    let (methods, unresolved) = {
+        let stats = lock(&hub.stats);
+        let methods: std::collections::BTreeMap<String, serde_json::Value> = stats
+            .methods
+            .iter()
+            .map(|(m, s)| {
+                (
+                    m.clone(),
+                    json!({
+                        "calls": s.calls,
+                        "errors": s.errors,
+                        "latency_us": {
+                            "le": crate::hub::LATENCY_BUCKETS_US,
+                            "counts": s.buckets,
+                            "sum": s.sum_us,
+                        },
+                    }),
+                )
+            })
+            .collect();
+        let unresolved =
+            json!({ "calls": stats.unresolved.calls, "errors": stats.unresolved.errors });
+        (methods, unresolved)
+    };
     let conns: Vec<_> = lock(&hub.conns).values().cloned().collect();
     let queued_events: usize = conns
         .iter()
         .map(|c| c.ev_tx.max_capacity() - c.ev_tx.capacity())
         .sum();
     let missed: u64 = conns.iter().map(|c| c.missed.load(Ordering::Relaxed)).sum();
-    let queued_bytes: u64 = lock(&hub.uids)
-        .values()
-        .map(|a| a.queued_bytes.load(Ordering::Relaxed))
-        .sum();
-    payload(json!({
-        "uptime_ms": hub.started.elapsed().as_millis() as u64,
-        "connections": conns.len(),
-        "routed_in_flight": hub.routed_in_flight.load(Ordering::Relaxed),
-        "providers": lock(&hub.providers).len(),
-        "topics": lock(&hub.topics).len(),
-        "queued_events": queued_events,
-        "queued_bytes": queued_bytes,
-        "missed_events_pending": missed,
-        "methods": methods,
-    }))
+    let (queued_bytes, by_uid) = {
+        let uids = lock(&hub.uids);
+        let by_uid: std::collections::BTreeMap<String, u64> = uids
+            .iter()
+            .map(|(uid, a)| (uid.to_string(), a.queued_bytes.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        (by_uid.values().sum::<u64>(), by_uid)
+    };
+    fit(
+        json!({
+            "uptime_ms": hub.started.elapsed().as_millis() as u64,
+            "connections": conns.len(),
+            "routed_in_flight": hub.routed_in_flight.load(Ordering::Relaxed),
+            "providers": lock(&hub.providers).len(),
+            "topics": lock(&hub.topics).len(),
+            "queued_events": queued_events,
+            "queued_bytes": queued_bytes,
+            "missed_events_pending": missed,
+            "queued_bytes_by_uid": by_uid,
+            "method_count": methods.len(),
+            "methods": methods,
+            "unresolved": unresolved,
+            "truncated": false,
+        }),
+        hub.settings.max_frame,
+    )
 }
 
 fn status(hub: &Hub) -> Result<Payload, WireError> {
@@ -199,28 +284,91 @@ fn status(hub: &Hub) -> Result<Payload, WireError> {
             })
         })
         .collect();
-    let methods: std::collections::BTreeMap<String, serde_json::Value> = lock(&hub.stats)
-        .iter()
-        .map(|(m, s)| {
-            let errors: u64 = s.errors.values().sum();
-            (m.clone(), json!({ "calls": s.calls, "errors": errors }))
-        })
-        .collect();
+    let (methods, unresolved) = {
+        let stats = lock(&hub.stats);
+        let methods: std::collections::BTreeMap<String, serde_json::Value> = stats
+            .methods
+            .iter()
+            .map(|(m, s)| {
+                let errors: u64 = s.errors.values().sum();
+                (m.clone(), json!({ "calls": s.calls, "errors": errors }))
+            })
+            .collect();
+        let u = &stats.unresolved;
+        let unresolved = json!({ "calls": u.calls, "errors": u.errors.values().sum::<u64>() });
+        (methods, unresolved)
+    };
     let mut providers: Vec<String> = lock(&hub.providers)
         .keys()
         .map(|m| m.as_str().to_owned())
         .collect();
     providers.sort();
     let topics = lock(&hub.topics).len();
-    payload(json!({
-        "server": crate::SERVER_NAME,
-        "uptime_ms": hub.started.elapsed().as_millis() as u64,
-        "connections": conns.len(),
-        "draining": hub.draining.load(Ordering::Relaxed),
-        "routed_in_flight": hub.routed_in_flight.load(Ordering::Relaxed),
-        "methods": methods,
-        "providers": providers,
-        "topics": topics,
-        "connection_list": list,
-    }))
+    fit(
+        json!({
+            "server": crate::SERVER_NAME,
+            "uptime_ms": hub.started.elapsed().as_millis() as u64,
+            "connections": conns.len(),
+            "draining": hub.draining.load(Ordering::Relaxed),
+            "routed_in_flight": hub.routed_in_flight.load(Ordering::Relaxed),
+            "method_count": methods.len(),
+            "methods": methods,
+            "unresolved": unresolved,
+            "providers": providers,
+            "topics": topics,
+            "connection_list": list,
+            "truncated": false,
+        }),
+        hub.settings.max_frame,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_past_the_frame_limit_is_cut_and_says_so() {
+        let max = 64 * 1024;
+        let conns: Vec<_> = (0..5_000)
+            .map(|i| json!({ "id": i, "uid": 1000, "comm": "x".repeat(15) }))
+            .collect();
+        let methods: serde_json::Map<String, serde_json::Value> = (0..5_000)
+            .map(|i| (format!("svc.m{i}"), json!({ "calls": i, "errors": 0 })))
+            .collect();
+        let v = json!({
+            "connections": 5_000,
+            "method_count": 5_000,
+            "connection_list": conns,
+            "methods": methods,
+            "providers": ["svc.a"],
+            "truncated": false,
+        });
+        let answer = fit(v, max).unwrap_or_else(|e| panic!("{e}"));
+        let out: serde_json::Value = answer.parse().unwrap_or_else(|e| panic!("{e}"));
+        assert!(json_len(&out) <= max - ENVELOPE_SLACK);
+        assert_eq!(out["truncated"], true);
+        assert_eq!(out["connections"], 5_000, "counts stay whole");
+        assert_eq!(
+            out["connection_list"].as_array().map(Vec::len),
+            Some(0),
+            "the list goes first"
+        );
+        let kept = out["methods"].as_object().map(|m| m.len()).unwrap_or(0);
+        assert!(kept > 100 && kept < 5_000, "kept {kept}");
+        assert!(
+            out["methods"].get("svc.m4999").is_some(),
+            "the busiest methods stay"
+        );
+        assert!(out["methods"].get("svc.m0").is_none());
+
+        let small = json!({ "connection_list": [1, 2, 3], "truncated": false });
+        let out: serde_json::Value = fit(small.clone(), max)
+            .and_then(|p| {
+                p.parse()
+                    .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out, small);
+    }
 }

@@ -30,6 +30,53 @@ pub(crate) const LATENCY_BUCKETS_US: [u64; 16] = [
     1_000_000, 2_500_000, 10_000_000,
 ];
 
+/// Method names that get statistics of their own, at most. Calls to names
+/// past it, like calls to names nothing serves, are counted together as
+/// `unresolved`: any caller can invent names, and a map keyed by them
+/// would be memory any caller can fill.
+pub const MAX_METHOD_STATS: usize = 4096;
+
+/// Call statistics: per method for names that resolve, one bucket for the
+/// rest.
+#[derive(Debug, Default)]
+pub(crate) struct CallStats {
+    pub(crate) methods: HashMap<String, MethodStats>,
+    pub(crate) unresolved: MethodStats,
+}
+
+impl CallStats {
+    /// Adds one call: under `method` if it resolved and the table has a
+    /// place for it, else to `unresolved`.
+    pub(crate) fn record(
+        &mut self,
+        method: &str,
+        resolved: bool,
+        error: Option<warden_proto::ErrorCode>,
+        bucket: usize,
+        us: u64,
+    ) {
+        let bump = |s: &mut MethodStats| {
+            s.calls += 1;
+            if let Some(b) = s.buckets.get_mut(bucket) {
+                *b += 1;
+            }
+            s.sum_us = s.sum_us.saturating_add(us);
+            if let Some(code) = error {
+                *s.errors.entry(code.as_str()).or_default() += 1;
+            }
+        };
+        if resolved {
+            if let Some(s) = self.methods.get_mut(method) {
+                return bump(s);
+            }
+            if self.methods.len() < MAX_METHOD_STATS {
+                return bump(self.methods.entry(method.to_owned()).or_default());
+            }
+        }
+        bump(&mut self.unresolved);
+    }
+}
+
 /// Counters for one method.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct MethodStats {
@@ -171,7 +218,7 @@ pub(crate) struct Hub {
     pub(crate) monitor_count: AtomicUsize,
     pub(crate) deadlines: Mutex<BinaryHeap<Deadline>>,
     pub(crate) deadline_added: Notify,
-    pub(crate) stats: Mutex<HashMap<String, MethodStats>>,
+    pub(crate) stats: Mutex<CallStats>,
     /// Routed calls in flight, broker-wide (for the drain at shutdown).
     pub(crate) routed_in_flight: AtomicUsize,
     pub(crate) routed_idle: Notify,
@@ -197,10 +244,20 @@ impl Hub {
         Arc::clone(&self.policy_tx.borrow())
     }
 
-    /// Records one finished call of `method`: its outcome and latency.
+    /// True if `method` names a built-in, a handler or a current provider.
+    pub(crate) fn resolves(&self, method: &str) -> bool {
+        crate::builtins::BUILTINS.contains(&method)
+            || self.handlers.contains_key(method)
+            || lock(&self.providers).contains_key(method)
+    }
+
+    /// Records one finished call of `method`: its outcome and latency,
+    /// under its own name if `resolved` (it named something that serves
+    /// calls when it arrived) and the table has room, else as unresolved.
     pub(crate) fn count(
         &self,
         method: &str,
+        resolved: bool,
         error: Option<warden_proto::ErrorCode>,
         started: std::time::Instant,
     ) {
@@ -209,17 +266,7 @@ impl Hub {
             .iter()
             .position(|&b| us <= b)
             .unwrap_or(LATENCY_BUCKETS_US.len());
-        let mut stats = lock(&self.stats);
-        let s = match stats.get_mut(method) {
-            Some(s) => s,
-            None => stats.entry(method.to_owned()).or_default(),
-        };
-        s.calls += 1;
-        s.buckets[bucket] += 1;
-        s.sum_us = s.sum_us.saturating_add(us);
-        if let Some(code) = error {
-            *s.errors.entry(code.as_str()).or_default() += 1;
-        }
+        lock(&self.stats).record(method, resolved, error, bucket, us);
     }
 
     /// Encodes `msg` and queues it on `conn`'s ctl queue without waiting;
@@ -238,5 +285,35 @@ impl Hub {
         if self.routed_in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.routed_idle.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_resolved_names_get_entries_and_the_table_is_capped() {
+        let mut stats = CallStats::default();
+        for i in 0..10_000 {
+            stats.record(
+                &format!("made.up.{i}"),
+                false,
+                Some(warden_proto::ErrorCode::Denied),
+                0,
+                1,
+            );
+        }
+        assert!(stats.methods.is_empty());
+        assert_eq!(stats.unresolved.calls, 10_000);
+        assert_eq!(stats.unresolved.errors.get("denied"), Some(&10_000));
+        for i in 0..MAX_METHOD_STATS + 10 {
+            stats.record(&format!("real.{i}"), true, None, 0, 1);
+        }
+        assert_eq!(stats.methods.len(), MAX_METHOD_STATS);
+        assert_eq!(stats.unresolved.calls, 10_010);
+        // Names already in the table keep counting there.
+        stats.record("real.0", true, None, 0, 1);
+        assert_eq!(stats.methods.get("real.0").map(|s| s.calls), Some(2));
     }
 }

@@ -35,7 +35,8 @@ impl ConnState {
         rule: Option<&str>,
         result: Option<&Payload>,
     ) {
-        self.hub.count(method, code, started);
+        let resolved = self.hub.resolves(method);
+        self.hub.count(method, resolved, code, started);
         self.hub.monitor_answer(&crate::monitor::CallRecord {
             conn: &self.conn,
             id,
@@ -419,7 +420,8 @@ pub(crate) fn finish(
             QueuedFrame::force(err.to_frame(usize::MAX).unwrap_or_default(), &caller.account)
         });
     caller.in_flight.fetch_sub(1, Ordering::AcqRel);
-    hub.count(method.as_str(), code, started);
+    // It reached a provider, so the name resolved when it arrived.
+    hub.count(method.as_str(), true, code, started);
     if hub.monitoring() {
         hub.monitor_answer(&crate::monitor::CallRecord {
             conn: &caller,

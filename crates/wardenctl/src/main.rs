@@ -1047,6 +1047,32 @@ fn prometheus_text(r: &Value) -> String {
             }
         }
     }
+    let unresolved = &r["unresolved"];
+    let _ = writeln!(
+        text,
+        "# HELP warden_unresolved_calls_total Calls to names that nothing served when they arrived (or past the per-method table's cap).\n# TYPE warden_unresolved_calls_total counter\nwarden_unresolved_calls_total {}",
+        unresolved["calls"].as_u64().unwrap_or(0)
+    );
+    let _ = writeln!(text, "# HELP warden_unresolved_call_errors_total Unresolved calls answered with an error, by code.\n# TYPE warden_unresolved_call_errors_total counter");
+    if let Some(errors) = unresolved["errors"].as_object() {
+        for (code, n) in errors {
+            let _ = writeln!(
+                text,
+                "warden_unresolved_call_errors_total{{code=\"{code}\"}} {}",
+                n.as_u64().unwrap_or(0)
+            );
+        }
+    }
+    let _ = writeln!(text, "# HELP warden_queued_bytes_by_uid Bytes waiting to be written, charged to one uid (uids with none are left out).\n# TYPE warden_queued_bytes_by_uid gauge");
+    if let Some(by_uid) = r["queued_bytes_by_uid"].as_object() {
+        for (uid, n) in by_uid {
+            let _ = writeln!(
+                text,
+                "warden_queued_bytes_by_uid{{uid=\"{uid}\"}} {}",
+                n.as_u64().unwrap_or(0)
+            );
+        }
+    }
     let _ = writeln!(text, "# HELP warden_call_duration_seconds Time from a call's arrival to its answer.\n# TYPE warden_call_duration_seconds histogram");
     for (m, s) in methods {
         let lat = &s["latency_us"];
@@ -1301,6 +1327,27 @@ fn print_metrics(r: &Value) {
             println!("{name:<32} {calls:>10} {errors:>10} {mean:>12}");
         }
     }
+    let u = &r["unresolved"];
+    let u_errors: u64 = u["errors"]
+        .as_object()
+        .map(|e| e.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0);
+    println!(
+        "{:<32} {:>10} {u_errors:>10}",
+        "(unresolved names)",
+        u["calls"].as_u64().unwrap_or(0)
+    );
+    print_truncated(r);
+}
+
+/// Says so when the broker cut its answer to fit in one frame.
+fn print_truncated(r: &Value) {
+    if r["truncated"] == true {
+        println!(
+            "\nnote: the broker cut this answer to fit in one frame ({} connections, {} methods in all)",
+            r["connections"], r["method_count"]
+        );
+    }
 }
 
 fn print_status(r: &Value) {
@@ -1328,6 +1375,10 @@ fn print_status(r: &Value) {
         for (name, s) in m {
             println!("{name:<32} {:>10} {:>10}", s["calls"], s["errors"]);
         }
+        println!(
+            "{:<32} {:>10} {:>10}",
+            "(unresolved names)", r["unresolved"]["calls"], r["unresolved"]["errors"]
+        );
     }
     if let Some(list) = r["connection_list"].as_array() {
         println!(
@@ -1346,6 +1397,7 @@ fn print_status(r: &Value) {
             );
         }
     }
+    print_truncated(r);
 }
 
 fn main() -> ExitCode {

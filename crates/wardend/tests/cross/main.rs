@@ -7,6 +7,7 @@ mod bad_input;
 mod duplex;
 mod explain;
 mod hardening;
+mod hardening2;
 mod identity;
 mod learn;
 mod lifecycle;

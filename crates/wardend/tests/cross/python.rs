@@ -43,6 +43,16 @@ fn python_client_talks_to_a_real_broker() -> anyhow::Result<()> {
     assert_eq!(v["uid"], alice.uid, "{v}");
     assert_eq!(v["gid"], alice.gid, "{v}");
 
+    // wdn_grp (alice) may read the status; a call to a made-up name is
+    // counted as unresolved, not under its name.
+    let _ = run(&alice, &["call", "zz.made.up"])?;
+    let out = run(&alice, &["status"])?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(stdout(&out).trim())?;
+    assert!(v["unresolved"]["calls"].as_u64().unwrap_or(0) >= 1, "{v}");
+    assert!(v["methods"].get("zz.made.up").is_none(), "{v}");
+    assert_eq!(v["truncated"], false, "{v}");
+
     let out = run(&bob, &["call", "warden.status"])?;
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     let v: Value = serde_json::from_str(stdout(&out).trim())?;
