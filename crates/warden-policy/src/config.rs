@@ -219,6 +219,9 @@ limits! {
     max_provided_per_connection: 64, 0, 65_536;
     /// Bytes waiting to be written to all connections of one uid.
     max_queued_bytes_per_uid: 16 * 1024 * 1024, 64 * 1024, 1u64 << 34;
+    /// Bytes of one caller uid's routed calls waiting for the connections
+    /// of one provider uid (default: a quarter of max_queued_bytes_per_uid).
+    max_queued_bytes_per_caller_at_provider: 4 * 1024 * 1024, 4 * 1024, 1u64 << 34;
     /// Frames queued for one connection before events are dropped.
     subscriber_queue_len: 1024, 1, 1_000_000;
     /// Time a new connection has to complete the hello.
@@ -474,7 +477,11 @@ impl Config {
             admin_group: admin_group.clone(),
             on_slow_subscriber: b.on_slow_subscriber.unwrap_or_default(),
         };
-        let limits = raw.limits.validate(&ctx)?;
+        let caller_at_provider_set = raw.limits.max_queued_bytes_per_caller_at_provider.is_some();
+        let mut limits = raw.limits.validate(&ctx)?;
+        if !caller_at_provider_set {
+            limits.max_queued_bytes_per_caller_at_provider = limits.max_queued_bytes_per_uid / 4;
+        }
 
         let source: Arc<str> = Arc::from(file);
         let mut rules = Vec::with_capacity(raw.rules.len());

@@ -15,9 +15,23 @@ use std::sync::Arc;
 pub(crate) struct UidAccount {
     pub(crate) connections: AtomicUsize,
     pub(crate) queued_bytes: AtomicU64,
+    /// Bytes of this uid's routed calls waiting at each provider uid: one
+    /// budget per provider uid, so this uid cannot fill a provider's
+    /// queue for everyone else.
+    at_provider: std::sync::Mutex<std::collections::HashMap<u32, Arc<UidAccount>>>,
 }
 
 impl UidAccount {
+    /// The budget of this uid's calls waiting at `provider_uid`.
+    pub(crate) fn at_provider(&self, provider_uid: u32) -> Arc<UidAccount> {
+        let mut map = self.at_provider.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(map.entry(provider_uid).or_default())
+    }
+
+    fn release(&self, len: u64) {
+        self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+    }
+
     /// Adds `len` queued bytes if that keeps the total within `max`.
     fn try_charge(&self, len: u64, max: u64) -> bool {
         let mut cur = self.queued_bytes.load(Ordering::Relaxed);
@@ -38,11 +52,13 @@ impl UidAccount {
     }
 }
 
-/// An encoded frame waiting for a writer, charged to a uid while it waits.
+/// An encoded frame waiting for a writer, charged to a uid while it waits
+/// (and, for a routed call, to its caller's budget at the provider too).
 #[derive(Debug)]
 pub(crate) struct QueuedFrame {
     bytes: Vec<u8>,
     account: Arc<UidAccount>,
+    also: Option<Arc<UidAccount>>,
 }
 
 impl QueuedFrame {
@@ -55,6 +71,32 @@ impl QueuedFrame {
         Some(QueuedFrame {
             bytes,
             account: Arc::clone(account),
+            also: None,
+        })
+    }
+
+    /// Charges `bytes` to both accounts if each stays within its limit
+    /// (a routed call: the caller's uid, and the caller's budget at the
+    /// provider); else `None`, and neither is charged.
+    pub(crate) fn charge_both(
+        bytes: Vec<u8>,
+        account: &Arc<UidAccount>,
+        max: u64,
+        also: &Arc<UidAccount>,
+        also_max: u64,
+    ) -> Option<Self> {
+        let len = bytes.len() as u64;
+        if !account.try_charge(len, max) {
+            return None;
+        }
+        if !also.try_charge(len, also_max) {
+            account.release(len);
+            return None;
+        }
+        Some(QueuedFrame {
+            bytes,
+            account: Arc::clone(account),
+            also: Some(Arc::clone(also)),
         })
     }
 
@@ -67,6 +109,7 @@ impl QueuedFrame {
         QueuedFrame {
             bytes,
             account: Arc::clone(account),
+            also: None,
         }
     }
 
@@ -82,6 +125,10 @@ impl QueuedFrame {
     /// skips the limit check. Returns false (appending nothing) if the
     /// limit would be exceeded.
     pub(crate) fn append(&mut self, bytes: &[u8], max: u64, force: bool) -> bool {
+        debug_assert!(
+            self.also.is_none(),
+            "routed calls are queued whole, never appended to"
+        );
         let len = bytes.len() as u64;
         if force {
             self.account.queued_bytes.fetch_add(len, Ordering::AcqRel);
@@ -95,15 +142,36 @@ impl QueuedFrame {
 
 impl Drop for QueuedFrame {
     fn drop(&mut self) {
-        self.account
-            .queued_bytes
-            .fetch_sub(self.bytes.len() as u64, Ordering::AcqRel);
+        let len = self.bytes.len() as u64;
+        self.account.release(len);
+        if let Some(also) = &self.also {
+            also.release(len);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_routed_call_is_charged_to_both_budgets_or_neither() {
+        let caller = Arc::new(UidAccount::default());
+        let at_provider = caller.at_provider(1000);
+        let a = QueuedFrame::charge_both(vec![0; 60], &caller, 1000, &at_provider, 100);
+        assert!(a.is_some());
+        // The caller's uid has room, its budget at the provider does not.
+        assert!(QueuedFrame::charge_both(vec![0; 50], &caller, 1000, &at_provider, 100).is_none());
+        assert_eq!(caller.queued_bytes.load(Ordering::Relaxed), 60);
+        assert_eq!(at_provider.queued_bytes.load(Ordering::Relaxed), 60);
+        // Another provider uid has its own budget.
+        let other = caller.at_provider(1001);
+        assert!(QueuedFrame::charge_both(vec![0; 50], &caller, 1000, &other, 100).is_some());
+        drop(a);
+        assert_eq!(at_provider.queued_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(caller.queued_bytes.load(Ordering::Relaxed), 0);
+        assert!(Arc::ptr_eq(&at_provider, &caller.at_provider(1000)));
+    }
 
     #[test]
     fn charge_and_release() {

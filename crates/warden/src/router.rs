@@ -217,13 +217,25 @@ impl ConnState {
                     ))
                 .await;
         };
-        let Some(frame) = QueuedFrame::charge(
+        // Charged to the caller's uid, which caused it, and to the
+        // caller's budget at the provider's uid: a busy provider's queue
+        // is not one caller's to fill, and its own uid's budget stays its
+        // own (for its replies on every connection).
+        let limits = &hub.settings.limits;
+        let at_provider = self.conn.account.at_provider(provider.identity.uid);
+        let Some(frame) = QueuedFrame::charge_both(
             bytes,
-            &provider.account,
-            hub.settings.limits.max_queued_bytes_per_uid,
+            &self.conn.account,
+            limits.max_queued_bytes_per_uid,
+            &at_provider,
+            limits.max_queued_bytes_per_caller_at_provider,
         ) else {
             return self
-                .fail_call(id, method.as_str(), ErrorCode::LimitExceeded, started, rule.as_deref(), format!("the provider of {method} has too many bytes waiting to be read; try again later"))
+                .fail_call(id, method.as_str(), ErrorCode::LimitExceeded, started, rule.as_deref(), format!(
+                    "uid {} has too many bytes of calls waiting for the provider of {method} to read them \
+                     (max_queued_bytes_per_caller_at_provider, max_queued_bytes_per_uid); wait for answers, then try again",
+                    self.conn.identity.uid
+                ))
                 .await;
         };
         self.conn.in_flight.fetch_add(1, Ordering::AcqRel);

@@ -81,3 +81,82 @@ fn denied_calls_to_made_up_names_do_not_grow_the_broker() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+#[test]
+fn one_caller_cannot_fill_a_busy_providers_queue_for_everyone() -> anyhow::Result<()> {
+    let Some((alice, bob, _)) = users("one_caller_cannot_fill_a_busy_providers_queue_for_everyone")
+    else {
+        return Ok(());
+    };
+    let dir = TestDir::new("busy-provider")?;
+    // 4 MiB per uid, so 1 MiB per caller at a provider by default.
+    let limits = "[limits]\nmax_queued_bytes_per_uid = 4194304\ncall_timeout_ms = 60000\n";
+    let broker = BrokerProcess::start(&dir, &config_text(&dir, &format!("{limits}{RULES}")))?;
+    // The provider (root) registers and then stops reading: busy.
+    let mut provider = RawConn::connect(broker.socket())?;
+    provider.hello()?;
+    provider.send_json(&json!({"kind": "provide", "id": 1, "method": "svc.busy"}))?;
+    assert_eq!(provider.recv_some()?["kind"], "reply");
+    // The attacker (bob) sends 40 calls of 200 KB (8 MB) without waiting.
+    let client_py = warden_testkit::shared_copy(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../clients/python/warden_client.py"),
+    )?;
+    let lib_dir = client_py
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no parent"))?
+        .display()
+        .to_string();
+    let script = format!(
+        "import sys, json\n\
+         sys.path.insert(0, {lib_dir:?})\n\
+         import warden_client\n\
+         c = warden_client.Client({sock:?})\n\
+         for i in range(40):\n\
+         \x20   c._send({{'kind': 'call', 'id': 1000 + i, 'method': 'svc.busy', 'params': 'x' * 200000}})\n\
+         c.sock.settimeout(3)\n\
+         codes = []\n\
+         try:\n\
+         \x20   while len(codes) < 40:\n\
+         \x20       env = c._recv()\n\
+         \x20       if env.get('kind') == 'error':\n\
+         \x20           codes.append(env['error']['code'])\n\
+         except OSError:\n\
+         \x20   pass\n\
+         print(json.dumps(codes), flush=True)\n",
+        sock = broker.socket_str(),
+    );
+    let out = warden_testkit::output_with_timeout(
+        warden_testkit::command_as(&bob, std::path::Path::new("/usr/bin/python3"))
+            .arg("-c")
+            .arg(&script),
+        Duration::from_secs(60),
+    )?;
+    let codes: Vec<String> = serde_json::from_str(stdout(&out).trim())
+        .map_err(|e| anyhow::anyhow!("{e}: {} {}", stdout(&out), stderr(&out)))?;
+    let refused = codes.iter().filter(|c| *c == "limit_exceeded").count();
+
+    // Another caller still reaches the provider: its call waits for the
+    // busy provider instead of being refused at once.
+    let out = wardenctl(
+        Some(&alice),
+        broker.socket(),
+        &["--timeout", "2s", "call", "svc.busy", "{\"small\":true}"],
+    )?;
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "alice's call was not queued for the provider: {}",
+        stderr(&out)
+    );
+    // And the provider's uid (root) is still answered on other connections.
+    let mut other = RawConn::connect(broker.socket())?;
+    other.hello()?;
+    let r = other.call(1, "warden.ping", json!(null))?;
+    assert_eq!(r["result"]["pong"], true, "{r}");
+    // Bob was held to his own budget at the provider (1 MiB of 8 MB).
+    eprintln!("bob's calls refused: {refused} of 40");
+    assert!(refused >= 30, "bob was not held to his budget: {codes:?}");
+    drop(provider);
+    Ok(())
+}
