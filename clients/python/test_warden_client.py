@@ -7,12 +7,16 @@ import os
 import re
 import socket
 import struct
+import tempfile
 import threading
 import unittest
+from unittest import mock
 
 import warden_client as wc
 
 DOC = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "protocol.md")
+# Shared with the Rust client's tests (crates/warden-sys/src/linux/login_defs.rs).
+VECTORS = os.path.join(os.path.dirname(__file__), "..", "testdata", "login_defs_vectors.json")
 
 
 def doc_examples():
@@ -57,6 +61,51 @@ class TrustTest(unittest.TestCase):
         # /tmp is writable by others: its owner (root) is trusted anyway,
         # but nothing under it adds an owner.
         self.assertIsNone(wc._root_controlled_owner("/tmp/does-not-matter"))
+
+    def test_login_defs_vectors(self):
+        with open(VECTORS, encoding="utf-8") as f:
+            cases = json.load(f)["cases"]
+        self.assertGreaterEqual(len(cases), 20)
+        for case in cases:
+            name = case["name"]
+            if case["login_defs"] is None:
+                limit = wc.read_system_uid_max("/nonexistent/warden/login.defs")
+            else:
+                limit = wc.system_uid_max(case["login_defs"])
+            self.assertEqual(limit, case["sys_uid_max"], name)
+            for uid in case["trusted"]:
+                self.assertTrue(wc.is_system_uid(uid, limit), f"{name}: uid {uid}")
+            for uid in case["untrusted"]:
+                self.assertFalse(wc.is_system_uid(uid, limit), f"{name}: uid {uid}")
+
+    def test_unreadable_login_defs_means_the_default(self):
+        self.assertEqual(wc.read_system_uid_max("/"), 999)  # a directory: EISDIR
+        self.assertEqual(wc.read_system_uid_max("/nonexistent/login.defs"), 999)
+
+    def test_numbers_read_like_strtoul_base_0(self):
+        for text, want in [
+            ("999", 999), ("0x3e7", 999), ("0X3E7", 999), ("01747", 999), ("0", 0),
+            ("00", 0), ("+999", 999), ("\v999", 999), ("4294967295", 2**32 - 1),
+            ("4294967296", None), ("-1", None), ("08", None), ("0x", None), ("0xg", None),
+            ("++1", None), ("+-1", None), ("1_000", None), ("999 ", None), ("", None),
+            ("\u0663", None), (" 1", 1),
+        ]:
+            self.assertEqual(wc._getulong(text), want, repr(text))
+
+    def test_directory_owner_needs_a_system_account(self):
+        # Stand in for a root-controlled directory owned by `owner` (making
+        # one needs root); login.defs decides whether the owner is trusted.
+        with tempfile.NamedTemporaryFile("w", suffix=".defs") as defs:
+            defs.write("UID_MIN 1000\n")
+            defs.flush()
+            for owner, trusted in [(996, True), (999, True), (1000, False), (1002, False), (65534, False)]:
+                if owner == os.geteuid():
+                    continue
+                with mock.patch.object(wc, "_root_controlled_owner", return_value=owner):
+                    uids = wc.trusted_uids("/run/x/warden.sock", login_defs=defs.name)
+                    self.assertEqual(owner in uids, trusted, f"owner {owner}: {uids}")
+                    self.assertEqual(wc.trusted_uids("@x", login_defs=defs.name), {0, os.geteuid()})
+                    self.assertEqual(wc.trusted_uids("/run/x/warden.sock", 4242, defs.name), {4242})
 
 
 class FakeServerTest(unittest.TestCase):

@@ -7,6 +7,9 @@ arrive meanwhile are queued for next_event() / next_call().
 
     c = Client("/run/warden/warden.sock")   # checks the server's uid first
     print(c.call("warden.whoami"))
+
+Before sending anything, the client checks the uid of the process listening
+on the socket (docs/protocol.md, Transport): see trusted_uids().
 """
 
 import argparse
@@ -36,7 +39,8 @@ class WardenError(Exception):
 
 
 class ServerIdentityError(Exception):
-    """The process listening on the socket runs as an untrusted uid."""
+    """The process listening on the socket runs as an untrusted uid (see
+    trusted_uids); nothing was sent to it."""
 
 
 class ProtocolError(Exception):
@@ -68,6 +72,87 @@ def decode_frames(buf, max_frame=DEFAULT_MAX_FRAME):
     return out, buf
 
 
+LOGIN_DEFS = "/etc/login.defs"
+DEFAULT_SYS_UID_MAX = 999  # shadow-utils' default UID_MIN (1000), minus 1
+NOBODY_UID = 65534  # the overflow uid: never a system account
+_NO_UID = 2**32 - 1  # (uid_t) -1
+_C_SPACE = " \t\n\v\f\r"  # C isspace() in the C locale
+
+
+def _getulong(text):
+    """A number as shadow-utils' getulong() reads it (strtoul base 0, with
+    nothing left over): optional leading white space and "+", then 0x/0X
+    and hex digits, 0 and octal digits, or decimal digits. None if it is
+    not one; also None for a "-" sign and for values above 2**32 - 1
+    (strtoul would wrap them)."""
+    s = text.lstrip(_C_SPACE)
+    if s.startswith("+"):
+        s = s[1:]
+    if s[:2] in ("0x", "0X"):
+        digits, base, allowed = s[2:], 16, "0123456789abcdefABCDEF"
+    elif s.startswith("0") and len(s) > 1:
+        digits, base, allowed = s[1:], 8, "01234567"
+    else:
+        digits, base, allowed = s, 10, "0123456789"
+    if not digits or any(c not in allowed for c in digits):
+        return None
+    value = int(digits, base)
+    return value if value <= _NO_UID else None
+
+
+def _login_defs_values(text):
+    """The (name, value) pairs of a login.defs text, split as shadow-utils'
+    def_load() splits them: lines end at \n, trailing white space is cut,
+    leading spaces/tabs skipped, "#" starts a comment, the name ends at the
+    first space or tab (a line with nothing after it is skipped), the
+    value starts after spaces, tabs and quotes and ends at the next quote."""
+    for line in text.split("\n"):
+        line = line.rstrip(_C_SPACE).lstrip(" \t")
+        if not line or line.startswith("#"):
+            continue
+        cut = min((i for i in (line.find(" "), line.find("\t")) if i >= 0), default=-1)
+        if cut < 0:
+            continue
+        value = line[cut + 1 :].lstrip(' "\t')
+        yield line[:cut], value.split('"', 1)[0]
+
+
+def system_uid_max(login_defs_text):
+    """The last system-account uid set by the text of a login.defs file:
+    SYS_UID_MAX, else UID_MIN - 1 (0 if UID_MIN is 0), else 999. The last
+    definition of a key wins, even if it is not a number (the key then
+    counts as unset), as in shadow-utils' getdef. Same rule as the Rust
+    client (warden_sys::SystemAccounts); both are tested against
+    clients/testdata/login_defs_vectors.json."""
+    values = {}
+    for name, value in _login_defs_values(login_defs_text):
+        values[name] = value
+    sys_max = _getulong(values["SYS_UID_MAX"]) if "SYS_UID_MAX" in values else None
+    if sys_max is not None:
+        return sys_max
+    uid_min = _getulong(values["UID_MIN"]) if "UID_MIN" in values else None
+    if uid_min is not None:
+        return max(uid_min - 1, 0)
+    return DEFAULT_SYS_UID_MAX
+
+
+def read_system_uid_max(path=LOGIN_DEFS):
+    """system_uid_max() of the file at path; 999 if it is missing or
+    unreadable."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return DEFAULT_SYS_UID_MAX
+    return system_uid_max(data.decode("utf-8", "replace"))
+
+
+def is_system_uid(uid, sys_uid_max):
+    """True if uid is a system account: uid <= sys_uid_max, and never 65534
+    (nobody) or 2**32 - 1."""
+    return uid <= sys_uid_max and uid not in (NOBODY_UID, _NO_UID)
+
+
 def _root_controlled_owner(directory):
     """Owner of directory if it and all its ancestors are root-owned and not
     writable by others (the directory itself may belong to anyone)."""
@@ -91,20 +176,34 @@ def _root_controlled_owner(directory):
     return st.st_uid
 
 
-def trusted_uids(socket_path, server_uid=None):
-    """The uids a client accepts for the server at socket_path."""
+def trusted_uids(socket_path, server_uid=None, login_defs=LOGIN_DEFS):
+    """The uids a client accepts for the server at socket_path.
+
+    With server_uid: exactly that uid. Otherwise root, your own effective
+    uid, and the owner of the socket's directory if that owner is a system
+    account (uid <= SYS_UID_MAX from login_defs, never 65534; see
+    system_uid_max) and the directory is root-controlled (see
+    _root_controlled_owner), as with the warden service account's
+    /run/warden. The owner of an ordinary user's directory (/home/USER,
+    /run/user/UID) is not trusted: anyone may listen in their own
+    directory. Abstract sockets (@name): root and your own uid only."""
     if server_uid is not None:
         return {server_uid}
     trusted = {0, os.geteuid()}
     if not socket_path.startswith("@"):
         owner = _root_controlled_owner(os.path.dirname(os.path.abspath(socket_path)))
-        if owner is not None:
+        if owner is not None and is_system_uid(owner, read_system_uid_max(login_defs)):
             trusted.add(owner)
     return trusted
 
 
 class Client:
-    """One connection to the broker."""
+    """One connection to the broker.
+
+    Connecting checks the server's uid (SO_PEERCRED) before sending a byte:
+    it must be in trusted_uids(socket_path, server_uid) (root, your own uid,
+    or a system account owning a root-controlled socket directory; exactly
+    server_uid if given), else ServerIdentityError."""
 
     def __init__(self, socket_path, server_uid=None, client_name="warden-client.py/0.1", timeout=30.0):
         self.path = socket_path

@@ -29,6 +29,8 @@ pub use linux::fds::recv_reject_fds;
 #[cfg(target_os = "linux")]
 pub use linux::identity::{peer_identity, server_uid, PeerIdentity, PeerIdentityError};
 #[cfg(target_os = "linux")]
+pub use linux::login_defs::{SystemAccounts, DEFAULT_SYS_UID_MAX, LOGIN_DEFS, NOBODY_UID};
+#[cfg(target_os = "linux")]
 pub use linux::process::{
     effective_gid, effective_uid, is_fd_exhaustion, pidfd_exited, process_comm,
     process_comm_confirmed, raise_nofile_limit,

@@ -28,6 +28,10 @@ pub const GROUP_A: &str = "wdn_grp";
 pub const GROUP_ADMIN: &str = "wdn_admins";
 /// An administrator test user.
 pub const USER_ADMIN: &str = "wdn_admin";
+/// A system account (`useradd -r`: a uid in login.defs' system range,
+/// below 1000 on Debian), standing in for the installed `warden` service
+/// user.
+pub const USER_SVC: &str = "wdn_svc";
 
 /// True under CI (`CI=true`), where skipping is failing.
 pub fn in_ci() -> bool {
@@ -87,6 +91,13 @@ pub fn test_users() -> anyhow::Result<(TestUser, TestUser, TestUser)> {
     Ok((lookup(USER_A)?, lookup(USER_B)?, lookup(USER_ADMIN)?))
 }
 
+/// The system test account ([`USER_SVC`]), created on first use along
+/// with the others.
+pub fn service_user() -> anyhow::Result<TestUser> {
+    test_users()?;
+    lookup(USER_SVC)
+}
+
 fn create_users() -> anyhow::Result<()> {
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -102,10 +113,18 @@ fn create_users() -> anyhow::Result<()> {
             run_checked(Command::new("groupadd").arg(g))?;
         }
     }
-    for (user, groups) in [(USER_A, GROUP_A), (USER_B, ""), (USER_ADMIN, GROUP_ADMIN)] {
+    for (user, groups, system) in [
+        (USER_A, GROUP_A, false),
+        (USER_B, "", false),
+        (USER_ADMIN, GROUP_ADMIN, false),
+        (USER_SVC, "", true),
+    ] {
         if warden_sys::user_by_name(user)?.is_none() {
             let mut cmd = Command::new("useradd");
             cmd.args(["-M", "-U", "-s", "/usr/sbin/nologin"]);
+            if system {
+                cmd.arg("--system");
+            }
             if !groups.is_empty() {
                 cmd.args(["-G", groups]);
             }
@@ -216,12 +235,18 @@ pub struct TestDir {
 impl TestDir {
     /// Creates a fresh directory (mode 0755).
     pub fn new(tag: &str) -> anyhow::Result<TestDir> {
-        static N: AtomicU32 = AtomicU32::new(0);
         let base = if warden_sys::effective_uid() == 0 {
             PathBuf::from("/run")
         } else {
             PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR").context("XDG_RUNTIME_DIR unset")?)
         };
+        Self::new_under(&base, tag)
+    }
+
+    /// Creates a fresh directory (mode 0755) in `base` instead of `/run`
+    /// (e.g. `/home`, to stand in for a user's home directory).
+    pub fn new_under(base: &Path, tag: &str) -> anyhow::Result<TestDir> {
+        static N: AtomicU32 = AtomicU32::new(0);
         let path = base.join(format!(
             "wdn-{tag}-{}-{}",
             std::process::id(),

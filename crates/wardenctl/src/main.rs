@@ -80,7 +80,7 @@ struct Cli {
     #[arg(long, global = true, env = "WARDEN_SOCKET", value_name = "PATH")]
     socket: Option<String>,
     /// Accept only a broker running as this uid (default: root, your own
-    /// uid, or the owner of a root-controlled socket directory).
+    /// uid, or a system account owning a root-controlled socket directory).
     #[arg(long, global = true, value_name = "UID")]
     server_uid: Option<u32>,
     /// Machine-readable output: JSON on stdout.

@@ -2,10 +2,11 @@
 //! anything.
 //!
 //! A client may be pointed at a path any user could have created (an
-//! abstract name, a path under `/tmp`) or at a broker that died and whose
-//! name someone else took. `SO_PEERCRED` on the connected socket names the
-//! uid that created the listening socket; the client refuses any uid it
-//! has no reason to trust.
+//! abstract name, a path under `/tmp`, a socket in that user's own home
+//! or `/run/user/UID`, named in a shared script's `WARDEN_SOCKET`) or at a
+//! broker that died and whose name someone else took. `SO_PEERCRED` on the
+//! connected socket names the uid that created the listening socket; the
+//! client refuses any uid it has no reason to trust.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -15,15 +16,21 @@ use std::os::unix::net::{SocketAddr, UnixStream};
 use std::path::Path;
 
 use crate::linux::identity::server_uid;
+use crate::linux::login_defs::SystemAccounts;
 
 /// Which server uids a client accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerTrust {
     /// Root, the client's own uid, and the owner of the socket's directory
-    /// when every ancestor of that directory is owned by root and not
-    /// writable by others (only root could have handed that directory to
-    /// its owner, as with a service user's `/run/warden`). For an abstract
-    /// name: root and the client's own uid only.
+    /// when that owner is a **system account** and every ancestor of the
+    /// directory is owned by root and not writable by others: only root
+    /// could have handed that directory to a service account, as with the
+    /// `warden` user's `/run/warden`. A system account is a uid up to
+    /// `SYS_UID_MAX` in `/etc/login.defs` (else `UID_MIN − 1`, else 999),
+    /// never 65534 (`nobody`); see [`crate::SystemAccounts`]. An ordinary
+    /// user's directory (`/home/USER`, `/run/user/UID`) is root-controlled
+    /// too, but its owner is not trusted: anyone may listen in their own
+    /// directory. For an abstract name: root and the client's own uid only.
     Default,
     /// Exactly this uid.
     Pin(u32),
@@ -111,9 +118,11 @@ pub fn verify_server(
         ServerTrust::Default => {
             let mut v = vec![0, nix::unistd::geteuid().as_raw()];
             if !socket_path.starts_with('@') {
+                // Rule 3: a system account's root-controlled directory.
                 if let Some(owner) = Path::new(socket_path)
                     .parent()
                     .and_then(root_controlled_dir_owner)
+                    .filter(|&owner| SystemAccounts::load().contains(owner))
                 {
                     v.push(owner);
                 }

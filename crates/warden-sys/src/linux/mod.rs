@@ -6,6 +6,7 @@ pub(crate) mod client;
 pub(crate) mod endpoint;
 pub(crate) mod fds;
 pub(crate) mod identity;
+pub(crate) mod login_defs;
 pub(crate) mod process;
 pub(crate) mod target;
 pub(crate) mod users;

@@ -14,7 +14,7 @@ use warden_testkit::{
 use crate::{stderr, stdout, users, RULES};
 
 /// The client script, copied where the test users can read it.
-fn script() -> PathBuf {
+pub(crate) fn script() -> PathBuf {
     let original =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/python/warden_client.py");
     warden_testkit::shared_copy(&original).unwrap_or_else(|e| panic!("{e:#}"))
