@@ -9,18 +9,46 @@
 //! state for `wardenctl dump`.
 //!
 //! # Attacker model
-//! Install runs as root. It writes only below the root it is given, never
-//! follows a path it did not create into somebody else's file (it refuses
-//! to overwrite anything it did not create, except its own unit files),
-//! and never overwrites an existing configuration file.
+//! Install and uninstall run as root. Anything a less trusted account can
+//! write is input, not configuration: the service's state directory
+//! (`/var/lib/warden`, the `warden` account's), and an image somebody else
+//! prepared. So:
+//!
+//! - every file is reached from the root's directory descriptor with
+//!   [`warden_sys::Dir`]: one component at a time with
+//!   `openat(O_NOFOLLOW|O_DIRECTORY)`, written under a fresh
+//!   `O_CREAT|O_EXCL|O_NOFOLLOW` name, `fchmod`ed, `fsync`ed and
+//!   `renameat`ed into place, removed with `unlinkat`: no symlink is ever
+//!   followed, nothing outside the root is touched;
+//! - the root and every directory on the paths install writes or removes
+//!   must be owned by root (or the installing uid) and writable by nobody
+//!   else (group-writable only by gid 0), checked as each is opened and,
+//!   before anything is written, for all of them; `--allow-insecure-root`
+//!   ([`InstallOptions::allow_insecure_root`]) skips that check, never the
+//!   no-symlink rule;
+//! - the manifest lives in `var/lib/warden-install` (root, 0755), is
+//!   written root 0644, and is used only if it is still root's and not
+//!   writable by group or others, and if every entry is one of the names
+//!   install itself produces ([`known_files`], [`known_dirs`]: a closed
+//!   set computed from the constants install uses, not a pattern); a
+//!   manifest left at the old place inside the state directory
+//!   ([`LEGACY_MANIFEST_PATH`]) is used only under that last rule;
+//! - install never overwrites anything it did not create (except its own
+//!   unit files), and never an existing configuration file.
 
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use warden_policy::{Config, DEFAULT_CONFIG};
+use warden_sys::{
+    Dir, FileKind, Meta, OpenDirError, ReadFileError, RemoveDirOutcome, RemoveError, StatError,
+    WalkStep, WriteFileError,
+};
 
 pub mod wardend_cli;
 
@@ -34,12 +62,95 @@ pub const SERVICE_USER: &str = "warden";
 pub const SYSTEM_SOCKET: &str = "/run/warden/warden.sock";
 /// Where the configuration lives, relative to the root.
 pub const CONFIG_PATH: &str = "etc/warden/warden.toml";
-/// The install manifest, relative to the root.
-pub const MANIFEST_PATH: &str = "var/lib/warden/install-manifest.json";
+/// The install manifest, relative to the root: root 0644 in a root 0755
+/// directory of its own (not the service's state directory).
+pub const MANIFEST_PATH: &str = "var/lib/warden-install/manifest.json";
+/// Where older versions kept the manifest: inside the state directory the
+/// unit hands to the `warden` account, so whatever is there is untrusted.
+/// Uninstall (and install, migrating) accepts it only if every entry is a
+/// name install produces, and removes it.
+pub const LEGACY_MANIFEST_PATH: &str = "var/lib/warden/install-manifest.json";
+/// The largest manifest read (install writes a few hundred bytes).
+pub const MANIFEST_MAX_BYTES: u64 = 64 * 1024;
+/// The largest installed configuration file read.
+pub const CONFIG_MAX_BYTES: u64 = 1024 * 1024;
+
+/// The bash completion, relative to the root.
+pub const BASH_COMPLETION_PATH: &str = "usr/share/bash-completion/completions/wardenctl";
+/// The zsh completion.
+pub const ZSH_COMPLETION_PATH: &str = "usr/share/zsh/vendor-completions/_wardenctl";
+/// The fish completion.
+pub const FISH_COMPLETION_PATH: &str = "usr/share/fish/vendor_completions.d/wardenctl.fish";
+/// wardenctl's man page.
+pub const WARDENCTL_MAN_PATH: &str = "usr/share/man/man1/wardenctl.1";
+/// wardend's man page.
+pub const WARDEND_MAN_PATH: &str = "usr/share/man/man8/wardend.8";
+/// The generated documents install accepts in [`InstallOptions::extra`],
+/// and nothing else.
+pub const DOC_PATHS: [&str; 5] = [
+    BASH_COMPLETION_PATH,
+    ZSH_COMPLETION_PATH,
+    FISH_COMPLETION_PATH,
+    WARDENCTL_MAN_PATH,
+    WARDEND_MAN_PATH,
+];
 
 const UNIT_DIR: &str = "etc/systemd/system";
 const SYSUSERS_PATH: &str = "etc/sysusers.d/warden.conf";
 const TMPFILES_PATH: &str = "etc/tmpfiles.d/warden.conf";
+/// Mode of every directory install creates.
+const DIR_MODE: u32 = 0o755;
+/// Mode of every file install writes.
+const FILE_MODE: u32 = 0o644;
+
+fn unit_paths() -> [String; 4] {
+    [
+        format!("{UNIT_DIR}/{SERVICE_UNIT}"),
+        format!("{UNIT_DIR}/{SOCKET_UNIT}"),
+        SYSUSERS_PATH.to_owned(),
+        TMPFILES_PATH.to_owned(),
+    ]
+}
+
+/// Every file install may list in a manifest's `files`: the units, the
+/// sysusers.d and tmpfiles.d entries, the completions and man pages. (The
+/// configuration is not among them: it is tracked by `config_created` and
+/// removed only with `--purge`.)
+pub fn known_files() -> BTreeSet<String> {
+    unit_paths()
+        .into_iter()
+        .chain(DOC_PATHS.iter().map(|p| (*p).to_owned()))
+        .collect()
+}
+
+/// The proper ancestors of a root-relative path, shortest first.
+fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
+    rel.match_indices('/').map(move |(i, _)| &rel[..i])
+}
+
+/// The directories install may create: every ancestor of a file it writes
+/// (the known files, the configuration, the manifest).
+fn install_dirs() -> BTreeSet<String> {
+    let files = known_files();
+    let mut dirs = BTreeSet::new();
+    for f in files
+        .iter()
+        .map(String::as_str)
+        .chain([CONFIG_PATH, MANIFEST_PATH])
+    {
+        dirs.extend(ancestors(f).map(str::to_owned));
+    }
+    dirs
+}
+
+/// Every directory a manifest may list in `dirs`: those of
+/// [`install_dirs`], and the old manifest's directory, which older versions
+/// created (it is removed only if empty).
+pub fn known_dirs() -> BTreeSet<String> {
+    let mut dirs = install_dirs();
+    dirs.extend(ancestors(LEGACY_MANIFEST_PATH).map(str::to_owned));
+    dirs
+}
 
 /// A privilege the broker's unit grants, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -85,10 +196,26 @@ pub struct InstallOptions {
     /// A configuration file to install instead of the embedded default
     /// (only if none exists yet).
     pub config: Option<PathBuf>,
-    /// More files to install, root-relative path and contents (shell
+    /// More files to install, root-relative path and contents: the shell
     /// completions and man pages, generated by the CLI from its own
-    /// definitions); tracked and removed like the rest.
+    /// definitions, each at one of [`DOC_PATHS`] (any other path is
+    /// refused); tracked and removed like the rest.
     pub extra: Vec<(String, String)>,
+    /// Skip the owner and mode check of the root and the directories on
+    /// install's paths (`--allow-insecure-root`). Symlinks are still never
+    /// followed.
+    pub allow_insecure_root: bool,
+}
+
+/// What uninstall does.
+#[derive(Debug, Clone)]
+pub struct UninstallOptions {
+    /// The root install used.
+    pub root: PathBuf,
+    /// Also remove the configuration, if install created it.
+    pub purge: bool,
+    /// As [`InstallOptions::allow_insecure_root`].
+    pub allow_insecure_root: bool,
 }
 
 /// Why install or uninstall failed.
@@ -105,9 +232,30 @@ pub enum ServiceError {
         #[source]
         source: io::Error,
     },
+    /// A directory could not be reached without following a symlink.
+    #[error(transparent)]
+    Dir(#[from] OpenDirError),
+    /// A file could not be checked.
+    #[error(transparent)]
+    Stat(#[from] StatError),
+    /// A file could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadFileError),
+    /// A file could not be written.
+    #[error(transparent)]
+    Write(#[from] WriteFileError),
+    /// A file could not be removed.
+    #[error(transparent)]
+    Remove(#[from] RemoveError),
     /// The configuration to install is invalid.
     #[error("invalid configuration: {0}")]
     Config(#[from] warden_policy::ConfigError),
+    /// The installed configuration is not UTF-8 text.
+    #[error("the configuration {path} is not UTF-8 text")]
+    ConfigNotText {
+        /// The file.
+        path: PathBuf,
+    },
     /// Something not created by Warden is where install would write.
     #[error("refusing to overwrite {path}: it exists and was not created by wardenctl install (owner uid {owner}); move it away first")]
     Occupied {
@@ -115,6 +263,54 @@ pub enum ServiceError {
         path: PathBuf,
         /// Its owner.
         owner: u32,
+    },
+    /// The root, or a directory on install's paths, can be written by an
+    /// account other than root (or the installing uid).
+    #[error("refusing to use {path}: {reason} (owner uid {uid}, group gid {gid}, mode {mode:04o}), so another account could plant files or symlinks where install writes as root; make it owned by root and not writable by group or others (chown root:root, chmod go-w), or pass --allow-insecure-root if every account that can write there is trusted")]
+    InsecureDir {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// Its group.
+        gid: u32,
+        /// Its mode.
+        mode: u32,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The manifest at [`MANIFEST_PATH`] is not root's, or is writable by
+    /// group or others.
+    #[error("refusing the install manifest {path}: {reason} (owner uid {uid}, mode {mode:04o}); install writes it owned by root, mode 0644, and a manifest another account could have written cannot decide what root removes; check it, then fix its owner and mode or remove it")]
+    UntrustedManifest {
+        /// The manifest.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// Its mode.
+        mode: u32,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A manifest lists a path install never creates.
+    #[error("refusing the install manifest {path}: it lists the {kind} {entry:?}, which is not one install creates{note}; nothing was changed")]
+    UnknownEntry {
+        /// The manifest.
+        path: PathBuf,
+        /// "file" or "directory".
+        kind: &'static str,
+        /// The entry, as written.
+        entry: String,
+        /// More for a manifest at the old place.
+        note: &'static str,
+    },
+    /// Install was asked to write a file it does not know.
+    #[error("refusing to install {path}: not one of the files install writes ({known})")]
+    UnknownFile {
+        /// The root-relative path asked for.
+        path: String,
+        /// The paths accepted.
+        known: String,
     },
     /// The manifest cannot be read.
     #[error("the install manifest {path} is unreadable: {reason}")]
@@ -137,9 +333,10 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Ser
 /// What install created, so uninstall removes exactly that.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Manifest {
-    /// Files created (root-relative).
+    /// Files created (root-relative; each one of [`known_files`]).
     pub files: Vec<String>,
-    /// Directories created (root-relative), parents first.
+    /// Directories created (root-relative, each one of [`known_dirs`]),
+    /// parents first.
     pub dirs: Vec<String>,
     /// True if install wrote the configuration file.
     pub config_created: bool,
@@ -291,132 +488,357 @@ fn tmpfiles() -> String {
     )
 }
 
-fn read_manifest(root: &Path) -> Result<Option<Manifest>, ServiceError> {
-    let path = root.join(MANIFEST_PATH);
-    match fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| ServiceError::Manifest {
-                path,
-                reason: e.to_string(),
-            }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err("reading", &path)(e)),
-    }
-}
+const LEGACY_NOTE: &str = " (a manifest at the old place, inside the state directory the warden service account owns, is trusted only if every entry is a name install uses: check it, and remove it by hand)";
 
-/// Creates the directories of `rel` below `root` that are missing,
-/// recording them.
-fn ensure_parent(root: &Path, rel: &str, manifest: &mut Manifest) -> Result<(), ServiceError> {
-    let mut cur = root.to_path_buf();
-    let mut rel_cur = PathBuf::new();
-    let parent = Path::new(rel).parent().unwrap_or(Path::new(""));
-    for c in parent.components() {
-        cur.push(c);
-        rel_cur.push(c);
-        match fs::symlink_metadata(&cur) {
-            Ok(m) if m.is_dir() => {}
-            Ok(m) => {
-                return Err(ServiceError::Occupied {
-                    path: cur,
-                    owner: m.uid(),
-                })
-            }
-            Err(_) => {
-                fs::create_dir(&cur).map_err(io_err("creating", &cur))?;
-                fs::set_permissions(&cur, fs::Permissions::from_mode(0o755))
-                    .map_err(io_err("setting the mode of", &cur))?;
-                manifest.dirs.push(rel_cur.display().to_string());
+impl Manifest {
+    /// The first entry that is not one of the names install produces:
+    /// `(kind, entry)`. Entries are compared as whole strings with the
+    /// closed sets [`known_files`] and [`known_dirs`], so an absolute path,
+    /// a `..`, or any other file is never accepted.
+    pub fn unknown_entry(&self) -> Option<(&'static str, &str)> {
+        let files = known_files();
+        let dirs = known_dirs();
+        self.files
+            .iter()
+            .find(|f| !files.contains(f.as_str()))
+            .map(|f| ("file", f.as_str()))
+            .or_else(|| {
+                self.dirs
+                    .iter()
+                    .find(|d| !dirs.contains(d.as_str()))
+                    .map(|d| ("directory", d.as_str()))
+            })
+    }
+
+    /// Adds `other`'s entries (deduplicated, in order).
+    fn merge(&mut self, other: &Manifest) {
+        for f in &other.files {
+            if !self.files.contains(f) {
+                self.files.push(f.clone());
             }
         }
+        for d in &other.dirs {
+            if !self.dirs.contains(d) {
+                self.dirs.push(d.clone());
+            }
+        }
+        self.config_created |= other.config_created;
     }
-    Ok(())
 }
 
-fn write_file(
-    root: &Path,
-    rel: &str,
-    text: &str,
-    mode: u32,
-    previous: &Manifest,
-    manifest: &mut Manifest,
-) -> Result<(), ServiceError> {
-    ensure_parent(root, rel, manifest)?;
-    let path = root.join(rel);
-    if let Ok(m) = fs::symlink_metadata(&path) {
-        if !previous.files.iter().any(|f| f == rel) || !m.is_file() {
-            return Err(ServiceError::Occupied {
+/// Why a directory is not trusted, if it is not: owned by someone other
+/// than root or `me`, writable by others, or writable by a group other
+/// than root's.
+fn distrust(meta: &Meta, me: u32) -> Option<String> {
+    if meta.uid != 0 && meta.uid != me {
+        return Some(if me == 0 {
+            format!("it is owned by uid {}, not root", meta.uid)
+        } else {
+            format!(
+                "it is owned by uid {}, neither root nor you (uid {me})",
+                meta.uid
+            )
+        });
+    }
+    if meta.mode & 0o002 != 0 {
+        return Some("it is writable by others".to_owned());
+    }
+    if meta.mode & 0o020 != 0 && meta.gid != 0 {
+        return Some(format!(
+            "it is writable by its group (gid {}), which is not root's",
+            meta.gid
+        ));
+    }
+    None
+}
+
+/// An install root, open, with the rule for the directories below it.
+struct InstallRoot {
+    dir: Dir,
+    /// The installing uid (trusted besides root).
+    me: u32,
+    /// False with `--allow-insecure-root` (and for the read-only report).
+    check: bool,
+}
+
+impl InstallRoot {
+    fn open(path: &Path, allow_insecure: bool) -> Result<InstallRoot, ServiceError> {
+        let root = InstallRoot {
+            dir: Dir::open(path)?,
+            me: warden_sys::effective_uid(),
+            check: !allow_insecure,
+        };
+        root.check_dir(root.dir.path(), &root.dir.meta()?)?;
+        Ok(root)
+    }
+
+    fn check_dir(&self, path: &Path, meta: &Meta) -> Result<(), ServiceError> {
+        if !self.check {
+            return Ok(());
+        }
+        match distrust(meta, self.me) {
+            None => Ok(()),
+            Some(reason) => Err(ServiceError::InsecureDir {
+                path: path.to_owned(),
+                uid: meta.uid,
+                gid: meta.gid,
+                mode: meta.mode,
+                reason,
+            }),
+        }
+    }
+
+    fn walk(&self, rel: &Path, created: Option<&mut Vec<String>>) -> Result<Dir, ServiceError> {
+        let create = created.is_some().then_some(DIR_MODE);
+        let mut created = created;
+        self.dir.walk(rel, create, |s: &WalkStep<'_>| {
+            self.check_dir(s.dir.path(), &s.meta)?;
+            if let (true, Some(list)) = (s.created, created.as_deref_mut()) {
+                let rel = s.rel.display().to_string();
+                if !list.contains(&rel) {
+                    list.push(rel);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The directory holding `rel`, walked (and checked) from the root, and
+    /// `rel`'s last component; missing directories are created 0755 and
+    /// recorded in `created`.
+    fn parent_create<'a>(
+        &self,
+        rel: &'a str,
+        created: &mut Vec<String>,
+    ) -> Result<(Dir, &'a OsStr), ServiceError> {
+        let (dir, name) = split(rel);
+        Ok((self.walk(Path::new(dir), Some(created))?, name))
+    }
+
+    /// The directory holding `rel`, or `None` if a directory on the way is
+    /// missing.
+    fn parent<'a>(&self, rel: &'a str) -> Result<Option<(Dir, &'a OsStr)>, ServiceError> {
+        let (dir, name) = split(rel);
+        match self.walk(Path::new(dir), None) {
+            Ok(d) => Ok(Some((d, name))),
+            Err(ServiceError::Dir(OpenDirError::Missing { .. })) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every directory install may create, checked where it exists,
+    /// before anything is written or removed.
+    fn preflight(&self) -> Result<(), ServiceError> {
+        for d in install_dirs() {
+            match self.walk(Path::new(&d), None) {
+                Ok(_) | Err(ServiceError::Dir(OpenDirError::Missing { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the file `rel` (never through a symlink), or `None`.
+    fn read(&self, rel: &str, max: u64) -> Result<Option<(Vec<u8>, Meta)>, ServiceError> {
+        match self.parent(rel)? {
+            Some((dir, name)) => Ok(dir.read_file(name, max)?),
+            None => Ok(None),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The manifest at [`MANIFEST_PATH`], if it is root's, not writable by
+    /// group or others, and lists only names install produces.
+    fn manifest(&self) -> Result<Option<Manifest>, ServiceError> {
+        let path = self.path(MANIFEST_PATH);
+        let Some((bytes, meta)) = self.read(MANIFEST_PATH, MANIFEST_MAX_BYTES)? else {
+            return Ok(None);
+        };
+        let reason = if meta.uid != 0 && meta.uid != self.me {
+            Some("it is not owned by root")
+        } else if meta.mode & 0o022 != 0 {
+            Some("it is writable by group or others")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(ServiceError::UntrustedManifest {
                 path,
-                owner: m.uid(),
+                uid: meta.uid,
+                mode: meta.mode,
+                reason,
             });
         }
+        parse_manifest(&bytes, path, "").map(Some)
     }
-    let tmp = path.with_extension("wardenctl-tmp");
-    fs::write(&tmp, text).map_err(io_err("writing", &tmp))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
-        .map_err(io_err("setting the mode of", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err("installing", &path))?;
-    manifest.files.push(rel.to_owned());
-    Ok(())
+
+    /// The directory of [`LEGACY_MANIFEST_PATH`] (the service's state
+    /// directory): its parents are walked and checked, it is opened
+    /// without following a symlink, but its owner is not checked (it is
+    /// the service account's).
+    fn legacy_dir(&self) -> Result<Option<(Dir, &'static OsStr)>, ServiceError> {
+        let (dir, name) = split(LEGACY_MANIFEST_PATH);
+        let (parent, last) = split(dir);
+        let Some(p) = (match self.walk(Path::new(parent), None) {
+            Ok(d) => Some(d),
+            Err(ServiceError::Dir(OpenDirError::Missing { .. })) => None,
+            Err(e) => return Err(e),
+        }) else {
+            return Ok(None);
+        };
+        Ok(p.open_dir_nofollow(last)?.map(|d| (d, name)))
+    }
+
+    /// A manifest at the old place, accepted only if every entry is a name
+    /// install produces.
+    fn legacy_manifest(&self) -> Result<Option<Manifest>, ServiceError> {
+        let Some((dir, name)) = self.legacy_dir()? else {
+            return Ok(None);
+        };
+        let Some((bytes, _)) = dir.read_file(name, MANIFEST_MAX_BYTES)? else {
+            return Ok(None);
+        };
+        parse_manifest(&bytes, self.path(LEGACY_MANIFEST_PATH), LEGACY_NOTE).map(Some)
+    }
+
+    /// Both manifests, merged; `None` if there is neither.
+    fn manifests(&self) -> Result<(Option<Manifest>, bool), ServiceError> {
+        let current = self.manifest()?;
+        let legacy = self.legacy_manifest()?;
+        let had_legacy = legacy.is_some();
+        let merged = match (current, legacy) {
+            (None, None) => None,
+            (Some(m), None) | (None, Some(m)) => Some(m),
+            (Some(mut m), Some(l)) => {
+                m.merge(&l);
+                Some(m)
+            }
+        };
+        Ok((merged, had_legacy))
+    }
+
+    /// Removes the old-place manifest; its path if it was there.
+    fn remove_legacy_manifest(&self) -> Result<Option<PathBuf>, ServiceError> {
+        match self.legacy_dir()? {
+            Some((dir, name)) if dir.unlink(name)? => Ok(Some(dir.path().join(name))),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// `rel`'s directory and last component (`("", rel)` for a top-level name).
+fn split(rel: &str) -> (&str, &OsStr) {
+    match rel.rsplit_once('/') {
+        Some((dir, name)) => (dir, OsStr::new(name)),
+        None => ("", OsStr::new(rel)),
+    }
+}
+
+fn parse_manifest(
+    bytes: &[u8],
+    path: PathBuf,
+    note: &'static str,
+) -> Result<Manifest, ServiceError> {
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| ServiceError::Manifest {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    if let Some((kind, entry)) = m.unknown_entry() {
+        return Err(ServiceError::UnknownEntry {
+            path,
+            kind,
+            entry: entry.to_owned(),
+            note,
+        });
+    }
+    Ok(m)
 }
 
 /// Installs the units, the sysusers.d and tmpfiles.d entries, and (if none
 /// exists) the configuration, below `opts.root`. Idempotent: running it
-/// again rewrites what it created before. Returns the manifest.
+/// again rewrites what it created before. A manifest at the old place is
+/// migrated (read under the known-names rule, then removed). Returns the
+/// manifest.
 ///
 /// # Errors
-/// [`ServiceError`] for an invalid configuration, something in the way
-/// that install did not create, or a failing file operation.
+/// [`ServiceError`] for an invalid configuration, an insecure root or
+/// directory ([`ServiceError::InsecureDir`]), a symlink on the way,
+/// something in the way that install did not create, an untrusted or
+/// unknown-entry manifest, or a failing file operation. The checks of every
+/// directory and of the manifests come before anything is written.
 pub fn install(
     opts: &InstallOptions,
     resolver: &dyn warden_policy::Resolver,
 ) -> Result<Manifest, ServiceError> {
-    let root = &opts.root;
-    let previous = read_manifest(root)?.unwrap_or_default();
+    for (rel, _) in &opts.extra {
+        if !DOC_PATHS.contains(&rel.as_str()) {
+            return Err(ServiceError::UnknownFile {
+                path: rel.clone(),
+                known: DOC_PATHS.join(", "),
+            });
+        }
+    }
+    let root = InstallRoot::open(&opts.root, opts.allow_insecure_root)?;
+    root.preflight()?;
+    let (previous, had_legacy) = root.manifests()?;
+    let previous = previous.unwrap_or_default();
     let mut manifest = Manifest {
         dirs: previous.dirs.clone(),
         config_created: previous.config_created,
         ..Manifest::default()
     };
-    let config_path = root.join(CONFIG_PATH);
-    let config_text = match fs::read_to_string(&config_path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+    let config_path = root.path(CONFIG_PATH);
+    let config_text = match root.read(CONFIG_PATH, CONFIG_MAX_BYTES)? {
+        Some((bytes, _)) => String::from_utf8(bytes).map_err(|_| ServiceError::ConfigNotText {
+            path: config_path.clone(),
+        })?,
+        None => {
             let text = match &opts.config {
                 Some(p) => fs::read_to_string(p).map_err(io_err("reading", p))?,
                 None => default_installed_config(),
             };
             // Validate before writing anything.
             Config::parse(&text, &config_path.display().to_string(), resolver)?;
-            ensure_parent(root, CONFIG_PATH, &mut manifest)?;
-            fs::write(&config_path, &text).map_err(io_err("writing", &config_path))?;
-            fs::set_permissions(&config_path, fs::Permissions::from_mode(0o644))
-                .map_err(io_err("setting the mode of", &config_path))?;
+            let (dir, name) = root.parent_create(CONFIG_PATH, &mut manifest.dirs)?;
+            dir.create_file_atomic(name, text.as_bytes(), FILE_MODE)?;
             manifest.config_created = true;
             text
         }
-        Err(e) => return Err(io_err("reading", &config_path)(e)),
     };
     let config = Config::parse(&config_text, &format!("/{CONFIG_PATH}"), resolver)?;
+    let [service, socket, sysusers_path, tmpfiles_path] = unit_paths();
     let units: [(String, String); 4] = [
-        (
-            format!("{UNIT_DIR}/{SERVICE_UNIT}"),
-            service_unit(&config, &opts.wardend),
-        ),
-        (format!("{UNIT_DIR}/{SOCKET_UNIT}"), socket_unit(&config)),
-        (SYSUSERS_PATH.to_owned(), sysusers()),
-        (TMPFILES_PATH.to_owned(), tmpfiles()),
+        (service, service_unit(&config, &opts.wardend)),
+        (socket, socket_unit(&config)),
+        (sysusers_path, sysusers()),
+        (tmpfiles_path, tmpfiles()),
     ];
     for (rel, text) in units.iter().chain(opts.extra.iter()) {
-        write_file(root, rel, text, 0o644, &previous, &mut manifest)?;
+        let (dir, name) = root.parent_create(rel, &mut manifest.dirs)?;
+        if let Some(m) = dir.stat_at(name)? {
+            if !previous.files.iter().any(|f| f == rel) || m.kind != FileKind::Regular {
+                return Err(ServiceError::Occupied {
+                    path: dir.path().join(name),
+                    owner: m.uid,
+                });
+            }
+        }
+        dir.write_file_atomic(name, text.as_bytes(), FILE_MODE)?;
+        manifest.files.push(rel.clone());
     }
-    ensure_parent(root, MANIFEST_PATH, &mut manifest)?;
-    let mpath = root.join(MANIFEST_PATH);
+    // The manifest's directory first, so the list includes it if created.
+    let (dir, name) = root.parent_create(MANIFEST_PATH, &mut manifest.dirs)?;
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| ServiceError::Manifest {
-        path: mpath.clone(),
+        path: root.path(MANIFEST_PATH),
         reason: e.to_string(),
     })?;
-    fs::write(&mpath, text).map_err(io_err("writing", &mpath))?;
+    dir.write_file_atomic(name, text.as_bytes(), FILE_MODE)?;
+    if had_legacy {
+        root.remove_legacy_manifest()?;
+    }
     Ok(manifest)
 }
 
@@ -425,34 +847,43 @@ pub fn install(
 /// finds no manifest and does nothing. Returns the paths removed.
 ///
 /// # Errors
-/// [`ServiceError`] for an unreadable manifest or a failing removal.
-pub fn uninstall(root: &Path, purge: bool) -> Result<Vec<PathBuf>, ServiceError> {
-    let Some(manifest) = read_manifest(root)? else {
+/// [`ServiceError`] for an insecure root or directory, a symlink on the
+/// way, an unreadable or untrusted manifest, a manifest entry that is not a
+/// name install produces (naming it), or a failing removal. Every check
+/// comes before anything is removed.
+pub fn uninstall(opts: &UninstallOptions) -> Result<Vec<PathBuf>, ServiceError> {
+    let root = InstallRoot::open(&opts.root, opts.allow_insecure_root)?;
+    let (Some(manifest), had_legacy) = root.manifests()? else {
         return Ok(Vec::new());
     };
+    root.preflight()?;
     let mut removed = Vec::new();
-    let mut remove = |path: PathBuf| -> Result<(), ServiceError> {
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                removed.push(path);
-                Ok(())
+    let mut remove = |rel: &str| -> Result<(), ServiceError> {
+        if let Some((dir, name)) = root.parent(rel)? {
+            if dir.unlink(name)? {
+                removed.push(dir.path().join(name));
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("removing", &path)(e)),
         }
+        Ok(())
     };
     for f in &manifest.files {
-        remove(root.join(f))?;
+        remove(f)?;
     }
-    if purge && manifest.config_created {
-        remove(root.join(CONFIG_PATH))?;
+    if opts.purge && manifest.config_created {
+        remove(CONFIG_PATH)?;
     }
-    remove(root.join(MANIFEST_PATH))?;
-    for d in manifest.dirs.iter().rev() {
-        let path = root.join(d);
-        // Only if empty: anything else in it is not ours to delete.
-        if fs::remove_dir(&path).is_ok() {
-            removed.push(path);
+    remove(MANIFEST_PATH)?;
+    if had_legacy {
+        removed.extend(root.remove_legacy_manifest()?);
+    }
+    // Deepest first; each only if empty: anything else in it is not ours.
+    let mut dirs: Vec<&String> = manifest.dirs.iter().collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+    for d in dirs {
+        if let Some((dir, name)) = root.parent(d)? {
+            if dir.remove_dir(name)? == RemoveDirOutcome::Removed {
+                removed.push(dir.path().join(name));
+            }
         }
     }
     Ok(removed)
@@ -528,15 +959,26 @@ pub fn installed_state(
     root: &Path,
     resolver: &dyn warden_policy::Resolver,
 ) -> Result<InstalledState, ServiceError> {
-    let manifest = read_manifest(root)?;
-    let rels = [
-        format!("{UNIT_DIR}/{SERVICE_UNIT}"),
-        format!("{UNIT_DIR}/{SOCKET_UNIT}"),
-        SYSUSERS_PATH.to_owned(),
-        TMPFILES_PATH.to_owned(),
-        CONFIG_PATH.to_owned(),
-        MANIFEST_PATH.to_owned(),
-    ];
+    // A report: nothing is written, so the root's owner and mode are shown
+    // (in `paths`), not enforced; files are still read without following
+    // symlinks.
+    let tree = InstallRoot::open(root, true)?;
+    let exists = |rel: &str| -> Result<bool, ServiceError> {
+        Ok(match tree.parent(rel) {
+            Ok(Some((dir, name))) => dir.stat_at(name)?.is_some(),
+            Ok(None) => false,
+            // A symlinked or odd directory on the way: not an install.
+            Err(ServiceError::Dir(_)) => false,
+            Err(e) => return Err(e),
+        })
+    };
+    let legacy = exists(LEGACY_MANIFEST_PATH)?;
+    let installed = exists(MANIFEST_PATH)? || legacy;
+    let mut rels: Vec<String> = unit_paths().into();
+    rels.extend([CONFIG_PATH.to_owned(), MANIFEST_PATH.to_owned()]);
+    if legacy {
+        rels.push(LEGACY_MANIFEST_PATH.to_owned());
+    }
     let paths = rels
         .iter()
         .map(|rel| {
@@ -552,13 +994,17 @@ pub fn installed_state(
         })
         .collect();
     let config_path = root.join(CONFIG_PATH);
-    let config = if config_path.exists() {
-        Config::load(&config_path, resolver)?
-    } else {
-        Config::embedded_default(resolver)?
+    let config = match tree.read(CONFIG_PATH, CONFIG_MAX_BYTES)? {
+        Some((bytes, _)) => {
+            let text = String::from_utf8(bytes).map_err(|_| ServiceError::ConfigNotText {
+                path: config_path.clone(),
+            })?;
+            Config::parse(&text, &config_path.display().to_string(), resolver)?
+        }
+        None => Config::embedded_default(resolver)?,
     };
     Ok(InstalledState {
-        installed: manifest.is_some(),
+        installed,
         paths,
         config_source: config.source.clone(),
         capabilities: capabilities(&config),
@@ -610,6 +1056,160 @@ mod tests {
             !unit.contains("PrivateUsers=yes"),
             "a user namespace would hide callers' uids"
         );
+    }
+
+    fn meta(uid: u32, gid: u32, mode: u32) -> Meta {
+        Meta {
+            kind: FileKind::Directory,
+            uid,
+            gid,
+            mode,
+        }
+    }
+
+    #[test]
+    fn the_known_names_are_plain_relative_paths_and_nothing_else_is_accepted() {
+        let files = known_files();
+        let dirs = known_dirs();
+        assert_eq!(files.len(), 9, "{files:?}");
+        for n in files.iter().chain(dirs.iter()) {
+            assert!(
+                !n.starts_with('/') && !n.ends_with('/') && !n.is_empty(),
+                "{n}"
+            );
+            assert!(
+                n.split('/').all(|c| !c.is_empty() && c != "." && c != ".."),
+                "{n}"
+            );
+        }
+        // Every ancestor of what install writes, and the old manifest's
+        // directory; not the files themselves.
+        for d in [
+            "etc",
+            "etc/warden",
+            "etc/systemd/system",
+            "var/lib/warden-install",
+            "var/lib/warden",
+            "usr/share/man/man8",
+        ] {
+            assert!(dirs.contains(d), "{d}");
+        }
+        assert!(!dirs.contains("var/lib/warden-install/manifest.json"));
+        let bad_files = [
+            "../victim",
+            "../../etc/shadow",
+            "/etc/shadow",
+            "etc/passwd",
+            "etc/systemd/system/../../../victim",
+            "./etc/systemd/system/warden.service",
+            "etc/systemd/system//warden.service",
+            "etc/systemd/system/warden.service/",
+            CONFIG_PATH,
+            MANIFEST_PATH,
+            "",
+        ];
+        for bad in bad_files {
+            let m = Manifest {
+                files: vec![format!("{UNIT_DIR}/{SERVICE_UNIT}"), bad.to_owned()],
+                ..Manifest::default()
+            };
+            assert_eq!(m.unknown_entry(), Some(("file", bad)), "{bad:?}");
+        }
+        for bad in ["..", "/", "/var/lib", "var/lib/..", "tmp", "home/user"] {
+            let m = Manifest {
+                dirs: vec!["etc".to_owned(), bad.to_owned()],
+                ..Manifest::default()
+            };
+            assert_eq!(m.unknown_entry(), Some(("directory", bad)), "{bad:?}");
+        }
+        let all = Manifest {
+            files: files.iter().cloned().collect(),
+            dirs: dirs.iter().cloned().collect(),
+            config_created: true,
+        };
+        assert_eq!(all.unknown_entry(), None);
+    }
+
+    #[test]
+    fn a_directory_is_trusted_only_if_root_or_the_installer_alone_can_write_it() {
+        assert_eq!(distrust(&meta(0, 0, 0o755), 0), None);
+        assert_eq!(distrust(&meta(0, 0, 0o700), 0), None);
+        // Group-writable by root's group: only root writes.
+        assert_eq!(distrust(&meta(0, 0, 0o775), 0), None);
+        let refused = [
+            (meta(0, 0, 0o777), "writable by others"),
+            (meta(0, 0, 0o1777), "writable by others"),
+            (meta(0, 1000, 0o775), "writable by its group (gid 1000)"),
+            (meta(1000, 1000, 0o755), "owned by uid 1000, not root"),
+        ];
+        for (m, why) in refused {
+            let r = distrust(&m, 0);
+            assert!(
+                r.as_deref().is_some_and(|r| r.contains(why)),
+                "{m:?}: {r:?}"
+            );
+        }
+        // A non-root installer trusts its own directories too.
+        assert_eq!(distrust(&meta(1000, 1000, 0o755), 1000), None);
+        assert!(distrust(&meta(1001, 1001, 0o755), 1000).is_some());
+    }
+
+    /// A fresh directory under the temp dir, owned by whoever runs the test
+    /// (trusted: root or the installing uid), mode 0755.
+    fn temp_root(tag: &str) -> Result<PathBuf, Box<dyn std::error::Error>> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = std::env::temp_dir().join(format!("warden-service-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir(&p)?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
+        Ok(p)
+    }
+
+    #[test]
+    fn install_then_uninstall_with_purge_leaves_the_root_as_it_was(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let root = temp_root("roundtrip")?;
+        let opts = InstallOptions {
+            root: root.clone(),
+            wardend: PathBuf::from("/usr/bin/wardend"),
+            config: None,
+            extra: vec![(WARDEND_MAN_PATH.to_owned(), "man".to_owned())],
+            allow_insecure_root: false,
+        };
+        let m = install(&opts, &StaticResolver::default())?;
+        assert!(m.config_created);
+        assert_eq!(m.unknown_entry(), None);
+        assert!(
+            m.dirs.contains(&"var/lib/warden-install".to_owned()),
+            "{m:?}"
+        );
+        assert_eq!(fs::read_to_string(root.join(WARDEND_MAN_PATH))?, "man");
+        let mode = fs::symlink_metadata(root.join(MANIFEST_PATH))?.mode() & 0o7777;
+        assert_eq!(mode, 0o644);
+        // Idempotent.
+        let again = install(&opts, &StaticResolver::default())?;
+        assert_eq!(again.files, m.files);
+        // A file install does not know is refused before anything is written.
+        let mut odd = opts.clone();
+        odd.extra = vec![("etc/passwd".to_owned(), "x".to_owned())];
+        assert!(matches!(
+            install(&odd, &StaticResolver::default()),
+            Err(ServiceError::UnknownFile { .. })
+        ));
+        assert!(!root.join("etc/passwd").exists());
+        let removed = uninstall(&UninstallOptions {
+            root: root.clone(),
+            purge: true,
+            allow_insecure_root: false,
+        })?;
+        assert!(removed.contains(&root.join(MANIFEST_PATH)), "{removed:?}");
+        assert_eq!(
+            fs::read_dir(&root)?.count(),
+            0,
+            "everything install made is gone"
+        );
+        fs::remove_dir(&root)?;
+        Ok(())
     }
 }
 

@@ -11,8 +11,9 @@
 //! socket path, plant symlinks, swap directories in world-writable places),
 //! connect and disconnect at will, send file descriptors, and exit so that
 //! its pid is reused. The functions here never follow a symlink on the
-//! socket path, never remove what they did not verify as the broker's own,
-//! and capture a caller's identity once, from the kernel, failing closed.
+//! socket path or below a [`Dir`], never remove what they did not verify as
+//! the broker's own, and capture a caller's identity once, from the kernel,
+//! failing closed.
 #![cfg_attr(not(target_os = "linux"), allow(unused))]
 
 #[cfg(target_os = "linux")]
@@ -26,6 +27,11 @@ pub use linux::client::{connect_unix, verify_server, ServerCheckError, ServerTru
 pub use linux::endpoint::{bind_secure, BoundEndpoint, EndpointError, EndpointSpec};
 #[cfg(target_os = "linux")]
 pub use linux::fds::recv_reject_fds;
+#[cfg(target_os = "linux")]
+pub use linux::fs_at::{
+    Dir, FileKind, Meta, OpenDirError, ReadFileError, RemoveDirOutcome, RemoveError, StatError,
+    WalkStep, WriteFileError, TEMP_NAME_ATTEMPTS,
+};
 #[cfg(target_os = "linux")]
 pub use linux::identity::{peer_identity, server_uid, PeerIdentity, PeerIdentityError};
 #[cfg(target_os = "linux")]

@@ -228,6 +228,11 @@ enum Command {
         /// (default: the wardend next to this wardenctl). Nothing is copied.
         #[arg(long, value_name = "PATH")]
         wardend: Option<PathBuf>,
+        /// Install even if the root, or a directory on the paths install
+        /// writes, is not root's or is writable by group or others (an
+        /// image another account can write). Symlinks are still refused.
+        #[arg(long)]
+        allow_insecure_root: bool,
     },
     /// Remove what install created (configuration kept unless --purge).
     Uninstall {
@@ -237,6 +242,11 @@ enum Command {
         /// Also remove the configuration install created.
         #[arg(long)]
         purge: bool,
+        /// Uninstall even if the root, or a directory on the paths
+        /// uninstall removes from, is not root's or is writable by group or
+        /// others. Symlinks are still refused.
+        #[arg(long)]
+        allow_insecure_root: bool,
     },
     /// Show what is installed, the effective configuration and privileges,
     /// and the running broker's status if it answers.
@@ -484,15 +494,9 @@ fn generated_docs() -> Result<Vec<(String, String)>, String> {
     use clap_complete::Shell;
     let mut out = Vec::new();
     for (shell, path) in [
-        (
-            Shell::Bash,
-            "usr/share/bash-completion/completions/wardenctl",
-        ),
-        (Shell::Zsh, "usr/share/zsh/vendor-completions/_wardenctl"),
-        (
-            Shell::Fish,
-            "usr/share/fish/vendor_completions.d/wardenctl.fish",
-        ),
+        (Shell::Bash, warden_service::BASH_COMPLETION_PATH),
+        (Shell::Zsh, warden_service::ZSH_COMPLETION_PATH),
+        (Shell::Fish, warden_service::FISH_COMPLETION_PATH),
     ] {
         let mut buf = Vec::new();
         clap_complete::generate(shell, &mut Cli::command(), "wardenctl", &mut buf);
@@ -507,11 +511,11 @@ fn generated_docs() -> Result<Vec<(String, String)>, String> {
         Ok(String::from_utf8_lossy(&buf).into_owned())
     };
     out.push((
-        "usr/share/man/man1/wardenctl.1".to_owned(),
+        warden_service::WARDENCTL_MAN_PATH.to_owned(),
         man(Cli::command(), "1")?,
     ));
     out.push((
-        "usr/share/man/man8/wardend.8".to_owned(),
+        warden_service::WARDEND_MAN_PATH.to_owned(),
         man(warden_service::wardend_cli::Args::command(), "8")?,
     ));
     Ok(out)
@@ -547,6 +551,7 @@ fn run_local(cli: &Cli) -> Option<Result<(), Failure>> {
             root,
             config,
             wardend,
+            allow_insecure_root,
         } => Some((|| {
             let wardend = match wardend {
                 Some(p) => p.clone(),
@@ -560,6 +565,7 @@ fn run_local(cli: &Cli) -> Option<Result<(), Failure>> {
                 wardend,
                 config: config.clone(),
                 extra: generated_docs().map_err(Failure::Operation)?,
+                allow_insecure_root: *allow_insecure_root,
             };
             let manifest = warden_service::install(&opts, &SystemResolver).map_err(failed)?;
             if cli.json {
@@ -591,7 +597,11 @@ fn run_local(cli: &Cli) -> Option<Result<(), Failure>> {
             }
             Ok(())
         })()),
-        Command::Uninstall { root, purge } => Some((|| {
+        Command::Uninstall {
+            root,
+            purge,
+            allow_insecure_root,
+        } => Some((|| {
             if systemd_running(root) {
                 let _ = run_systemctl(&[
                     "disable",
@@ -600,7 +610,12 @@ fn run_local(cli: &Cli) -> Option<Result<(), Failure>> {
                     warden_service::SERVICE_UNIT,
                 ]);
             }
-            let removed = warden_service::uninstall(root, *purge).map_err(failed)?;
+            let removed = warden_service::uninstall(&warden_service::UninstallOptions {
+                root: root.clone(),
+                purge: *purge,
+                allow_insecure_root: *allow_insecure_root,
+            })
+            .map_err(failed)?;
             if systemd_running(root) {
                 run_systemctl(&["daemon-reload"])?;
             }

@@ -367,3 +367,562 @@ fn completions_are_printed_for_each_shell() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Attacks on install and uninstall (issue 11, items 2 and 3). Each runs the
+// real wardenctl as root against a root that a test user (the attacker:
+// "the compromised service account", or whoever prepared the image) could
+// write to.
+
+/// The files install writes besides the configuration and the manifest.
+const INSTALLED: [&str; 9] = [
+    "etc/systemd/system/warden.service",
+    "etc/systemd/system/warden.socket",
+    "etc/sysusers.d/warden.conf",
+    "etc/tmpfiles.d/warden.conf",
+    "usr/share/bash-completion/completions/wardenctl",
+    "usr/share/zsh/vendor-completions/_wardenctl",
+    "usr/share/fish/vendor_completions.d/wardenctl.fish",
+    "usr/share/man/man1/wardenctl.1",
+    "usr/share/man/man8/wardend.8",
+];
+const NEW_MANIFEST: &str = "var/lib/warden-install/manifest.json";
+const OLD_MANIFEST: &str = "var/lib/warden/install-manifest.json";
+
+/// A fresh root-owned 0755 directory under the temp dir.
+fn fresh_dir(tag: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let d = std::env::temp_dir().join(format!("wdn-attack-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir(&d)?;
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+    Ok(d)
+}
+
+fn chmod(p: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn mode_of(p: &Path) -> anyhow::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::symlink_metadata(p)?.mode() & 0o7777)
+}
+
+/// A 0600 file owned by `user`, with `text`.
+fn victim_file(p: &Path, user: &warden_testkit::TestUser, text: &str) -> anyhow::Result<()> {
+    std::fs::write(p, text)?;
+    std::os::unix::fs::chown(p, Some(user.uid), Some(user.gid))?;
+    chmod(p, 0o600)?;
+    Ok(())
+}
+
+/// Runs `sh -c script` as `user` (arguments are `$1`, `$2`, ...).
+fn sh_as(
+    user: &warden_testkit::TestUser,
+    script: &str,
+    args: &[&str],
+) -> anyhow::Result<std::process::Output> {
+    let mut cmd = warden_testkit::command_as(user, Path::new("/bin/sh"));
+    cmd.arg("-c").arg(script).arg("sh").args(args);
+    output_with_timeout(&mut cmd, Duration::from_secs(30))
+}
+
+fn chown_tree(p: &Path, user: &warden_testkit::TestUser) -> anyhow::Result<()> {
+    let st = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{}:{}", user.uid, user.gid))
+        .arg(p)
+        .status()?;
+    anyhow::ensure!(st.success(), "chown -R {}", p.display());
+    Ok(())
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_ok(o: &std::process::Output, what: &str) {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(o)
+    );
+}
+
+/// Asserts wardenctl refused (exit 1) and its message contains every needle.
+fn assert_refused(o: &std::process::Output, what: &str, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{what}: expected a refusal: {err}"
+    );
+    for n in needles {
+        assert!(
+            err.contains(n),
+            "{what}: the message must name {n:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_tampered_manifest_cannot_make_uninstall_delete_outside_the_root() -> anyhow::Result<()> {
+    if !warden_testkit::require_root(
+        "a_tampered_manifest_cannot_make_uninstall_delete_outside_the_root",
+    ) {
+        return Ok(());
+    }
+    let (_, bob, _) = warden_testkit::test_users()?;
+    let base = fresh_dir("manifest")?;
+    let root = base.join("root");
+    std::fs::create_dir(&root)?;
+    chmod(&root, 0o755)?;
+    let r = root.display().to_string();
+    // Root's files outside the install root.
+    let victim = base.join("victim");
+    std::fs::write(&victim, "root's file")?;
+    chmod(&victim, 0o600)?;
+    let abs_victim = base.join("abs-victim");
+    std::fs::write(&abs_victim, "root's other file")?;
+    let victim_dir = base.join("victim-dir");
+    std::fs::create_dir(&victim_dir)?;
+    let out = ctl(&["install", "--root", &r, "--wardend", "/usr/bin/wardend"])?;
+    assert_ok(&out, "install");
+
+    // systemd-tmpfiles and StateDirectory= hand var/lib/warden to the
+    // service account; the compromised broker writes a manifest there.
+    let state = root.join("var/lib/warden");
+    std::fs::create_dir_all(&state)?;
+    std::os::unix::fs::chown(&state, Some(bob.uid), Some(bob.gid))?;
+    chmod(&state, 0o750)?;
+    let evil = serde_json::json!({
+        "files": ["etc/systemd/system/warden.service", "../victim", abs_victim.display().to_string()],
+        "dirs": ["../victim-dir"],
+        "config_created": false,
+    })
+    .to_string();
+    let old = root.join(OLD_MANIFEST);
+    let w = sh_as(
+        &bob,
+        "rm -f \"$1\" && printf '%s' \"$2\" > \"$1\"",
+        &[&old.display().to_string(), &evil],
+    )?;
+    assert_ok(&w, "the service account writes the old-place manifest");
+    let out = ctl(&["uninstall", "--root", &r])?;
+    assert!(victim.exists(), "uninstall deleted a file outside the root");
+    assert!(abs_victim.exists(), "uninstall deleted an absolute path");
+    assert!(
+        victim_dir.exists(),
+        "uninstall removed a directory outside the root"
+    );
+    assert_refused(
+        &out,
+        "uninstall with a tampered old-place manifest",
+        &["../victim"],
+    );
+    assert!(
+        root.join(INSTALLED[0]).exists(),
+        "a refused uninstall removes nothing"
+    );
+
+    // The new place is root's: the service account cannot write it.
+    let new = root.join(NEW_MANIFEST);
+    let w = sh_as(
+        &bob,
+        "printf '%s' \"$2\" > \"$1\" || rm -f \"$1\"",
+        &[&new.display().to_string(), &evil],
+    )?;
+    assert_ne!(
+        w.status.code(),
+        Some(0),
+        "the service account wrote the new manifest"
+    );
+    assert!(new.exists());
+    std::fs::remove_file(&old)?;
+
+    // Even a manifest at the new place is refused unless it is root's,
+    // not group/other-writable, and lists only the names install uses.
+    let good = std::fs::read_to_string(&new)?;
+    std::os::unix::fs::chown(&new, Some(bob.uid), None)?;
+    let out = ctl(&["uninstall", "--root", &r])?;
+    assert_refused(
+        &out,
+        "a manifest owned by another uid",
+        &[NEW_MANIFEST, "owner uid"],
+    );
+    std::os::unix::fs::chown(&new, Some(0), None)?;
+    for mode in [0o666, 0o664, 0o646] {
+        chmod(&new, mode)?;
+        let out = ctl(&["uninstall", "--root", &r])?;
+        assert_refused(
+            &out,
+            "a group/other-writable manifest",
+            &[&format!("{mode:04o}")],
+        );
+    }
+    chmod(&new, 0o644)?;
+    for bad in [
+        "../victim",
+        abs_victim.display().to_string().as_str(),
+        "etc/passwd",
+        "etc/systemd/../../../victim",
+    ] {
+        std::fs::write(
+            &new,
+            serde_json::json!({"files": [bad], "dirs": [], "config_created": false}).to_string(),
+        )?;
+        let out = ctl(&["uninstall", "--root", &r])?;
+        assert_refused(&out, "a manifest entry install does not create", &[bad]);
+    }
+    std::fs::write(
+        &new,
+        serde_json::json!({"files": [], "dirs": ["../victim-dir"], "config_created": false})
+            .to_string(),
+    )?;
+    let out = ctl(&["uninstall", "--root", &r])?;
+    assert_refused(
+        &out,
+        "a manifest directory install does not create",
+        &["../victim-dir"],
+    );
+    assert!(victim.exists() && abs_victim.exists() && victim_dir.exists());
+
+    // The genuine manifest: uninstall works.
+    std::fs::write(&new, &good)?;
+    let out = ctl(&["uninstall", "--root", &r])?;
+    assert_ok(&out, "uninstall with the genuine manifest");
+    assert!(!root.join(INSTALLED[0]).exists());
+
+    // An install of the old layout (manifest at the old place, listing
+    // only names install uses) still uninstalls, old manifest included.
+    let out = ctl(&["install", "--root", &r, "--wardend", "/usr/bin/wardend"])?;
+    assert_ok(&out, "install again");
+    let good = std::fs::read_to_string(&new)?;
+    std::fs::remove_file(&new)?;
+    let w = sh_as(
+        &bob,
+        "printf '%s' \"$2\" > \"$1\"",
+        &[&old.display().to_string(), &good],
+    )?;
+    assert_ok(&w, "an old-layout manifest");
+    let out = ctl(&["uninstall", "--root", &r])?;
+    assert_ok(&out, "uninstall with an all-known old-place manifest");
+    assert!(!old.exists(), "the old manifest is removed too");
+    assert!(!root.join(INSTALLED[0]).exists());
+    assert!(victim.exists() && abs_victim.exists() && victim_dir.exists());
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
+}
+
+#[test]
+fn install_does_not_follow_a_symlink_planted_at_its_temporary_file() -> anyhow::Result<()> {
+    if !warden_testkit::require_root(
+        "install_does_not_follow_a_symlink_planted_at_its_temporary_file",
+    ) {
+        return Ok(());
+    }
+    let (_, bob, _) = warden_testkit::test_users()?;
+    let base = fresh_dir("tmpfile")?;
+    let victim = base.join("victim");
+    victim_file(&victim, &bob, "bob's secret")?;
+    let created = base.join("created-by-root");
+    // The attacker prepared the image: every directory install writes to
+    // is theirs, with symlinks at the temporary names the old install
+    // used and at the final names it creates.
+    let root = base.join("root");
+    for f in INSTALLED
+        .iter()
+        .chain(["etc/warden/x", "var/lib/warden-install/x"].iter())
+    {
+        if let Some(p) = Path::new(f).parent() {
+            std::fs::create_dir_all(root.join(p))?;
+        }
+    }
+    for f in INSTALLED {
+        // (warden.service and warden.socket shared one temporary name.)
+        match std::os::unix::fs::symlink(
+            &victim,
+            root.join(Path::new(f).with_extension("wardenctl-tmp")),
+        ) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            r => r?,
+        }
+    }
+    let config_link = root.join("etc/warden/warden.toml");
+    let manifest_link = root.join(NEW_MANIFEST);
+    std::os::unix::fs::symlink(&created, &config_link)?;
+    std::os::unix::fs::symlink(&victim, &manifest_link)?;
+    chown_tree(&root, &bob)?;
+    let r = root.display().to_string();
+    let untouched = |what: &str| -> anyhow::Result<()> {
+        assert_eq!(
+            std::fs::read_to_string(&victim)?,
+            "bob's secret",
+            "{what}: the victim was overwritten"
+        );
+        assert_eq!(mode_of(&victim)?, 0o600, "{what}: the victim was chmodded");
+        assert!(
+            !created.exists(),
+            "{what}: root created a file through a symlink"
+        );
+        Ok(())
+    };
+
+    // A root another user owns is refused outright.
+    let out = ctl(&["install", "--root", &r, "--wardend", "/usr/bin/wardend"])?;
+    untouched("install into a user-owned root")?;
+    assert_refused(
+        &out,
+        "install into a user-owned root",
+        &[&r, "--allow-insecure-root"],
+    );
+
+    // Allowed anyway: symlinks at the final names install reads before it
+    // writes them (the manifest, the configuration) are refused.
+    let allowed = [
+        "install",
+        "--root",
+        &r,
+        "--wardend",
+        "/usr/bin/wardend",
+        "--allow-insecure-root",
+    ];
+    let out = ctl(&allowed)?;
+    untouched("symlinked manifest")?;
+    assert_refused(
+        &out,
+        "a symlink at the manifest",
+        &[NEW_MANIFEST, "symlink"],
+    );
+    std::fs::remove_file(&manifest_link)?;
+    let out = ctl(&allowed)?;
+    untouched("symlinked config")?;
+    assert_refused(
+        &out,
+        "a symlink at the configuration",
+        &["etc/warden/warden.toml", "symlink"],
+    );
+    std::fs::remove_file(&config_link)?;
+
+    // A symlinked parent (to the victim file, or to a directory elsewhere).
+    let man8 = root.join("usr/share/man/man8");
+    std::fs::remove_dir_all(&man8)?;
+    std::os::unix::fs::symlink(&victim, &man8)?;
+    let out = ctl(&[
+        "install",
+        "--root",
+        &r,
+        "--wardend",
+        "/usr/bin/wardend",
+        "--allow-insecure-root",
+    ])?;
+    assert_refused(
+        &out,
+        "a parent symlinked to a file",
+        &["usr/share/man/man8", "symlink"],
+    );
+    untouched("symlinked parent")?;
+    std::fs::remove_file(&man8)?;
+    std::fs::create_dir(&man8)?;
+    std::os::unix::fs::symlink(&victim, man8.join("wardend.wardenctl-tmp"))?;
+    chown_tree(&man8, &bob)?;
+
+    // With only the temporary-name symlinks left: install writes around
+    // them, and leaves them (they are not its own).
+    let out = ctl(&[
+        "install",
+        "--root",
+        &r,
+        "--wardend",
+        "/usr/bin/wardend",
+        "--allow-insecure-root",
+    ])?;
+    assert_ok(&out, "install around planted temporary-name symlinks");
+    untouched("install")?;
+    for f in INSTALLED {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(root.join(f))?;
+        assert!(m.file_type().is_file(), "{f} is not a regular file");
+        assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o644), "{f}");
+        assert!(std::fs::symlink_metadata(
+            root.join(Path::new(f).with_extension("wardenctl-tmp"))
+        )?
+        .file_type()
+        .is_symlink());
+    }
+    let out = ctl(&["uninstall", "--root", &r, "--allow-insecure-root"])?;
+    assert_ok(&out, "uninstall");
+    untouched("uninstall")?;
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
+}
+
+#[test]
+fn install_refuses_a_root_writable_by_others() -> anyhow::Result<()> {
+    if !warden_testkit::require_root("install_refuses_a_root_writable_by_others") {
+        return Ok(());
+    }
+    let (_, bob, _) = warden_testkit::test_users()?;
+    let root = fresh_dir("writable")?;
+    let r = root.display().to_string();
+    let install = |extra: &[&str]| {
+        let mut a = vec!["install", "--root", &r, "--wardend", "/usr/bin/wardend"];
+        a.extend_from_slice(extra);
+        ctl(&a)
+    };
+
+    // The root itself, writable by others: refused, nothing written.
+    chmod(&root, 0o777)?;
+    let before = tree(&root);
+    let out = install(&[])?;
+    assert_refused(
+        &out,
+        "a 0777 root",
+        &[&r, "0777", "uid 0", "--allow-insecure-root"],
+    );
+    assert_eq!(
+        tree(&root),
+        before,
+        "nothing is written into a refused root"
+    );
+
+    // Allowed explicitly: install and uninstall go ahead.
+    let out = install(&["--allow-insecure-root"])?;
+    assert_ok(&out, "install --allow-insecure-root");
+    let out = ctl(&["uninstall", "--root", &r])?;
+    assert_refused(
+        &out,
+        "uninstall from a 0777 root",
+        &[&r, "--allow-insecure-root"],
+    );
+    assert!(root.join(INSTALLED[0]).exists());
+    let out = ctl(&[
+        "uninstall",
+        "--root",
+        &r,
+        "--allow-insecure-root",
+        "--purge",
+    ])?;
+    assert_ok(&out, "uninstall --allow-insecure-root");
+    assert_eq!(tree(&root), before);
+    chmod(&root, 0o755)?;
+
+    // A directory on the way: writable by others, group-writable by a
+    // group other than root's, owned by another user.
+    let etc = root.join("etc");
+    std::fs::create_dir(&etc)?;
+    chmod(&etc, 0o1777)?;
+    let out = install(&[])?;
+    assert_refused(
+        &out,
+        "a world-writable etc",
+        &[&etc.display().to_string(), "1777"],
+    );
+    chmod(&etc, 0o755)?;
+    let share = root.join("usr/share");
+    std::fs::create_dir_all(&share)?;
+    std::os::unix::fs::chown(&share, None, Some(bob.gid))?;
+    chmod(&share, 0o775)?;
+    let before = tree(&root);
+    let out = install(&[])?;
+    assert_refused(
+        &out,
+        "a usr/share writable by a user's group",
+        &[
+            &share.display().to_string(),
+            "0775",
+            &format!("gid {}", bob.gid),
+        ],
+    );
+    assert_eq!(tree(&root), before);
+    std::os::unix::fs::chown(&share, None, Some(0))?;
+    let var = root.join("var");
+    std::fs::create_dir(&var)?;
+    std::os::unix::fs::chown(&var, Some(bob.uid), None)?;
+    let out = install(&[])?;
+    assert_refused(
+        &out,
+        "a var owned by a user",
+        &[&var.display().to_string(), &format!("uid {}", bob.uid)],
+    );
+    std::os::unix::fs::chown(&var, Some(0), None)?;
+
+    // Group-writable by root's group, and a real image's tmp/ and
+    // var/tmp/ (1777, not on install's paths): fine.
+    for t in ["tmp", "var/tmp"] {
+        std::fs::create_dir(root.join(t))?;
+        chmod(&root.join(t), 0o1777)?;
+    }
+    let out = install(&[])?;
+    assert_ok(
+        &out,
+        "install with a root-group-writable usr/share and 1777 tmp dirs",
+    );
+    let out = ctl(&["uninstall", "--root", &r])?;
+    assert_ok(&out, "uninstall");
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+#[test]
+fn a_symlinked_parent_directory_is_refused_not_followed() -> anyhow::Result<()> {
+    if !warden_testkit::require_root("a_symlinked_parent_directory_is_refused_not_followed") {
+        return Ok(());
+    }
+    let base = fresh_dir("symparent")?;
+    let root = base.join("root");
+    std::fs::create_dir_all(root.join("etc"))?;
+    let r = root.display().to_string();
+    let elsewhere = base.join("elsewhere");
+    std::fs::create_dir(&elsewhere)?;
+
+    // Installed, then etc/systemd swapped for a symlink to a copy
+    // elsewhere: uninstall does not delete there.
+    let out = ctl(&["install", "--root", &r, "--wardend", "/usr/bin/wardend"])?;
+    assert_ok(&out, "install");
+    let moved = elsewhere.join("systemd");
+    std::fs::rename(root.join("etc/systemd"), &moved)?;
+    std::os::unix::fs::symlink(&moved, root.join("etc/systemd"))?;
+    let out = ctl(&["uninstall", "--root", &r])?;
+    assert!(
+        moved.join("system/warden.service").exists(),
+        "uninstall deleted through the symlink"
+    );
+    assert!(moved.join("system/warden.socket").exists());
+    assert_refused(
+        &out,
+        "uninstall through a symlinked etc/systemd",
+        &["etc/systemd", "symlink"],
+    );
+    // Put back, and uninstall.
+    std::fs::remove_file(root.join("etc/systemd"))?;
+    std::fs::rename(&moved, root.join("etc/systemd"))?;
+    let out = ctl(&["uninstall", "--root", &r, "--purge"])?;
+    assert_ok(&out, "uninstall");
+
+    // Install through a symlinked etc/systemd: refused, with or without
+    // --allow-insecure-root, nothing written elsewhere.
+    std::fs::create_dir_all(root.join("etc"))?;
+    std::os::unix::fs::symlink(&elsewhere, root.join("etc/systemd"))?;
+    for extra in [&[][..], &["--allow-insecure-root"][..]] {
+        let mut a = vec!["install", "--root", &r, "--wardend", "/usr/bin/wardend"];
+        a.extend_from_slice(extra);
+        let out = ctl(&a)?;
+        assert_eq!(
+            tree(&elsewhere),
+            BTreeSet::new(),
+            "install wrote through the symlink"
+        );
+        assert_refused(
+            &out,
+            "install through a symlinked etc/systemd",
+            &["etc/systemd", "symlink"],
+        );
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
+}

@@ -1,8 +1,9 @@
 //! The broker's listening socket, created where nobody else can interfere.
 //!
 //! The path is walked one component at a time from `/` with
-//! `openat(O_NOFOLLOW)`, so no symlink is ever followed, and each directory
-//! is checked as it is opened (no check-then-use gap on the path):
+//! `openat(O_NOFOLLOW|O_DIRECTORY)` ([`Dir::walk`], the same walk
+//! `wardenctl install` uses), so no symlink is ever followed, and each
+//! directory is checked as it is opened (no check-then-use gap on the path):
 //!
 //! 1. every ancestor of the socket's directory is owned by root (or the
 //!    broker's uid) and not writable by others (nor by a non-root group);
@@ -20,7 +21,7 @@
 //! Nothing is created or removed when a check fails (except the socket's
 //! directory in step 2 and the lock file, both the broker's own).
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -28,10 +29,12 @@ use std::os::unix::net::UnixListener;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat, Flock, FlockArg, OFlag, AT_FDCWD};
+use nix::fcntl::{openat, Flock, FlockArg, OFlag};
 use nix::sys::socket::{listen, Backlog};
-use nix::sys::stat::{fchmod, fstat, fstatat, mkdirat, umask, FileStat, Mode, SFlag};
+use nix::sys::stat::{fstat, fstatat, umask, FileStat, Mode, SFlag};
 use nix::unistd::{fchownat, unlinkat, Gid, UnlinkatFlags};
+
+use super::fs_at::{Dir, FileKind, Meta, OpenDirError, StatError, WalkStep};
 
 /// Bytes available for a path in `sockaddr_un` (without the final NUL).
 const SUN_PATH_MAX: usize = 107;
@@ -151,6 +154,40 @@ pub enum EndpointError {
     },
 }
 
+impl From<OpenDirError> for EndpointError {
+    fn from(e: OpenDirError) -> Self {
+        match e {
+            OpenDirError::BadName { dir, name } => EndpointError::NotAbsolute {
+                path: dir.join(name),
+            },
+            OpenDirError::Symlink { path, owner } => EndpointError::Symlink { path, owner },
+            OpenDirError::NotADirectory { path, kind, owner } => EndpointError::WrongType {
+                path,
+                kind,
+                expected: "directory",
+                owner,
+            },
+            OpenDirError::Missing { path } => EndpointError::MissingDir { path },
+            OpenDirError::Io { op, path, source } => EndpointError::Io { op, path, source },
+        }
+    }
+}
+
+impl From<StatError> for EndpointError {
+    fn from(e: StatError) -> Self {
+        match e {
+            StatError::BadName { dir, name } => EndpointError::NotAbsolute {
+                path: dir.join(name),
+            },
+            StatError::Io { path, source } => EndpointError::Io {
+                op: "checking",
+                path,
+                source,
+            },
+        }
+    }
+}
+
 fn io_at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> EndpointError + 'a {
     move |e| EndpointError::Io {
         op,
@@ -160,15 +197,7 @@ fn io_at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> Endpoint
 }
 
 fn kind_of(st: &FileStat) -> &'static str {
-    match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
-        SFlag::S_IFDIR => "directory",
-        SFlag::S_IFLNK => "symlink",
-        SFlag::S_IFSOCK => "socket",
-        SFlag::S_IFREG => "regular file",
-        SFlag::S_IFIFO => "fifo",
-        SFlag::S_IFCHR | SFlag::S_IFBLK => "device",
-        _ => "special file",
-    }
+    Meta::from_stat(st).kind.describe()
 }
 
 fn stat_identity(st: &FileStat) -> (u64, u64, i64, i64) {
@@ -241,73 +270,40 @@ impl BoundEndpoint {
 }
 
 /// Checks a directory on the way to the socket.
-fn check_dir(
-    path: &Path,
-    st: &FileStat,
-    me: u32,
-    is_socket_dir: bool,
-) -> Result<(), EndpointError> {
-    if !is(st, SFlag::S_IFDIR) {
+fn check_dir(path: &Path, meta: &Meta, me: u32, is_socket_dir: bool) -> Result<(), EndpointError> {
+    if meta.kind != FileKind::Directory {
         return Err(EndpointError::WrongType {
             path: path.to_owned(),
-            kind: kind_of(st),
+            kind: meta.kind.describe(),
             expected: "directory",
-            owner: st.st_uid,
+            owner: meta.uid,
         });
     }
-    if st.st_uid != 0 && st.st_uid != me {
+    if meta.uid != 0 && meta.uid != me {
         return Err(EndpointError::BadOwner {
             path: path.to_owned(),
-            owner: st.st_uid,
+            owner: meta.uid,
             expected: me,
         });
     }
-    let mode = st.st_mode & 0o7777;
+    let mode = meta.mode;
     if mode & 0o002 != 0 {
         return Err(EndpointError::Writable {
             path: path.to_owned(),
-            owner: st.st_uid,
+            owner: meta.uid,
             who: "others",
             mode,
         });
     }
-    if mode & 0o020 != 0 && (is_socket_dir || st.st_gid != 0) {
+    if mode & 0o020 != 0 && (is_socket_dir || meta.gid != 0) {
         return Err(EndpointError::Writable {
             path: path.to_owned(),
-            owner: st.st_uid,
+            owner: meta.uid,
             who: "its group",
             mode,
         });
     }
     Ok(())
-}
-
-/// Opens `name` in `parent` as a directory without following symlinks;
-/// explains what is there instead if it is not a directory.
-fn open_dir(parent: &OwnedFd, name: &OsStr, path: &Path) -> Result<Option<OwnedFd>, EndpointError> {
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    match openat(parent, name, flags, Mode::empty()) {
-        Ok(fd) => Ok(Some(fd)),
-        Err(Errno::ENOENT) => Ok(None),
-        Err(Errno::ELOOP | Errno::ENOTDIR) => {
-            let st = fstatat(parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-                .map_err(io_at("checking", path))?;
-            if is(&st, SFlag::S_IFLNK) {
-                Err(EndpointError::Symlink {
-                    path: path.to_owned(),
-                    owner: st.st_uid,
-                })
-            } else {
-                Err(EndpointError::WrongType {
-                    path: path.to_owned(),
-                    kind: kind_of(&st),
-                    expected: "directory",
-                    owner: st.st_uid,
-                })
-            }
-        }
-        Err(e) => Err(io_at("opening", path)(e)),
-    }
 }
 
 /// Creates the broker's listening socket at `spec.path`, refusing any path
@@ -359,61 +355,24 @@ pub fn bind_secure(spec: &EndpointSpec) -> Result<BoundEndpoint, EndpointError> 
         return Err(EndpointError::NotAbsolute { path: path.clone() });
     };
 
-    // 1. Walk the ancestors.
+    // 1. Walk the ancestors, each checked as it is opened.
     let root = Path::new("/");
-    let mut cur = openat(
-        AT_FDCWD,
-        root,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(io_at("opening", root))?;
-    check_dir(
-        root,
-        &fstat(&cur).map_err(io_at("checking", root))?,
-        me,
-        false,
-    )?;
-    let mut at = PathBuf::from("/");
-    for comp in ancestors {
-        at.push(comp);
-        let next = open_dir(&cur, comp, &at)?
-            .ok_or_else(|| EndpointError::MissingDir { path: at.clone() })?;
-        check_dir(
-            &at,
-            &fstat(&next).map_err(io_at("checking", &at))?,
-            me,
-            false,
-        )?;
-        cur = next;
-    }
+    let top = Dir::open(root)?;
+    check_dir(root, &top.meta()?, me, false)?;
+    let ancestors: PathBuf = ancestors.iter().collect();
+    let parent = top.walk(&ancestors, None, |s: &WalkStep<'_>| {
+        check_dir(s.dir.path(), &s.meta, me, false)
+    })?;
 
-    // 2. The socket's directory.
-    at.push(sock_dir_name);
-    let dir = match open_dir(&cur, sock_dir_name, &at)? {
-        Some(d) => d,
-        None if spec.create_dir => {
-            match mkdirat(
-                &cur,
-                sock_dir_name.as_os_str(),
-                Mode::from_bits_truncate(0o755),
-            ) {
-                Ok(()) | Err(Errno::EEXIST) => {}
-                Err(e) => return Err(io_at("creating", &at)(e)),
-            }
-            let d = open_dir(&cur, sock_dir_name, &at)?
-                .ok_or_else(|| EndpointError::MissingDir { path: at.clone() })?;
-            let st = fstat(&d).map_err(io_at("checking", &at))?;
-            if st.st_uid == me && st.st_mode & 0o7777 != 0o755 {
-                // The umask may have narrowed or widened it; make it 0755.
-                fchmod(&d, Mode::from_bits_truncate(0o755))
-                    .map_err(io_at("setting the mode of", &at))?;
-            }
-            d
-        }
-        None => return Err(EndpointError::MissingDir { path: at }),
-    };
-    check_dir(&at, &fstat(&dir).map_err(io_at("checking", &at))?, me, true)?;
+    // 2. The socket's directory: created 0755 (exactly: the walk fchmods
+    // what it creates, whatever the umask) if missing and allowed.
+    let dir = parent.walk(
+        Path::new(sock_dir_name),
+        spec.create_dir.then_some(0o755),
+        |s: &WalkStep<'_>| check_dir(s.dir.path(), &s.meta, me, true),
+    )?;
+    let at = dir.path().to_owned();
+    let dir = dir.into_fd();
 
     // 3. The lock.
     let mut lock_name = name.clone();

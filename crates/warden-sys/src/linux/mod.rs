@@ -5,6 +5,7 @@ pub(crate) mod activation;
 pub(crate) mod client;
 pub(crate) mod endpoint;
 pub(crate) mod fds;
+pub(crate) mod fs_at;
 pub(crate) mod identity;
 pub(crate) mod login_defs;
 pub(crate) mod process;
