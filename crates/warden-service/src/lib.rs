@@ -701,7 +701,12 @@ impl InstallRoot {
         let Some((bytes, _)) = dir.read_file(name, MANIFEST_MAX_BYTES)? else {
             return Ok(None);
         };
-        parse_manifest(&bytes, self.path(LEGACY_MANIFEST_PATH), LEGACY_NOTE).map(Some)
+        let mut m = parse_manifest(&bytes, self.path(LEGACY_MANIFEST_PATH), LEGACY_NOTE)?;
+        // The old place was writable by the service account: its word that
+        // install created the configuration is not taken, so `--purge`
+        // never removes a configuration on the strength of it.
+        m.config_created = false;
+        Ok(Some(m))
     }
 
     /// Both manifests, merged; `None` if there is neither.
