@@ -856,6 +856,21 @@ pub fn install(
 /// way, an unreadable or untrusted manifest, a manifest entry that is not a
 /// name install produces (naming it), or a failing removal. Every check
 /// comes before anything is removed.
+/// Runs every check [`uninstall`] makes before it removes anything, and
+/// removes nothing: so a caller can stop the service only once uninstall
+/// is known to go ahead. True if there is something to uninstall.
+///
+/// # Errors
+/// As [`uninstall`], for the checks.
+pub fn uninstall_check(opts: &UninstallOptions) -> Result<bool, ServiceError> {
+    let root = InstallRoot::open(&opts.root, opts.allow_insecure_root)?;
+    let (Some(_), _) = root.manifests()? else {
+        return Ok(false);
+    };
+    root.preflight()?;
+    Ok(true)
+}
+
 pub fn uninstall(opts: &UninstallOptions) -> Result<Vec<PathBuf>, ServiceError> {
     let root = InstallRoot::open(&opts.root, opts.allow_insecure_root)?;
     let (Some(manifest), had_legacy) = root.manifests()? else {

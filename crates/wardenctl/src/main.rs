@@ -602,7 +602,15 @@ fn run_local(cli: &Cli) -> Option<Result<(), Failure>> {
             purge,
             allow_insecure_root,
         } => Some((|| {
-            if systemd_running(root) {
+            let opts = warden_service::UninstallOptions {
+                root: root.clone(),
+                purge: *purge,
+                allow_insecure_root: *allow_insecure_root,
+            };
+            // Refuse before stopping anything: a refused uninstall leaves
+            // the service as it was.
+            let installed = warden_service::uninstall_check(&opts).map_err(failed)?;
+            if installed && systemd_running(root) {
                 let _ = run_systemctl(&[
                     "disable",
                     "--now",
@@ -610,12 +618,7 @@ fn run_local(cli: &Cli) -> Option<Result<(), Failure>> {
                     warden_service::SERVICE_UNIT,
                 ]);
             }
-            let removed = warden_service::uninstall(&warden_service::UninstallOptions {
-                root: root.clone(),
-                purge: *purge,
-                allow_insecure_root: *allow_insecure_root,
-            })
-            .map_err(failed)?;
+            let removed = warden_service::uninstall(&opts).map_err(failed)?;
             if systemd_running(root) {
                 run_systemctl(&["daemon-reload"])?;
             }
