@@ -86,6 +86,12 @@ mod tests {
         use std::os::fd::AsFd;
         let mut child = std::process::Command::new("sleep").arg("30").spawn()?;
         let pidfd = crate::linux::target::pidfd_open(child.id())?;
+        // Until it has exec'd, the child still has this thread's name.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while process_comm(child.id()).as_deref() != Some("sleep") {
+            assert!(std::time::Instant::now() < deadline, "sleep never started");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert_eq!(
             process_comm_confirmed(child.id(), Some(pidfd.as_fd())).as_deref(),
             Some("sleep")

@@ -118,10 +118,17 @@ fn prometheus_output_parses_and_counts_the_calls() -> anyhow::Result<()> {
         let out = wardenctl(Some(&alice), broker.socket(), &["ping"])?;
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     }
+    // Counted under its name only while something serves it: a provider.
+    let mut secret = crate::provider(&alice, broker.socket(), "svc.secret", 0)?;
     for _ in 0..2 {
         let out = wardenctl(Some(&bob), broker.socket(), &["call", "svc.secret"])?;
         assert_eq!(out.status.code(), Some(1));
     }
+    let _ = secret.kill();
+    let _ = secret.wait();
+    // A name nothing serves is counted as unresolved.
+    let out = wardenctl(Some(&bob), broker.socket(), &["call", "zz.made.up"])?;
+    assert_eq!(out.status.code(), Some(1));
     // Not for non-administrators.
     let out = wardenctl(Some(&bob), broker.socket(), &["metrics"])?;
     assert!(
@@ -148,6 +155,16 @@ fn prometheus_output_parses_and_counts_the_calls() -> anyhow::Result<()> {
     assert_eq!(
         value(&samples, "warden_calls_total", &[("method", "svc.secret")]),
         Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&samples, "warden_unresolved_calls_total", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&samples, "warden_calls_total", &[("method", "zz.made.up")]),
+        None,
         "{text}"
     );
     assert_eq!(
