@@ -434,7 +434,8 @@ async fn launch(
             }
         }
     });
-    let session = match start_session(client, child.id(), accesses).await {
+    let pid = child.id();
+    let session = match start_session(client, pid, accesses).await {
         Ok(s) => s,
         Err(e) => {
             // Closing the gate unopened makes the helper exit, not run.
@@ -465,5 +466,27 @@ async fn launch(
         .map_err(|e| format!("waiting for the command failed: {e}"))?
         .map_err(|e| format!("waiting for the command failed: {e}"))?;
     stop_session(client, session, report).await?;
+    saw_the_command(report, pid)?;
     Ok(status)
+}
+
+/// A capture of `learn -- CMD` that recorded nothing at all did not see
+/// the command: the helper was tracked before it ran, so its exec (or its
+/// departure, or at least its exit) is always recorded when the capture
+/// works. An empty report would claim "no denials"; say that the capture
+/// failed instead.
+fn saw_the_command(report: &Report, pid: u32) -> Result<(), Failed> {
+    let Some(end) = report.end.as_ref().map(|e| &e["end"]) else {
+        return Ok(());
+    };
+    let count = |k: &str| end[k].as_u64().unwrap_or(0);
+    if count("kernel_events") == 0 && count("lost_in_kernel") == 0 && report.events.is_empty() {
+        return Err(format!(
+            "the capture saw nothing of the command (pid {pid}), not even its exec or its \
+             exit: the broker's eBPF side could not follow the process, so there is no report \
+             (an empty one would wrongly say it was denied nothing)"
+        )
+        .into());
+    }
+    Ok(())
 }
