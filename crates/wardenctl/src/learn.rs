@@ -490,3 +490,33 @@ fn saw_the_command(report: &Report, pid: u32) -> Result<(), Failed> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(end: Value, events: Vec<Event>) -> Report {
+        Report {
+            events,
+            end: Some(json!({ "session": 1, "end": end })),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn a_capture_that_recorded_nothing_is_an_error_not_an_empty_report() {
+        let blind = report(json!({"kernel_events": 0, "lost_in_kernel": 0}), vec![]);
+        let err = saw_the_command(&blind, 42).err().map(|f| (f.msg, f.exit));
+        let (msg, exit) = err.unwrap_or_default();
+        assert!(msg.contains("saw nothing of the command (pid 42)"), "{msg}");
+        assert_eq!(exit, EXIT_CAPTURE);
+        // Something was recorded, or lost: a real (if partial) capture.
+        let seen = report(
+            json!({"kernel_events": 2, "lost_in_kernel": 0}),
+            vec![Event::Exit { pid: 42, status: 0 }],
+        );
+        assert!(saw_the_command(&seen, 42).is_ok());
+        let lost = report(json!({"kernel_events": 0, "lost_in_kernel": 3}), vec![]);
+        assert!(saw_the_command(&lost, 42).is_ok());
+    }
+}

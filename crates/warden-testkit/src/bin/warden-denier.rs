@@ -26,6 +26,10 @@
 //! The secret names are built here, not passed on a command line, as a
 //! path compiled into a binary would be: `SECRET_NONDUMPABLE` and
 //! `SECRET_EXEC_ONLY` below. Exits with status 7.
+//!
+//! `warden-denier root-nondumpable DIR` (DIR unused): for root, whom file permissions do not
+//! stop: `prctl(PR_SET_DUMPABLE, 0)`, then `unlink("/proc/version")`,
+//! which procfs refuses with EPERM. Exits with status 7.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -105,6 +109,14 @@ fn main() -> ExitCode {
         "open" => {
             create(&dir.join("rootdir").join(SECRET_EXEC_ONLY));
             ExitCode::SUCCESS
+        }
+        "root-nondumpable" => {
+            if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+                eprintln!("warden-denier: prctl(PR_SET_DUMPABLE, 0): {e}");
+                return ExitCode::from(1);
+            }
+            let _ = std::fs::remove_file("/proc/version");
+            ExitCode::from(7)
         }
         "grandchild" => {
             create(Path::new("rel-new"));

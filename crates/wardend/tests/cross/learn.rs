@@ -561,5 +561,45 @@ fn a_process_that_became_non_dumpable_leaves_the_capture() -> anyhow::Result<()>
     let t = stdout(&plain);
     assert!(t.contains("left the capture: non_dumpable"), "{t}");
     assert!(!SECRETS.iter().any(|s| t.contains(s)), "{t}");
+    // A profile session (successful opens recorded too) shows no more.
+    let profile = learn_as(&a, broker.socket(), &["--format", "landlock-json", "--"])
+        .arg(&denier)
+        .arg("secrets")
+        .arg(&d)
+        .arg(&xonly)
+        .output()?;
+    assert_eq!(profile.status.code(), Some(7), "{}", stderr(&profile));
+    let (p_out, p_err) = (stdout(&profile), stderr(&profile));
+    assert!(p_err.contains("left the capture: non_dumpable"), "{p_err}");
+    assert!(
+        !SECRETS
+            .iter()
+            .any(|s| p_out.contains(s) || p_err.contains(s)),
+        "{p_out}\n{p_err}"
+    );
+    // Root could read it with a debugger: root's session keeps it.
+    let out = Command::new(bin_path("wardenctl"))
+        .arg("--socket")
+        .arg(broker.socket())
+        .args(["learn", "--json", "--"])
+        .arg(&denier)
+        .arg("root-nondumpable")
+        .arg(&d)
+        .output()?;
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(stdout(&out).trim())?;
+    assert_eq!(
+        denials(&report),
+        vec![("unlink".into(), "EPERM".into(), "/proc/version".into())],
+        "{report:#}"
+    );
+    assert!(
+        !report["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["kind"] == "left"),
+        "{report:#}"
+    );
     Ok(())
 }
