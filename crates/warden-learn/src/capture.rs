@@ -13,6 +13,11 @@
 //! counters in `stats`, and a generation number that every record carries,
 //! so a record written for a slot's previous owner is never delivered to
 //! the next.
+//!
+//! Pids are the broker's: the kernel half numbers every process as the
+//! broker's pid namespace does (`wl_config`, the inode of
+//! `/proc/self/ns/pid`), so a broker in a container tracks the pids its
+//! callers send and reports pids they understand.
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -35,6 +40,8 @@ const RINGBUF_BYTES: u32 = 1024 * 1024;
 const POLL: Duration = Duration::from_millis(50);
 /// `tracked.flags`: report accesses too.
 const FLAG_ACCESSES: u32 = 1;
+/// `tracked.flags`: a process that is not dumpable leaves the capture.
+const FLAG_DUMPABLE: u32 = 2;
 
 /// Why a capture could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +65,9 @@ pub enum CaptureError {
     /// A map operation failed.
     #[error("learning-mode map operation failed: {0}")]
     Map(String),
+    /// The broker's own pid namespace could not be read.
+    #[error("cannot read the broker's pid namespace (/proc/self/ns/pid)")]
+    PidNamespace(#[source] std::io::Error),
 }
 
 fn map_err(e: libbpf_rs::Error) -> CaptureError {
@@ -133,6 +143,9 @@ struct State {
 pub struct Capture {
     state: Mutex<State>,
     next_gen: AtomicU32,
+    /// The pid namespace pids are numbered in (its nsfs inode); `None`:
+    /// this process's own, read when the programs load.
+    pidns_ino: Option<u32>,
 }
 
 impl std::fmt::Debug for Capture {
@@ -168,7 +181,8 @@ pub struct SessionStats {
 /// What a session traces.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The root process (pid in the broker's namespace).
+    /// The root process (pid in the capture's pid namespace: the
+    /// broker's).
     pub pid: u32,
     /// Its start time in clock ticks (binds the pid to this process).
     pub start_ticks: u64,
@@ -177,6 +191,10 @@ pub struct Target {
     pub uid: u32,
     /// Also report the first successful open of each file.
     pub accesses: bool,
+    /// A tracked process that is not dumpable (`SUID_DUMP_USER`) leaves
+    /// the capture before its memory is read: true for non-root callers,
+    /// who could not read it with a debugger either.
+    pub leave_non_dumpable: bool,
 }
 
 /// One traced process tree. Stops (and removes everything it put in the
@@ -199,12 +217,31 @@ impl std::fmt::Debug for Session {
     }
 }
 
-fn load() -> Result<Loaded, CaptureError> {
+/// `struct wl_config` as bytes.
+fn config_value(pidns_ino: u32) -> [u8; 8] {
+    let mut v = [0u8; 8];
+    v[0..4].copy_from_slice(&pidns_ino.to_ne_bytes());
+    v
+}
+
+/// Loads the programs, tells them the pid namespace to number pids in
+/// (`pidns_ino`), then attaches them.
+fn load(pidns_ino: u32) -> Result<Loaded, CaptureError> {
     let load_err = |e: libbpf_rs::Error| CaptureError::Load(e.to_string());
     let open = ObjectBuilder::default()
         .open_memory(BPF_OBJECT)
         .map_err(load_err)?;
     let object = open.load().map_err(load_err)?;
+    // Before anything is attached: until it is set, no task has a pid in
+    // the (unset) namespace, so nothing would be seen.
+    let config = object
+        .maps()
+        .find(|m| m.name() == "wl_config")
+        .ok_or_else(|| CaptureError::Load("map wl_config missing from the object".into()))
+        .and_then(|m| MapHandle::try_from(&m).map_err(load_err))?;
+    config
+        .update(&0u32.to_ne_bytes(), &config_value(pidns_ino), MapFlags::ANY)
+        .map_err(load_err)?;
     let mut links = Vec::new();
     for prog in object.progs_mut() {
         links.push(prog.attach().map_err(load_err)?);
@@ -246,14 +283,27 @@ fn tracked_value(slot: u32, gen: u32, start_ticks: u64, uid: u32, flags: u32) ->
 }
 
 impl Capture {
-    /// A capture with nothing loaded yet.
+    /// A capture with nothing loaded yet, numbering pids as this
+    /// process's pid namespace does.
     pub fn new() -> Self {
+        Self::numbering(None)
+    }
+
+    /// A capture that numbers pids (targets, records) as the pid namespace
+    /// with nsfs inode `pidns_ino` does (`None`: this process's). For
+    /// tests that stand in for a broker in another namespace.
+    pub fn in_pid_namespace(pidns_ino: u32) -> Self {
+        Self::numbering(Some(pidns_ino))
+    }
+
+    fn numbering(pidns_ino: Option<u32>) -> Self {
         Capture {
             state: Mutex::new(State {
                 loaded: None,
                 slots: (0..MAX_SESSIONS).map(|_| None).collect(),
             }),
             next_gen: AtomicU32::new(1),
+            pidns_ino,
         }
     }
 
@@ -283,7 +333,13 @@ impl Capture {
             .position(Option::is_none)
             .ok_or(CaptureError::Full)?;
         if st.loaded.is_none() {
-            st.loaded = Some(load()?);
+            let ino = match self.pidns_ino {
+                Some(i) => i,
+                None => {
+                    warden_sys::pid_namespace_inode(None).map_err(CaptureError::PidNamespace)?
+                }
+            };
+            st.loaded = Some(load(ino)?);
         }
         let gen = self.next_gen.fetch_add(1, Ordering::Relaxed).max(1);
         let slot_u32 = slot as u32;
@@ -323,7 +379,10 @@ impl Capture {
                     return Err(e);
                 }
             }
-            let flags = if target.accesses { FLAG_ACCESSES } else { 0 };
+            let mut flags = if target.accesses { FLAG_ACCESSES } else { 0 };
+            if target.leave_non_dumpable {
+                flags |= FLAG_DUMPABLE;
+            }
             let value = tracked_value(slot_u32, gen, target.start_ticks, target.uid, flags);
             if let Err(e) =
                 loaded
@@ -563,6 +622,7 @@ mod tests {
             start_ticks: facts.start_ticks,
             uid: 0,
             accesses: false,
+            leave_non_dumpable: false,
         };
         let mut session = capture.start(
             &target,
@@ -599,6 +659,93 @@ mod tests {
         Ok(())
     }
 
+    /// The first child of `parent` (polling until it has one).
+    fn first_child(parent: u32) -> Result<u32, Box<dyn std::error::Error>> {
+        for _ in 0..200 {
+            let text = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))?;
+            if let Some(c) = text.split_whitespace().next() {
+                return Ok(c.parse()?);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(format!("process {parent} started no child within 2 s").into())
+    }
+
+    /// What a broker inside a container sees: a capture numbering pids in
+    /// a pid namespace below the kernel's initial one is given the target's
+    /// pid in that namespace, and reports every process (forks included)
+    /// with its pid there.
+    #[test]
+    fn pids_are_numbered_in_the_capture_pid_namespace() -> Result<(), Box<dyn std::error::Error>> {
+        if !privileged() {
+            return Ok(());
+        }
+        // In a new pid namespace N: sh is pid 1, the setpriv it forks is 2.
+        let mut child = Command::new("unshare")
+            .args([
+                "--pid",
+                "--fork",
+                "--",
+                "sh",
+                "-c",
+                "read x; setpriv --reuid=65534 --regid=65534 --clear-groups cat /etc/shadow; \
+                 exit 0",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let sh = first_child(child.id())?;
+        let ns = warden_sys::pid_namespace_inode(Some(sh))?;
+        assert_ne!(ns, warden_sys::pid_namespace_inode(None)?);
+        let pidfd = warden_sys::pidfd_open(sh)?;
+        let facts = warden_sys::process_facts(pidfd.as_fd(), sh)?;
+        let capture = Arc::new(Capture::in_pid_namespace(ns));
+        let (tx, rx) = mpsc::channel();
+        let target = Target {
+            pid: 1,
+            start_ticks: facts.start_ticks,
+            uid: 0,
+            accesses: false,
+            leave_non_dumpable: false,
+        };
+        let mut session = capture.start(
+            &target,
+            || warden_sys::confirm_same_process(pidfd.as_fd(), sh, facts.start_ticks).is_ok(),
+            Box::new(move |r| {
+                let _ = tx.send(r.event);
+            }),
+        )?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(b"go\n")?;
+        }
+        child.wait()?;
+        session.stop();
+        let events: Vec<Event> = rx.try_iter().collect();
+        assert!(
+            events.contains(&Event::Fork { pid: 1, child: 2 }),
+            "no fork 1 -> 2 in {events:?}"
+        );
+        let denial = events.iter().find_map(|e| match e {
+            Event::Denial(d) if d.path.as_deref() == Some("/etc/shadow") => Some(d),
+            _ => None,
+        });
+        let d = denial.ok_or_else(|| format!("no denial for /etc/shadow in {events:?}"))?;
+        assert_eq!((d.pid, d.tid), (2, 2), "{d:?}");
+        for e in &events {
+            let pid = match e {
+                Event::Denial(d) => d.pid,
+                Event::Access(a) => a.pid,
+                Event::Exec { pid, .. }
+                | Event::Fork { pid, .. }
+                | Event::Exit { pid, .. }
+                | Event::Left { pid, .. } => *pid,
+            };
+            assert!(pid == 1 || pid == 2, "a pid of another namespace: {e:?}");
+        }
+        Ok(())
+    }
+
     #[test]
     fn an_exited_target_is_not_captured() -> Result<(), Box<dyn std::error::Error>> {
         if !privileged() {
@@ -615,6 +762,7 @@ mod tests {
             start_ticks: facts.start_ticks,
             uid: 0,
             accesses: false,
+            leave_non_dumpable: false,
         };
         let r = capture.start(
             &target,

@@ -47,11 +47,16 @@ pub enum Event {
     },
     /// A process left the capture: it gained privileges the session's
     /// owner does not have (setuid/setgid/file-capability exec, or other
-    /// credentials). Nothing more is reported for it or its descendants.
+    /// credentials), or, for a non-root caller, it stopped being dumpable
+    /// (it exec'd an execute-only program, or called
+    /// `prctl(PR_SET_DUMPABLE, 0)`), so its memory is no longer the
+    /// caller's to read. Nothing more is reported for it or its
+    /// descendants.
     Left {
         /// Process id.
         pid: u32,
-        /// `secure_exec` or `credentials`.
+        /// `secure_exec`, `credentials` or `non_dumpable` (see
+        /// [`left_reason`]).
         reason: String,
     },
 }
@@ -336,10 +341,7 @@ pub(crate) fn decode(b: &[u8]) -> Option<Record> {
         },
         EV_LEFT if b.len() >= SMALL_LEN => Event::Left {
             pid: h.tgid,
-            reason: match u32_at(b, 48)? {
-                1 => "secure_exec".to_owned(),
-                _ => "credentials".to_owned(),
-            },
+            reason: left_reason(u32_at(b, 48)?).to_owned(),
         },
         EV_EXEC if b.len() >= EXEC_LEN => Event::Exec {
             pid: h.tgid,
@@ -360,6 +362,17 @@ pub(crate) fn decode(b: &[u8]) -> Option<Record> {
         _ => return None,
     };
     Some(Record { header: h, event })
+}
+
+/// `enum wl_left_reason`, as the wire names it. A reason this table does
+/// not know is still a departure: it is reported, as `unknown`.
+pub fn left_reason(code: u32) -> &'static str {
+    match code {
+        1 => "secure_exec",
+        2 => "credentials",
+        3 => "non_dumpable",
+        _ => "unknown",
+    }
 }
 
 /// `enum wl_access_mode`.
@@ -542,6 +555,28 @@ pub(crate) mod tests {
                 reason: "secure_exec".into()
             })
         );
+    }
+
+    #[test]
+    fn left_reasons_keep_their_wire_names() {
+        for (code, name) in [
+            (1u32, "secure_exec"),
+            (2, "credentials"),
+            (3, "non_dumpable"),
+            (9, "unknown"),
+        ] {
+            let mut b = header_bytes(EV_LEFT, 10, "agent");
+            b.extend_from_slice(&code.to_ne_bytes());
+            b.extend_from_slice(&0u32.to_ne_bytes());
+            assert_eq!(
+                decode(&b).map(|r| r.event),
+                Some(Event::Left {
+                    pid: 10,
+                    reason: name.into()
+                }),
+                "reason {code}"
+            );
+        }
     }
 
     #[test]

@@ -399,6 +399,9 @@ impl LearnService {
             start_ticks: facts.start_ticks,
             uid: facts.uids[1],
             accesses: p.accesses,
+            // Root may read any process's memory; others only dumpable
+            // ones (the ptrace rule), so theirs leave when they stop being.
+            leave_non_dumpable: caller.uid != 0,
         };
         let sink_live = Arc::clone(&live);
         let start_ticks = facts.start_ticks;
@@ -414,6 +417,9 @@ impl LearnService {
                     wire(ErrorCode::BadRequest, e.to_string())
                 }
                 CaptureError::Full => wire(ErrorCode::LimitExceeded, e.to_string()),
+                CaptureError::PidNamespace(ref source) => {
+                    wire(ErrorCode::Unavailable, format!("{e}: {source}"))
+                }
                 CaptureError::Load(_) | CaptureError::Map(_) => {
                     wire(ErrorCode::Unavailable, e.to_string())
                 }

@@ -43,8 +43,8 @@ pub use linux::process::{
 };
 #[cfg(target_os = "linux")]
 pub use linux::target::{
-    confirm_same_process, pid_ns_levels, pidfd_alive, pidfd_open, process_facts, wait_for_gate,
-    ProcessFacts,
+    confirm_same_process, pid_namespace_inode, pid_ns_levels, pidfd_alive, pidfd_open,
+    process_facts, wait_for_gate, ProcessFacts,
 };
 #[cfg(target_os = "linux")]
 pub use linux::users::{

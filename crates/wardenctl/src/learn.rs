@@ -434,7 +434,8 @@ async fn launch(
             }
         }
     });
-    let session = match start_session(client, child.id(), accesses).await {
+    let pid = child.id();
+    let session = match start_session(client, pid, accesses).await {
         Ok(s) => s,
         Err(e) => {
             // Closing the gate unopened makes the helper exit, not run.
@@ -465,5 +466,57 @@ async fn launch(
         .map_err(|e| format!("waiting for the command failed: {e}"))?
         .map_err(|e| format!("waiting for the command failed: {e}"))?;
     stop_session(client, session, report).await?;
+    saw_the_command(report, pid)?;
     Ok(status)
+}
+
+/// A capture of `learn -- CMD` that recorded nothing at all did not see
+/// the command: the helper was tracked before it ran, so its exec (or its
+/// departure, or at least its exit) is always recorded when the capture
+/// works. An empty report would claim "no denials"; say that the capture
+/// failed instead.
+fn saw_the_command(report: &Report, pid: u32) -> Result<(), Failed> {
+    let Some(end) = report.end.as_ref().map(|e| &e["end"]) else {
+        return Ok(());
+    };
+    let count = |k: &str| end[k].as_u64().unwrap_or(0);
+    if count("kernel_events") == 0 && count("lost_in_kernel") == 0 && report.events.is_empty() {
+        return Err(format!(
+            "the capture saw nothing of the command (pid {pid}), not even its exec or its \
+             exit: the broker's eBPF side could not follow the process, so there is no report \
+             (an empty one would wrongly say it was denied nothing)"
+        )
+        .into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(end: Value, events: Vec<Event>) -> Report {
+        Report {
+            events,
+            end: Some(json!({ "session": 1, "end": end })),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn a_capture_that_recorded_nothing_is_an_error_not_an_empty_report() {
+        let blind = report(json!({"kernel_events": 0, "lost_in_kernel": 0}), vec![]);
+        let err = saw_the_command(&blind, 42).err().map(|f| (f.msg, f.exit));
+        let (msg, exit) = err.unwrap_or_default();
+        assert!(msg.contains("saw nothing of the command (pid 42)"), "{msg}");
+        assert_eq!(exit, EXIT_CAPTURE);
+        // Something was recorded, or lost: a real (if partial) capture.
+        let seen = report(
+            json!({"kernel_events": 2, "lost_in_kernel": 0}),
+            vec![Event::Exit { pid: 42, status: 0 }],
+        );
+        assert!(saw_the_command(&seen, 42).is_ok());
+        let lost = report(json!({"kernel_events": 0, "lost_in_kernel": 3}), vec![]);
+        assert!(saw_the_command(&lost, 42).is_ok());
+    }
 }

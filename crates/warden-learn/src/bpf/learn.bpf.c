@@ -18,6 +18,18 @@
 //
 // Each session has its own ring buffer (an inner map of `session_rb`), so a
 // noisy session cannot crowd out another's events.
+//
+// Pids: the tracking table and every record use pids as the broker's pid
+// namespace numbers them (`wl_config.pidns_ino`), so a broker in a container
+// (systemd-nspawn) tracks the pids it was given and reports pids its
+// callers understand. A task is translated through its `struct pid`'s
+// `numbers[]`, at the level of the broker's namespace; a task with no
+// number there (outside the broker's namespace) is never tracked.
+//
+// Privacy: for non-root callers (WL_FLAG_DUMPABLE), a process that is not
+// dumpable (it exec'd an unreadable binary, or called
+// prctl(PR_SET_DUMPABLE, 0)) leaves the capture before anything is read
+// from its memory: the caller could not read it with a debugger either.
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -95,6 +107,104 @@ struct {
 	__type(value, __u8);
 } seen SEC(".maps");
 
+/* The broker's pid namespace; written once by user space before the
+ * programs are attached. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct wl_config);
+} wl_config SEC(".maps");
+
+/* `pid`'s number in the broker's pid namespace, or 0 when it has none
+ * (the task belongs to an enclosing or unrelated namespace). Searches the
+ * levels the pid has, since the broker does not know its own level from
+ * inside a container; the broker's namespace is at most `pid->level`. */
+static __always_inline __u32 nr_in_broker_ns(struct pid *pid)
+{
+	struct wl_config *cfg;
+	__u32 zero = 0;
+	unsigned int level;
+	__u64 base, size;
+	__u32 i;
+
+	cfg = bpf_map_lookup_elem(&wl_config, &zero);
+	if (!cfg || !pid)
+		return 0;
+	level = BPF_CORE_READ(pid, level);
+	base = (__u64)pid + bpf_core_field_offset(struct pid, numbers);
+	size = bpf_core_type_size(struct upid);
+	for (i = 0; i <= WL_MAX_PID_LEVEL; i++) {
+		struct upid up = {};
+
+		if (i > level)
+			break;
+		if (bpf_probe_read_kernel(&up, sizeof(up), (void *)(base + i * size)))
+			return 0;
+		if (BPF_CORE_READ(up.ns, ns.inum) == cfg->pidns_ino)
+			return up.nr;
+	}
+	return 0;
+}
+
+/* The process (thread group) id of `task` in the broker's namespace. */
+static __always_inline __u32 ns_tgid(struct task_struct *task)
+{
+	return nr_in_broker_ns(BPF_CORE_READ(task, group_leader, thread_pid));
+}
+
+/* The thread id of `task` in the broker's namespace. */
+static __always_inline __u32 ns_tid(struct task_struct *task)
+{
+	return nr_in_broker_ns(BPF_CORE_READ(task, thread_pid));
+}
+
+/* mm_struct.flags, both layouts: an unsigned long up to 6.17, an
+ * mm_flags_t bitmap (its first word holds the same low bits) since. */
+struct mm_struct___flags_ulong {
+	unsigned long flags;
+} __attribute__((preserve_access_index));
+
+struct mm_struct___flags_bitmap {
+	mm_flags_t flags;
+} __attribute__((preserve_access_index));
+
+#define MMF_DUMPABLE_MASK 3 /* MMF_DUMPABLE_BITS 2: the low two bits */
+#define SUID_DUMP_USER 1
+
+/* get_dumpable(task->mm): 0 (SUID_DUMP_DISABLE), 1 (SUID_DUMP_USER), 2
+ * (SUID_DUMP_ROOT); -1 for a task without an mm. */
+static __always_inline int dumpable_of(struct task_struct *task)
+{
+	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	unsigned long flags = 0;
+
+	if (!mm)
+		return -1;
+	if (bpf_core_field_exists(((struct mm_struct___flags_bitmap *)0)->flags.__mm_flags)) {
+		struct mm_struct___flags_bitmap *m = (void *)mm;
+
+		bpf_core_read(&flags, sizeof(flags), &m->flags.__mm_flags[0]);
+	} else {
+		struct mm_struct___flags_ulong *m = (void *)mm;
+
+		bpf_core_read(&flags, sizeof(flags), &m->flags);
+	}
+	return flags & MMF_DUMPABLE_MASK;
+}
+
+/* True when a session of a non-root caller must let `task` go: it is not
+ * dumpable, so its memory is not the caller's to read. */
+static __always_inline int must_leave_non_dumpable(struct tracked *t, struct task_struct *task)
+{
+	int d;
+
+	if (!(t->flags & WL_FLAG_DUMPABLE))
+		return 0;
+	d = dumpable_of(task);
+	return d >= 0 && d != SUID_DUMP_USER;
+}
+
 static __always_inline struct session_stats *stats_of(__u32 slot)
 {
 	return bpf_map_lookup_elem(&stats, &slot);
@@ -128,17 +238,14 @@ static __always_inline void *reserve(struct tracked *t, __u64 size)
 static __always_inline void fill_header(struct wl_header *h, __u32 kind, struct tracked *t,
 					 struct task_struct *task)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-
 	h->kind = kind;
 	h->gen = t->gen;
-	h->tgid = BPF_CORE_READ(task, tgid);
-	h->tid = BPF_CORE_READ(task, pid);
+	h->tgid = ns_tgid(task);
+	h->tid = ns_tid(task);
 	h->ktime_ns = bpf_ktime_get_ns();
 	h->uid = BPF_CORE_READ(task, cred, uid.val);
 	h->euid = BPF_CORE_READ(task, cred, euid.val);
 	BPF_CORE_READ_STR_INTO(&h->comm, task, comm);
-	(void)id;
 }
 
 /* Scratch space for a directory walk (one per CPU: tracing programs run
@@ -522,8 +629,8 @@ static __always_inline void leave(__u32 tgid, struct tracked *t, struct task_str
  * open of each (file, mode). */
 static __noinline int on_open(struct pt_regs *regs, long nr, long fd)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct task_struct *task;
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 tgid = ns_tgid(task);
 	struct tracked *t;
 	struct wl_access *e;
 	struct seen_key key = {};
@@ -532,12 +639,17 @@ static __noinline int on_open(struct pt_regs *regs, long nr, long fd)
 	__u64 flags = 0;
 	__u8 one = 1;
 
+	if (!tgid)
+		return 0;
 	t = bpf_map_lookup_elem(&tracked, &tgid);
 	if (!t || !(t->flags & WL_FLAG_ACCESSES))
 		return 0;
-	task = bpf_get_current_task_btf();
 	if (start_ticks_of(task) != t->start_ticks)
 		return 0;
+	if (must_leave_non_dumpable(t, task)) {
+		leave(tgid, t, task, WL_LEFT_NON_DUMPABLE);
+		return 0;
+	}
 	if (nr == 2)
 		flags = BPF_CORE_READ(regs, si);
 	else if (nr == 257)
@@ -596,11 +708,13 @@ int BPF_PROG(wl_sys_exit, struct pt_regs *regs, long ret)
 			on_open(regs, nr, ret);
 		return 0;
 	}
-	tgid = bpf_get_current_pid_tgid() >> 32;
+	task = bpf_get_current_task_btf();
+	tgid = ns_tgid(task);
+	if (!tgid)
+		return 0;
 	t = bpf_map_lookup_elem(&tracked, &tgid);
 	if (!t)
 		return 0;
-	task = bpf_get_current_task_btf();
 	if (start_ticks_of(task) != t->start_ticks) {
 		struct session_stats *s = stats_of(t->slot);
 
@@ -610,6 +724,14 @@ int BPF_PROG(wl_sys_exit, struct pt_regs *regs, long ret)
 	}
 	if (t->uid != 0 && BPF_CORE_READ(task, cred, euid.val) != t->uid) {
 		leave(tgid, t, task, WL_LEFT_CREDENTIALS);
+		return 0;
+	}
+	/* Before anything is read from its memory. A task without an mm has
+	 * no user memory: nothing to report. */
+	if ((t->flags & WL_FLAG_DUMPABLE) && dumpable_of(task) < 0)
+		return 0;
+	if (must_leave_non_dumpable(t, task)) {
+		leave(tgid, t, task, WL_LEFT_NON_DUMPABLE);
 		return 0;
 	}
 	e = reserve(t, sizeof(*e));
@@ -645,16 +767,28 @@ int BPF_PROG(wl_sys_exit, struct pt_regs *regs, long ret)
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(wl_fork, struct task_struct *parent, struct task_struct *child)
 {
-	__u32 ptgid = BPF_CORE_READ(parent, tgid);
-	__u32 ctgid = BPF_CORE_READ(child, tgid);
+	__u32 ptgid, ctgid;
 	struct tracked *t;
 	struct tracked c;
 	struct wl_fork *e;
 
-	if (ptgid == ctgid) /* a new thread: its process is tracked already */
+	/* A new thread: its process is tracked already. */
+	if (BPF_CORE_READ(parent, tgid) == BPF_CORE_READ(child, tgid))
+		return 0;
+	ptgid = ns_tgid(parent);
+	if (!ptgid)
 		return 0;
 	t = bpf_map_lookup_elem(&tracked, &ptgid);
 	if (!t || start_ticks_of(parent) != t->start_ticks)
+		return 0;
+	/* Its children inherit its mm's dumpable bits: none is tracked. */
+	if (must_leave_non_dumpable(t, parent)) {
+		leave(ptgid, t, parent, WL_LEFT_NON_DUMPABLE);
+		return 0;
+	}
+	/* The child leads its own thread group: its thread_pid is its tgid. */
+	ctgid = ns_tid(child);
+	if (!ctgid)
 		return 0;
 	c = *t;
 	c.start_ticks = BPF_CORE_READ(child, start_boottime) / NSEC_PER_TICK;
@@ -677,12 +811,15 @@ int BPF_PROG(wl_fork, struct task_struct *parent, struct task_struct *child)
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(wl_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	__u32 tgid = BPF_CORE_READ(p, tgid);
-	struct tracked *t = bpf_map_lookup_elem(&tracked, &tgid);
+	__u32 tgid = ns_tgid(p);
+	struct tracked *t;
 	struct wl_exec *e;
 	struct file *file;
 	const struct cred *cred;
 
+	if (!tgid)
+		return 0;
+	t = bpf_map_lookup_elem(&tracked, &tgid);
 	if (!t || start_ticks_of(p) != t->start_ticks)
 		return 0;
 	cred = BPF_CORE_READ(p, cred);
@@ -695,6 +832,12 @@ int BPF_PROG(wl_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	     BPF_CORE_READ(cred, fsuid.val) != t->uid || BPF_CORE_READ(cred, cap_permitted.val) ||
 	     BPF_CORE_READ(cred, cap_effective.val))) {
 		leave(tgid, t, p, WL_LEFT_CREDENTIALS);
+		return 0;
+	}
+	/* An execute-only (unreadable) program makes the new mm non-dumpable
+	 * (would_dump); so may anything else that set it before the exec. */
+	if (must_leave_non_dumpable(t, p)) {
+		leave(tgid, t, p, WL_LEFT_NON_DUMPABLE);
 		return 0;
 	}
 	e = reserve(t, sizeof(*e));
@@ -722,7 +865,9 @@ int BPF_PROG(wl_exit, struct task_struct *p, bool group_dead)
 
 	if (!group_dead)
 		return 0;
-	tgid = BPF_CORE_READ(p, tgid);
+	tgid = ns_tgid(p);
+	if (!tgid)
+		return 0;
 	t = bpf_map_lookup_elem(&tracked, &tgid);
 	if (!t || start_ticks_of(p) != t->start_ticks)
 		return 0;

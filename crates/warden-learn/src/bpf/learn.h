@@ -35,10 +35,12 @@ enum wl_access_mode {
 
 /* tracked.flags */
 #define WL_FLAG_ACCESSES 1 /* also report the first successful open of each file */
+#define WL_FLAG_DUMPABLE 2 /* leave when the process is not dumpable (non-root callers) */
 
 enum wl_left_reason {
 	WL_LEFT_SECURE_EXEC = 1, /* setuid/setgid/file-capability exec */
 	WL_LEFT_CREDENTIALS = 2, /* its credentials no longer match the session's */
+	WL_LEFT_NON_DUMPABLE = 3, /* not SUID_DUMP_USER: a debugger could not read it */
 };
 
 enum wl_dir_state {
@@ -56,6 +58,14 @@ enum wl_name_state {
 	WL_NAME_UNREADABLE = 3,
 	WL_NAME_ABSTRACT = 4, /* an abstract Unix socket name */
 };
+
+/* The capture's view of pids: the broker's pid namespace (config map). */
+struct wl_config {
+	__u32 pidns_ino; /* inode of the broker's /proc/self/ns/pid */
+	__u32 pad;
+};
+
+#define WL_MAX_PID_LEVEL 32 /* MAX_PID_NS_LEVEL: nesting depth of pid namespaces */
 
 struct wl_header {
 	__u32 kind;
@@ -135,5 +145,6 @@ _Static_assert(sizeof(struct wl_fork) == 56, "wl_fork layout");
 _Static_assert(sizeof(struct wl_exec) == 2880, "wl_exec layout");
 _Static_assert(sizeof(struct wl_exit) == 56, "wl_exit layout");
 _Static_assert(sizeof(struct wl_left) == 56, "wl_left layout");
+_Static_assert(sizeof(struct wl_config) == 8, "wl_config layout");
 
 #endif

@@ -286,6 +286,31 @@ pub fn pid_ns_levels(pid: u32) -> io::Result<usize> {
         .ok_or_else(|| io::Error::other("unexpected /proc status format"))
 }
 
+/// The inode number of the pid namespace `pid` lives in (`stat
+/// /proc/PID/ns/pid`; `None`: this process's own, `/proc/self/ns/pid`).
+/// Learning mode's kernel half numbers pids as this namespace does. The
+/// inode names a namespace uniquely on a running system (nsfs is one
+/// file system for all of them).
+///
+/// # Errors
+/// `ESRCH` when the process is gone; other errors when `/proc` is not
+/// mounted or not readable.
+pub fn pid_namespace_inode(pid: Option<u32>) -> io::Result<u32> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/ns/pid"),
+        None => "/proc/self/ns/pid".to_owned(),
+    };
+    let meta = std::fs::metadata(&path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound && pid.is_some() {
+            exited()
+        } else {
+            io::Error::new(e.kind(), format!("{path}: {e}"))
+        }
+    })?;
+    u32::try_from(meta.ino())
+        .map_err(|_| io::Error::other(format!("{path}: inode {} out of range", meta.ino())))
+}
+
 /// In a child started by `wardenctl learn`: waits until the parent writes
 /// one byte to the inherited pipe `fd` (the capture is attached) and
 /// returns true, or false if the parent closed it without writing (the
@@ -354,6 +379,21 @@ mod tests {
         assert!(!pidfd_alive(fd.as_fd())?);
         let err = process_facts(fd.as_fd(), pid).err();
         assert_eq!(err.and_then(|e| e.raw_os_error()), Some(libc::ESRCH));
+        Ok(())
+    }
+
+    #[test]
+    fn pid_namespace_of_self_and_of_a_child_agree() -> io::Result<()> {
+        let mine = pid_namespace_inode(None)?;
+        assert_eq!(pid_namespace_inode(Some(std::process::id()))?, mine);
+        // The link text names the same inode: "pid:[INODE]".
+        let link = std::fs::read_link("/proc/self/ns/pid")?;
+        assert_eq!(link.to_string_lossy(), format!("pid:[{mine}]"));
+        let mut child = std::process::Command::new("sleep").arg("5").spawn()?;
+        let theirs = pid_namespace_inode(Some(child.id()));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(theirs?, mine);
         Ok(())
     }
 

@@ -13,6 +13,23 @@
 //!    EACCES, reported as `DIR/rootdir/rel-new`.
 //!
 //! It exits with status 7 once its child (and so its grandchild) is done.
+//!
+//! `warden-denier secrets DIR XONLY`: the non-dumpable test. Is denied
+//! `/etc/shadow` itself (a process that stays dumpable), then runs two
+//! children that each try to create a file with a secret name in
+//! `DIR/rootdir` (EACCES) after becoming non-dumpable:
+//! - `warden-denier nondumpable PATH`: `prctl(PR_SET_DUMPABLE, 0)` first
+//!   (what ssh-agent and gpg-agent do);
+//! - `XONLY open PATH`: `XONLY` is a copy of this program the user may
+//!   execute but not read (0711), so the exec leaves it non-dumpable.
+//!
+//! The secret names are built here, not passed on a command line, as a
+//! path compiled into a binary would be: `SECRET_NONDUMPABLE` and
+//! `SECRET_EXEC_ONLY` below. Exits with status 7.
+//!
+//! `warden-denier root-nondumpable DIR` (DIR unused): for root, whom file permissions do not
+//! stop: `prctl(PR_SET_DUMPABLE, 0)`, then `unlink("/proc/version")`,
+//! which procfs refuses with EPERM. Exits with status 7.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -25,6 +42,11 @@ fn create(path: &Path) {
         .truncate(false)
         .open(path);
 }
+
+/// The file name `nondumpable` tries to create (the test looks for it).
+const SECRET_NONDUMPABLE: &str = "warden-secret-after-prctl-5c91e7";
+/// The file name `open` tries to create.
+const SECRET_EXEC_ONLY: &str = "warden-secret-in-execute-only-0a7d3b";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -61,6 +83,40 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::from(1)
             }
+        }
+        "secrets" => {
+            let Some(xonly) = args.get(3) else {
+                eprintln!("usage: warden-denier secrets DIR XONLY");
+                return ExitCode::from(2);
+            };
+            let _ = std::fs::File::open("/etc/shadow");
+            let a = Command::new(&me).arg("nondumpable").arg(dir).status();
+            let b = Command::new(xonly).arg("open").arg(dir).status();
+            if !a.is_ok_and(|s| s.success()) || !b.is_ok_and(|s| s.success()) {
+                eprintln!("warden-denier: a child failed");
+                return ExitCode::from(1);
+            }
+            ExitCode::from(7)
+        }
+        "nondumpable" => {
+            if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+                eprintln!("warden-denier: prctl(PR_SET_DUMPABLE, 0): {e}");
+                return ExitCode::from(1);
+            }
+            create(&dir.join("rootdir").join(SECRET_NONDUMPABLE));
+            ExitCode::SUCCESS
+        }
+        "open" => {
+            create(&dir.join("rootdir").join(SECRET_EXEC_ONLY));
+            ExitCode::SUCCESS
+        }
+        "root-nondumpable" => {
+            if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+                eprintln!("warden-denier: prctl(PR_SET_DUMPABLE, 0): {e}");
+                return ExitCode::from(1);
+            }
+            let _ = std::fs::remove_file("/proc/version");
+            ExitCode::from(7)
         }
         "grandchild" => {
             create(Path::new("rel-new"));

@@ -496,3 +496,110 @@ fn the_suggested_landlock_profile_leaves_only_the_intended_denials() -> anyhow::
     assert_ne!(out.status.code(), Some(7), "an empty ruleset let it run");
     Ok(())
 }
+
+/// A file name `warden-denier secrets` is denied after it stopped being
+/// dumpable (the constants in warden-denier.rs).
+const SECRETS: [&str; 2] = [
+    "warden-secret-after-prctl-5c91e7",
+    "warden-secret-in-execute-only-0a7d3b",
+];
+
+#[test]
+fn a_process_that_became_non_dumpable_leaves_the_capture() -> anyhow::Result<()> {
+    let Some((a, b, dir, broker)) = start("learn-nondump") else {
+        return Ok(());
+    };
+    let d = denier_dir(&dir, &a, &b)?;
+    let denier = warden_testkit::shared_copy(&bin_path("warden-denier"))?;
+    // An execute-only copy: root's, 0711, in a root-owned directory. A
+    // with a debugger could run it but not read it.
+    let xdir = dir.path().join("xonly");
+    std::fs::create_dir_all(&xdir)?;
+    std::fs::set_permissions(&xdir, std::fs::Permissions::from_mode(0o755))?;
+    let xonly = xdir.join("warden-xonly");
+    std::fs::copy(&denier, &xonly)?;
+    std::fs::set_permissions(&xonly, std::fs::Permissions::from_mode(0o711))?;
+    let out = learn_as(&a, broker.socket(), &["--json", "--"])
+        .arg(&denier)
+        .arg("secrets")
+        .arg(&d)
+        .arg(&xonly)
+        .output()?;
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let text = stdout(&out);
+    for s in SECRETS {
+        assert!(
+            !text.contains(s),
+            "the report shows {s}, read from a non-dumpable process: {text}"
+        );
+    }
+    let report: Value = serde_json::from_str(text.trim())?;
+    // The process that stayed dumpable is still captured.
+    assert!(
+        denials(&report).contains(&("openat".into(), "EACCES".into(), "/etc/shadow".into())),
+        "{report:#}"
+    );
+    // Both children left, one after its prctl, one at its exec.
+    let left: Vec<&Value> = report["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == "left")
+        .collect();
+    assert_eq!(left.len(), 2, "{report:#}");
+    assert!(
+        left.iter().all(|e| e["reason"] == "non_dumpable"),
+        "{left:?}"
+    );
+    // The plain report says so too.
+    let plain = learn_as(&a, broker.socket(), &["--"])
+        .arg(&denier)
+        .arg("secrets")
+        .arg(&d)
+        .arg(&xonly)
+        .output()?;
+    let t = stdout(&plain);
+    assert!(t.contains("left the capture: non_dumpable"), "{t}");
+    assert!(!SECRETS.iter().any(|s| t.contains(s)), "{t}");
+    // A profile session (successful opens recorded too) shows no more.
+    let profile = learn_as(&a, broker.socket(), &["--format", "landlock-json", "--"])
+        .arg(&denier)
+        .arg("secrets")
+        .arg(&d)
+        .arg(&xonly)
+        .output()?;
+    assert_eq!(profile.status.code(), Some(7), "{}", stderr(&profile));
+    let (p_out, p_err) = (stdout(&profile), stderr(&profile));
+    assert!(p_err.contains("left the capture: non_dumpable"), "{p_err}");
+    assert!(
+        !SECRETS
+            .iter()
+            .any(|s| p_out.contains(s) || p_err.contains(s)),
+        "{p_out}\n{p_err}"
+    );
+    // Root could read it with a debugger: root's session keeps it.
+    let out = Command::new(bin_path("wardenctl"))
+        .arg("--socket")
+        .arg(broker.socket())
+        .args(["learn", "--json", "--"])
+        .arg(&denier)
+        .arg("root-nondumpable")
+        .arg(&d)
+        .output()?;
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(stdout(&out).trim())?;
+    assert_eq!(
+        denials(&report),
+        vec![("unlink".into(), "EPERM".into(), "/proc/version".into())],
+        "{report:#}"
+    );
+    assert!(
+        !report["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["kind"] == "left"),
+        "{report:#}"
+    );
+    Ok(())
+}
