@@ -368,13 +368,16 @@ impl Capture {
                 .stats
                 .update(&key, &[0u8; STATS_BYTES], MapFlags::ANY)
                 .map_err(map_err)?;
-            // The root counts against the owner's share from the start.
-            loaded.set_share(slot_u32, Some((target.owner, gen)))?;
             let fd = ring.as_fd().as_raw_fd() as u32;
             loaded
                 .session_rb
                 .update(&key, &fd.to_ne_bytes(), MapFlags::ANY)
                 .map_err(map_err)?;
+            // The root counts against the owner's share from the start.
+            if let Err(e) = loaded.set_share(slot_u32, Some((target.owner, gen))) {
+                let _ = loaded.session_rb.delete(&key);
+                return Err(e);
+            }
             if target.accesses {
                 // Before the process is tracked, so no open is missed.
                 if let Err(e) = loaded.set_accesses_active(recording + 1) {
