@@ -18,6 +18,14 @@
 //! broker's pid namespace does (`wl_config`, the inode of
 //! `/proc/self/ns/pid`), so a broker in a container tracks the pids its
 //! callers send and reports pids they understand.
+//!
+//! The tracking table ([`MAX_TRACKED`] processes) is shared by every
+//! session; each uid may hold at most its share of it
+//! (`[learn] max_tracked_per_uid`). The kernel half counts each session's
+//! entries in `shares` and leaves a child untracked (counted in
+//! [`SessionStats::over_share`]) when its uid is at its share, so one
+//! user forking without end cannot stop other users' sessions from
+//! following their children.
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -34,6 +42,15 @@ static BPF_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/learn.bpf.o
 
 /// Sessions at once, machine-wide (`WL_MAX_SESSIONS`).
 pub const MAX_SESSIONS: usize = 64;
+/// Processes the kernel tracks at once, all sessions together
+/// (`WL_MAX_TRACKED`, the size of the `tracked` table).
+pub const MAX_TRACKED: u32 = 16_384;
+/// Default share of the tracking table one uid's sessions may hold
+/// (`[learn] max_tracked_per_uid`): a quarter of it.
+pub const DEFAULT_MAX_TRACKED_PER_UID: u32 = 4_096;
+const _: () = assert!(DEFAULT_MAX_TRACKED_PER_UID < MAX_TRACKED);
+/// Bytes of `struct session_stats`.
+const STATS_BYTES: usize = 40;
 /// Bytes of each session's kernel ring buffer (`WL_RINGBUF_BYTES`).
 const RINGBUF_BYTES: u32 = 1024 * 1024;
 /// How often a session's reader wakes when idle, to notice a stop.
@@ -86,6 +103,8 @@ struct Loaded {
     tracked: MapHandle,
     stats: MapHandle,
     session_rb: MapHandle,
+    /// Per slot: (entries held, owner uid, generation).
+    shares: MapHandle,
     /// The object's `.bss`: `accesses_active`.
     bss: MapHandle,
 }
@@ -113,6 +132,20 @@ impl Loaded {
         for k in self.tracked_of(slot, gen) {
             let _ = self.tracked.delete(&k);
         }
+    }
+
+    /// Sets a slot's share record (`struct share`): the session's first
+    /// entry (its root) and its owner, or all zero when the slot is free.
+    fn set_share(&self, slot: u32, share: Option<(u32, u32)>) -> Result<(), CaptureError> {
+        let mut v = [0u8; 16];
+        if let Some((owner, gen)) = share {
+            v[0..8].copy_from_slice(&1i64.to_ne_bytes());
+            v[8..12].copy_from_slice(&owner.to_ne_bytes());
+            v[12..16].copy_from_slice(&gen.to_ne_bytes());
+        }
+        self.shares
+            .update(&slot.to_ne_bytes(), &v, MapFlags::ANY)
+            .map_err(map_err)
     }
 
     /// Tells the kernel half how many sessions record accesses (so it can
@@ -146,6 +179,8 @@ pub struct Capture {
     /// The pid namespace pids are numbered in (its nsfs inode); `None`:
     /// this process's own, read when the programs load.
     pidns_ino: Option<u32>,
+    /// The share of the tracking table one uid's sessions may hold.
+    max_tracked_per_uid: u32,
 }
 
 impl std::fmt::Debug for Capture {
@@ -176,6 +211,9 @@ pub struct SessionStats {
     pub stale: u64,
     /// Children not tracked because the tracking table was full.
     pub untracked: u64,
+    /// Children not tracked because the session's uid held its share of
+    /// the table (`max_tracked_per_uid`).
+    pub over_share: u64,
 }
 
 /// What a session traces.
@@ -189,6 +227,9 @@ pub struct Target {
     /// The uid the session runs for: a tracked process whose credentials
     /// leave this uid leaves the capture (0: no such check).
     pub uid: u32,
+    /// The uid whose share of the tracking table the session's processes
+    /// count against (the caller's).
+    pub owner: u32,
     /// Also report the first successful open of each file.
     pub accesses: bool,
     /// A tracked process that is not dumpable (`SUID_DUMP_USER`) leaves
@@ -225,8 +266,9 @@ fn config_value(pidns_ino: u32) -> [u8; 8] {
 }
 
 /// Loads the programs, tells them the pid namespace to number pids in
-/// (`pidns_ino`), then attaches them.
-fn load(pidns_ino: u32) -> Result<Loaded, CaptureError> {
+/// (`pidns_ino`) and the share of the tracking table per uid, then
+/// attaches them.
+fn load(pidns_ino: u32, max_tracked_per_uid: u32) -> Result<Loaded, CaptureError> {
     let load_err = |e: libbpf_rs::Error| CaptureError::Load(e.to_string());
     let open = ObjectBuilder::default()
         .open_memory(BPF_OBJECT)
@@ -242,10 +284,6 @@ fn load(pidns_ino: u32) -> Result<Loaded, CaptureError> {
     config
         .update(&0u32.to_ne_bytes(), &config_value(pidns_ino), MapFlags::ANY)
         .map_err(load_err)?;
-    let mut links = Vec::new();
-    for prog in object.progs_mut() {
-        links.push(prog.attach().map_err(load_err)?);
-    }
     let handle = |name: &str| -> Result<MapHandle, CaptureError> {
         let map = object
             .maps()
@@ -256,6 +294,18 @@ fn load(pidns_ino: u32) -> Result<Loaded, CaptureError> {
     let tracked = handle("tracked")?;
     let stats = handle("stats")?;
     let session_rb = handle("session_rb")?;
+    let shares = handle("shares")?;
+    let limits = handle("limits")?;
+    let mut l = [0u8; 8];
+    l[0..4].copy_from_slice(&max_tracked_per_uid.to_ne_bytes());
+    limits
+        .update(&0u32.to_ne_bytes(), &l, MapFlags::ANY)
+        .map_err(load_err)?;
+    // Only now, with the namespace and the shares set, does anything run.
+    let mut links = Vec::new();
+    for prog in object.progs_mut() {
+        links.push(prog.attach().map_err(load_err)?);
+    }
     let bss = object
         .maps()
         .find(|m| m.name().to_string_lossy().ends_with(".bss"))
@@ -265,6 +315,7 @@ fn load(pidns_ino: u32) -> Result<Loaded, CaptureError> {
         tracked,
         stats,
         session_rb,
+        shares,
         bss,
         _links: links,
         _object: object,
@@ -284,19 +335,27 @@ fn tracked_value(slot: u32, gen: u32, start_ticks: u64, uid: u32, flags: u32) ->
 
 impl Capture {
     /// A capture with nothing loaded yet, numbering pids as this
-    /// process's pid namespace does.
+    /// process's pid namespace does, with the default share of the
+    /// tracking table per uid.
     pub fn new() -> Self {
-        Self::numbering(None)
+        Self::configured(None, DEFAULT_MAX_TRACKED_PER_UID)
     }
 
     /// A capture that numbers pids (targets, records) as the pid namespace
-    /// with nsfs inode `pidns_ino` does (`None`: this process's). For
-    /// tests that stand in for a broker in another namespace.
+    /// with nsfs inode `pidns_ino` does. For tests that stand in for a
+    /// broker in another namespace.
     pub fn in_pid_namespace(pidns_ino: u32) -> Self {
-        Self::numbering(Some(pidns_ino))
+        Self::configured(Some(pidns_ino), DEFAULT_MAX_TRACKED_PER_UID)
     }
 
-    fn numbering(pidns_ino: Option<u32>) -> Self {
+    /// A capture whose sessions of one uid track at most
+    /// `max_tracked_per_uid` processes together (clamped to 1 ..=
+    /// [`MAX_TRACKED`]).
+    pub fn with_max_tracked_per_uid(max_tracked_per_uid: u32) -> Self {
+        Self::configured(None, max_tracked_per_uid)
+    }
+
+    fn configured(pidns_ino: Option<u32>, max_tracked_per_uid: u32) -> Self {
         Capture {
             state: Mutex::new(State {
                 loaded: None,
@@ -304,6 +363,7 @@ impl Capture {
             }),
             next_gen: AtomicU32::new(1),
             pidns_ino,
+            max_tracked_per_uid: max_tracked_per_uid.clamp(1, MAX_TRACKED),
         }
     }
 
@@ -339,7 +399,7 @@ impl Capture {
                     warden_sys::pid_namespace_inode(None).map_err(CaptureError::PidNamespace)?
                 }
             };
-            st.loaded = Some(load(ino)?);
+            st.loaded = Some(load(ino, self.max_tracked_per_uid)?);
         }
         let gen = self.next_gen.fetch_add(1, Ordering::Relaxed).max(1);
         let slot_u32 = slot as u32;
@@ -365,17 +425,23 @@ impl Capture {
             .map_err(map_err)?;
             loaded
                 .stats
-                .update(&key, &[0u8; 32], MapFlags::ANY)
+                .update(&key, &[0u8; STATS_BYTES], MapFlags::ANY)
                 .map_err(map_err)?;
             let fd = ring.as_fd().as_raw_fd() as u32;
             loaded
                 .session_rb
                 .update(&key, &fd.to_ne_bytes(), MapFlags::ANY)
                 .map_err(map_err)?;
+            // The root counts against the owner's share from the start.
+            if let Err(e) = loaded.set_share(slot_u32, Some((target.owner, gen))) {
+                let _ = loaded.session_rb.delete(&key);
+                return Err(e);
+            }
             if target.accesses {
                 // Before the process is tracked, so no open is missed.
                 if let Err(e) = loaded.set_accesses_active(recording + 1) {
                     let _ = loaded.session_rb.delete(&key);
+                    let _ = loaded.set_share(slot_u32, None);
                     return Err(e);
                 }
             }
@@ -390,6 +456,7 @@ impl Capture {
                     .update(&target.pid.to_ne_bytes(), &value, MapFlags::NO_EXIST)
             {
                 let _ = loaded.session_rb.delete(&key);
+                let _ = loaded.set_share(slot_u32, None);
                 let _ = loaded.set_accesses_active(recording);
                 return Err(if e.kind() == libbpf_rs::ErrorKind::AlreadyExists {
                     CaptureError::Busy(target.pid)
@@ -479,6 +546,7 @@ impl Capture {
         let mut stats = SessionStats::default();
         if let Some(loaded) = &st.loaded {
             // Children forked while the reader drained.
+            let _ = loaded.set_share(slot, None);
             loaded.untrack(slot, gen);
             let key = slot.to_ne_bytes();
             if let Ok(Some(v)) = loaded.stats.lookup(&key, MapFlags::ANY) {
@@ -493,6 +561,7 @@ impl Capture {
                     lost: at(1),
                     stale: at(2),
                     untracked: at(3),
+                    over_share: at(4),
                 };
             }
             let _ = loaded.session_rb.delete(&key);
@@ -527,9 +596,11 @@ impl Session {
         if let Some(s) = self.stopped {
             return s;
         }
-        // Untrack first, so nothing new is written; then let the reader
-        // drain what is there; then free the slot.
+        // Untrack first, so nothing new is written (with the share gone,
+        // no child is tracked any more either); then let the reader drain
+        // what is there; then free the slot.
         if let Some(loaded) = &lock(&self.capture.state).loaded {
+            let _ = loaded.set_share(self.slot, None);
             loaded.untrack(self.slot, self.gen);
         }
         self.stop.store(true, Ordering::Release);
@@ -596,6 +667,15 @@ mod tests {
     }
 
     #[test]
+    fn the_tracking_table_agrees_with_the_config_bound() {
+        assert_eq!(MAX_TRACKED, warden_policy::LEARN_TRACKING_TABLE);
+        assert_eq!(
+            warden_policy::LearnSection::default().max_tracked_per_uid,
+            DEFAULT_MAX_TRACKED_PER_UID
+        );
+    }
+
+    #[test]
     fn captures_a_denial_with_its_path_then_unloads() -> Result<(), Box<dyn std::error::Error>> {
         if !privileged() {
             return Ok(());
@@ -621,6 +701,7 @@ mod tests {
             pid,
             start_ticks: facts.start_ticks,
             uid: 0,
+            owner: 0,
             accesses: false,
             leave_non_dumpable: false,
         };
@@ -706,6 +787,7 @@ mod tests {
             pid: 1,
             start_ticks: facts.start_ticks,
             uid: 0,
+            owner: 0,
             accesses: false,
             leave_non_dumpable: false,
         };
@@ -747,6 +829,50 @@ mod tests {
     }
 
     #[test]
+    fn children_past_the_uids_share_are_not_tracked() -> Result<(), Box<dyn std::error::Error>> {
+        if !privileged() {
+            return Ok(());
+        }
+        // A share of 3: the root and two children; the other four children
+        // stay untracked.
+        let capture = Arc::new(Capture::with_max_tracked_per_uid(3));
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                "read x; for i in 1 2 3 4 5 6; do sleep 1 & done; wait",
+            ])
+            .stdin(Stdio::piped())
+            .spawn()?;
+        let pid = child.id();
+        let pidfd = warden_sys::pidfd_open(pid)?;
+        let facts = warden_sys::process_facts(pidfd.as_fd(), pid)?;
+        let target = Target {
+            pid,
+            start_ticks: facts.start_ticks,
+            uid: 0,
+            owner: 0,
+            accesses: false,
+            leave_non_dumpable: false,
+        };
+        let mut session = capture.start(
+            &target,
+            || warden_sys::confirm_same_process(pidfd.as_fd(), pid, facts.start_ticks).is_ok(),
+            Box::new(|_| {}),
+        )?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(b"go\n")?;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let tracked = capture.tracked_pids(session.generation()).len();
+        child.wait()?;
+        let stats = session.stop();
+        assert_eq!(tracked, 3, "{stats:?}");
+        assert_eq!(stats.over_share, 4, "{stats:?}");
+        assert_eq!(stats.untracked, 0, "{stats:?}");
+        Ok(())
+    }
+
+    #[test]
     fn an_exited_target_is_not_captured() -> Result<(), Box<dyn std::error::Error>> {
         if !privileged() {
             return Ok(());
@@ -761,6 +887,7 @@ mod tests {
             pid,
             start_ticks: facts.start_ticks,
             uid: 0,
+            owner: 0,
             accesses: false,
             leave_non_dumpable: false,
         };

@@ -215,6 +215,15 @@ impl Report {
                     "warning: {lost} events were lost (buffers full); the report is incomplete"
                 );
             }
+            let untracked = e["untracked_children"].as_u64().unwrap_or(0);
+            if untracked > 0 {
+                let _ = writeln!(
+                    s,
+                    "warning: {untracked} child process{} not followed (your share of the \
+                     tracking table, max_tracked_per_uid, was full); what they did is missing",
+                    if untracked == 1 { " was" } else { "es were" }
+                );
+            }
         }
         s
     }
@@ -256,6 +265,22 @@ mod tests {
         let text = r.render_text();
         assert!(text.contains("3 denied operations (2 distinct)"), "{text}");
         assert!(text.contains("/bin/t"), "{text}");
+    }
+
+    #[test]
+    fn losses_and_untracked_children_are_warned_about() {
+        let mut r = Report::default();
+        r.add(denial(1, "/a"));
+        r.end = Some(
+            serde_json::json!({"end": {"lost_in_kernel": 0, "lost_in_broker": 5,
+            "untracked_children": 3}}),
+        );
+        let text = r.render_text();
+        assert!(text.contains("5 events were lost"), "{text}");
+        assert!(
+            text.contains("3 child processes were not followed"),
+            "{text}"
+        );
     }
 
     #[test]

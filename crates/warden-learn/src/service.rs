@@ -17,11 +17,30 @@
 //! # Streams
 //! A session buffers what the kernel reports in its own bounded buffer;
 //! `learn.events` makes the broker push it to the caller as events on
-//! topic `warden.learn.events` (`{"session", "events": [...]}`), ending
-//! with one `{"session", "end": {...}}` after `learn.stop`. When the
-//! buffer is full, further events are counted, not kept, and the count is
-//! in the end record. A session ends with `learn.stop` or when its
-//! connection closes, whichever comes first.
+//! topic `warden.learn.events` (`{"session", "events": [...]}`, batches
+//! of at most [`BATCH_BYTES`]), ending with one `{"session", "end":
+//! {...}}` after `learn.stop`. A session ends with `learn.stop` or when
+//! its connection closes, whichever comes first.
+//!
+//! # What a session may make the broker hold
+//! A client that starts a session and stops reading must not make the
+//! broker's memory grow. Every buffered event is charged to the caller's
+//! uid (as JSON text, like the frames it becomes), within
+//! `max_queued_bytes_per_uid` together with everything else the broker
+//! holds for that uid; the frames keep the charge until written. The
+//! reader keeps draining the kernel's ring buffer whatever the client
+//! does, and an event the uid's budget (or the session's
+//! [`SESSION_BUFFER`]) cannot hold is dropped and counted as
+//! `lost_in_broker`. The per-session table of executables forgets a
+//! process when it exits or leaves the capture and holds at most
+//! [`MAX_EXES`] entries.
+//!
+//! # Limits per uid
+//! `max_sessions_per_uid` is checked and the slot reserved under one lock
+//! before anything is loaded or attached (a [`Reservation`], released if
+//! the start fails), so concurrent `learn.start` calls cannot pass the
+//! check together. The uid's share of the kernel's tracking table is
+//! enforced by the kernel half (see `capture`).
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
@@ -32,23 +51,48 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
-use warden::{CallerChannel, Handler, HandlerContext, Pushed};
+use warden::{CallerChannel, Charge, Handler, HandlerContext, Pushed};
 use warden_policy::Action;
 use warden_proto::{ErrorCode, Payload, TopicName, WireError};
 
-use crate::capture::{Capture, CaptureError, Session, SessionStats, Target};
+use crate::capture::{
+    Capture, CaptureError, Session, SessionStats, Target, DEFAULT_MAX_TRACKED_PER_UID, MAX_TRACKED,
+};
 use crate::event::{Event, Record, EVENTS_TOPIC};
 
-/// Events a session keeps for its client before counting them as lost.
+/// Events a session keeps for its client before counting them as lost
+/// (besides their bytes counting against the uid's
+/// `max_queued_bytes_per_uid`).
 pub const SESSION_BUFFER: usize = 65_536;
-/// Events per pushed frame.
-const BATCH: usize = 256;
+/// Bytes of events per pushed frame, at most (an event larger than that
+/// goes in a frame of its own).
+pub const BATCH_BYTES: usize = 64 * 1024;
+/// Processes whose executable a session remembers at once, to name the
+/// program of each denial: as many as the tracking table holds. Entries
+/// go when their process exits or leaves the capture; past the cap (only
+/// if the kernel lost exit records), new processes' denials carry no
+/// `exe`.
+pub const MAX_EXES: usize = MAX_TRACKED as usize;
+/// An event frame's bytes around its events, at most: the length prefix,
+/// the envelope (`kind`, `topic`, `missed`) and `{"session":N,"events":[`.
+const FRAME_OVERHEAD: usize = 256;
+/// Room buffered events leave in the uid's budget, so that turning them
+/// into a frame (whose envelope is charged on top) always finds room
+/// once the frames already queued are read.
+const ENVELOPE_HEADROOM: u64 = 2 * FRAME_OVERHEAD as u64;
+/// The part of the uid's budget (1/`REPLY_SHARE`) buffered events leave
+/// to everything else, so that a flooding session does not make the
+/// uid's replies (`learn.stop`'s among them) fail with `limit_exceeded`.
+const REPLY_SHARE: u64 = 16;
 
 /// Settings from the `[learn]` section.
 #[derive(Debug, Clone)]
 pub struct LearnSettings {
     /// Sessions one uid may run at once.
     pub max_sessions_per_uid: usize,
+    /// Processes one uid's sessions may track at once, together (its share
+    /// of the kernel's tracking table).
+    pub max_tracked_per_uid: u32,
     /// Test hook: pause this long between checking the target and
     /// attaching (to test pid-reuse races). Zero in production.
     pub attach_delay: Duration,
@@ -58,6 +102,7 @@ impl Default for LearnSettings {
     fn default() -> Self {
         LearnSettings {
             max_sessions_per_uid: 4,
+            max_tracked_per_uid: DEFAULT_MAX_TRACKED_PER_UID,
             attach_delay: Duration::ZERO,
         }
     }
@@ -68,8 +113,56 @@ impl Default for LearnSettings {
 pub struct LearnService {
     capture: Arc<Capture>,
     settings: LearnSettings,
-    sessions: Mutex<HashMap<u64, Arc<Live>>>,
+    sessions: Mutex<Sessions>,
     next_id: AtomicU64,
+}
+
+/// The sessions, and the starts under way, in one lock.
+#[derive(Debug, Default)]
+struct Sessions {
+    live: HashMap<u64, Arc<Live>>,
+    /// Per uid: `learn.start` calls past the limit check and not yet
+    /// finished (each holds a [`Reservation`]).
+    starting: HashMap<u32, usize>,
+}
+
+impl Sessions {
+    fn unreserve(&mut self, uid: u32) {
+        if let Some(n) = self.starting.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.starting.remove(&uid);
+            }
+        }
+    }
+}
+
+/// One of a uid's `max_sessions_per_uid` places, taken under the sessions
+/// lock when `learn.start` checks the limit, before anything is loaded or
+/// attached. Given back on drop (the start failed) unless
+/// [`Reservation::commit`] turned it into a running session.
+struct Reservation<'a> {
+    service: &'a LearnService,
+    uid: u32,
+    committed: bool,
+}
+
+impl Reservation<'_> {
+    /// Registers the started session in the place reserved for it.
+    fn commit(mut self, live: Arc<Live>) {
+        let mut s = lock(&self.service.sessions);
+        s.live.insert(live.id, live);
+        s.unreserve(self.uid);
+        self.committed = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            lock(&self.service.sessions).unreserve(self.uid);
+        }
+    }
 }
 
 /// The per-session state shared by the reader thread, the stream task and
@@ -80,6 +173,8 @@ struct Live {
     connection: u64,
     session: Mutex<Option<Session>>,
     buffer: Mutex<Buffer>,
+    /// The broker's frame limit: an event larger than a frame is lost.
+    max_frame: usize,
     wake: Notify,
     /// Set once `learn.events` started the stream.
     streaming: AtomicBool,
@@ -96,12 +191,18 @@ impl std::fmt::Debug for Live {
 
 #[derive(Default)]
 struct Buffer {
-    events: VecDeque<Value>,
-    /// Events dropped because the buffer was full.
+    /// Events as JSON text, oldest first.
+    events: VecDeque<String>,
+    /// The bytes of `events` (each with one byte for its separator),
+    /// charged to the caller's uid.
+    charge: Option<Charge>,
+    /// Events dropped because the uid's budget or the buffer was full
+    /// (`lost_in_broker`).
     overflow: u64,
     /// Set when the capture has stopped: (kernel counters, end reason).
     end: Option<(SessionStats, &'static str)>,
-    /// pid → executable, from the start, execs and forks.
+    /// pid → executable, from the start, execs and forks; a process is
+    /// forgotten when it exits or leaves. At most [`MAX_EXES`].
     exes: HashMap<u32, Option<String>>,
     denials: u64,
 }
@@ -132,34 +233,66 @@ struct SessionParams {
     session: u64,
 }
 
+/// Remembers `pid`'s executable, unless the table is full.
+fn remember(exes: &mut HashMap<u32, Option<String>>, pid: u32, exe: Option<String>) {
+    if exes.len() < MAX_EXES || exes.contains_key(&pid) {
+        exes.insert(pid, exe);
+    }
+}
+
 impl Live {
     fn record(&self, r: Record) {
         let mut b = lock(&self.buffer);
         let mut event = r.event;
+        // The table of executables is kept even for events dropped below.
         match &mut event {
             Event::Denial(d) => {
                 d.exe = b.exes.get(&d.pid).cloned().flatten();
                 b.denials += 1;
             }
             Event::Exec { pid, exe, .. } => {
-                b.exes.insert(*pid, exe.clone());
+                remember(&mut b.exes, *pid, exe.clone());
             }
             Event::Fork { pid, child } => {
                 let exe = b.exes.get(pid).cloned().flatten();
-                b.exes.insert(*child, exe);
+                remember(&mut b.exes, *child, exe);
             }
-            Event::Exit { .. } | Event::Left { .. } | Event::Access(_) => {}
+            Event::Exit { pid, .. } | Event::Left { pid, .. } => {
+                b.exes.remove(pid);
+            }
+            Event::Access(_) => {}
         }
         if b.events.len() >= SESSION_BUFFER {
             b.overflow += 1;
             return;
         }
-        match serde_json::to_value(&event) {
-            Ok(v) => b.events.push_back(v),
-            Err(_) => b.overflow += 1,
+        let Ok(text) = serde_json::to_string(&event) else {
+            b.overflow += 1;
+            return;
+        };
+        // Never more than fits in one frame, and only what the uid's
+        // budget holds.
+        let cost = text.len() as u64 + 1;
+        let fits = text.len() + 1 + FRAME_OVERHEAD <= self.max_frame
+            && b.charge
+                .as_mut()
+                .is_some_and(|c| c.try_add(cost, ENVELOPE_HEADROOM + c.limit() / REPLY_SHARE));
+        if !fits {
+            b.overflow += 1;
+            return;
         }
+        b.events.push_back(text);
         drop(b);
         self.wake.notify_one();
+    }
+
+    /// Forgets what is buffered (its client has gone), giving the bytes
+    /// back to the uid.
+    fn discard(&self) {
+        let mut b = lock(&self.buffer);
+        b.events = VecDeque::new();
+        b.charge = None;
+        b.exes = HashMap::new();
     }
 
     /// Stops the capture (idempotent) and marks the stream's end.
@@ -188,7 +321,7 @@ impl Live {
                 "lost_in_kernel": stats.lost,
                 "lost_in_broker": b.overflow,
                 "stale_discarded": stats.stale,
-                "untracked_children": stats.untracked,
+                "untracked_children": stats.untracked + stats.over_share,
             }
         })
     }
@@ -200,21 +333,44 @@ async fn stream(live: Arc<Live>, channel: CallerChannel) {
     let Ok(topic) = TopicName::try_from(EVENTS_TOPIC) else {
         return;
     };
+    let max = BATCH_BYTES.min(channel.max_frame().saturating_sub(FRAME_OVERHEAD));
     loop {
-        let (batch, end) = {
+        let (batch, bytes, charge, end) = {
             let mut b = lock(&live.buffer);
-            let n = b.events.len().min(BATCH);
-            let batch: Vec<Value> = b.events.drain(..n).collect();
+            let (mut n, mut bytes) = (0, 0);
+            for e in &b.events {
+                if n > 0 && bytes + e.len() + 1 > max {
+                    break;
+                }
+                bytes += e.len() + 1;
+                n += 1;
+            }
+            let batch: Vec<String> = b.events.drain(..n).collect();
+            let charge = b.charge.as_mut().map(|c| c.split(bytes as u64));
             let end = if b.events.is_empty() { b.end } else { None };
-            (batch, end)
+            (batch, bytes, charge, end)
         };
         if !batch.is_empty() {
-            let data = json!({ "session": live.id, "events": batch });
-            let Ok(payload) = Payload::from_value(&data) else {
+            let n = batch.len() as u64;
+            let mut text = String::with_capacity(bytes + 64);
+            text.push_str(&format!("{{\"session\":{},\"events\":[", live.id));
+            for (i, e) in batch.iter().enumerate() {
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str(e);
+            }
+            text.push_str("]}");
+            drop(batch);
+            let (Ok(payload), Some(charge)) = (Payload::from_raw_json(&text), charge) else {
+                lock(&live.buffer).overflow += n;
                 continue;
             };
-            if channel.push_wait(&topic, payload).await == Pushed::Closed {
-                return;
+            drop(text);
+            match channel.push_charged(&topic, payload, charge).await {
+                Pushed::Closed => return,
+                Pushed::Dropped => lock(&live.buffer).overflow += n,
+                Pushed::Queued => {}
             }
             continue;
         }
@@ -236,7 +392,9 @@ impl LearnService {
     /// first session).
     pub fn new(settings: LearnSettings) -> Arc<Self> {
         Arc::new(LearnService {
-            capture: Arc::new(Capture::new()),
+            capture: Arc::new(Capture::with_max_tracked_per_uid(
+                settings.max_tracked_per_uid,
+            )),
             settings,
             sessions: Mutex::default(),
             next_id: AtomicU64::new(1),
@@ -270,7 +428,7 @@ impl LearnService {
 
     /// Stops every session (broker shutdown).
     pub fn stop_all(&self) {
-        let all: Vec<Arc<Live>> = lock(&self.sessions).drain().map(|(_, l)| l).collect();
+        let all: Vec<Arc<Live>> = lock(&self.sessions).live.drain().map(|(_, l)| l).collect();
         for l in all {
             l.finish("broker_stopping");
         }
@@ -364,20 +522,11 @@ impl LearnService {
                 p.pid
             )));
         }
-        {
-            let sessions = lock(&self.sessions);
-            let mine = sessions.values().filter(|l| l.uid == caller.uid).count();
-            if mine >= self.settings.max_sessions_per_uid {
-                return Err(wire(
-                    ErrorCode::LimitExceeded,
-                    format!(
-                        "uid {} already runs {mine} learning sessions (max_sessions_per_uid = {}); \
-                         stop one first",
-                        caller.uid, self.settings.max_sessions_per_uid
-                    ),
-                ));
-            }
-        }
+        let reservation = self.reserve(caller.uid)?;
+        let charge = ctx
+            .channel
+            .charge()
+            .ok_or_else(|| wire(ErrorCode::Unavailable, "the calling connection has closed"))?;
         if !self.settings.attach_delay.is_zero() {
             std::thread::sleep(self.settings.attach_delay);
         }
@@ -387,7 +536,11 @@ impl LearnService {
             uid: caller.uid,
             connection: ctx.connection,
             session: Mutex::new(None),
-            buffer: Mutex::new(Buffer::default()),
+            buffer: Mutex::new(Buffer {
+                charge: Some(charge),
+                ..Buffer::default()
+            }),
+            max_frame: ctx.channel.max_frame(),
             wake: Notify::new(),
             streaming: AtomicBool::new(false),
         });
@@ -398,6 +551,7 @@ impl LearnService {
             pid: p.pid,
             start_ticks: facts.start_ticks,
             uid: facts.uids[1],
+            owner: caller.uid,
             accesses: p.accesses,
             // Root may read any process's memory; others only dumpable
             // ones (the ptrace rule), so theirs leave when they stop being.
@@ -425,13 +579,14 @@ impl LearnService {
                 }
             })?;
         *lock(&live.session) = Some(session);
-        lock(&self.sessions).insert(id, Arc::clone(&live));
+        reservation.commit(Arc::clone(&live));
         // The session ends with its connection.
         let watch = ctx.channel.clone();
         let sessions_live = Arc::clone(&live);
         tokio::spawn(async move {
             watch.closed().await;
             sessions_live.finish("client_disconnected");
+            sessions_live.discard();
         });
         tracing::info!(
             target: "warden::audit",
@@ -449,9 +604,32 @@ impl LearnService {
         }))
     }
 
+    /// Takes one of `uid`'s session places, or says why not.
+    fn reserve(&self, uid: u32) -> Result<Reservation<'_>, WireError> {
+        let mut s = lock(&self.sessions);
+        let running = s.live.values().filter(|l| l.uid == uid).count();
+        let starting = s.starting.get(&uid).copied().unwrap_or(0);
+        let max = self.settings.max_sessions_per_uid;
+        if running + starting >= max {
+            return Err(wire(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "uid {uid} already runs {running} learning sessions and starts {starting} \
+                     (max_sessions_per_uid = {max}); stop one first"
+                ),
+            ));
+        }
+        *s.starting.entry(uid).or_default() += 1;
+        Ok(Reservation {
+            service: self,
+            uid,
+            committed: false,
+        })
+    }
+
     fn own_session(&self, ctx: &HandlerContext, id: u64) -> Result<Arc<Live>, WireError> {
         let sessions = lock(&self.sessions);
-        match sessions.get(&id) {
+        match sessions.live.get(&id) {
             Some(l) if l.connection == ctx.connection => Ok(Arc::clone(l)),
             _ => Err(wire(
                 ErrorCode::BadRequest,
@@ -472,7 +650,7 @@ impl LearnService {
     fn stop(&self, ctx: &HandlerContext, params: &Payload) -> Result<Value, WireError> {
         let p: SessionParams = params.parse().map_err(bad_request)?;
         let live = self.own_session(ctx, p.session)?;
-        lock(&self.sessions).remove(&p.session);
+        lock(&self.sessions).live.remove(&p.session);
         let stats = live.finish("stopped").unwrap_or_default();
         let b = lock(&live.buffer);
         tracing::info!(
@@ -488,12 +666,15 @@ impl LearnService {
             "lost_in_kernel": stats.lost,
             "lost_in_broker": b.overflow,
             "stale_discarded": stats.stale,
+            "untracked_children": stats.untracked + stats.over_share,
         }))
     }
 
     /// Forgets sessions whose capture has ended (their connection closed).
     fn reap(&self) {
-        lock(&self.sessions).retain(|_, l| lock(&l.session).is_some());
+        lock(&self.sessions)
+            .live
+            .retain(|_, l| lock(&l.session).is_some());
     }
 }
 

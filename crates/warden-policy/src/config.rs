@@ -131,10 +131,26 @@ pub struct LearnSection {
     /// Learning sessions one uid may run at once.
     #[serde(default = "default_learn_sessions")]
     pub max_sessions_per_uid: usize,
+    /// Processes one uid's learning sessions may track at once, together:
+    /// its share of the kernel's tracking table
+    /// ([`LEARN_TRACKING_TABLE`] processes for all sessions). Past it, that
+    /// uid's new children are not tracked (and are counted).
+    #[serde(default = "default_learn_tracked")]
+    pub max_tracked_per_uid: u32,
 }
+
+/// Processes learning mode's kernel tracking table holds, all sessions
+/// together (`WL_MAX_TRACKED` in warden-learn's eBPF half): the upper
+/// bound of `[learn] max_tracked_per_uid`.
+pub const LEARN_TRACKING_TABLE: u32 = 16_384;
 
 fn default_learn_sessions() -> usize {
     4
+}
+
+/// A quarter of the table: four users at their share still leave room.
+fn default_learn_tracked() -> u32 {
+    4_096
 }
 
 impl Default for LearnSection {
@@ -142,6 +158,7 @@ impl Default for LearnSection {
         LearnSection {
             enabled: false,
             max_sessions_per_uid: default_learn_sessions(),
+            max_tracked_per_uid: default_learn_tracked(),
         }
     }
 }
@@ -483,6 +500,15 @@ impl Config {
             limits.max_queued_bytes_per_caller_at_provider = limits.max_queued_bytes_per_uid / 4;
         }
 
+        let tracked = raw.learn.max_tracked_per_uid;
+        if !(1..=LEARN_TRACKING_TABLE).contains(&tracked) {
+            return Err(ctx.err(
+                key_span(text, "max_tracked_per_uid"),
+                "learn.max_tracked_per_uid",
+                format!("{tracked} is out of range (1 ..= {LEARN_TRACKING_TABLE})"),
+            ));
+        }
+
         let source: Arc<str> = Arc::from(file);
         let mut rules = Vec::with_capacity(raw.rules.len());
         for (i, spanned) in raw.rules.into_iter().enumerate() {
@@ -607,6 +633,23 @@ impl Config {
     }
 }
 
+/// Where `key = ...` starts in `text`, if it is there (for errors about a
+/// value serde read without a span).
+fn key_span(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            let start = at + (line.len() - t.len());
+            return Some(start..start + key.len());
+        }
+        at += line.len();
+    }
+    None
+}
+
 fn line_span(text: &str, line: usize) -> std::ops::Range<usize> {
     let start: usize = text
         .split_inclusive('\n')
@@ -640,6 +683,7 @@ mod tests {
         // processes only; root may learn any.
         assert!(c.learn.enabled);
         assert_eq!(c.learn.max_sessions_per_uid, 4);
+        assert_eq!(c.learn.max_tracked_per_uid, 4_096);
         let user = crate::Caller {
             uid: 1000,
             gid: 1000,
@@ -658,6 +702,22 @@ mod tests {
                 .decide(&user, crate::Action::Call, "learn.start")
                 .allowed
         );
+    }
+
+    #[test]
+    fn max_tracked_per_uid_is_checked_against_the_table() {
+        let c = parse("[learn]\nmax_tracked_per_uid = 8\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.learn.max_tracked_per_uid, 8);
+        for bad in ["0", "16385"] {
+            let e = parse(&format!(
+                "[learn]\nenabled = true\nmax_tracked_per_uid = {bad}\n"
+            ))
+            .err();
+            let e = e.unwrap_or_else(|| panic!("accepted {bad}"));
+            assert_eq!(e.line, 3, "{e}");
+            assert_eq!(e.key, "learn.max_tracked_per_uid", "{e}");
+            assert!(e.message.contains("out of range (1 ..= 16384)"), "{e}");
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ mod policy;
 
 pub use config::{
     Action, BrokerSection, Config, ConfigError, Effect, LearnSection, Limits, SlowSubscriber,
-    DEFAULT_CONFIG,
+    DEFAULT_CONFIG, LEARN_TRACKING_TABLE,
 };
 pub use pattern::{NamePattern, PatternError};
 pub use policy::{Caller, CallerPolicy, Decision, Policy, Resolver, RuleRef, StaticResolver};

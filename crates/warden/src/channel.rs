@@ -8,6 +8,12 @@
 //! broker's memory without bound: when the queue is full the event is
 //! dropped and counted, and the next event delivered carries the count in
 //! its `missed` field, exactly as for a lagging subscriber.
+//!
+//! A handler that buffers data for its caller before sending it (learning
+//! mode's captured events) holds it as a [`Charge`] on the caller's uid,
+//! within the same `max_queued_bytes_per_uid`, and sends it with
+//! [`CallerChannel::push_charged`]: what the broker holds for one uid,
+//! buffered or queued, stays within that uid's limit.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
@@ -17,7 +23,11 @@ use tokio::sync::mpsc::error::TrySendError;
 use warden_proto::{Message, Payload, TopicName};
 
 use crate::hub::ConnShared;
-use crate::queue::QueuedFrame;
+use crate::queue::{Charge, QueuedFrame};
+
+/// How often [`CallerChannel::push_charged`] looks again for room in the
+/// uid's budget while the caller is not reading.
+const BUDGET_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// A handle on the caller's connection, given to handlers in
 /// [`crate::HandlerContext`]. Holding it does not keep the connection open.
@@ -62,6 +72,66 @@ impl CallerChannel {
         self.conn
             .upgrade()
             .is_none_or(|c| c.ev_tx.is_closed() || c.killed.load(Ordering::Acquire))
+    }
+
+    /// The largest frame the broker sends (`limits.max_frame_bytes`).
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// An empty [`Charge`] on the caller's uid, to hold data the handler
+    /// buffers for the caller; `None` once the connection has closed.
+    pub fn charge(&self) -> Option<Charge> {
+        let conn = self.conn.upgrade()?;
+        Some(Charge::empty(&conn.account, self.max_queued))
+    }
+
+    /// Queues an event whose data `charge` already holds (taken from a
+    /// [`Charge`] of this channel), waiting for room in the connection's
+    /// queue. The frame's envelope is charged on top, within
+    /// `max_queued_bytes_per_uid`, waiting while the uid has no room (so
+    /// the data to charge `charge` with must leave headroom for it). The
+    /// frame keeps the charge until written. Gives up when the connection
+    /// closes; `Dropped` if the event exceeds the frame limit.
+    pub async fn push_charged(
+        &self,
+        topic: &TopicName,
+        data: Payload,
+        mut charge: Charge,
+    ) -> Pushed {
+        let Some(conn) = self.conn.upgrade() else {
+            return Pushed::Closed;
+        };
+        let missed = conn.missed.swap(0, Ordering::AcqRel);
+        let Some(bytes) = (Message::Event {
+            topic: topic.clone(),
+            data,
+            missed,
+            publisher: None,
+        })
+        .to_frame(self.max_frame) else {
+            conn.missed.fetch_add(missed, Ordering::AcqRel);
+            return Pushed::Dropped;
+        };
+        let tx = conn.ev_tx.clone();
+        drop(conn);
+        let len = bytes.len() as u64;
+        if charge.len() > len {
+            charge.release(charge.len() - len);
+        }
+        while charge.len() < len {
+            if charge.try_add(len - charge.len(), 0) {
+                break;
+            }
+            if self.is_closed() {
+                return Pushed::Closed;
+            }
+            tokio::time::sleep(BUDGET_RETRY).await;
+        }
+        match tx.send(QueuedFrame::from_charge(bytes, charge)).await {
+            Ok(()) => Pushed::Queued,
+            Err(_) => Pushed::Closed,
+        }
     }
 
     /// Resolves when the connection closes.

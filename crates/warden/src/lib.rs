@@ -41,6 +41,7 @@ pub use broker::{
     Broker, BrokerBuilder, BrokerError, Handler, HandlerContext, ServeError, TEST_PANIC_METHOD,
 };
 pub use channel::{CallerChannel, Pushed};
+pub use queue::Charge;
 pub use shutdown::{Shutdown, ShutdownTrigger};
 
 /// Software name reported in `welcome` and `warden.version`.

@@ -52,6 +52,89 @@ impl UidAccount {
     }
 }
 
+/// Bytes a handler holds for its caller (data it will send, such as a
+/// learning session's buffered events), charged to the caller's uid like
+/// queued frames and released on drop. Turned into a frame with
+/// [`crate::CallerChannel::push_charged`], which keeps the charge.
+pub struct Charge {
+    account: Arc<UidAccount>,
+    max: u64,
+    len: u64,
+}
+
+impl std::fmt::Debug for Charge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Charge")
+            .field("len", &self.len)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Charge {
+    /// Nothing charged yet, against `account` and its limit `max`.
+    pub(crate) fn empty(account: &Arc<UidAccount>, max: u64) -> Charge {
+        Charge {
+            account: Arc::clone(account),
+            max,
+            len: 0,
+        }
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// The uid's limit (`max_queued_bytes_per_uid`).
+    pub fn limit(&self) -> u64 {
+        self.max
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Charges `len` more bytes to the uid if its total stays within
+    /// `max_queued_bytes_per_uid` minus `headroom`; false (and nothing
+    /// charged) otherwise.
+    pub fn try_add(&mut self, len: u64, headroom: u64) -> bool {
+        if !self
+            .account
+            .try_charge(len, self.max.saturating_sub(headroom))
+        {
+            return false;
+        }
+        self.len += len;
+        true
+    }
+
+    /// Moves up to `len` of the bytes held into a charge of their own.
+    pub fn split(&mut self, len: u64) -> Charge {
+        let len = len.min(self.len);
+        self.len -= len;
+        Charge {
+            account: Arc::clone(&self.account),
+            max: self.max,
+            len,
+        }
+    }
+
+    /// Gives back `len` of the bytes held.
+    pub fn release(&mut self, len: u64) {
+        let len = len.min(self.len);
+        self.account.release(len);
+        self.len -= len;
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.account.release(self.len);
+    }
+}
+
 /// An encoded frame waiting for a writer, charged to a uid while it waits
 /// (and, for a routed call, to its caller's budget at the provider too).
 #[derive(Debug)]
@@ -98,6 +181,28 @@ impl QueuedFrame {
             account: Arc::clone(account),
             also: Some(Arc::clone(also)),
         })
+    }
+
+    /// A frame whose bytes `charge` already holds (callers make its length
+    /// the frame's); the frame keeps the charge until written or dropped.
+    pub(crate) fn from_charge(bytes: Vec<u8>, mut charge: Charge) -> Self {
+        // Whatever the lengths, the account ends up charged with exactly
+        // the frame's length, which the frame releases.
+        let len = bytes.len() as u64;
+        if charge.len > len {
+            charge.release(charge.len - len);
+        } else if charge.len < len {
+            charge
+                .account
+                .queued_bytes
+                .fetch_add(len - charge.len, Ordering::AcqRel);
+        }
+        charge.len = 0;
+        QueuedFrame {
+            bytes,
+            account: Arc::clone(&charge.account),
+            also: None,
+        }
     }
 
     /// Charges without a limit check (for small control frames that must
@@ -171,6 +276,25 @@ mod tests {
         assert_eq!(at_provider.queued_bytes.load(Ordering::Relaxed), 0);
         assert_eq!(caller.queued_bytes.load(Ordering::Relaxed), 0);
         assert!(Arc::ptr_eq(&at_provider, &caller.at_provider(1000)));
+    }
+
+    #[test]
+    fn a_held_charge_becomes_a_frame_without_changing_the_total() {
+        let acct = Arc::new(UidAccount::default());
+        let mut held = Charge::empty(&acct, 1000);
+        assert!(held.try_add(600, 100));
+        // 600 + 350 > 1000 - 100: refused, nothing charged.
+        assert!(!held.try_add(350, 100));
+        assert!(held.try_add(300, 100));
+        assert_eq!(acct.queued_bytes.load(Ordering::Relaxed), 900);
+        let part = held.split(500);
+        assert_eq!((part.len(), held.len()), (500, 400));
+        let frame = QueuedFrame::from_charge(vec![0; 500], part);
+        assert_eq!(acct.queued_bytes.load(Ordering::Relaxed), 900);
+        drop(held);
+        assert_eq!(acct.queued_bytes.load(Ordering::Relaxed), 500);
+        drop(frame);
+        assert_eq!(acct.queued_bytes.load(Ordering::Relaxed), 0);
     }
 
     #[test]

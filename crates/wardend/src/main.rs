@@ -241,6 +241,7 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
         let learn = config.learn.enabled.then(|| {
             warden_learn::service::LearnService::new(warden_learn::service::LearnSettings {
                 max_sessions_per_uid: config.learn.max_sessions_per_uid,
+                max_tracked_per_uid: config.learn.max_tracked_per_uid,
                 attach_delay: if test_hooks {
                     std::env::var(TEST_ATTACH_DELAY_ENV)
                         .ok()

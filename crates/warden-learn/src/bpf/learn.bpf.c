@@ -30,6 +30,12 @@
 // dumpable (it exec'd an unreadable binary, or called
 // prctl(PR_SET_DUMPABLE, 0)) leaves the capture before anything is read
 // from its memory: the caller could not read it with a debugger either.
+//
+// The tracking table is shared; each uid gets a share of it
+// (`max_tracked_per_uid`, in `limits`). `shares` counts, per session slot,
+// the entries the session holds and the uid it counts against; a child
+// that would take its uid past the share is not tracked (counted in
+// `untracked_share`), so one user's forks cannot crowd out another's.
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -70,6 +76,7 @@ struct session_stats {
 	__u64 lost;
 	__u64 stale;
 	__u64 untracked_full;
+	__u64 untracked_share; /* children past the uid's share of `tracked` */
 };
 
 struct {
@@ -78,6 +85,33 @@ struct {
 	__type(key, __u32);
 	__type(value, struct session_stats);
 } stats SEC(".maps");
+
+/* A session slot's part of the tracking table (written by user space when
+ * the session starts and stops; the counter is kept by the programs). */
+struct share {
+	__s64 tracked; /* entries of this session in `tracked` */
+	__u32 owner;   /* the uid whose share they count against */
+	__u32 gen;     /* the session's generation; 0: slot unused */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WL_MAX_SESSIONS);
+	__type(key, __u32);
+	__type(value, struct share);
+} shares SEC(".maps");
+
+struct wl_limits {
+	__u32 max_tracked_per_uid;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct wl_limits);
+} limits SEC(".maps");
 
 struct ringbuf_inner {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -208,6 +242,53 @@ static __always_inline int must_leave_non_dumpable(struct tracked *t, struct tas
 static __always_inline struct session_stats *stats_of(__u32 slot)
 {
 	return bpf_map_lookup_elem(&stats, &slot);
+}
+
+struct share_sum {
+	__u32 owner;
+	__s64 sum;
+};
+
+static long add_share(__u32 index, struct share_sum *c)
+{
+	struct share *s = bpf_map_lookup_elem(&shares, &index);
+
+	if (s && s->gen && s->owner == c->owner)
+		c->sum += s->tracked;
+	return 0;
+}
+
+/* Counts one more entry for `t`'s session, if its uid stays within its
+ * share of the table. Returns 1 if counted, 0 if over the share, -1 if the
+ * session is gone (the caller then tracks nothing). Counting first and
+ * checking after keeps concurrent forks from overshooting together. */
+static __always_inline int share_claim(struct tracked *t)
+{
+	__u32 slot = t->slot, zero = 0;
+	struct share *s = bpf_map_lookup_elem(&shares, &slot);
+	struct wl_limits *lim = bpf_map_lookup_elem(&limits, &zero);
+	struct share_sum c = {};
+
+	if (!s || !lim || s->gen != t->gen)
+		return -1;
+	__sync_fetch_and_add(&s->tracked, 1);
+	c.owner = s->owner;
+	bpf_loop(WL_MAX_SESSIONS, add_share, &c, 0);
+	if (c.sum > lim->max_tracked_per_uid) {
+		__sync_fetch_and_add(&s->tracked, -1);
+		return 0;
+	}
+	return 1;
+}
+
+/* One entry of `t`'s session left the table. */
+static __always_inline void share_release(struct tracked *t)
+{
+	__u32 slot = t->slot;
+	struct share *s = bpf_map_lookup_elem(&shares, &slot);
+
+	if (s && s->gen == t->gen)
+		__sync_fetch_and_add(&s->tracked, -1);
 }
 
 static __always_inline __u64 start_ticks_of(struct task_struct *task)
@@ -612,7 +693,8 @@ static __always_inline void leave(__u32 tgid, struct tracked *t, struct task_str
 	struct tracked copy = *t;
 	struct wl_left *e;
 
-	bpf_map_delete_elem(&tracked, &tgid);
+	if (!bpf_map_delete_elem(&tracked, &tgid))
+		share_release(&copy);
 	e = reserve(&copy, sizeof(*e));
 	if (!e)
 		return;
@@ -771,6 +853,7 @@ int BPF_PROG(wl_fork, struct task_struct *parent, struct task_struct *child)
 	struct tracked *t;
 	struct tracked c;
 	struct wl_fork *e;
+	int claimed;
 
 	/* A new thread: its process is tracked already. */
 	if (BPF_CORE_READ(parent, tgid) == BPF_CORE_READ(child, tgid))
@@ -792,9 +875,18 @@ int BPF_PROG(wl_fork, struct task_struct *parent, struct task_struct *child)
 		return 0;
 	c = *t;
 	c.start_ticks = BPF_CORE_READ(child, start_boottime) / NSEC_PER_TICK;
+	claimed = share_claim(&c);
+	if (claimed <= 0) {
+		struct session_stats *s = stats_of(c.slot);
+
+		if (s && claimed == 0)
+			__sync_fetch_and_add(&s->untracked_share, 1);
+		return 0;
+	}
 	if (bpf_map_update_elem(&tracked, &ctgid, &c, BPF_ANY)) {
 		struct session_stats *s = stats_of(c.slot);
 
+		share_release(&c);
 		if (s)
 			__sync_fetch_and_add(&s->untracked_full, 1);
 		return 0;
@@ -872,7 +964,8 @@ int BPF_PROG(wl_exit, struct task_struct *p, bool group_dead)
 	if (!t || start_ticks_of(p) != t->start_ticks)
 		return 0;
 	copy = *t;
-	bpf_map_delete_elem(&tracked, &tgid);
+	if (!bpf_map_delete_elem(&tracked, &tgid))
+		share_release(&copy);
 	e = reserve(&copy, sizeof(*e));
 	if (!e)
 		return 0;

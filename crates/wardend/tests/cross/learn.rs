@@ -13,7 +13,7 @@ use warden_testkit::{bin_path, command_as, config_text, BrokerProcess, TestDir, 
 
 use crate::{stderr, stdout, users};
 
-const LEARN_CONFIG: &str = r#"
+pub(crate) const LEARN_CONFIG: &str = r#"
 [learn]
 enabled = true
 max_sessions_per_uid = 2
@@ -46,7 +46,7 @@ fn denier_dir(dir: &TestDir, a: &TestUser, b: &TestUser) -> anyhow::Result<PathB
 }
 
 /// (syscall, errno, path) of each denial in a `learn --json` report.
-fn denials(report: &Value) -> Vec<(String, String, String)> {
+pub(crate) fn denials(report: &Value) -> Vec<(String, String, String)> {
     let mut v: Vec<(String, String, String)> = report["events"]
         .as_array()
         .map(|a| {
@@ -80,7 +80,7 @@ fn expected(d: &Path) -> Vec<(String, String, String)> {
     v
 }
 
-fn learn_as(user: &TestUser, socket: &Path, args: &[&str]) -> Command {
+pub(crate) fn learn_as(user: &TestUser, socket: &Path, args: &[&str]) -> Command {
     let mut c = command_as(user, &bin_path("wardenctl"));
     c.arg("--socket").arg(socket).arg("learn").args(args);
     // cargo points the loader at the toolchain under /root; the test users

@@ -10,6 +10,7 @@ mod hardening;
 mod hardening2;
 mod identity;
 mod learn;
+mod learn_limits;
 mod lifecycle;
 mod logging;
 mod metrics;
