@@ -194,33 +194,40 @@ fn explain(hub: &Hub, state: &ConnState, params: &Payload) -> Result<Payload, Wi
     }))
 }
 
+/// The per-method table and the `unresolved` bucket, each rendered by
+/// `render`, read under one lock.
+fn method_table(
+    hub: &Hub,
+    render: impl Fn(&crate::hub::MethodStats) -> serde_json::Value,
+) -> (
+    std::collections::BTreeMap<String, serde_json::Value>,
+    serde_json::Value,
+) {
+    let stats = lock(&hub.stats);
+    let methods = stats
+        .methods
+        .iter()
+        .map(|(m, s)| (m.clone(), render(s)))
+        .collect();
+    (methods, render(&stats.unresolved))
+}
+
 /// `warden.metrics`: counters and histograms for monitoring (admins only
 /// by default: they describe other users' activity).
 fn metrics(hub: &Hub) -> Result<Payload, WireError> {
-    let (methods, unresolved) = {
-        let stats = lock(&hub.stats);
-        let methods: std::collections::BTreeMap<String, serde_json::Value> = stats
-            .methods
-            .iter()
-            .map(|(m, s)| {
-                (
-                    m.clone(),
-                    json!({
-                        "calls": s.calls,
-                        "errors": s.errors,
-                        "latency_us": {
-                            "le": crate::hub::LATENCY_BUCKETS_US,
-                            "counts": s.buckets,
-                            "sum": s.sum_us,
-                        },
-                    }),
-                )
-            })
-            .collect();
-        let unresolved =
-            json!({ "calls": stats.unresolved.calls, "errors": stats.unresolved.errors });
-        (methods, unresolved)
-    };
+    let (methods, unresolved) = method_table(hub, |s| {
+        json!({
+            "calls": s.calls,
+            "errors": s.errors,
+            "latency_us": {
+                "le": crate::hub::LATENCY_BUCKETS_US,
+                "counts": s.buckets,
+                "sum": s.sum_us,
+            },
+        })
+    });
+    // The unresolved bucket has no latency histogram of interest.
+    let unresolved = json!({ "calls": unresolved["calls"], "errors": unresolved["errors"] });
     let conns: Vec<_> = lock(&hub.conns).values().cloned().collect();
     let queued_events: usize = conns
         .iter()
@@ -284,20 +291,10 @@ fn status(hub: &Hub) -> Result<Payload, WireError> {
             })
         })
         .collect();
-    let (methods, unresolved) = {
-        let stats = lock(&hub.stats);
-        let methods: std::collections::BTreeMap<String, serde_json::Value> = stats
-            .methods
-            .iter()
-            .map(|(m, s)| {
-                let errors: u64 = s.errors.values().sum();
-                (m.clone(), json!({ "calls": s.calls, "errors": errors }))
-            })
-            .collect();
-        let u = &stats.unresolved;
-        let unresolved = json!({ "calls": u.calls, "errors": u.errors.values().sum::<u64>() });
-        (methods, unresolved)
-    };
+    let (methods, unresolved) = method_table(
+        hub,
+        |s| json!({ "calls": s.calls, "errors": s.errors.values().sum::<u64>() }),
+    );
     let mut providers: Vec<String> = lock(&hub.providers)
         .keys()
         .map(|m| m.as_str().to_owned())

@@ -49,14 +49,7 @@ fn a_caller_named_with_escape_sequences_cannot_reach_an_admins_terminal() -> any
     };
     let dir = TestDir::new("hostile-comm")?;
     let broker = BrokerProcess::start(&dir, &config_text(&dir, &format!("{RULES}{MONITOR_RULE}")))?;
-    let client_py = warden_testkit::shared_copy(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/python/warden_client.py"),
-    )?;
-    let lib_dir = client_py
-        .parent()
-        .ok_or_else(|| anyhow::anyhow!("no parent"))?
-        .display()
-        .to_string();
+    let lib_dir = crate::python::client_dir()?;
     // The attacker: renames itself, connects, and keeps calling.
     let script = format!(
         "import sys, time\n\

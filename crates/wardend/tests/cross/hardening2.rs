@@ -98,15 +98,7 @@ fn one_caller_cannot_fill_a_busy_providers_queue_for_everyone() -> anyhow::Resul
     provider.send_json(&json!({"kind": "provide", "id": 1, "method": "svc.busy"}))?;
     assert_eq!(provider.recv_some()?["kind"], "reply");
     // The attacker (bob) sends 40 calls of 200 KB (8 MB) without waiting.
-    let client_py = warden_testkit::shared_copy(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../clients/python/warden_client.py"),
-    )?;
-    let lib_dir = client_py
-        .parent()
-        .ok_or_else(|| anyhow::anyhow!("no parent"))?
-        .display()
-        .to_string();
+    let lib_dir = crate::python::client_dir()?;
     let script = format!(
         "import sys, json\n\
          sys.path.insert(0, {lib_dir:?})\n\

@@ -20,6 +20,17 @@ pub(crate) fn script() -> PathBuf {
     warden_testkit::shared_copy(&original).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// The directory holding [`script`], for a Python program (run as a test
+/// user) that imports the client: `sys.path.insert(0, DIR)`.
+pub(crate) fn client_dir() -> anyhow::Result<String> {
+    let script = script();
+    Ok(script
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("{} has no directory", script.display()))?
+        .display()
+        .to_string())
+}
+
 #[test]
 fn python_client_talks_to_a_real_broker() -> anyhow::Result<()> {
     let Some((alice, bob, _)) = users("python_client_talks_to_a_real_broker") else {
