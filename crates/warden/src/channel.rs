@@ -102,15 +102,7 @@ impl CallerChannel {
         let Some(conn) = self.conn.upgrade() else {
             return Pushed::Closed;
         };
-        let missed = conn.missed.swap(0, Ordering::AcqRel);
-        let Some(bytes) = (Message::Event {
-            topic: topic.clone(),
-            data,
-            missed,
-            publisher: None,
-        })
-        .to_frame(self.max_frame) else {
-            conn.missed.fetch_add(missed, Ordering::AcqRel);
+        let Some((bytes, _)) = self.event_frame(&conn, topic, data) else {
             return Pushed::Dropped;
         };
         let tx = conn.ev_tx.clone();
@@ -150,7 +142,15 @@ impl CallerChannel {
         Some(f(fd.as_fd()))
     }
 
-    fn frame(&self, conn: &ConnShared, topic: &TopicName, data: Payload) -> Option<QueuedFrame> {
+    /// Encodes an event that carries (and resets) the connection's count
+    /// of missed events, returning the frame and that count; if the event
+    /// does not fit in a frame, the count is put back and `None` returned.
+    fn event_frame(
+        &self,
+        conn: &ConnShared,
+        topic: &TopicName,
+        data: Payload,
+    ) -> Option<(Vec<u8>, u64)> {
         let missed = conn.missed.swap(0, Ordering::AcqRel);
         let bytes = Message::Event {
             topic: topic.clone(),
@@ -159,7 +159,19 @@ impl CallerChannel {
             publisher: None,
         }
         .to_frame(self.max_frame);
-        let queued = bytes.and_then(|b| QueuedFrame::charge(b, &conn.account, self.max_queued));
+        if bytes.is_none() {
+            conn.missed.fetch_add(missed, Ordering::AcqRel);
+        }
+        bytes.map(|b| (b, missed))
+    }
+
+    fn frame(&self, conn: &ConnShared, topic: &TopicName, data: Payload) -> Option<QueuedFrame> {
+        let Some((bytes, missed)) = self.event_frame(conn, topic, data) else {
+            // This event is missed too.
+            conn.missed.fetch_add(1, Ordering::AcqRel);
+            return None;
+        };
+        let queued = QueuedFrame::charge(bytes, &conn.account, self.max_queued);
         if queued.is_none() {
             conn.missed.fetch_add(missed + 1, Ordering::AcqRel);
         }
@@ -190,14 +202,7 @@ impl CallerChannel {
         let Some(conn) = self.conn.upgrade() else {
             return Pushed::Closed;
         };
-        let missed = conn.missed.swap(0, Ordering::AcqRel);
-        let Some(bytes) = (Message::Event {
-            topic: topic.clone(),
-            data,
-            missed,
-            publisher: None,
-        })
-        .to_frame(self.max_frame) else {
+        let Some((bytes, _)) = self.event_frame(&conn, topic, data) else {
             return Pushed::Dropped;
         };
         let tx = conn.ev_tx.clone();
