@@ -694,20 +694,11 @@ mod tests {
             .stderr(Stdio::null())
             .spawn()?;
         let pid = child.id();
-        let pidfd = warden_sys::pidfd_open(pid)?;
-        let facts = warden_sys::process_facts(pidfd.as_fd(), pid)?;
         let (tx, rx) = mpsc::channel();
-        let target = Target {
+        let mut session = start_root(
+            &capture,
             pid,
-            start_ticks: facts.start_ticks,
-            uid: 0,
-            owner: 0,
-            accesses: false,
-            leave_non_dumpable: false,
-        };
-        let mut session = capture.start(
-            &target,
-            || warden_sys::confirm_same_process(pidfd.as_fd(), pid, facts.start_ticks).is_ok(),
+            pid,
             Box::new(move |r| {
                 let _ = tx.send(r.event);
             }),
@@ -741,6 +732,31 @@ mod tests {
     }
 
     /// The first child of `parent` (polling until it has one).
+    /// Starts a root session on the process this process knows as `pid`,
+    /// named `as_pid` to the capture (its pid in the capture's namespace).
+    fn start_root(
+        capture: &Arc<Capture>,
+        pid: u32,
+        as_pid: u32,
+        sink: Sink,
+    ) -> Result<Session, Box<dyn std::error::Error>> {
+        let pidfd = warden_sys::pidfd_open(pid)?;
+        let facts = warden_sys::process_facts(pidfd.as_fd(), pid)?;
+        let target = Target {
+            pid: as_pid,
+            start_ticks: facts.start_ticks,
+            uid: 0,
+            owner: 0,
+            accesses: false,
+            leave_non_dumpable: false,
+        };
+        Ok(capture.start(
+            &target,
+            || warden_sys::confirm_same_process(pidfd.as_fd(), pid, facts.start_ticks).is_ok(),
+            sink,
+        )?)
+    }
+
     fn first_child(parent: u32) -> Result<u32, Box<dyn std::error::Error>> {
         for _ in 0..200 {
             let text = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))?;
@@ -779,21 +795,13 @@ mod tests {
         let sh = first_child(child.id())?;
         let ns = warden_sys::pid_namespace_inode(Some(sh))?;
         assert_ne!(ns, warden_sys::pid_namespace_inode(None)?);
-        let pidfd = warden_sys::pidfd_open(sh)?;
-        let facts = warden_sys::process_facts(pidfd.as_fd(), sh)?;
         let capture = Arc::new(Capture::in_pid_namespace(ns));
         let (tx, rx) = mpsc::channel();
-        let target = Target {
-            pid: 1,
-            start_ticks: facts.start_ticks,
-            uid: 0,
-            owner: 0,
-            accesses: false,
-            leave_non_dumpable: false,
-        };
-        let mut session = capture.start(
-            &target,
-            || warden_sys::confirm_same_process(pidfd.as_fd(), sh, facts.start_ticks).is_ok(),
+        // The shell is pid 1 in its namespace.
+        let mut session = start_root(
+            &capture,
+            sh,
+            1,
             Box::new(move |r| {
                 let _ = tx.send(r.event);
             }),
@@ -844,21 +852,7 @@ mod tests {
             .stdin(Stdio::piped())
             .spawn()?;
         let pid = child.id();
-        let pidfd = warden_sys::pidfd_open(pid)?;
-        let facts = warden_sys::process_facts(pidfd.as_fd(), pid)?;
-        let target = Target {
-            pid,
-            start_ticks: facts.start_ticks,
-            uid: 0,
-            owner: 0,
-            accesses: false,
-            leave_non_dumpable: false,
-        };
-        let mut session = capture.start(
-            &target,
-            || warden_sys::confirm_same_process(pidfd.as_fd(), pid, facts.start_ticks).is_ok(),
-            Box::new(|_| {}),
-        )?;
+        let mut session = start_root(&capture, pid, pid, Box::new(|_| {}))?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(b"go\n")?;
         }
