@@ -77,6 +77,16 @@ names = ["news.**"]
 everyone = true
 "#;
 
+/// [`RULES`] without the rules that grant any of `actions` (for reload
+/// tests that take permissions away).
+pub fn rules_without(actions: &[&str]) -> String {
+    RULES
+        .split("[[rule]]")
+        .filter(|r| !actions.iter().any(|a| r.contains(&format!("\"{a}\""))))
+        .collect::<Vec<_>>()
+        .join("[[rule]]")
+}
+
 pub fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

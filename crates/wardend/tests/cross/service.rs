@@ -210,11 +210,7 @@ fn sighup_reloads_policy_without_dropping_connections() -> anyhow::Result<()> {
 
     // The new policy keeps calls but drops every subscribe/publish and
     // provide rule.
-    let without_pubsub = RULES
-        .split("[[rule]]")
-        .filter(|r| !r.contains("\"subscribe\"") && !r.contains("\"provide\""))
-        .collect::<Vec<_>>()
-        .join("[[rule]]");
+    let without_pubsub = crate::rules_without(&["subscribe", "provide"]);
     std::fs::write(
         dir.path().join("warden.toml"),
         config_text(&dir, &without_pubsub),

@@ -7,7 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use warden_testkit::{bin_path, command_as, config_text, BrokerProcess, RawConn, TestDir};
+use warden_testkit::{
+    bin_path, command_as, config_text, wardenctl, BrokerProcess, RawConn, TestDir,
+};
 
 use crate::{provider, stderr, users, wait_in_flight, RULES};
 
@@ -83,13 +85,13 @@ fn a_provider_that_never_answers_times_out_each_call_and_the_call_is_cancelled(
     let limits = "[limits]\ncall_timeout_ms = 600000\n";
     let broker = BrokerProcess::start(&dir, &config_text(&dir, &format!("{limits}{RULES}")))?;
     let mut p = provider(&alice, broker.socket(), "svc.stuck", 600_000)?;
-    let (out, took) = timed(
-        command_as(&bob, &bin_path("wardenctl"))
-            .arg("--socket")
-            .arg(broker.socket())
-            .args(["--timeout", "1500ms", "call", "svc.stuck"]),
-        Duration::from_secs(10),
+    let start = Instant::now();
+    let out = wardenctl(
+        Some(&bob),
+        broker.socket(),
+        &["--timeout", "1500ms", "call", "svc.stuck"],
     )?;
+    let took = start.elapsed();
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(
         took >= Duration::from_millis(1500),
@@ -115,13 +117,7 @@ fn by_default_a_slow_provider_yields_the_brokers_timeout_error() -> anyhow::Resu
     let limits = "[limits]\ncall_timeout_ms = 1000\n";
     let broker = BrokerProcess::start(&dir, &config_text(&dir, &format!("{limits}{RULES}")))?;
     let mut p = provider(&alice, broker.socket(), "svc.slow", 600_000)?;
-    let (out, _) = timed(
-        command_as(&bob, &bin_path("wardenctl"))
-            .arg("--socket")
-            .arg(broker.socket())
-            .args(["call", "svc.slow"]),
-        Duration::from_secs(30),
-    )?;
+    let out = wardenctl(Some(&bob), broker.socket(), &["call", "svc.slow"])?;
     // The broker's answer (exit 1, code timeout), not the client's (4).
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
@@ -161,11 +157,7 @@ fn a_subscription_revoked_by_a_reload_exits_5() -> anyhow::Result<()> {
         anyhow::ensure!(Instant::now() < deadline, "never subscribed: {s}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let without_pubsub = RULES
-        .split("[[rule]]")
-        .filter(|r| !r.contains("\"subscribe\""))
-        .collect::<Vec<_>>()
-        .join("[[rule]]");
+    let without_pubsub = crate::rules_without(&["subscribe"]);
     std::fs::write(
         dir.path().join("warden.toml"),
         config_text(&dir, &without_pubsub),
