@@ -38,8 +38,7 @@ const ENVELOPE_SLACK: usize = 1024;
 /// (`connections`, `method_count`) stay whole.
 fn fit(mut v: serde_json::Value, max_frame: usize) -> Result<Payload, WireError> {
     let budget = max_frame.saturating_sub(ENVELOPE_SLACK);
-    let size = json_len;
-    if size(&v) <= budget {
+    if json_len(&v) <= budget {
         return payload(v);
     }
     v["truncated"] = json!(true);
@@ -49,21 +48,10 @@ fn fit(mut v: serde_json::Value, max_frame: usize) -> Result<Payload, WireError>
     if let Some(methods) = v.get("methods").and_then(|m| m.as_object()).cloned() {
         let mut by_calls: Vec<(String, serde_json::Value)> = methods.into_iter().collect();
         by_calls.sort_by_key(|(_, s)| std::cmp::Reverse(s["calls"].as_u64().unwrap_or(0)));
-        let keep = |n: usize| -> serde_json::Value {
-            serde_json::Value::Object(by_calls[..n].iter().cloned().collect())
-        };
-        let (mut lo, mut hi) = (0usize, by_calls.len());
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            v["methods"] = keep(mid);
-            if size(&v) <= budget {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        v["methods"] = keep(lo);
-        if size(&v) <= budget {
+        let fits = cut_to_fit(&mut v, budget, by_calls.len(), |v, n| {
+            v["methods"] = serde_json::Value::Object(by_calls[..n].iter().cloned().collect());
+        });
+        if fits {
             return payload(v);
         }
     }
@@ -75,24 +63,36 @@ fn json_len(v: &serde_json::Value) -> usize {
     serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX)
 }
 
-/// Cuts the array `v[key]` to its longest prefix with which `v` fits in
-/// `budget` bytes (found by bisection); true if `v` then fits.
-fn cut_array(v: &mut serde_json::Value, key: &str, budget: usize) -> bool {
-    let Some(list) = v.get(key).and_then(|l| l.as_array()).cloned() else {
-        return json_len(v) <= budget;
-    };
-    let (mut lo, mut hi) = (0usize, list.len());
+/// Finds, by bisection, the largest `n <= len` for which `v` after
+/// `keep(v, n)` fits in `budget` bytes, and leaves `v` that way; true if
+/// `v` then fits.
+fn cut_to_fit(
+    v: &mut serde_json::Value,
+    budget: usize,
+    len: usize,
+    keep: impl Fn(&mut serde_json::Value, usize),
+) -> bool {
+    let (mut lo, mut hi) = (0usize, len);
     while lo < hi {
         let mid = (lo + hi).div_ceil(2);
-        v[key] = json!(list[..mid]);
+        keep(v, mid);
         if json_len(v) <= budget {
             lo = mid;
         } else {
             hi = mid - 1;
         }
     }
-    v[key] = json!(list[..lo]);
+    keep(v, lo);
     json_len(v) <= budget
+}
+
+/// Cuts the array `v[key]` to its longest prefix with which `v` fits in
+/// `budget` bytes; true if `v` then fits.
+fn cut_array(v: &mut serde_json::Value, key: &str, budget: usize) -> bool {
+    let Some(list) = v.get(key).and_then(|l| l.as_array()).cloned() else {
+        return json_len(v) <= budget;
+    };
+    cut_to_fit(v, budget, list.len(), |v, n| v[key] = json!(list[..n]))
 }
 
 pub(crate) fn call(
