@@ -20,12 +20,11 @@ use warden_learn::profile::LandlockProfile;
 use warden_learn::report::Report;
 use warden_learn::{Event, EVENTS_TOPIC};
 
-/// Exit status when the capture was refused or could not be set up.
-pub const EXIT_CAPTURE: u8 = 1;
-/// Exit status when the broker went away during the capture.
-const EXIT_CONNECT: u8 = 3;
-/// Exit status when the broker did not answer in time.
-const EXIT_TIMEOUT: u8 = 4;
+use crate::{EXIT_CONNECT, EXIT_TIMEOUT};
+
+/// Exit status when the capture was refused or could not be set up: the
+/// table's "the broker answered with an error".
+pub const EXIT_CAPTURE: u8 = crate::EXIT_REMOTE_ERROR;
 
 /// Why `learn` stopped before it could report, with its exit status.
 #[derive(Debug)]
