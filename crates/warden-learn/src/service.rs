@@ -51,7 +51,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
-use warden::{CallerChannel, Charge, Handler, HandlerContext, Pushed};
+use warden::{CallerChannel, Charge, Handler, HandlerContext, HandlerFuture, Pushed};
 use warden_policy::Action;
 use warden_proto::{ErrorCode, Payload, TopicName, WireError};
 
@@ -693,7 +693,33 @@ pub struct LearnMethod {
 }
 
 impl Handler for LearnMethod {
-    fn call(&self, ctx: &HandlerContext, params: &Payload) -> Result<Payload, WireError> {
+    fn call(&self, ctx: HandlerContext, params: Payload) -> HandlerFuture {
+        let service = Arc::clone(&self.service);
+        let kind = self.kind;
+        Box::pin(async move {
+            // Loading BPF, reading /proc and joining threads block.
+            tokio::task::spawn_blocking(move || LearnMethod::serve(&service, kind, &ctx, &params))
+                .await
+                .map_err(|e| wire(ErrorCode::Internal, format!("learning mode failed: {e}")))?
+        })
+    }
+}
+
+impl LearnMethod {
+    fn serve(
+        service: &Arc<LearnService>,
+        kind: Kind,
+        ctx: &HandlerContext,
+        params: &Payload,
+    ) -> Result<Payload, WireError> {
+        let this = LearnMethod {
+            service: Arc::clone(service),
+            kind,
+        };
+        this.call_now(ctx, params)
+    }
+
+    fn call_now(&self, ctx: &HandlerContext, params: &Payload) -> Result<Payload, WireError> {
         self.service.reap();
         let v = match self.kind {
             Kind::Start => self.service.start(ctx, params)?,

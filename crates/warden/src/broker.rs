@@ -10,46 +10,11 @@ use tokio::net::UnixListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use warden_policy::{Config, Limits, Policy, SlowSubscriber};
-use warden_proto::{ErrorCode, Identity, MethodName, Payload, WireError};
+use warden_proto::{ErrorCode, MethodName, WireError};
 
+use crate::handler::Handler;
 use crate::hub::{lock, Hub, Settings};
 use crate::shutdown::Shutdown;
-
-/// Context a [`Handler`] gets with each call.
-#[derive(Debug, Clone)]
-pub struct HandlerContext {
-    /// The caller's identity, as the kernel reported it at connect.
-    pub caller: Identity,
-    /// The caller's connection id.
-    pub connection: u64,
-    /// True if the caller is an administrator under the current policy.
-    pub is_admin: bool,
-    /// The policy in force when the call arrived, for handlers that make
-    /// further decisions (e.g. learning mode's `learn` action).
-    pub policy: Arc<Policy>,
-    /// The caller's connection: events to it, its close, its pidfd.
-    pub channel: crate::CallerChannel,
-}
-
-impl HandlerContext {
-    /// Decides `action` on `name` for the caller under [`Self::policy`],
-    /// with the identity the kernel reported at connect.
-    pub fn decide(&self, action: warden_policy::Action, name: &str) -> warden_policy::Decision {
-        self.policy
-            .decide(&warden_policy::Caller::from(&self.caller), action, name)
-    }
-}
-
-/// A method served inside the broker (other than the `warden.*` built-ins),
-/// e.g. by a feature crate. Policy is checked before the handler runs. A
-/// panic in `call` becomes an `internal` error for that call only.
-pub trait Handler: Send + Sync + 'static {
-    /// Serves one call.
-    ///
-    /// # Errors
-    /// The error is sent to the caller as is.
-    fn call(&self, ctx: &HandlerContext, params: &Payload) -> Result<Payload, WireError>;
-}
 
 /// With test hooks on, a call to this method panics in the caller's
 /// connection task, outside any handler (to test that such a panic is

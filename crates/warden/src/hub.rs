@@ -14,7 +14,7 @@ use tokio::sync::{watch, Notify};
 use warden_policy::{Limits, Policy, SlowSubscriber};
 use warden_proto::{Identity, Message, MethodName, RequestId, TopicName};
 
-use crate::broker::Handler;
+use crate::handler::Handler;
 use crate::queue::{QueuedFrame, UidAccount};
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it:

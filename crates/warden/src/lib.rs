@@ -30,6 +30,7 @@ pub mod broker;
 mod builtins;
 mod channel;
 mod connection;
+mod handler;
 mod hub;
 mod monitor;
 mod pubsub;
@@ -37,10 +38,9 @@ mod queue;
 mod router;
 mod shutdown;
 
-pub use broker::{
-    Broker, BrokerBuilder, BrokerError, Handler, HandlerContext, ServeError, TEST_PANIC_METHOD,
-};
+pub use broker::{Broker, BrokerBuilder, BrokerError, ServeError, TEST_PANIC_METHOD};
 pub use channel::{CallerChannel, Pushed};
+pub use handler::{Handler, HandlerContext, HandlerFuture};
 pub use queue::Charge;
 pub use shutdown::{Shutdown, ShutdownTrigger};
 

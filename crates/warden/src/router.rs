@@ -10,7 +10,6 @@
 //! error, timeout, cancel, provider loss or shutdown comes first.
 
 use std::cmp::Reverse;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -19,8 +18,8 @@ use tokio::time::Instant;
 use warden_policy::Action;
 use warden_proto::{ErrorCode, Message, MethodName, Payload, RequestId, WireError};
 
-use crate::broker::HandlerContext;
 use crate::connection::ConnState;
+use crate::handler::HandlerContext;
 use crate::hub::{lock, Conn, ConnShared, Deadline, Hub, Routed, WeakConn};
 use crate::queue::QueuedFrame;
 
@@ -161,25 +160,19 @@ impl ConnState {
                     hub.settings.limits.max_queued_bytes_per_uid,
                 ),
             };
-            let answer =
-                catch_unwind(AssertUnwindSafe(|| h.call(&ctx, &params))).unwrap_or_else(|_| {
-                    tracing::error!(method = %method, "handler panicked; the broker carries on");
-                    Err(WireError::new(
-                        ErrorCode::Internal,
-                        format!(
-                            "the handler of {method} failed unexpectedly; the failure was logged"
-                        ),
-                    ))
-                });
-            self.done(
+            self.conn.in_flight.fetch_add(1, Ordering::AcqRel);
+            hub.routed_in_flight.fetch_add(1, Ordering::AcqRel);
+            let fut = h.call(ctx, params);
+            tokio::spawn(run_handler(
+                Arc::clone(&hub),
+                Arc::clone(&self.conn),
                 id,
-                method.as_str(),
-                answer.as_ref().err().map(|e| e.code),
+                method,
                 started,
-                rule.as_deref(),
-                answer.as_ref().ok(),
-            );
-            return self.send(answer_message(id, answer)).await;
+                rule,
+                fut,
+            ));
+            return Ok(());
         }
         let provider = lock(&hub.providers).get(&method).cloned();
         let Some(provider) = provider else {
@@ -393,6 +386,75 @@ fn answer_message(id: RequestId, answer: Result<Payload, WireError>) -> Message 
     }
 }
 
+/// Awaits a handler's answer in a task of its own and delivers it to the
+/// caller; a panic becomes `internal`, and at shutdown past the drain
+/// timeout the call is answered `shutting_down`.
+async fn run_handler(
+    hub: Arc<Hub>,
+    caller: Conn,
+    id: RequestId,
+    method: MethodName,
+    started: std::time::Instant,
+    rule: Option<String>,
+    fut: crate::handler::HandlerFuture,
+) {
+    let mut close = hub.close_tx.subscribe();
+    let answer = tokio::select! {
+        r = crate::handler::CatchPanic(Box::pin(fut)) => r.unwrap_or_else(|()| {
+            tracing::error!(method = %method, "handler panicked; the broker carries on");
+            Err(WireError::new(
+                ErrorCode::Internal,
+                format!("the handler of {method} failed unexpectedly; the failure was logged"),
+            ))
+        }),
+        _ = close.wait_for(|v| *v) => Err(WireError::new(
+            ErrorCode::ShuttingDown,
+            "the broker is shutting down and the call did not finish within the drain timeout",
+        )),
+    };
+    let code = answer.as_ref().err().map(|e| e.code);
+    hub.count(method.as_str(), true, code, started);
+    if hub.monitoring() {
+        hub.monitor_answer(&crate::monitor::CallRecord {
+            conn: &caller,
+            id,
+            method: method.as_str(),
+            code,
+            started,
+            rule: rule.as_deref(),
+            result: answer.as_ref().ok(),
+        });
+    }
+    let frame = answer_frame(&hub, &caller, id, &method, answer);
+    caller.in_flight.fetch_sub(1, Ordering::AcqRel);
+    caller.wire.send(frame, &caller);
+    hub.routed_done();
+}
+
+/// The frame answering `caller_id`, charged to the caller's uid; an answer
+/// past the frame limit or the uid's queued-bytes limit becomes an error.
+fn answer_frame(
+    hub: &Hub,
+    caller: &ConnShared,
+    caller_id: RequestId,
+    method: &MethodName,
+    answer: Result<Payload, WireError>,
+) -> QueuedFrame {
+    answer_message(caller_id, answer)
+        .to_frame(hub.settings.max_frame)
+        .and_then(|bytes| {
+            QueuedFrame::charge(bytes, &caller.account, hub.settings.limits.max_queued_bytes_per_uid)
+        })
+        .unwrap_or_else(|| {
+            let err = Message::error(
+                Some(caller_id),
+                ErrorCode::LimitExceeded,
+                format!("the answer from the provider of {method} exceeds the frame limit or the caller's queued-bytes limit"),
+            );
+            QueuedFrame::force(err.to_frame(usize::MAX).unwrap_or_default(), &caller.account)
+        })
+}
+
 /// Delivers the one answer of a routed call to its caller. With `dirty`,
 /// the answer is queued on the caller's wire and written when the current
 /// read's batch is flushed (one write for many answers); without, it is
@@ -417,20 +479,7 @@ pub(crate) fn finish(
     } else {
         None
     };
-    let max = hub.settings.max_frame;
-    let frame = answer_message(caller_id, answer)
-        .to_frame(max)
-        .and_then(|bytes| {
-            QueuedFrame::charge(bytes, &caller.account, hub.settings.limits.max_queued_bytes_per_uid)
-        })
-        .unwrap_or_else(|| {
-            let err = Message::error(
-                Some(caller_id),
-                ErrorCode::LimitExceeded,
-                format!("the answer from the provider of {method} exceeds the frame limit or the caller's queued-bytes limit"),
-            );
-            QueuedFrame::force(err.to_frame(usize::MAX).unwrap_or_default(), &caller.account)
-        });
+    let frame = answer_frame(hub, &caller, caller_id, &method, answer);
     caller.in_flight.fetch_sub(1, Ordering::AcqRel);
     // It reached a provider, so the name resolved when it arrived.
     hub.count(method.as_str(), true, code, started);

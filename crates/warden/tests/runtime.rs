@@ -6,23 +6,25 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{json, Value};
-use warden::{Broker, Handler, HandlerContext, Shutdown, ShutdownTrigger};
+use warden::{Broker, Handler, HandlerContext, HandlerFuture, Shutdown, ShutdownTrigger};
 use warden_client::{Client, ConnectOptions};
 use warden_policy::{Config, StaticResolver};
 use warden_proto::{ErrorCode, Payload, WireError};
 
 struct Panics;
 impl Handler for Panics {
-    fn call(&self, _: &HandlerContext, _: &Payload) -> Result<Payload, WireError> {
-        panic!("a handler bug");
+    fn call(&self, _: HandlerContext, _: Payload) -> HandlerFuture {
+        Box::pin(async { panic!("a handler bug") })
     }
 }
 
 struct WhoAsks;
 impl Handler for WhoAsks {
-    fn call(&self, ctx: &HandlerContext, _: &Payload) -> Result<Payload, WireError> {
-        Payload::from_value(&json!({"uid": ctx.caller.uid, "admin": ctx.is_admin}))
-            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
+    fn call(&self, ctx: HandlerContext, _: Payload) -> HandlerFuture {
+        Box::pin(async move {
+            Payload::from_value(&json!({"uid": ctx.caller.uid, "admin": ctx.is_admin}))
+                .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
+        })
     }
 }
 

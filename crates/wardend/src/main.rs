@@ -154,12 +154,8 @@ const TEST_PANIC_HANDLER: &str = "test.panic_in_handler";
 struct PanickingHandler;
 
 impl warden::Handler for PanickingHandler {
-    fn call(
-        &self,
-        _: &warden::HandlerContext,
-        _: &warden_proto::Payload,
-    ) -> Result<warden_proto::Payload, warden_proto::WireError> {
-        panic!("test hook: a panic inside a handler");
+    fn call(&self, _: warden::HandlerContext, _: warden_proto::Payload) -> warden::HandlerFuture {
+        Box::pin(async { panic!("test hook: a panic inside a handler") })
     }
 }
 
