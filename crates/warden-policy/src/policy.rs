@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::{Action, Effect};
+use crate::action::{Action, Effect};
 use crate::pattern::NamePattern;
 
 /// Maps user and group names in rules to ids. The broker supplies one
