@@ -460,12 +460,18 @@ fn revoked(ev: &Event, topic: &str) -> Option<Failure> {
     })
 }
 
+/// `e`'s message followed by its causes'. A cause whose text the message
+/// already ends with (an error that also keeps the cause as its `source`)
+/// is not repeated.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = c.source();
     }
     s
