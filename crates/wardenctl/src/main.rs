@@ -51,9 +51,6 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// The system broker's socket.
-const SYSTEM_SOCKET: &str = "/run/warden/warden.sock";
-
 const EXIT_CODES_HELP: &str = "\
 Durations (--timeout, learn --duration, top --interval): a number and a
 unit: 500ms, 25s, 10m, 1h (or sums: 1m30s). A bare number is an error.
@@ -382,16 +379,10 @@ impl From<CallError> for Failure {
 }
 
 fn default_socket() -> String {
-    if std::path::Path::new(SYSTEM_SOCKET).exists() {
-        return SYSTEM_SOCKET.to_owned();
-    }
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
-        let user = std::path::Path::new(&dir).join("warden/warden.sock");
-        if user.exists() {
-            return user.to_string_lossy().into_owned();
-        }
-    }
-    SYSTEM_SOCKET.to_owned()
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR");
+    warden_service::client_socket_path(xdg.as_deref())
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn parse_json(what: &str, text: &str) -> Result<Payload, Failure> {
