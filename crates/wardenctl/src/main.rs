@@ -728,12 +728,8 @@ fn run_local(cli: &Cli) -> Option<Result<(), Failure>> {
                 gid: who.gid,
                 groups: who.groups.clone(),
             };
-            let d = config.policy.decide(&caller, act, name);
-            let v = serde_json::json!({
-                "allowed": d.allowed,
-                "rule": d.rule.as_ref().map(|r| serde_json::json!({"file": r.file.as_ref(), "line": r.line, "index": r.index})),
-                "reason": d.reason(),
-            });
+            // The same rendering as the broker's `warden.explain`.
+            let v = config.policy.decide(&caller, act, name).to_json();
             print_decision(cli, &who, action, name, &v)
         })()),
         _ => None,
