@@ -131,8 +131,13 @@ pub enum ConnectError {
     Handshake {
         /// The socket.
         path: String,
-        /// What went wrong.
+        /// What went wrong, with the underlying error's text if there is
+        /// one (so this message alone says it all).
         reason: String,
+        /// The underlying error (an OS error while sending or reading, or
+        /// the welcome's decoding error), if there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 }
 
@@ -312,18 +317,25 @@ impl Client {
         let handshake_err = |reason: String| ConnectError::Handshake {
             path: path.clone(),
             reason,
+            source: None,
         };
+        let caused =
+            |what: &str, e: Box<dyn std::error::Error + Send + Sync>| ConnectError::Handshake {
+                path: path.clone(),
+                reason: format!("{what}: {e}"),
+                source: Some(e),
+            };
         let frame = hello
             .to_frame(DEFAULT_MAX_FRAME_LEN)
             .ok_or_else(|| handshake_err("hello does not fit in a frame".into()))?;
         write
             .write_all(&frame)
             .await
-            .map_err(|e| handshake_err(format!("sending hello: {e}")))?;
+            .map_err(|e| caused("sending hello", e.into()))?;
         let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
         let first = read_frame(&mut read, &mut decoder)
             .await
-            .map_err(|e| handshake_err(format!("reading welcome: {e}")))?;
+            .map_err(|e| caused("reading welcome", e.into()))?;
         let Some(body) = first else {
             return Err(handshake_err("the broker closed the connection".into()));
         };
@@ -336,7 +348,7 @@ impl Client {
                     other.kind()
                 )))
             }
-            Err(e) => return Err(handshake_err(format!("invalid welcome: {e}"))),
+            Err(e) => return Err(caused("invalid welcome", e.into())),
         };
         let max_frame = usize::try_from(welcome.limits.max_frame).unwrap_or(DEFAULT_MAX_FRAME_LEN);
         let shared = Arc::new(Shared {

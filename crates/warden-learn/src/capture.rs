@@ -68,7 +68,7 @@ pub enum CaptureError {
         "cannot load the learning-mode eBPF programs: {0} (the broker needs CAP_BPF and \
          CAP_PERFMON, or root, and a kernel with BPF and BTF)"
     )]
-    Load(String),
+    Load(#[source] Cause),
     /// Every session slot is taken.
     #[error("all {MAX_SESSIONS} learning sessions are in use; try again later")]
     Full,
@@ -81,14 +81,25 @@ pub enum CaptureError {
     Exited(u32),
     /// A map operation failed.
     #[error("learning-mode map operation failed: {0}")]
-    Map(String),
+    Map(#[source] Cause),
     /// The broker's own pid namespace could not be read.
     #[error("cannot read the broker's pid namespace (/proc/self/ns/pid)")]
     PidNamespace(#[source] std::io::Error),
 }
 
+/// The underlying error of [`CaptureError::Load`] and [`CaptureError::Map`]:
+/// a `libbpf_rs::Error`, an OS error, or (for what is missing from the
+/// object) a message. Its text is part of the variant's own message too, so
+/// the broker's one-line answer (`to_string`) keeps the detail.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// A reader thread could not be spawned.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start a reader thread: {0}")]
+struct ReaderThread(#[source] std::io::Error);
+
 fn map_err(e: libbpf_rs::Error) -> CaptureError {
-    CaptureError::Map(e.to_string())
+    CaptureError::Map(e.into())
 }
 
 /// What a session's reader thread hands over: a decoded record.
@@ -269,7 +280,7 @@ fn config_value(pidns_ino: u32) -> [u8; 8] {
 /// (`pidns_ino`) and the share of the tracking table per uid, then
 /// attaches them.
 fn load(pidns_ino: u32, max_tracked_per_uid: u32) -> Result<Loaded, CaptureError> {
-    let load_err = |e: libbpf_rs::Error| CaptureError::Load(e.to_string());
+    let load_err = |e: libbpf_rs::Error| CaptureError::Load(e.into());
     let open = ObjectBuilder::default()
         .open_memory(BPF_OBJECT)
         .map_err(load_err)?;
@@ -285,10 +296,9 @@ fn load(pidns_ino: u32, max_tracked_per_uid: u32) -> Result<Loaded, CaptureError
         .update(&0u32.to_ne_bytes(), &config_value(pidns_ino), MapFlags::ANY)
         .map_err(load_err)?;
     let handle = |name: &str| -> Result<MapHandle, CaptureError> {
-        let map = object
-            .maps()
-            .find(|m| m.name() == name)
-            .ok_or_else(|| CaptureError::Load(format!("map {name} missing from the object")))?;
+        let map = object.maps().find(|m| m.name() == name).ok_or_else(|| {
+            CaptureError::Load(format!("map {name} missing from the object").into())
+        })?;
         MapHandle::try_from(&map).map_err(load_err)
     };
     let tracked = handle("tracked")?;
@@ -531,9 +541,7 @@ impl Capture {
             Ok(h) => session.reader = Some(h),
             Err(e) => {
                 session.stop();
-                return Err(CaptureError::Map(format!(
-                    "cannot start a reader thread: {e}"
-                )));
+                return Err(CaptureError::Map(Box::new(ReaderThread(e))));
             }
         }
         Ok(session)

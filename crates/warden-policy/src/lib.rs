@@ -20,13 +20,15 @@
 //! resolve matches nobody (fail closed) and is reported as a warning.
 #![forbid(unsafe_code)]
 
+mod action;
 mod config;
 mod pattern;
 mod policy;
 
+pub use action::{Action, Effect};
 pub use config::{
-    Action, BrokerSection, Config, ConfigError, Effect, LearnSection, Limits, SlowSubscriber,
-    DEFAULT_CONFIG, LEARN_TRACKING_TABLE,
+    BrokerSection, Config, ConfigError, LearnSection, Limits, SlowSubscriber, DEFAULT_CONFIG,
+    LEARN_TRACKING_TABLE,
 };
 pub use pattern::{NamePattern, PatternError};
 pub use policy::{Caller, CallerPolicy, Decision, Policy, Resolver, RuleRef, StaticResolver};

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::{Action, Effect};
+use crate::action::{Action, Effect};
 use crate::pattern::NamePattern;
 
 /// Maps user and group names in rules to ids. The broker supplies one
@@ -112,6 +112,23 @@ impl Decision {
             Some(r) => format!("denied by {r}"),
             None => "no rule matched: default deny".to_owned(),
         }
+    }
+
+    /// The decision as `warden.explain` answers it, and as `wardenctl
+    /// policy explain --config` renders it offline: `{"allowed": bool,
+    /// "rule": {"file", "line", "index"} or null, "reason":`
+    /// [`Decision::reason`]`}`. One rendering, so the live and the offline
+    /// explanation cannot differ in shape.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "allowed": self.allowed,
+            "rule": self.rule.as_ref().map(|r| serde_json::json!({
+                "file": r.file.as_ref(),
+                "line": r.line,
+                "index": r.index,
+            })),
+            "reason": self.reason(),
+        })
     }
 }
 
@@ -316,6 +333,31 @@ admins = true
             gid: uid,
             groups: groups.to_vec(),
         }
+    }
+
+    #[test]
+    fn a_decision_renders_as_warden_explain_answers() {
+        let p = policy();
+        let d = p.decide(&who(1002, &[500]), Action::Call, "svc.secret.get");
+        assert_eq!(
+            d.to_json(),
+            serde_json::json!({
+                "allowed": false,
+                "rule": {"file": "p.toml", "line": 5, "index": 1},
+                "reason": "denied by rule 1 at p.toml:5",
+            })
+        );
+        // Byte for byte what `warden.explain` and `wardenctl policy explain
+        // --config` each built by hand before (key order included).
+        let d = p.decide(&who(1003, &[]), Action::Call, "svc.x");
+        let by_hand = serde_json::json!({
+            "allowed": d.allowed,
+            "rule": d.rule.as_ref().map(|r| serde_json::json!({"file": r.file.as_ref(), "line": r.line, "index": r.index})),
+            "reason": d.reason(),
+        });
+        assert_eq!(d.to_json().to_string(), by_hand.to_string());
+        assert_eq!(d.to_json()["rule"], serde_json::Value::Null);
+        assert_eq!(d.to_json()["reason"], "no rule matched: default deny");
     }
 
     #[test]

@@ -58,8 +58,56 @@ pub const SERVICE_UNIT: &str = "warden.service";
 pub const SOCKET_UNIT: &str = "warden.socket";
 /// The service account.
 pub const SERVICE_USER: &str = "warden";
-/// The system socket path written into an installed configuration.
+/// The system socket path: root's broker's default, and what an installed
+/// configuration names.
 pub const SYSTEM_SOCKET: &str = "/run/warden/warden.sock";
+/// A user's own broker's socket, relative to `$XDG_RUNTIME_DIR`.
+pub const USER_SOCKET: &str = "warden/warden.sock";
+
+/// There is no default socket for a broker that is not root when
+/// `$XDG_RUNTIME_DIR` is unset (or empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not running as root and XDG_RUNTIME_DIR is not set")]
+pub struct NoDefaultSocket;
+
+/// A user's broker socket, `$XDG_RUNTIME_DIR/warden/warden.sock`, given the
+/// value of `XDG_RUNTIME_DIR` (`None` if it is unset or empty).
+pub fn user_socket_path(xdg_runtime_dir: Option<&OsStr>) -> Option<PathBuf> {
+    xdg_runtime_dir
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(USER_SOCKET))
+}
+
+/// Where a broker running as `euid` listens when neither `--socket` nor the
+/// config names a socket: [`SYSTEM_SOCKET`] for root, else
+/// [`user_socket_path`]. `xdg_runtime_dir` is the value of
+/// `XDG_RUNTIME_DIR`.
+///
+/// # Errors
+/// [`NoDefaultSocket`] when `euid` is not root and there is no runtime
+/// directory.
+pub fn default_socket_path(
+    euid: u32,
+    xdg_runtime_dir: Option<&OsStr>,
+) -> Result<PathBuf, NoDefaultSocket> {
+    if euid == 0 {
+        return Ok(PathBuf::from(SYSTEM_SOCKET));
+    }
+    user_socket_path(xdg_runtime_dir).ok_or(NoDefaultSocket)
+}
+
+/// The socket a client connects to when none is named: [`SYSTEM_SOCKET`]
+/// if it exists, else the [`user_socket_path`] if that exists, else
+/// [`SYSTEM_SOCKET`] (so the error names the system broker).
+pub fn client_socket_path(xdg_runtime_dir: Option<&OsStr>) -> PathBuf {
+    let system = Path::new(SYSTEM_SOCKET);
+    if system.exists() {
+        return system.to_owned();
+    }
+    user_socket_path(xdg_runtime_dir)
+        .filter(|user| user.exists())
+        .unwrap_or_else(|| system.to_owned())
+}
 /// Where the configuration lives, relative to the root.
 pub const CONFIG_PATH: &str = "etc/warden/warden.toml";
 /// The install manifest, relative to the root: root 0644 in a root 0755
@@ -1058,6 +1106,30 @@ mod tests {
             c.ok().and_then(|c| c.broker.socket),
             Some(PathBuf::from(SYSTEM_SOCKET))
         );
+    }
+
+    #[test]
+    fn default_socket_is_the_system_one_for_root_else_the_users() {
+        let xdg = Some(OsStr::new("/run/user/1000"));
+        assert_eq!(
+            default_socket_path(0, xdg),
+            Ok(PathBuf::from("/run/warden/warden.sock"))
+        );
+        assert_eq!(
+            default_socket_path(1000, xdg),
+            Ok(PathBuf::from("/run/user/1000/warden/warden.sock"))
+        );
+        assert_eq!(default_socket_path(1000, None), Err(NoDefaultSocket));
+        assert_eq!(
+            default_socket_path(1000, Some(OsStr::new(""))),
+            Err(NoDefaultSocket)
+        );
+        // Nothing exists under a runtime directory that does not: the
+        // system socket is named.
+        let missing = Some(OsStr::new("/nonexistent-warden-test"));
+        if !Path::new(SYSTEM_SOCKET).exists() {
+            assert_eq!(client_socket_path(missing), PathBuf::from(SYSTEM_SOCKET));
+        }
     }
 
     #[test]

@@ -6,6 +6,21 @@
 //! a Windows backend (see `docs/windows.md`) can supply the same functions.
 //! It is the only crate with `unsafe`; each block says why it is sound.
 //!
+//! # Platforms
+//! The backend is chosen once, below: `#[cfg(target_os = "linux")] mod
+//! linux;` and `use linux as imp;`, and every public item is a plain
+//! re-export from `imp`. Adding Windows is one more choice of the same form
+//! (`#[cfg(windows)] mod windows; #[cfg(windows)] use windows as imp;`) and a
+//! `windows` module with the same items; no re-export changes. Any other
+//! target stops at a `compile_error!` naming the missing backend.
+//!
+//! # Unsafe code
+//! The workspace denies `unsafe_code`; this crate alone expects it (crate
+//! attribute below). The modules that use it are `linux::activation`,
+//! `linux::fds`, `linux::identity` and `linux::target`, and every `unsafe`
+//! block carries a `SAFETY:` comment (clippy's `undocumented_unsafe_blocks`
+//! is denied).
+//!
 //! # Attacker model
 //! Any local user may race the broker on the file system (pre-create the
 //! socket path, plant symlinks, swap directories in world-writable places),
@@ -14,39 +29,38 @@
 //! socket path or below a [`Dir`], never remove what they did not verify as
 //! the broker's own, and capture a caller's identity once, from the kernel,
 //! failing closed.
+#![expect(
+    unsafe_code,
+    reason = "the one crate that talks to the OS through libc; every unsafe block has a SAFETY comment"
+)]
 #![cfg_attr(not(target_os = "linux"), allow(unused))]
 
 #[cfg(target_os = "linux")]
 mod linux;
+#[cfg(target_os = "linux")]
+use linux as imp;
 
-#[cfg(target_os = "linux")]
-pub use linux::activation::{inherited_listener, ActivationError, InheritedListener};
-#[cfg(target_os = "linux")]
-pub use linux::client::{connect_unix, verify_server, ServerCheckError, ServerTrust};
-#[cfg(target_os = "linux")]
-pub use linux::endpoint::{bind_secure, BoundEndpoint, EndpointError, EndpointSpec};
-#[cfg(target_os = "linux")]
-pub use linux::fds::recv_reject_fds;
-#[cfg(target_os = "linux")]
-pub use linux::fs_at::{
+#[cfg(not(target_os = "linux"))]
+compile_error!("warden-sys has no backend for this target (only Linux; see docs/windows.md)");
+
+pub use imp::activation::{inherited_listener, ActivationError, InheritedListener};
+pub use imp::client::{connect_unix, verify_server, ServerCheckError, ServerTrust};
+pub use imp::endpoint::{bind_secure, BoundEndpoint, EndpointError, EndpointSpec};
+pub use imp::fds::recv_reject_fds;
+pub use imp::fs_at::{
     Dir, FileKind, Meta, OpenDirError, ReadFileError, RemoveDirOutcome, RemoveError, StatError,
     WalkStep, WriteFileError, TEMP_NAME_ATTEMPTS,
 };
-#[cfg(target_os = "linux")]
-pub use linux::identity::{peer_identity, server_uid, PeerIdentity, PeerIdentityError};
-#[cfg(target_os = "linux")]
-pub use linux::login_defs::{SystemAccounts, DEFAULT_SYS_UID_MAX, LOGIN_DEFS, NOBODY_UID};
-#[cfg(target_os = "linux")]
-pub use linux::process::{
+pub use imp::identity::{peer_identity, server_uid, PeerIdentity, PeerIdentityError};
+pub use imp::login_defs::{SystemAccounts, DEFAULT_SYS_UID_MAX, LOGIN_DEFS, NOBODY_UID};
+pub use imp::process::{
     effective_gid, effective_uid, is_fd_exhaustion, pidfd_exited, process_comm,
     process_comm_confirmed, raise_nofile_limit,
 };
-#[cfg(target_os = "linux")]
-pub use linux::target::{
+pub use imp::target::{
     confirm_same_process, pid_namespace_inode, pid_ns_levels, pidfd_alive, pidfd_open,
     process_facts, wait_for_gate, ProcessFacts,
 };
-#[cfg(target_os = "linux")]
-pub use linux::users::{
+pub use imp::users::{
     group_by_name, group_name, groups_of_user, user_by_name, user_by_uid, UserInfo,
 };

@@ -51,9 +51,6 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// The system broker's socket.
-const SYSTEM_SOCKET: &str = "/run/warden/warden.sock";
-
 const EXIT_CODES_HELP: &str = "\
 Durations (--timeout, learn --duration, top --interval): a number and a
 unit: 500ms, 25s, 10m, 1h (or sums: 1m30s). A bare number is an error.
@@ -382,16 +379,10 @@ impl From<CallError> for Failure {
 }
 
 fn default_socket() -> String {
-    if std::path::Path::new(SYSTEM_SOCKET).exists() {
-        return SYSTEM_SOCKET.to_owned();
-    }
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
-        let user = std::path::Path::new(&dir).join("warden/warden.sock");
-        if user.exists() {
-            return user.to_string_lossy().into_owned();
-        }
-    }
-    SYSTEM_SOCKET.to_owned()
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR");
+    warden_service::client_socket_path(xdg.as_deref())
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn parse_json(what: &str, text: &str) -> Result<Payload, Failure> {
@@ -460,12 +451,18 @@ fn revoked(ev: &Event, topic: &str) -> Option<Failure> {
     })
 }
 
+/// `e`'s message followed by its causes'. A cause whose text the message
+/// already ends with (an error that also keeps the cause as its `source`)
+/// is not repeated.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = c.source();
     }
     s
@@ -731,12 +728,8 @@ fn run_local(cli: &Cli) -> Option<Result<(), Failure>> {
                 gid: who.gid,
                 groups: who.groups.clone(),
             };
-            let d = config.policy.decide(&caller, act, name);
-            let v = serde_json::json!({
-                "allowed": d.allowed,
-                "rule": d.rule.as_ref().map(|r| serde_json::json!({"file": r.file.as_ref(), "line": r.line, "index": r.index})),
-                "reason": d.reason(),
-            });
+            // The same rendering as the broker's `warden.explain`.
+            let v = config.policy.decide(&caller, act, name).to_json();
             print_decision(cli, &who, action, name, &v)
         })()),
         _ => None,

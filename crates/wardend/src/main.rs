@@ -79,16 +79,13 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, warden_policy::ConfigEr
 
 /// The socket when neither the flag nor the config names one.
 fn default_socket() -> anyhow::Result<PathBuf> {
-    if warden_sys::effective_uid() == 0 {
-        return Ok(PathBuf::from("/run/warden/warden.sock"));
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir).join("warden/warden.sock")),
-        _ => anyhow::bail!(
-            "not running as root and XDG_RUNTIME_DIR is not set: pass --socket PATH \
-             (in a directory only you can write) or set broker.socket in the config"
-        ),
-    }
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR");
+    warden_service::default_socket_path(warden_sys::effective_uid(), xdg.as_deref()).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: pass --socket PATH (in a directory only you can write) or set broker.socket \
+             in the config"
+        )
+    })
 }
 
 fn main() -> ExitCode {

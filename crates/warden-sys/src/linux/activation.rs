@@ -6,8 +6,7 @@
 //! socket that is not listening) is refused with an error that says what
 //! was found, so a unit misconfiguration is caught at start, not on the
 //! first client.
-// Adopting the inherited descriptor (fd 3) as an owned socket needs unsafe.
-#![allow(unsafe_code)]
+// Adopting the inherited descriptor (fd 3) as an owned socket needs unsafe (allowed crate-wide in lib.rs).
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

@@ -318,10 +318,45 @@ fn check_dir(path: &Path, meta: &Meta, me: u32, is_socket_dir: bool) -> Result<(
 pub fn bind_secure(spec: &EndpointSpec) -> Result<BoundEndpoint, EndpointError> {
     let path = &spec.path;
     let me = nix::unistd::geteuid().as_raw();
+    let parts = validate_path(path)?;
+    let (at, dir) = open_socket_dir(&parts, spec.create_dir, me)?;
+    let lock = take_lock(&dir, &at, &parts.name, path, me)?;
+    let reclaimed = reclaim_stale(&dir, &parts.name, path, me)?;
+    let listener = bind_with_mode(spec, &dir, &parts.name)?;
+    let identity = record_identity(&dir, &parts.name, path)?;
+    Ok(BoundEndpoint {
+        listener: Some(listener),
+        path: path.clone(),
+        dir,
+        name: parts.name,
+        identity,
+        reclaimed,
+        _lock: lock,
+    })
+}
+
+/// A socket path split by [`validate_path`]: `/<ancestors>/<dir_name>/<name>`.
+struct SocketPath {
+    /// The directories above the socket's directory, relative to `/`
+    /// (empty when the socket's directory is directly under `/`).
+    ancestors: PathBuf,
+    /// The socket's directory, by name.
+    dir_name: OsString,
+    /// The socket's file name.
+    name: OsString,
+}
+
+/// Checks that `path` fits in `sockaddr_un` and is absolute and normalized
+/// (no `.`, `..`, empty components or trailing `/`, and at least a
+/// directory and a name), and splits it.
+fn validate_path(path: &Path) -> Result<SocketPath, EndpointError> {
+    let not_absolute = || EndpointError::NotAbsolute {
+        path: path.to_owned(),
+    };
     let len = path.as_os_str().as_bytes().len();
     if len > SUN_PATH_MAX {
         return Err(EndpointError::TooLong {
-            path: path.clone(),
+            path: path.to_owned(),
             len,
             max: SUN_PATH_MAX,
         });
@@ -329,12 +364,12 @@ pub fn bind_secure(spec: &EndpointSpec) -> Result<BoundEndpoint, EndpointError> 
     let mut parts = Vec::new();
     let mut comps = path.components();
     if comps.next() != Some(Component::RootDir) {
-        return Err(EndpointError::NotAbsolute { path: path.clone() });
+        return Err(not_absolute());
     }
     for c in comps {
         match c {
             Component::Normal(n) => parts.push(n.to_owned()),
-            _ => return Err(EndpointError::NotAbsolute { path: path.clone() }),
+            _ => return Err(not_absolute()),
         }
     }
     // `Path::components` drops "." and empty components silently; insist
@@ -346,40 +381,65 @@ pub fn bind_secure(spec: &EndpointSpec) -> Result<BoundEndpoint, EndpointError> 
         || path.as_os_str().as_bytes().ends_with(b"/")
         || parts.len() < 2
     {
-        return Err(EndpointError::NotAbsolute { path: path.clone() });
+        return Err(not_absolute());
     }
     let Some((name, dirs)) = parts.split_last() else {
-        return Err(EndpointError::NotAbsolute { path: path.clone() });
+        return Err(not_absolute());
     };
-    let Some((sock_dir_name, ancestors)) = dirs.split_last() else {
-        return Err(EndpointError::NotAbsolute { path: path.clone() });
+    let Some((dir_name, ancestors)) = dirs.split_last() else {
+        return Err(not_absolute());
     };
+    Ok(SocketPath {
+        ancestors: ancestors.iter().collect(),
+        dir_name: dir_name.clone(),
+        name: name.clone(),
+    })
+}
 
+/// Steps 1 and 2: walks from `/` to the socket's directory without
+/// following symlinks, checking each ancestor as it is opened, then opens
+/// (or, if `create_dir`, creates 0755) the socket's directory and checks it
+/// the stricter way. Returns the directory's path and descriptor.
+fn open_socket_dir(
+    parts: &SocketPath,
+    create_dir: bool,
+    me: u32,
+) -> Result<(PathBuf, OwnedFd), EndpointError> {
     // 1. Walk the ancestors, each checked as it is opened.
     let root = Path::new("/");
     let top = Dir::open(root)?;
     check_dir(root, &top.meta()?, me, false)?;
-    let ancestors: PathBuf = ancestors.iter().collect();
-    let parent = top.walk(&ancestors, None, |s: &WalkStep<'_>| {
+    let parent = top.walk(&parts.ancestors, None, |s: &WalkStep<'_>| {
         check_dir(s.dir.path(), &s.meta, me, false)
     })?;
 
     // 2. The socket's directory: created 0755 (exactly: the walk fchmods
     // what it creates, whatever the umask) if missing and allowed.
     let dir = parent.walk(
-        Path::new(sock_dir_name),
-        spec.create_dir.then_some(0o755),
+        Path::new(&parts.dir_name),
+        create_dir.then_some(0o755),
         |s: &WalkStep<'_>| check_dir(s.dir.path(), &s.meta, me, true),
     )?;
     let at = dir.path().to_owned();
-    let dir = dir.into_fd();
+    Ok((at, dir.into_fd()))
+}
 
-    // 3. The lock.
+/// Step 3: opens (creating 0600) `<name>.lock` in the socket's directory,
+/// refusing a symlink or anything but a regular file of the broker's, and
+/// takes its `flock` without waiting; a lock held elsewhere means another
+/// broker is running ([`EndpointError::InUse`]).
+fn take_lock(
+    dir: &OwnedFd,
+    at: &Path,
+    name: &OsString,
+    path: &Path,
+    me: u32,
+) -> Result<Flock<OwnedFd>, EndpointError> {
     let mut lock_name = name.clone();
     lock_name.push(".lock");
     let lock_path = at.join(&lock_name);
     let lock_fd = openat(
-        &dir,
+        dir,
         lock_name.as_os_str(),
         OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o600),
@@ -388,7 +448,7 @@ pub fn bind_secure(spec: &EndpointSpec) -> Result<BoundEndpoint, EndpointError> 
         Errno::ELOOP => EndpointError::Symlink {
             path: lock_path.clone(),
             owner: fstatat(
-                &dir,
+                dir,
                 lock_name.as_os_str(),
                 nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
             )
@@ -406,67 +466,75 @@ pub fn bind_secure(spec: &EndpointSpec) -> Result<BoundEndpoint, EndpointError> 
             owner: lst.st_uid,
         });
     }
-    let lock = Flock::lock(lock_fd, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
+    Flock::lock(lock_fd, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
         Errno::EWOULDBLOCK => EndpointError::InUse {
-            path: path.clone(),
+            path: path.to_owned(),
             how: "its lock file is held",
         },
         e => io_at("locking", &lock_path)(e),
-    })?;
+    })
+}
 
-    // 4. Whatever is at the name already.
-    let mut reclaimed = false;
+/// Step 4: looks at whatever is already at the socket name. Nothing there
+/// is fine; a socket of the broker's uid that refuses connections is stale
+/// and removed (returns `true`); anything else (a symlink, another kind of
+/// file, another user's socket, a live socket) is refused and left alone.
+fn reclaim_stale(
+    dir: &OwnedFd,
+    name: &OsString,
+    path: &Path,
+    me: u32,
+) -> Result<bool, EndpointError> {
     match fstatat(
-        &dir,
+        dir,
         name.as_os_str(),
         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
     ) {
-        Err(Errno::ENOENT) => {}
-        Err(e) => return Err(io_at("checking", path)(e)),
-        Ok(st) if is(&st, SFlag::S_IFLNK) => {
-            return Err(EndpointError::Symlink {
-                path: path.clone(),
-                owner: st.st_uid,
-            })
-        }
-        Ok(st) if !is(&st, SFlag::S_IFSOCK) => {
-            return Err(EndpointError::WrongType {
-                path: path.clone(),
-                kind: kind_of(&st),
-                expected: "socket",
-                owner: st.st_uid,
-            })
-        }
-        Ok(st) if st.st_uid != me => {
-            return Err(EndpointError::ForeignSocket {
-                path: path.clone(),
-                owner: st.st_uid,
-                expected: me,
-            })
-        }
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(io_at("checking", path)(e)),
+        Ok(st) if is(&st, SFlag::S_IFLNK) => Err(EndpointError::Symlink {
+            path: path.to_owned(),
+            owner: st.st_uid,
+        }),
+        Ok(st) if !is(&st, SFlag::S_IFSOCK) => Err(EndpointError::WrongType {
+            path: path.to_owned(),
+            kind: kind_of(&st),
+            expected: "socket",
+            owner: st.st_uid,
+        }),
+        Ok(st) if st.st_uid != me => Err(EndpointError::ForeignSocket {
+            path: path.to_owned(),
+            owner: st.st_uid,
+            expected: me,
+        }),
         Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(EndpointError::InUse {
-                    path: path.clone(),
-                    how: "its socket accepts connections",
-                })
-            }
+            Ok(_) => Err(EndpointError::InUse {
+                path: path.to_owned(),
+                how: "its socket accepts connections",
+            }),
             Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                unlinkat(&dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir)
+                unlinkat(dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir)
                     .map_err(io_at("removing the stale socket", path))?;
-                reclaimed = true;
+                Ok(true)
             }
-            Err(e) => {
-                return Err(EndpointError::Io {
-                    op: "probing the existing socket",
-                    path: path.clone(),
-                    source: e,
-                })
-            }
+            Err(e) => Err(EndpointError::Io {
+                op: "probing the existing socket",
+                path: path.to_owned(),
+                source: e,
+            }),
         },
     }
+}
 
-    // 5. Bind strict, then loosen.
+/// Step 5: binds under umask 0077 (so the socket is never briefly open to
+/// others), listens, then gives the socket the configured group and mode
+/// and makes the listener non-blocking.
+fn bind_with_mode(
+    spec: &EndpointSpec,
+    dir: &OwnedFd,
+    name: &OsString,
+) -> Result<UnixListener, EndpointError> {
+    let path = &spec.path;
     let old = umask(Mode::from_bits_truncate(0o077));
     let bound = UnixListener::bind(path);
     umask(old);
@@ -482,7 +550,7 @@ pub fn bind_secure(spec: &EndpointSpec) -> Result<BoundEndpoint, EndpointError> 
     .map_err(io_at("listening on", path))?;
     if let Some(gid) = spec.group {
         fchownat(
-            &dir,
+            dir,
             name.as_os_str(),
             None,
             Some(Gid::from_raw(gid)),
@@ -508,21 +576,23 @@ pub fn bind_secure(spec: &EndpointSpec) -> Result<BoundEndpoint, EndpointError> 
             path: path.clone(),
             source,
         })?;
+    Ok(listener)
+}
+
+/// Records the bound socket's identity (device, inode, ctime), so that
+/// [`BoundEndpoint::remove_socket`] later removes only this very socket.
+fn record_identity(
+    dir: &OwnedFd,
+    name: &OsString,
+    path: &Path,
+) -> Result<(u64, u64, i64, i64), EndpointError> {
     let st = fstatat(
-        &dir,
+        dir,
         name.as_os_str(),
         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
     )
     .map_err(io_at("checking", path))?;
-    Ok(BoundEndpoint {
-        listener: Some(listener),
-        path: path.clone(),
-        dir,
-        name: name.clone(),
-        identity: stat_identity(&st),
-        reclaimed,
-        _lock: lock,
-    })
+    Ok(stat_identity(&st))
 }
 
 #[cfg(test)]

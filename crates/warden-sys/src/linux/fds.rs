@@ -7,8 +7,7 @@
 //! `bad_request`, so a peer can neither smuggle descriptors nor fill the
 //! broker's descriptor table.
 
-// Adopting the descriptors the kernel hands over needs unsafe.
-#![allow(unsafe_code)]
+// Adopting the descriptors the kernel hands over needs unsafe (allowed crate-wide in lib.rs).
 
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

@@ -6,8 +6,7 @@
 //! later; the pidfd pins the peer process, so a recycled pid can never be
 //! mistaken for the caller. If any part cannot be read, the caller gets an
 //! error and the connection must be refused (fail closed).
-// The one getsockopt call nix does not wrap (SO_PEERGROUPS) needs unsafe.
-#![allow(unsafe_code)]
+// The one getsockopt call nix does not wrap (SO_PEERGROUPS) needs unsafe (allowed crate-wide in lib.rs).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};

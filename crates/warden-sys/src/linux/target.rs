@@ -9,7 +9,9 @@
 //! time, capabilities, dumpability) are read by pid and then confirmed by
 //! asking the pidfd whether its process is still alive: if it is, the pid
 //! still named it while `/proc` was read.
-#![allow(unsafe_code)]
+
+// pidfd_open, PIDFD_GET_INFO and borrowing raw descriptors need unsafe
+// (allowed crate-wide in lib.rs).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
