@@ -82,7 +82,9 @@ fn protocol_doc_examples_decode_and_reencode_byte_for_byte() {
         }
         kinds.push(msg.kind());
     }
-    for k in ["hello", "welcome", "call", "reply", "error", "event", "lagged"] {
+    for k in [
+        "hello", "welcome", "call", "reply", "error", "event", "lagged",
+    ] {
         assert!(kinds.contains(&k), "no {k} example");
     }
 }
