@@ -145,6 +145,72 @@ class FakeServerTest(unittest.TestCase):
         t.join()
         srv.close()
 
+    def _fake(self, tag, welcome_version, after_hello):
+        """A fake broker: answers the hello with a welcome of
+        welcome_version, then sends the frames after_hello(hello)."""
+        name = "@warden-py-%s-%d" % (tag, os.getpid())
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind("\0" + name[1:])
+        srv.listen(1)
+        seen = []
+
+        def serve():
+            conn, _ = srv.accept()
+            buf = b""
+            while not seen:
+                buf += conn.recv(4096)
+                got, buf = wc.decode_frames(buf)
+                seen.extend(got)
+            conn.sendall(wc.encode_frame({"kind": "welcome", "version": welcome_version, "server": "fake/0",
+                "identity": {"uid": 1, "gid": 1, "groups": [], "pid": 2},
+                "limits": {"max_frame": 4096, "max_in_flight": 4, "call_timeout_ms": 1000}}))
+            for env in after_hello(seen[0]):
+                conn.sendall(wc.encode_frame(env))
+            conn.recv(1)
+            conn.close()
+
+        t = threading.Thread(target=serve)
+        t.start()
+        return name, srv, t, seen
+
+    def test_any_version_up_to_2_pow_64_minus_1(self):
+        for asked in (1, 2, 2**32, 2**64 - 1):
+            name, srv, t, seen = self._fake("ver", 1, lambda h: [])
+            c = wc.Client(name, version=asked)
+            self.assertEqual(seen[0]["version"], asked)
+            self.assertEqual(c.version, 1)
+            c.close()
+            t.join()
+            srv.close()
+        for bad in (0, -1, 2**64, 1.0, True, "1"):
+            with self.assertRaises(ValueError):
+                wc.Client("@unused", version=bad)
+
+    def test_a_welcome_above_the_asked_version_is_refused(self):
+        name, srv, t, _ = self._fake("ver2", 2, lambda h: [])
+        with self.assertRaises(wc.ProtocolError):
+            wc.Client(name)
+        t.join()
+        srv.close()
+
+    def test_missed_and_lagged_add_up(self):
+        frames = [
+            {"kind": "event", "topic": "t.x", "data": 1},
+            {"kind": "event", "topic": "t.x", "data": 2, "missed": 3},
+            {"kind": "lagged", "missed": 4},
+            {"kind": "error", "error": {"code": "bad_request", "message": "not a close"}},
+            {"kind": "event", "topic": "t.x", "data": 3},
+        ]
+        name, srv, t, _ = self._fake("missed", 1, lambda h: frames)
+        c = wc.Client(name)
+        got = [c.next_event() for _ in range(4)]
+        self.assertEqual([e["kind"] for e in got], ["event", "event", "lagged", "event"])
+        self.assertEqual(c.missed_total, 7)
+        self.assertEqual(c.last_error["message"], "not a close")
+        c.close()
+        t.join()
+        srv.close()
+
     def test_untrusted_server_gets_nothing(self):
         name = "@warden-py-test2-%d" % os.getpid()
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -22,6 +22,7 @@ import struct
 import sys
 
 PROTOCOL_VERSION = 1
+MAX_VERSION = 2**64 - 1  # a hello may ask for any version 1 ..= 2^64-1
 DEFAULT_MAX_FRAME = 1024 * 1024
 ABSOLUTE_MAX_FRAME = 16 * 1024 * 1024
 MAX_REQUEST_ID = 2**53 - 1
@@ -203,9 +204,20 @@ class Client:
     Connecting checks the server's uid (SO_PEERCRED) before sending a byte:
     it must be in trusted_uids(socket_path, server_uid) (root, your own uid,
     or a system account owning a root-controlled socket directory; exactly
-    server_uid if given), else ServerIdentityError."""
+    server_uid if given), else ServerIdentityError.
 
-    def __init__(self, socket_path, server_uid=None, client_name="warden-client.py/0.1", timeout=30.0):
+    version is the highest protocol version to ask for (any integer from 1
+    to 2^64-1); the welcome's version, the one spoken from then on, is the
+    lower of it and the broker's (self.version).
+
+    Events dropped for this connection are reported once each, either in an
+    event's "missed" or in a "lagged" frame; self.missed_total adds up both
+    as frames arrive."""
+
+    def __init__(self, socket_path, server_uid=None, client_name="warden-client.py/0.1", timeout=30.0,
+                 version=PROTOCOL_VERSION):
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+            raise ValueError(f"protocol version must be an integer from 1 to {MAX_VERSION}, not {version!r}")
         self.path = socket_path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
@@ -230,13 +242,18 @@ class Client:
         self._calls = collections.deque()
         self._next_id = 1
         self.last_error = None
-        self._send({"kind": "hello", "version": PROTOCOL_VERSION, "client": client_name})
+        self.missed_total = 0
+        self._send({"kind": "hello", "version": version, "client": client_name})
         first = self._recv()
         if first.get("kind") == "error":
             err = first.get("error", {})
             raise WardenError(err.get("code"), err.get("message"))
         if first.get("kind") != "welcome":
             raise ProtocolError(f"expected welcome, got {first.get('kind')!r}")
+        v = first.get("version")
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= version:
+            raise ProtocolError(f"the welcome's version {v!r} is not an integer from 1 to {version}")
+        self.version = v
         self.welcome = first
         self.max_frame = min(int(first["limits"]["max_frame"]), ABSOLUTE_MAX_FRAME)
 
@@ -275,12 +292,20 @@ class Client:
         """Queues frames that are not answers; returns True if handled."""
         kind = env.get("kind")
         if kind in ("event", "lagged"):
+            # Each drop is reported exactly once, in one or the other.
+            missed = env.get("missed", 0)
+            if isinstance(missed, int) and not isinstance(missed, bool):
+                self.missed_total += missed
             self._events.append(env)
         elif kind == "call":
             self._calls.append(env)
         elif kind == "error" and "id" not in env:
+            # Not by itself a close (docs/protocol.md, "Which errors close
+            # the connection"); kept to explain a close that follows.
             self.last_error = env.get("error")
         elif kind == "cancel":
+            # The broker withdrew a call it routed to us; answering it
+            # now would be ignored.
             pass
         else:
             return False
@@ -340,7 +365,9 @@ class Client:
         return self._request({"kind": "provide", "method": method})
 
     def next_event(self):
-        """The next event or lagged notice (blocks)."""
+        """The next event or lagged notice (blocks). Drops are reported in
+        an event's "missed" or in a lagged frame's, never both: add them up
+        (or read self.missed_total)."""
         while not self._events:
             env = self._recv()
             if not self._dispatch(env):
@@ -420,7 +447,7 @@ def main(argv=None):
                     _print({"topic": ev["topic"], "data": ev.get("data"), "missed": ev.get("missed", 0),
                             "publisher": ev.get("publisher")})
                 else:
-                    _print({"lagged": ev.get("missed")})
+                    _print({"lagged": ev.get("missed"), "missed_total": client.missed_total})
     except WardenError as e:
         _print({"error": {"code": e.code, "message": e.message}})
         return EXIT_REMOTE_ERROR

@@ -294,7 +294,7 @@ struct RawEnvelope {
     #[serde(default)]
     missed: Option<u64>,
     #[serde(default)]
-    version: Option<u32>,
+    version: Option<u64>,
     #[serde(default)]
     client: Option<String>,
     #[serde(default)]
@@ -322,10 +322,86 @@ impl RawEnvelope {
     }
 }
 
-#[derive(Deserialize)]
-struct IdOnly {
-    #[serde(default)]
-    id: Option<serde_json::Value>,
+/// The request id of a frame that cannot be decoded, if its `id` field can
+/// still be read: the body is a JSON object whose top level has exactly one
+/// `id` key, and its value is a JSON integer in range. The rest of the
+/// frame may be invalid or nested too deeply to parse: the scan is linear,
+/// keeps no stack and never recurses, so the sender of a bad request still
+/// learns which of its requests failed.
+pub fn top_level_id(body: &[u8]) -> Option<RequestId> {
+    let ws = |mut i: usize| {
+        while body.get(i).is_some_and(|b| b" \t\r\n".contains(b)) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = ws(0);
+    if body.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    let mut depth = 1usize;
+    let mut key_next = true;
+    let mut found: Option<RequestId> = None;
+    let mut seen = false;
+    while let Some(&b) = body.get(i) {
+        match b {
+            b'"' => {
+                let start = i;
+                i += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', body.get(i..)?) {
+                        None => return None,
+                        Some(off) if body[i + off] == b'\\' => i += off + 2,
+                        Some(off) => {
+                            i += off + 1;
+                            break;
+                        }
+                    }
+                }
+                if depth == 1 && key_next {
+                    key_next = false;
+                    let key: Option<String> = serde_json::from_slice(body.get(start..i)?).ok();
+                    let colon = ws(i);
+                    if body.get(colon) != Some(&b':') {
+                        return None;
+                    }
+                    if key.as_deref() == Some("id") {
+                        if seen {
+                            return None;
+                        }
+                        seen = true;
+                        let v = ws(colon + 1);
+                        let end = v + body[v..].iter().take_while(|b| b.is_ascii_digit()).count();
+                        let number_ends = body
+                            .get(end)
+                            .is_none_or(|b| !matches!(b, b'.' | b'e' | b'E'));
+                        found = std::str::from_utf8(&body[v..end])
+                            .ok()
+                            .filter(|d| number_ends && !d.is_empty())
+                            .filter(|d| d.len() == 1 || !d.starts_with('0'))
+                            .and_then(|d| d.parse::<u64>().ok())
+                            .and_then(RequestId::new);
+                        i = end;
+                    } else {
+                        i = colon + 1;
+                    }
+                }
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+            b',' if depth == 1 => key_next = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    found
 }
 
 /// Every kind, with its required and optional fields.
@@ -396,19 +472,17 @@ impl Message {
     pub fn decode(body: &[u8]) -> Result<Message, DecodeError> {
         if nesting_depth(body, MAX_NESTING_DEPTH).is_none() {
             return Err(DecodeError::new(
-                None,
+                top_level_id(body),
                 format!("envelope nested deeper than {MAX_NESTING_DEPTH} levels"),
             ));
         }
         let raw: RawEnvelope = match serde_json::from_slice(body) {
             Ok(raw) => raw,
             Err(e) => {
-                let id = serde_json::from_slice::<IdOnly>(body)
-                    .ok()
-                    .and_then(|x| x.id)
-                    .and_then(|v| v.as_u64())
-                    .and_then(RequestId::new);
-                return Err(DecodeError::new(id, format!("invalid envelope: {e}")));
+                return Err(DecodeError::new(
+                    top_level_id(body),
+                    format!("invalid envelope: {e}"),
+                ));
             }
         };
         let id = match raw.id {
@@ -669,7 +743,7 @@ struct WireEnvelope<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     missed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    version: Option<u32>,
+    version: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     client: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -802,6 +876,76 @@ mod tests {
             "]".repeat(40)
         );
         assert!(err(&deep).reason.contains("nested deeper"));
+    }
+
+    #[test]
+    fn undecodable_frames_keep_a_readable_id() {
+        // Nested one level too deep, with a valid id: the id is echoed.
+        let deep = format!(
+            r#"{{"kind":"call","id":9,"method":"a","params":{}1{}}}"#,
+            "[".repeat(MAX_NESTING_DEPTH),
+            "]".repeat(MAX_NESTING_DEPTH)
+        );
+        let e = err(&deep);
+        assert!(e.reason.contains("nested deeper"), "{}", e.reason);
+        assert_eq!(e.id, Some(id(9)));
+        // The id after the deep part, or far deeper than serde's own limit.
+        let deeper = format!(
+            r#"{{"kind":"call","params":{}1{},"method":"a", "id" : 12}}"#,
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        assert_eq!(err(&deeper).id, Some(id(12)));
+        // Invalid JSON after a readable id; an escaped key.
+        assert_eq!(err(r#"{"kind":"call","id":5,"method":"#).id, Some(id(5)));
+        assert_eq!(err(r#"{"\u0069d":6,"kind":1}"#).id, Some(id(6)));
+        // Not an id: nested, a string, a fraction, negative, out of range,
+        // leading zeros, twice, a key-looking value.
+        for body in [
+            r#"{"kind":"call","params":{"id":5},"x":[}"#,
+            r#"{"kind":"call","id":"5","x":[}"#,
+            r#"{"kind":"call","id":5.0,"x":[}"#,
+            r#"{"kind":"call","id":5e0,"x":[}"#,
+            r#"{"kind":"call","id":-5,"x":[}"#,
+            r#"{"kind":"call","id":0,"x":[}"#,
+            r#"{"kind":"call","id":9007199254740992,"x":[}"#,
+            r#"{"kind":"call","id":05,"x":[}"#,
+            r#"{"kind":"call","id":5,"id":6}"#,
+            r#"{"kind":"id","x":5,"y":[}"#,
+            r#"[{"id":5}]"#,
+        ] {
+            assert_eq!(err(body).id, None, "{body}");
+        }
+    }
+
+    #[test]
+    fn hello_versions_up_to_u64_max() {
+        let hello =
+            |v: &str| Message::decode(format!(r#"{{"kind":"hello","version":{v}}}"#).as_bytes());
+        for (text, want) in [
+            ("1", 1),
+            ("4294967296", 1u64 << 32),
+            ("18446744073709551615", u64::MAX),
+        ] {
+            match hello(text) {
+                Ok(Message::Hello(h)) => assert_eq!(h.version, want),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // Version 0 decodes (the broker refuses it); these do not.
+        assert!(matches!(hello("0"), Ok(Message::Hello(_))));
+        for text in [
+            "18446744073709551616",
+            "-1",
+            "1.5",
+            "1.0",
+            "1e0",
+            "\"1\"",
+            "null",
+            "true",
+        ] {
+            assert!(hello(text).is_err(), "{text}");
+        }
     }
 
     #[test]

@@ -28,8 +28,9 @@ pub struct Identity {
 /// The client's first frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
-    /// The highest protocol version the client speaks.
-    pub version: u32,
+    /// The highest protocol version the client speaks: any integer from 1
+    /// to 2^64-1 (the broker answers with the lower of this and its own).
+    pub version: u64,
     /// Free-form client software name, for logs (e.g. `"wardenctl/0.1.0"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
@@ -55,8 +56,9 @@ pub struct WelcomeLimits {
 /// The broker's answer to a [`Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
-    /// The protocol version both sides speak from now on.
-    pub version: u32,
+    /// The protocol version both sides speak from now on: the lower of the
+    /// hello's and the broker's.
+    pub version: u64,
     /// Broker software name and version, e.g. `"wardend/0.1.0"`.
     pub server: String,
     /// The identity the broker attached to this connection.

@@ -3,9 +3,10 @@
 //! The broker may configure a smaller frame limit; it never accepts a larger
 //! one than [`ABSOLUTE_MAX_FRAME_LEN`].
 
-/// The protocol version this crate speaks. A hello with another version is
-/// refused with `bad_request`.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this crate speaks. A hello may ask for any version
+/// from 1 to 2^64-1; the welcome answers with the lower of that and this
+/// one. Version 0 is refused with `bad_request`.
+pub const PROTOCOL_VERSION: u64 = 1;
 
 /// Bytes in the length prefix of every frame (big-endian `u32`).
 pub const FRAME_HEADER_LEN: usize = 4;

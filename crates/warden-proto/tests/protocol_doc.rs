@@ -67,9 +67,24 @@ fn protocol_doc_examples_decode_and_reencode_byte_for_byte() {
             .unwrap_or_else(|| panic!("{json}: incomplete frame"));
         let msg = Message::decode(&frame).unwrap_or_else(|e| panic!("{json}: {e}"));
         assert_eq!(msg.encode(), body, "re-encoding {json}");
+        // Identities list their groups as the kernel does: ascending.
+        let ident = match &msg {
+            Message::Welcome(w) => Some(&w.identity),
+            Message::Call { caller, .. } => caller.as_ref(),
+            Message::Event { publisher, .. } => publisher.as_ref(),
+            _ => None,
+        };
+        if let Some(i) = ident {
+            assert!(
+                i.groups.windows(2).all(|w| w[0] <= w[1]),
+                "groups not in ascending order in {json}"
+            );
+        }
         kinds.push(msg.kind());
     }
-    for k in ["hello", "welcome", "call", "reply", "error", "event"] {
+    for k in [
+        "hello", "welcome", "call", "reply", "error", "event", "lagged",
+    ] {
         assert!(kinds.contains(&k), "no {k} example");
     }
 }

@@ -15,6 +15,7 @@ mod lifecycle;
 mod logging;
 mod metrics;
 mod monitor;
+mod protocol_conformance;
 mod python;
 mod service;
 mod squatting;
