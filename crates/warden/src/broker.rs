@@ -2,24 +2,22 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::UnixListener;
-use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use warden_policy::{Config, Limits, Policy, SlowSubscriber};
 use warden_proto::{ErrorCode, MethodName, WireError};
 
 use crate::handler::Handler;
-use crate::hub::{lock, Hub, Settings};
+use crate::local::BrokerHandle;
+use crate::registry::{lock, Registry, Settings};
+use crate::router::Services;
 use crate::shutdown::Shutdown;
 
-/// With test hooks on, a call to this method panics in the caller's
-/// connection task, outside any handler (to test that such a panic is
-/// fatal). Unknown without test hooks.
-pub const TEST_PANIC_METHOD: &str = "warden.test.panic_connection";
+pub use crate::transport::connection::TEST_PANIC_METHOD;
 
 /// Why the broker stopped serving before it was asked to.
 #[derive(Debug, thiserror::Error)]
@@ -119,38 +117,20 @@ impl BrokerBuilder {
             .unwrap_or(warden_proto::DEFAULT_MAX_FRAME_LEN)
             .min(warden_proto::ABSOLUTE_MAX_FRAME_LEN);
         let call_timeout = Duration::from_millis(limits.call_timeout_ms);
-        let (close_tx, _) = watch::channel(false);
-        let hub = Hub {
-            settings: Settings {
-                limits,
-                slow: self.slow,
-                max_frame,
-                call_timeout,
-                test_hooks: self.test_hooks,
-            },
-            policy_tx: watch::channel(self.policy).0,
-            heartbeat_ms: AtomicU64::new(0),
-            handlers: self.handlers,
-            started: Instant::now(),
-            conns: Mutex::default(),
-            conn_count: AtomicUsize::new(0),
-            next_conn_id: AtomicU64::new(1),
-            uids: Mutex::default(),
-            providers: Mutex::default(),
-            topics: Mutex::default(),
-            monitors: Mutex::default(),
-            monitor_count: AtomicUsize::new(0),
-            deadlines: Mutex::default(),
-            deadline_added: Notify::new(),
-            stats: Mutex::default(),
-            routed_in_flight: AtomicUsize::new(0),
-            routed_idle: Notify::new(),
-            draining: AtomicBool::new(false),
-            close_tx,
+        let settings = Settings {
+            limits,
+            slow: self.slow,
+            max_frame,
+            call_timeout,
+            test_hooks: self.test_hooks,
         };
         let (stall_tx, stall_rx) = tokio::sync::mpsc::channel(1);
         Broker {
-            hub: Arc::new(hub),
+            svc: Arc::new(Services {
+                reg: Arc::new(Registry::new(settings, self.policy)),
+                handlers: self.handlers,
+            }),
+            heartbeat_ms: Arc::new(AtomicU64::new(0)),
             heartbeat: self.heartbeat,
             stall_tx,
             stall_rx: Arc::new(Mutex::new(Some(stall_rx))),
@@ -168,7 +148,10 @@ impl BrokerBuilder {
 /// The broker runtime. Cheap to clone; clones share one state.
 #[derive(Debug, Clone)]
 pub struct Broker {
-    hub: Arc<Hub>,
+    svc: Arc<Services>,
+    /// Milliseconds since the registry started at the accept loop's last
+    /// turn: the service watchdog pings only while this stays fresh.
+    heartbeat_ms: Arc<AtomicU64>,
     heartbeat: Duration,
     stall_tx: tokio::sync::mpsc::Sender<Duration>,
     stall_rx: Arc<Mutex<Option<tokio::sync::mpsc::Receiver<Duration>>>>,
@@ -201,15 +184,15 @@ impl Broker {
     /// dropped, and the client is told with an event on
     /// `warden.policy.revoked`. Connections stay open.
     pub fn set_policy(&self, policy: Arc<Policy>) {
-        self.hub.policy_tx.send_replace(policy);
+        self.svc.reg.policy_tx.send_replace(policy);
     }
 
     /// Time since the accept loop last turned. The service watchdog pings
     /// only while this stays below its interval, so a stalled loop stops
     /// the pings.
     pub fn loop_heartbeat_age(&self) -> Duration {
-        let now = self.hub.started.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.hub.heartbeat_ms.load(Ordering::Acquire)))
+        let now = self.svc.reg.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.heartbeat_ms.load(Ordering::Acquire)))
     }
 
     /// Test hook: blocks the accept loop's thread for `d`, as a hung loop
@@ -220,7 +203,13 @@ impl Broker {
 
     /// Number of open connections.
     pub fn connection_count(&self) -> usize {
-        self.hub.conn_count.load(Ordering::Relaxed)
+        self.svc.reg.connection_count()
+    }
+
+    /// A handle for feature code: calls into connections that provide
+    /// methods ([`BrokerHandle::call`]).
+    pub fn handle(&self) -> BrokerHandle {
+        BrokerHandle::new(Arc::clone(&self.svc.reg))
     }
 
     /// Serves connections from `listener` until `shutdown` fires, then
@@ -237,14 +226,14 @@ impl Broker {
         listener: UnixListener,
         mut shutdown: Shutdown,
     ) -> Result<(), ServeError> {
-        let hub = &self.hub;
+        let reg = &self.svc.reg;
         let mut tasks = JoinSet::new();
         let mut stall_rx = lock(&self.stall_rx).take();
         let mut heartbeat = tokio::time::interval(self.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sweeper = tokio::spawn(crate::router::deadline_sweeper(
-            Arc::clone(hub),
-            hub.close_tx.subscribe(),
+        let mut sweeper = tokio::spawn(crate::calls::deadline_sweeper(
+            Arc::clone(reg),
+            reg.close_tx.subscribe(),
         ));
         loop {
             tokio::select! {
@@ -263,7 +252,7 @@ impl Broker {
                     return Err(error);
                 }
                 _ = heartbeat.tick() => {
-                    hub.heartbeat_ms.store(hub.started.elapsed().as_millis() as u64, Ordering::Release);
+                    self.heartbeat_ms.store(reg.started.elapsed().as_millis() as u64, Ordering::Release);
                 }
                 Some(d) = async { match stall_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     tracing::warn!(?d, "test hook: stalling the accept loop");
@@ -279,8 +268,8 @@ impl Broker {
                     Ok((stream, _)) => {
                         match warden_sys::peer_identity(stream.as_fd()) {
                             Ok(peer) => {
-                                let hub = Arc::clone(hub);
-                                tasks.spawn(crate::connection::run(hub, stream, peer));
+                                let svc = Arc::clone(&self.svc);
+                                tasks.spawn(crate::transport::connection::run(svc, stream, peer));
                             }
                             Err(e) if e.is_fd_exhaustion() => {
                                 // Fail closed (no identity, no connection),
@@ -315,39 +304,28 @@ impl Broker {
         }
         drop(listener);
         tracing::info!(
-            connections = hub.conn_count.load(Ordering::Relaxed),
-            in_flight = hub.routed_in_flight.load(Ordering::Relaxed),
+            connections = reg.connection_count(),
+            in_flight = reg.calls_in_flight(),
             "shutting down: no longer accepting; draining in-flight calls"
         );
-        hub.draining.store(true, Ordering::Release);
-        let drain_until = tokio::time::Instant::now()
-            + Duration::from_millis(hub.settings.limits.drain_timeout_ms);
-        loop {
-            let idle = hub.routed_idle.notified();
-            tokio::pin!(idle);
-            idle.as_mut().enable();
-            if hub.routed_in_flight.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            tokio::select! {
-                _ = &mut idle => {}
-                _ = tokio::time::sleep_until(drain_until) => {
-                    tracing::warn!(
-                        left = hub.routed_in_flight.load(Ordering::Relaxed),
-                        "drain timeout: answering the calls still in flight with shutting_down"
-                    );
-                    break;
-                }
-            }
+        reg.draining.store(true, Ordering::Release);
+        let drain = Duration::from_millis(reg.settings.limits.drain_timeout_ms);
+        if tokio::time::timeout(drain, reg.calls_idle()).await.is_err() {
+            tracing::warn!(
+                left = reg.calls_in_flight(),
+                "drain timeout: answering the calls still in flight with shutting_down"
+            );
         }
-        crate::router::fail_all_routed(
-            hub,
-            WireError::new(
+        // Routed calls are answered here; calls at handlers when they see
+        // the close below.
+        crate::calls::fail_all(
+            reg,
+            &WireError::new(
                 ErrorCode::ShuttingDown,
                 "the broker is shutting down and the call did not finish within the drain timeout",
             ),
         );
-        hub.close_tx.send_replace(true);
+        reg.close_tx.send_replace(true);
         let grace = tokio::time::Instant::now() + CLOSE_GRACE;
         while !tasks.is_empty() {
             tokio::select! {

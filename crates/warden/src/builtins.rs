@@ -11,8 +11,8 @@ use std::time::UNIX_EPOCH;
 use serde_json::json;
 use warden_proto::{ErrorCode, Payload, WireError, PROTOCOL_VERSION};
 
-use crate::connection::ConnState;
-use crate::hub::{lock, Hub};
+use crate::registry::Registry;
+use crate::router::CallerView;
 
 /// Names of the built-in methods.
 pub(crate) const BUILTINS: [&str; 7] = [
@@ -96,21 +96,21 @@ fn cut_array(v: &mut serde_json::Value, key: &str, budget: usize) -> bool {
 }
 
 pub(crate) fn call(
-    hub: &Hub,
-    state: &ConnState,
+    reg: &Registry,
+    view: &CallerView<'_>,
     method: &str,
     params: Payload,
 ) -> Result<Payload, WireError> {
     match method {
         "warden.ping" => payload(json!({ "pong": true })),
         "warden.whoami" => {
-            let i = &state.conn.identity;
+            let i = &view.peer.identity;
             payload(json!({
                 "uid": i.uid,
                 "gid": i.gid,
                 "groups": i.groups,
                 "pid": i.pid,
-                "connection": state.conn.id,
+                "connection": view.peer.id,
             }))
         }
         "warden.version" => payload(json!({
@@ -118,9 +118,9 @@ pub(crate) fn call(
             "protocol": PROTOCOL_VERSION,
         })),
         "warden.echo" => Ok(params),
-        "warden.status" => status(hub),
-        "warden.explain" => explain(hub, state, &params),
-        "warden.metrics" => metrics(hub),
+        "warden.status" => status(reg),
+        "warden.explain" => explain(reg, view, &params),
+        "warden.metrics" => metrics(reg),
         other => Err(WireError::new(
             ErrorCode::UnknownMethod,
             format!(
@@ -147,7 +147,7 @@ struct ExplainParams {
 /// `warden.explain`: the decision the current policy makes for a subject,
 /// with the rule that makes it. The very same `Policy::decide` as every
 /// request. Explaining another uid's access needs administrator rights.
-fn explain(hub: &Hub, state: &ConnState, params: &Payload) -> Result<Payload, WireError> {
+fn explain(reg: &Registry, view: &CallerView<'_>, params: &Payload) -> Result<Payload, WireError> {
     let p: ExplainParams = params.parse().map_err(|e| {
         WireError::new(
             ErrorCode::BadRequest,
@@ -158,13 +158,13 @@ fn explain(hub: &Hub, state: &ConnState, params: &Payload) -> Result<Payload, Wi
     })?;
     // A non-administrator may explain only itself, with groups it really
     // has: otherwise it could map out rules for groups it is not in.
-    let me = &state.conn.identity;
+    let me = &view.peer.identity;
     let own_groups = p
         .groups
         .iter()
         .chain(std::iter::once(&p.gid))
         .all(|g| *g == me.gid || me.groups.contains(g));
-    if (p.uid != me.uid || !own_groups) && !state.policy.is_admin() {
+    if (p.uid != me.uid || !own_groups) && !view.policy.is_admin() {
         return Err(WireError::new(
             ErrorCode::Denied,
             format!(
@@ -186,41 +186,19 @@ fn explain(hub: &Hub, state: &ConnState, params: &Payload) -> Result<Payload, Wi
         gid: p.gid,
         groups: p.groups,
     };
-    let d = hub.current_policy().decide(&caller, action, &p.name);
-    payload(json!({
-        "allowed": d.allowed,
-        "rule": d.rule.as_ref().map(|r| json!({"file": r.file.as_ref(), "line": r.line, "index": r.index})),
-        "reason": d.reason(),
-    }))
-}
-
-/// The per-method table and the `unresolved` bucket, each rendered by
-/// `render`, read under one lock.
-fn method_table(
-    hub: &Hub,
-    render: impl Fn(&crate::hub::MethodStats) -> serde_json::Value,
-) -> (
-    std::collections::BTreeMap<String, serde_json::Value>,
-    serde_json::Value,
-) {
-    let stats = lock(&hub.stats);
-    let methods = stats
-        .methods
-        .iter()
-        .map(|(m, s)| (m.clone(), render(s)))
-        .collect();
-    (methods, render(&stats.unresolved))
+    let d = reg.current_policy().decide(&caller, action, &p.name);
+    payload(d.to_json())
 }
 
 /// `warden.metrics`: counters and histograms for monitoring (admins only
 /// by default: they describe other users' activity).
-fn metrics(hub: &Hub) -> Result<Payload, WireError> {
-    let (methods, unresolved) = method_table(hub, |s| {
+fn metrics(reg: &Registry) -> Result<Payload, WireError> {
+    let (methods, unresolved) = reg.method_table(|s| {
         json!({
             "calls": s.calls,
             "errors": s.errors,
             "latency_us": {
-                "le": crate::hub::LATENCY_BUCKETS_US,
+                "le": crate::stats::LATENCY_BUCKETS_US,
                 "counts": s.buckets,
                 "sum": s.sum_us,
             },
@@ -228,28 +206,18 @@ fn metrics(hub: &Hub) -> Result<Payload, WireError> {
     });
     // The unresolved bucket has no latency histogram of interest.
     let unresolved = json!({ "calls": unresolved["calls"], "errors": unresolved["errors"] });
-    let conns: Vec<_> = lock(&hub.conns).values().cloned().collect();
-    let queued_events: usize = conns
-        .iter()
-        .map(|c| c.ev_tx.max_capacity() - c.ev_tx.capacity())
-        .sum();
+    let conns = reg.connections();
+    let queued_events: usize = conns.iter().map(|c| c.queued_events()).sum();
     let missed: u64 = conns.iter().map(|c| c.missed.load(Ordering::Relaxed)).sum();
-    let (queued_bytes, by_uid) = {
-        let uids = lock(&hub.uids);
-        let by_uid: std::collections::BTreeMap<String, u64> = uids
-            .iter()
-            .map(|(uid, a)| (uid.to_string(), a.queued_bytes.load(Ordering::Relaxed)))
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        (by_uid.values().sum::<u64>(), by_uid)
-    };
+    let by_uid = reg.queued_bytes_by_uid();
+    let queued_bytes: u64 = by_uid.values().sum();
     fit(
         json!({
-            "uptime_ms": hub.started.elapsed().as_millis() as u64,
+            "uptime_ms": reg.started.elapsed().as_millis() as u64,
             "connections": conns.len(),
-            "routed_in_flight": hub.routed_in_flight.load(Ordering::Relaxed),
-            "providers": lock(&hub.providers).len(),
-            "topics": lock(&hub.topics).len(),
+            "routed_in_flight": reg.calls_in_flight(),
+            "providers": reg.provider_names().len(),
+            "topics": reg.topic_count(),
             "queued_events": queued_events,
             "queued_bytes": queued_bytes,
             "missed_events_pending": missed,
@@ -259,17 +227,12 @@ fn metrics(hub: &Hub) -> Result<Payload, WireError> {
             "unresolved": unresolved,
             "truncated": false,
         }),
-        hub.settings.max_frame,
+        reg.settings.max_frame,
     )
 }
 
-fn status(hub: &Hub) -> Result<Payload, WireError> {
-    let conns: Vec<_> = {
-        let map = lock(&hub.conns);
-        let mut v: Vec<_> = map.values().cloned().collect();
-        v.sort_by_key(|c| c.id);
-        v
-    };
+fn status(reg: &Registry) -> Result<Payload, WireError> {
+    let conns = reg.connections();
     let list: Vec<_> = conns
         .iter()
         .map(|c| {
@@ -286,28 +249,22 @@ fn status(hub: &Hub) -> Result<Payload, WireError> {
                 "connected_ms": since,
                 "in_flight": c.in_flight.load(Ordering::Relaxed),
                 "calls": c.calls.load(Ordering::Relaxed),
-                "queued_events": c.ev_tx.max_capacity() - c.ev_tx.capacity(),
+                "queued_events": c.queued_events(),
                 "missed": c.missed.load(Ordering::Relaxed),
             })
         })
         .collect();
-    let (methods, unresolved) = method_table(
-        hub,
-        |s| json!({ "calls": s.calls, "errors": s.errors.values().sum::<u64>() }),
-    );
-    let mut providers: Vec<String> = lock(&hub.providers)
-        .keys()
-        .map(|m| m.as_str().to_owned())
-        .collect();
-    providers.sort();
-    let topics = lock(&hub.topics).len();
+    let (methods, unresolved) =
+        reg.method_table(|s| json!({ "calls": s.calls, "errors": s.errors.values().sum::<u64>() }));
+    let providers = reg.provider_names();
+    let topics = reg.topic_count();
     fit(
         json!({
             "server": crate::SERVER_NAME,
-            "uptime_ms": hub.started.elapsed().as_millis() as u64,
+            "uptime_ms": reg.started.elapsed().as_millis() as u64,
             "connections": conns.len(),
-            "draining": hub.draining.load(Ordering::Relaxed),
-            "routed_in_flight": hub.routed_in_flight.load(Ordering::Relaxed),
+            "draining": reg.is_draining(),
+            "routed_in_flight": reg.calls_in_flight(),
             "method_count": methods.len(),
             "methods": methods,
             "unresolved": unresolved,
@@ -316,7 +273,7 @@ fn status(hub: &Hub) -> Result<Payload, WireError> {
             "connection_list": list,
             "truncated": false,
         }),
-        hub.settings.max_frame,
+        reg.settings.max_frame,
     )
 }
 

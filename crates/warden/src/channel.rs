@@ -22,7 +22,7 @@ use std::sync::{Arc, Weak};
 use tokio::sync::mpsc::error::TrySendError;
 use warden_proto::{Message, Payload, TopicName};
 
-use crate::hub::ConnShared;
+use crate::peer::Peer;
 use crate::queue::{Charge, QueuedFrame};
 
 /// How often [`CallerChannel::push_charged`] looks again for room in the
@@ -33,7 +33,7 @@ const BUDGET_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
 /// [`crate::HandlerContext`]. Holding it does not keep the connection open.
 #[derive(Clone)]
 pub struct CallerChannel {
-    conn: Weak<ConnShared>,
+    conn: Weak<Peer>,
     max_frame: usize,
     max_queued: u64,
 }
@@ -59,7 +59,7 @@ pub enum Pushed {
 }
 
 impl CallerChannel {
-    pub(crate) fn new(conn: &Arc<ConnShared>, max_frame: usize, max_queued: u64) -> Self {
+    pub(crate) fn new(conn: &Arc<Peer>, max_frame: usize, max_queued: u64) -> Self {
         CallerChannel {
             conn: Arc::downgrade(conn),
             max_frame,
@@ -71,7 +71,7 @@ impl CallerChannel {
     pub fn is_closed(&self) -> bool {
         self.conn
             .upgrade()
-            .is_none_or(|c| c.ev_tx.is_closed() || c.killed.load(Ordering::Acquire))
+            .is_none_or(|c| c.ev_tx.is_closed() || c.kill.is_killed())
     }
 
     /// The largest frame the broker sends (`limits.max_frame_bytes`).
@@ -145,12 +145,7 @@ impl CallerChannel {
     /// Encodes an event that carries (and resets) the connection's count
     /// of missed events, returning the frame and that count; if the event
     /// does not fit in a frame, the count is put back and `None` returned.
-    fn event_frame(
-        &self,
-        conn: &ConnShared,
-        topic: &TopicName,
-        data: Payload,
-    ) -> Option<(Vec<u8>, u64)> {
+    fn event_frame(&self, conn: &Peer, topic: &TopicName, data: Payload) -> Option<(Vec<u8>, u64)> {
         let missed = conn.missed.swap(0, Ordering::AcqRel);
         let bytes = Message::Event {
             topic: topic.clone(),
@@ -165,7 +160,7 @@ impl CallerChannel {
         bytes.map(|b| (b, missed))
     }
 
-    fn frame(&self, conn: &ConnShared, topic: &TopicName, data: Payload) -> Option<QueuedFrame> {
+    fn frame(&self, conn: &Peer, topic: &TopicName, data: Payload) -> Option<QueuedFrame> {
         let Some((bytes, missed)) = self.event_frame(conn, topic, data) else {
             // This event is missed too.
             conn.missed.fetch_add(1, Ordering::AcqRel);

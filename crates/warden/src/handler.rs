@@ -34,6 +34,9 @@ pub struct HandlerContext {
     pub policy: Arc<Policy>,
     /// The caller's connection: events to it, its close, its pidfd.
     pub channel: crate::CallerChannel,
+    /// The broker, for calls into connections that provide methods
+    /// ([`crate::BrokerHandle::call`]).
+    pub broker: crate::BrokerHandle,
 }
 
 impl HandlerContext {

@@ -18,29 +18,44 @@
 //! call.
 //!
 //! # Layout
+//! Layers point one way, from the socket down to the shared state:
 //! - [`broker`]: the builder, the accept loop, shutdown and drain.
-//! - `hub`: state shared by connection tasks (registry, providers, topics,
-//!   per-uid accounting), behind short locks never held across `.await`.
-//! - `connection`: the per-connection reader and writer.
-//! - `router`: calls — built-ins, routing to providers, deadlines, cancel.
-//! - `pubsub`: subscribe, publish and fan-out with lag accounting.
-//! - `builtins`: the `warden.*` methods.
+//! - `transport`: a connection's task (frame reading, hello, limits at
+//!   connect) and its `wire` (the writer, its queues, vectored writes).
+//!   The only layer that touches sockets.
+//! - semantics: `router` (what a request means: authorization, built-ins,
+//!   handlers, routing), `pubsub`, `builtins`, over a narrow view of the
+//!   caller; they return what to send and never await.
+//! - `handler` ([`Handler`], [`HandlerContext`]) and `local`
+//!   ([`BrokerHandle`], the in-process call API).
+//! - `calls`: routed calls (forward, the one answer, withdraw, deadlines),
+//!   shared by connection callers and in-process callers; `monitor`.
+//! - `registry`: the one owner of providers, topics, monitors, pending
+//!   calls and statistics, and of their invariants.
+//! - leaves: `peer` (a connection as others see it, reaching its socket
+//!   through the `Outbox` trait the transport implements), `channel`,
+//!   `queue` (byte accounting), `stats`, `shutdown`.
 
 pub mod broker;
 mod builtins;
+mod calls;
 mod channel;
-mod connection;
 mod handler;
-mod hub;
+mod local;
 mod monitor;
+mod peer;
 mod pubsub;
 mod queue;
+mod registry;
 mod router;
 mod shutdown;
+mod stats;
+mod transport;
 
 pub use broker::{Broker, BrokerBuilder, BrokerError, ServeError, TEST_PANIC_METHOD};
 pub use channel::{CallerChannel, Pushed};
 pub use handler::{Handler, HandlerContext, HandlerFuture};
+pub use local::{BrokerHandle, CallOptions};
 pub use queue::Charge;
 pub use shutdown::{Shutdown, ShutdownTrigger};
 

@@ -19,8 +19,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use warden_proto::{ErrorCode, Message, Payload, RequestId, TopicName};
 
-use crate::hub::{lock, ConnShared, Hub};
+use crate::peer::Peer;
 use crate::queue::QueuedFrame;
+use crate::registry::Registry;
 
 /// Topic of monitor events without payloads.
 pub(crate) const MONITOR_TOPIC: &str = "warden.monitor";
@@ -29,7 +30,7 @@ pub(crate) const MONITOR_PAYLOADS_TOPIC: &str = "warden.monitor.payloads";
 
 /// What a finished call looked like.
 pub(crate) struct CallRecord<'a> {
-    pub(crate) conn: &'a ConnShared,
+    pub(crate) conn: &'a Peer,
     pub(crate) id: RequestId,
     pub(crate) method: &'a str,
     pub(crate) code: Option<ErrorCode>,
@@ -45,7 +46,7 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn who(conn: &ConnShared) -> Value {
+fn who(conn: &Peer) -> Value {
     json!({
         "conn": conn.id,
         "uid": conn.identity.uid,
@@ -69,132 +70,128 @@ fn payload_value(p: Option<&Payload>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-impl Hub {
-    /// True if anyone monitors (cheap; checked on every call).
-    pub(crate) fn monitoring(&self) -> bool {
-        self.monitor_count.load(Ordering::Relaxed) > 0
+/// A call arrived and policy decided it.
+pub(crate) fn call(
+    reg: &Registry,
+    conn: &Peer,
+    id: RequestId,
+    method: &str,
+    rule: &str,
+    params: &Payload,
+) {
+    if !reg.monitoring() {
+        return;
     }
+    emit(
+        reg,
+        || {
+            with(
+                who(conn),
+                json!({"time_ms": now_ms(), "kind": "call", "id": id.get(), "method": method, "rule": rule}),
+            )
+        },
+        || json!({ "params": payload_value(Some(params)) }),
+    );
+}
 
-    /// A call arrived and policy decided it.
-    pub(crate) fn monitor_call(
-        &self,
-        conn: &ConnShared,
-        id: RequestId,
-        method: &str,
-        rule: &str,
-        params: &Payload,
-    ) {
-        if !self.monitoring() {
-            return;
+/// A call was answered (or refused).
+pub(crate) fn answer(reg: &Registry, r: &CallRecord<'_>) {
+    if !reg.monitoring() {
+        return;
+    }
+    let latency_us = r.started.elapsed().as_micros() as u64;
+    emit(
+        reg,
+        || {
+            with(
+                who(r.conn),
+                json!({
+                    "time_ms": now_ms(),
+                    "kind": if r.code.is_some() { "error" } else { "reply" },
+                    "id": r.id.get(),
+                    "method": r.method,
+                    "code": r.code.map_or("ok", ErrorCode::as_str),
+                    "latency_us": latency_us,
+                    "rule": r.rule,
+                }),
+            )
+        },
+        || json!({ "result": payload_value(r.result) }),
+    );
+}
+
+/// An event was published.
+pub(crate) fn publish(
+    reg: &Registry,
+    conn: &Peer,
+    topic: &str,
+    rule: &str,
+    delivered: u64,
+    dropped: u64,
+    data: &Payload,
+) {
+    if !reg.monitoring() {
+        return;
+    }
+    emit(
+        reg,
+        || {
+            with(
+                who(conn),
+                json!({
+                    "time_ms": now_ms(), "kind": "publish", "topic": topic, "rule": rule,
+                    "delivered": delivered, "dropped": dropped,
+                }),
+            )
+        },
+        || json!({ "data": payload_value(Some(data)) }),
+    );
+}
+
+/// Sends an event to every monitor: `base()`'s fields, plus
+/// `payload()`'s for monitors allowed to see payloads and
+/// `"redacted": true` for the rest. Nothing is built for monitors whose
+/// queue is full: they are only told, later, how many they missed, so a
+/// monitor that stopped reading costs next to nothing.
+fn emit(reg: &Registry, base: impl Fn() -> Value, payload: impl Fn() -> Value) {
+    let monitors = reg.monitors();
+    let max = reg.settings.max_frame;
+    let max_queued = reg.settings.limits.max_queued_bytes_per_uid;
+    let mut frames: [Option<Vec<u8>>; 2] = [None, None];
+    let mut base_value: Option<Value> = None;
+    for (conn, payloads) in monitors {
+        if conn.ev_tx.capacity() == 0 {
+            conn.missed.fetch_add(1, Ordering::AcqRel);
+            continue;
         }
-        self.emit(
-            || {
-                with(
-                    who(conn),
-                    json!({"time_ms": now_ms(), "kind": "call", "id": id.get(), "method": method, "rule": rule}),
-                )
-            },
-            || json!({ "params": payload_value(Some(params)) }),
-        );
-    }
-
-    /// A call was answered (or refused).
-    pub(crate) fn monitor_answer(&self, r: &CallRecord<'_>) {
-        if !self.monitoring() {
-            return;
-        }
-        let latency_us = r.started.elapsed().as_micros() as u64;
-        self.emit(
-            || {
-                with(
-                    who(r.conn),
-                    json!({
-                        "time_ms": now_ms(),
-                        "kind": if r.code.is_some() { "error" } else { "reply" },
-                        "id": r.id.get(),
-                        "method": r.method,
-                        "code": r.code.map_or("ok", ErrorCode::as_str),
-                        "latency_us": latency_us,
-                        "rule": r.rule,
-                    }),
-                )
-            },
-            || json!({ "result": payload_value(r.result) }),
-        );
-    }
-
-    /// An event was published.
-    pub(crate) fn monitor_publish(
-        &self,
-        conn: &ConnShared,
-        topic: &str,
-        rule: &str,
-        delivered: u64,
-        dropped: u64,
-        data: &Payload,
-    ) {
-        if !self.monitoring() {
-            return;
-        }
-        self.emit(
-            || {
-                with(
-                    who(conn),
-                    json!({
-                        "time_ms": now_ms(), "kind": "publish", "topic": topic, "rule": rule,
-                        "delivered": delivered, "dropped": dropped,
-                    }),
-                )
-            },
-            || json!({ "data": payload_value(Some(data)) }),
-        );
-    }
-
-    /// Sends an event to every monitor: `base()`'s fields, plus
-    /// `payload()`'s for monitors allowed to see payloads and
-    /// `"redacted": true` for the rest. Nothing is built for monitors whose
-    /// queue is full: they are only told, later, how many they missed, so a
-    /// monitor that stopped reading costs next to nothing.
-    fn emit(&self, base: impl Fn() -> Value, payload: impl Fn() -> Value) {
-        let monitors: Vec<_> = lock(&self.monitors).clone();
-        let max = self.settings.max_frame;
-        let max_queued = self.settings.limits.max_queued_bytes_per_uid;
-        let mut frames: [Option<Vec<u8>>; 2] = [None, None];
-        let mut base_value: Option<Value> = None;
-        for (conn, payloads) in monitors {
-            if conn.ev_tx.capacity() == 0 {
-                conn.missed.fetch_add(1, Ordering::AcqRel);
+        let slot = usize::from(payloads);
+        if frames[slot].is_none() {
+            let b = base_value.get_or_insert_with(&base).clone();
+            let (topic, data) = if payloads {
+                (MONITOR_PAYLOADS_TOPIC, with(b, payload()))
+            } else {
+                (MONITOR_TOPIC, with(b, json!({"redacted": true})))
+            };
+            let Ok(topic) = TopicName::try_from(topic) else {
                 continue;
-            }
-            let slot = usize::from(payloads);
-            if frames[slot].is_none() {
-                let b = base_value.get_or_insert_with(&base).clone();
-                let (topic, data) = if payloads {
-                    (MONITOR_PAYLOADS_TOPIC, with(b, payload()))
-                } else {
-                    (MONITOR_TOPIC, with(b, json!({"redacted": true})))
-                };
-                let Ok(topic) = TopicName::try_from(topic) else {
-                    continue;
-                };
-                let Ok(data) = Payload::from_value(&data) else {
-                    continue;
-                };
-                let msg = Message::Event {
-                    topic,
-                    data,
-                    missed: 0,
-                    publisher: None,
-                };
-                frames[slot] = msg.to_frame(max);
-            }
-            let Some(bytes) = &frames[slot] else { continue };
-            let sent = QueuedFrame::charge(bytes.clone(), &conn.account, max_queued)
-                .is_some_and(|f| conn.ev_tx.try_send(f).is_ok());
-            if !sent {
-                // The monitor lags: counted, reported to it later.
-                conn.missed.fetch_add(1, Ordering::AcqRel);
-            }
+            };
+            let Ok(data) = Payload::from_value(&data) else {
+                continue;
+            };
+            let msg = Message::Event {
+                topic,
+                data,
+                missed: 0,
+                publisher: None,
+            };
+            frames[slot] = msg.to_frame(max);
+        }
+        let Some(bytes) = &frames[slot] else { continue };
+        let sent = QueuedFrame::charge(bytes.clone(), &conn.account, max_queued)
+            .is_some_and(|f| conn.ev_tx.try_send(f).is_ok());
+        if !sent {
+            // The monitor lags: counted, reported to it later.
+            conn.missed.fetch_add(1, Ordering::AcqRel);
         }
     }
 }

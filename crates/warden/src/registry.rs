@@ -1,0 +1,672 @@
+//! The one owner of the broker's shared state.
+//!
+//! Connections, providers, topic memberships, monitors, routed calls and
+//! call statistics live here, and only the methods of [`Registry`] change
+//! them. Each invariant is therefore kept in one place:
+//! - a method has a provider if and only if that provider's entry lists
+//!   it (`provide`, `revoke`, `remove_connection`);
+//! - a connection is a topic's subscriber if and only if its entry lists
+//!   the topic (`subscribe`, `unsubscribe`, `revoke`, `remove_connection`);
+//! - `monitor_count` is the number of monitoring entries;
+//! - a routed call is pending exactly once, reachable from its provider
+//!   and (for a connection caller) from its caller, until it is taken
+//!   ([`Registry::take_call`], [`Registry::take_calls_of`]).
+//!
+//! Locks are std mutexes held for a lookup or an update, never across an
+//! `.await`, and never two at once except `state` then `calls` in
+//! [`Registry::remove_connection`].
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, watch, Notify};
+use warden_policy::{Action, Limits, Policy, SlowSubscriber};
+use warden_proto::{MethodName, Payload, RequestId, TopicName, WireError};
+
+use crate::peer::PeerRef;
+use crate::queue::UidAccount;
+use crate::stats::{CallStats, MethodStats, LATENCY_BUCKETS_US};
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it:
+/// every critical section here leaves the maps consistent at each step.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Settings fixed for the broker's lifetime.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) limits: Limits,
+    pub(crate) slow: SlowSubscriber,
+    pub(crate) max_frame: usize,
+    pub(crate) call_timeout: Duration,
+    /// Test hooks: a call to [`crate::broker::TEST_PANIC_METHOD`] panics
+    /// in the connection task.
+    pub(crate) test_hooks: bool,
+}
+
+/// Who waits for the answer of a routed call.
+#[derive(Debug)]
+pub(crate) enum Answerer {
+    /// A connection, under its own request id.
+    Peer { peer: PeerRef, id: RequestId },
+    /// Feature code in the broker (see [`crate::BrokerHandle::call`]).
+    Local(oneshot::Sender<Result<Payload, WireError>>),
+}
+
+/// A call routed to a provider, waiting for its answer.
+#[derive(Debug)]
+pub(crate) struct PendingCall {
+    pub(crate) answerer: Answerer,
+    pub(crate) method: MethodName,
+    /// When the call arrived (for the latency histogram).
+    pub(crate) started: Instant,
+    /// The rule that allowed it, kept only while someone monitors.
+    pub(crate) rule: Option<String>,
+}
+
+/// A routed call's key: (provider connection, broker-assigned id).
+pub(crate) type CallKey = (u64, u64);
+
+#[derive(Debug, Default)]
+struct Calls {
+    pending: HashMap<CallKey, PendingCall>,
+    /// (caller connection, caller's id) → the call's key.
+    by_caller: HashMap<(u64, RequestId), CallKey>,
+    /// Deadlines of pending calls; entries of calls already answered stay
+    /// until they expire or the heap is compacted.
+    deadlines: BinaryHeap<Reverse<(Instant, CallKey)>>,
+}
+
+/// A connection's registrations.
+#[derive(Debug)]
+struct Entry {
+    peer: PeerRef,
+    provided: HashSet<MethodName>,
+    subscriptions: HashSet<TopicName>,
+    /// `Some(with_payloads)` while monitoring.
+    monitoring: Option<bool>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    conns: HashMap<u64, Entry>,
+    providers: HashMap<MethodName, PeerRef>,
+    topics: HashMap<TopicName, Vec<PeerRef>>,
+    monitors: Vec<(PeerRef, bool)>,
+}
+
+impl State {
+    fn leave_topic(&mut self, topic: &TopicName, conn: u64) {
+        if let Some(subs) = self.topics.get_mut(topic) {
+            subs.retain(|c| c.id != conn);
+            if subs.is_empty() {
+                self.topics.remove(topic);
+            }
+        }
+    }
+
+    fn unprovide(&mut self, method: &MethodName, conn: u64) {
+        if self.providers.get(method).is_some_and(|c| c.id == conn) {
+            self.providers.remove(method);
+        }
+    }
+}
+
+/// Why `provide` was refused.
+#[derive(Debug)]
+pub(crate) enum ProvideRefused {
+    /// The connection is at `max_provided_per_connection`.
+    Limit(u64),
+    /// Another connection provides it: (uid, pid).
+    Taken(u32, u32),
+}
+
+/// What a connection's removal left to finish.
+#[derive(Debug, Default)]
+pub(crate) struct Removed {
+    /// Calls routed to it, now without a provider.
+    pub(crate) routed_to_it: Vec<PendingCall>,
+    /// Calls it made that are still at providers: (provider, broker id,
+    /// the call).
+    pub(crate) its_calls: Vec<(CallKey, PendingCall)>,
+}
+
+/// What a policy reload took from a connection.
+#[derive(Debug, Default)]
+pub(crate) struct Revoked {
+    pub(crate) topics: Vec<TopicName>,
+    pub(crate) methods: Vec<MethodName>,
+}
+
+/// Shared broker state; see the module docs.
+pub(crate) struct Registry {
+    pub(crate) settings: Settings,
+    pub(crate) started: Instant,
+    /// The current policy; connections watch it and recompile their
+    /// snapshot when it changes (SIGHUP reload).
+    pub(crate) policy_tx: watch::Sender<Arc<Policy>>,
+    /// Tells every connection (and handler call) that the broker closes.
+    pub(crate) close_tx: watch::Sender<bool>,
+    pub(crate) draining: AtomicBool,
+    state: Mutex<State>,
+    monitor_count: AtomicUsize,
+    conn_count: AtomicUsize,
+    next_conn_id: AtomicU64,
+    uids: Mutex<HashMap<u32, Arc<UidAccount>>>,
+    stats: Mutex<CallStats>,
+    calls: Mutex<Calls>,
+    /// Calls in flight broker-wide, routed or at handlers (for the drain).
+    in_flight: AtomicUsize,
+    idle: Notify,
+    /// An earlier deadline than the sweeper sleeps for was added.
+    pub(crate) deadline_added: Notify,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("connections", &self.conn_count.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection's slot in the global and per-uid counts, released on drop.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    registry: Arc<Registry>,
+    pub(crate) account: Arc<UidAccount>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.registry.conn_count.fetch_sub(1, Ordering::AcqRel);
+        self.account.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Registry {
+    pub(crate) fn new(settings: Settings, policy: Arc<Policy>) -> Registry {
+        Registry {
+            settings,
+            started: Instant::now(),
+            policy_tx: watch::channel(policy).0,
+            close_tx: watch::channel(false).0,
+            draining: AtomicBool::new(false),
+            state: Mutex::default(),
+            monitor_count: AtomicUsize::new(0),
+            conn_count: AtomicUsize::new(0),
+            next_conn_id: AtomicU64::new(1),
+            uids: Mutex::default(),
+            stats: Mutex::default(),
+            calls: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            deadline_added: Notify::new(),
+        }
+    }
+
+    pub(crate) fn current_policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.policy_tx.borrow())
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    // ---- connections ------------------------------------------------
+
+    /// Takes a connection slot for `uid`; returns it with the totals
+    /// (global, this uid's) including it.
+    pub(crate) fn take_slot(self: &Arc<Self>, uid: u32) -> (Slot, usize, usize) {
+        let account = Arc::clone(lock(&self.uids).entry(uid).or_default());
+        let total = self.conn_count.fetch_add(1, Ordering::AcqRel) + 1;
+        let per_uid = account.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        (
+            Slot {
+                registry: Arc::clone(self),
+                account,
+            },
+            total,
+            per_uid,
+        )
+    }
+
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn connection_count(&self) -> usize {
+        self.conn_count.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_connection(&self, peer: PeerRef) {
+        lock(&self.state).conns.insert(
+            peer.id,
+            Entry {
+                peer,
+                provided: HashSet::new(),
+                subscriptions: HashSet::new(),
+                monitoring: None,
+            },
+        );
+    }
+
+    /// Removes a connection with everything it registered: its provided
+    /// methods, subscriptions, monitoring, and the routed calls to it and
+    /// from it (returned, to be answered or withdrawn by the caller).
+    pub(crate) fn remove_connection(&self, id: u64) -> Removed {
+        {
+            let mut st = lock(&self.state);
+            if let Some(e) = st.conns.remove(&id) {
+                for m in &e.provided {
+                    st.unprovide(m, id);
+                }
+                for t in &e.subscriptions {
+                    st.leave_topic(t, id);
+                }
+                if e.monitoring.is_some() {
+                    st.monitors.retain(|(c, _)| c.id != id);
+                    self.monitor_count.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        }
+        let mut calls = lock(&self.calls);
+        let to_it: Vec<CallKey> = calls
+            .pending
+            .keys()
+            .filter(|k| k.0 == id)
+            .copied()
+            .collect();
+        let mut removed = Removed::default();
+        for k in to_it {
+            if let Some(c) = take_locked(&mut calls, k) {
+                removed.routed_to_it.push(c);
+            }
+        }
+        let from_it: Vec<CallKey> = calls
+            .by_caller
+            .iter()
+            .filter(|((c, _), _)| *c == id)
+            .map(|(_, k)| *k)
+            .collect();
+        for k in from_it {
+            if let Some(c) = take_locked(&mut calls, k) {
+                removed.its_calls.push((k, c));
+            }
+        }
+        removed
+    }
+
+    /// Every open connection, by id.
+    pub(crate) fn connections(&self) -> Vec<PeerRef> {
+        let st = lock(&self.state);
+        let mut v: Vec<PeerRef> = st.conns.values().map(|e| Arc::clone(&e.peer)).collect();
+        v.sort_by_key(|p| p.id);
+        v
+    }
+
+    pub(crate) fn peer(&self, id: u64) -> Option<PeerRef> {
+        lock(&self.state)
+            .conns
+            .get(&id)
+            .map(|e| Arc::clone(&e.peer))
+    }
+
+    // ---- providers --------------------------------------------------
+
+    /// Registers `conn` as the provider of `method` (idempotent for the
+    /// same connection).
+    pub(crate) fn provide(&self, conn: u64, method: &MethodName) -> Result<(), ProvideRefused> {
+        let max = self.settings.limits.max_provided_per_connection;
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let Some(entry) = st.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        if entry.provided.contains(method) {
+            return Ok(());
+        }
+        if entry.provided.len() as u64 >= max {
+            return Err(ProvideRefused::Limit(max));
+        }
+        if let Some(other) = st.providers.get(method) {
+            return Err(ProvideRefused::Taken(
+                other.identity.uid,
+                other.identity.pid,
+            ));
+        }
+        st.providers.insert(method.clone(), Arc::clone(&entry.peer));
+        entry.provided.insert(method.clone());
+        Ok(())
+    }
+
+    pub(crate) fn provider(&self, method: &MethodName) -> Option<PeerRef> {
+        lock(&self.state).providers.get(method).cloned()
+    }
+
+    pub(crate) fn has_provider(&self, method: &str) -> bool {
+        lock(&self.state).providers.contains_key(method)
+    }
+
+    pub(crate) fn provider_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.state)
+            .providers
+            .keys()
+            .map(|m| m.as_str().to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    // ---- topics -----------------------------------------------------
+
+    /// Subscribes `conn` to `topic`; `Err(max)` at
+    /// `max_subscriptions_per_connection`. Idempotent.
+    pub(crate) fn subscribe(&self, conn: u64, topic: &TopicName) -> Result<(), u64> {
+        let max = self.settings.limits.max_subscriptions_per_connection;
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let Some(entry) = st.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        if entry.subscriptions.contains(topic) {
+            return Ok(());
+        }
+        if entry.subscriptions.len() as u64 >= max {
+            return Err(max);
+        }
+        entry.subscriptions.insert(topic.clone());
+        st.topics
+            .entry(topic.clone())
+            .or_default()
+            .push(Arc::clone(&entry.peer));
+        Ok(())
+    }
+
+    /// Unsubscribes `conn` from `topic`; true if it was subscribed.
+    pub(crate) fn unsubscribe(&self, conn: u64, topic: &TopicName) -> bool {
+        let mut st = lock(&self.state);
+        let was = st
+            .conns
+            .get_mut(&conn)
+            .is_some_and(|e| e.subscriptions.remove(topic));
+        if was {
+            st.leave_topic(topic, conn);
+        }
+        was
+    }
+
+    pub(crate) fn subscribers(&self, topic: &TopicName) -> Vec<PeerRef> {
+        lock(&self.state)
+            .topics
+            .get(topic)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn topic_count(&self) -> usize {
+        lock(&self.state).topics.len()
+    }
+
+    // ---- monitors ---------------------------------------------------
+
+    /// Makes `conn` a monitor (the first topic it monitors decides whether
+    /// it sees payloads). False if it already was one.
+    pub(crate) fn start_monitor(&self, conn: u64, payloads: bool) -> bool {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let Some(entry) = st.conns.get_mut(&conn) else {
+            return false;
+        };
+        if entry.monitoring.is_some() {
+            return false;
+        }
+        entry.monitoring = Some(payloads);
+        st.monitors.push((Arc::clone(&entry.peer), payloads));
+        self.monitor_count.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    pub(crate) fn stop_monitor(&self, conn: u64) {
+        let mut st = lock(&self.state);
+        if st
+            .conns
+            .get_mut(&conn)
+            .and_then(|e| e.monitoring.take())
+            .is_some()
+        {
+            st.monitors.retain(|(c, _)| c.id != conn);
+            self.monitor_count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// True if anyone monitors (one relaxed load: checked on every call).
+    pub(crate) fn monitoring(&self) -> bool {
+        self.monitor_count.load(Ordering::Relaxed) > 0
+    }
+
+    pub(crate) fn monitors(&self) -> Vec<(PeerRef, bool)> {
+        lock(&self.state).monitors.clone()
+    }
+
+    // ---- policy reload ----------------------------------------------
+
+    /// Drops the subscriptions and provided methods of `conn` that
+    /// `allowed` no longer permits, and says which.
+    pub(crate) fn revoke(
+        &self,
+        conn: u64,
+        mut allowed: impl FnMut(Action, &str) -> bool,
+    ) -> Revoked {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let Some(entry) = st.conns.get_mut(&conn) else {
+            return Revoked::default();
+        };
+        let mut r = Revoked {
+            topics: entry
+                .subscriptions
+                .iter()
+                .filter(|t| !allowed(Action::Subscribe, t.as_str()))
+                .cloned()
+                .collect(),
+            methods: entry
+                .provided
+                .iter()
+                .filter(|m| !allowed(Action::Provide, m.as_str()))
+                .cloned()
+                .collect(),
+        };
+        r.topics.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        r.methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        for t in &r.topics {
+            entry.subscriptions.remove(t);
+        }
+        for m in &r.methods {
+            entry.provided.remove(m);
+        }
+        for t in &r.topics {
+            st.leave_topic(t, conn);
+        }
+        for m in &r.methods {
+            st.unprovide(m, conn);
+        }
+        r
+    }
+
+    // ---- routed calls -----------------------------------------------
+
+    /// True if the connection `caller` has a routed call with id `id` in
+    /// flight.
+    pub(crate) fn caller_has_call(&self, caller: u64, id: RequestId) -> bool {
+        lock(&self.calls).by_caller.contains_key(&(caller, id))
+    }
+
+    /// Records a routed call as pending at `key` until `deadline`.
+    pub(crate) fn add_call(&self, key: CallKey, call: PendingCall, deadline: Instant) {
+        if let Answerer::Peer { peer, .. } = &call.answerer {
+            peer.in_flight.fetch_add(1, Ordering::AcqRel);
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let mut calls = lock(&self.calls);
+        if let Answerer::Peer { peer, id } = &call.answerer {
+            calls.by_caller.insert((peer.id, *id), key);
+        }
+        calls.pending.insert(key, call);
+        // Compact when stale entries outnumber live calls, so a high call
+        // rate cannot grow the heap without bound.
+        if calls.deadlines.len() > 4 * calls.pending.len() + 4096 {
+            let old = std::mem::take(&mut calls.deadlines);
+            let live: BinaryHeap<_> = old
+                .into_iter()
+                .filter(|Reverse((_, k))| calls.pending.contains_key(k))
+                .collect();
+            calls.deadlines = live;
+        }
+        let earliest = calls
+            .deadlines
+            .peek()
+            .is_none_or(|Reverse((t, _))| deadline < *t);
+        calls.deadlines.push(Reverse((deadline, key)));
+        drop(calls);
+        if earliest {
+            self.deadline_added.notify_one();
+        }
+    }
+
+    /// Takes a pending call (its answer arrived, or it is withdrawn).
+    /// `None` if it was already answered.
+    pub(crate) fn take_call(&self, key: CallKey) -> Option<PendingCall> {
+        take_locked(&mut lock(&self.calls), key)
+    }
+
+    /// Takes the call `caller` sent with id `id`, with its key.
+    pub(crate) fn take_call_of(
+        &self,
+        caller: u64,
+        id: RequestId,
+    ) -> Option<(CallKey, PendingCall)> {
+        let mut calls = lock(&self.calls);
+        let key = *calls.by_caller.get(&(caller, id))?;
+        take_locked(&mut calls, key).map(|c| (key, c))
+    }
+
+    /// Takes every pending call (at shutdown, past the drain timeout).
+    pub(crate) fn take_all_calls(&self) -> Vec<PendingCall> {
+        let mut calls = lock(&self.calls);
+        calls.by_caller.clear();
+        calls.deadlines.clear();
+        calls.pending.drain().map(|(_, c)| c).collect()
+    }
+
+    /// The earliest deadline, if any.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        lock(&self.calls).deadlines.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Pops the keys of calls whose deadline passed by `now` (answered or
+    /// not: [`Registry::take_call`] tells).
+    pub(crate) fn expired(&self, now: Instant) -> Vec<CallKey> {
+        let mut calls = lock(&self.calls);
+        let mut out = Vec::new();
+        while let Some(Reverse((t, k))) = calls.deadlines.peek() {
+            if *t > now {
+                break;
+            }
+            out.push(*k);
+            calls.deadlines.pop();
+        }
+        out
+    }
+
+    /// Counts a call in flight at a handler (routed calls are counted by
+    /// [`Registry::add_call`]).
+    pub(crate) fn handler_call_started(&self, caller: &PeerRef) {
+        caller.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A call counted in flight finished (answered); `caller` is the
+    /// connection that made it, if any.
+    pub(crate) fn call_finished(&self, caller: Option<&PeerRef>) {
+        if let Some(c) = caller {
+            c.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    pub(crate) fn calls_in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no call is in flight (at once if none is).
+    pub(crate) async fn calls_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.calls_in_flight() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    // ---- statistics -------------------------------------------------
+
+    /// Records one finished call of `method`: its outcome and latency,
+    /// under its own name if `resolved` (it named something that serves
+    /// calls when it arrived) and the table has room, else as unresolved.
+    pub(crate) fn record_call(
+        &self,
+        method: &str,
+        resolved: bool,
+        error: Option<warden_proto::ErrorCode>,
+        started: Instant,
+    ) {
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        lock(&self.stats).record(method, resolved, error, bucket, us);
+    }
+
+    /// The per-method table and the `unresolved` bucket, each rendered by
+    /// `render`, read under one lock.
+    pub(crate) fn method_table<T>(
+        &self,
+        render: impl Fn(&MethodStats) -> T,
+    ) -> (std::collections::BTreeMap<String, T>, T) {
+        let stats = lock(&self.stats);
+        let methods = stats
+            .methods
+            .iter()
+            .map(|(m, s)| (m.clone(), render(s)))
+            .collect();
+        (methods, render(&stats.unresolved))
+    }
+
+    /// Bytes queued per uid (uids with none left out).
+    pub(crate) fn queued_bytes_by_uid(&self) -> std::collections::BTreeMap<String, u64> {
+        lock(&self.uids)
+            .iter()
+            .map(|(uid, a)| (uid.to_string(), a.queued_bytes.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+fn take_locked(calls: &mut Calls, key: CallKey) -> Option<PendingCall> {
+    let call = calls.pending.remove(&key)?;
+    if let Answerer::Peer { peer, id } = &call.answerer {
+        calls.by_caller.remove(&(peer.id, *id));
+    }
+    Some(call)
+}
