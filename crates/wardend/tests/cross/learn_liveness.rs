@@ -23,7 +23,8 @@ const MAX_PING: Duration = Duration::from_secs(1);
 
 /// A learner: spawns a `sleep` of its own, says `ready`, waits for a line
 /// on stdin, then loops `learn.start` on it / `learn.stop` for
-/// `LOOP_SECS` and prints `{"cycles", "errors", "first_errors"}`.
+/// `LOOP_SECS` and prints `{"cycles", "errors", "first_errors",
+/// "max_start_ms", "max_stop_ms"}`.
 const LEARNER: &str = r#"
 import json, subprocess, sys, time
 sys.path.insert(0, LIB)
@@ -33,12 +34,16 @@ target = subprocess.Popen(["/bin/sleep", "120"])
 time.sleep(0.2)
 print("ready", flush=True)
 sys.stdin.readline()
-cycles, errors, first = 0, 0, []
+cycles, errors, first, start_s, stop_s = 0, 0, [], 0.0, 0.0
 end = time.monotonic() + SECS
 while time.monotonic() < end:
     try:
+        t = time.monotonic()
         r = c.call("learn.start", {"pid": target.pid})
+        start_s = max(start_s, time.monotonic() - t)
+        t = time.monotonic()
         c.call("learn.stop", {"session": r["session"]})
+        stop_s = max(stop_s, time.monotonic() - t)
         cycles += 1
     except warden_client.WardenError as e:
         errors += 1
@@ -46,7 +51,8 @@ while time.monotonic() < end:
             first.append(str(e))
 target.kill()
 target.wait()
-print(json.dumps({"cycles": cycles, "errors": errors, "first_errors": first}), flush=True)
+print(json.dumps({"cycles": cycles, "errors": errors, "first_errors": first,
+                  "max_start_ms": start_s * 1000.0, "max_stop_ms": stop_s * 1000.0}), flush=True)
 "#;
 
 /// A pinger: says `ready`, waits for a line on stdin, then pings every
@@ -168,11 +174,20 @@ fn pings_stay_fast_while_two_connections_loop_learn_start_and_stop() -> anyhow::
         .iter()
         .map(|l| l["cycles"].as_u64().unwrap_or(0))
         .collect();
+    let slowest = |key: &str| {
+        loops
+            .iter()
+            .filter_map(|l| l[key].as_f64())
+            .fold(0.0, f64::max)
+    };
     let max_ms = pings["max_ms"].as_f64().unwrap_or(f64::INFINITY);
     eprintln!(
-        "learn liveness: start/stop cycles {cycles:?} in {LOOP_SECS} s; {} pings sent, {} \
-         answered, slowest {max_ms:.1} ms",
-        pings["sent"], pings["answered"]
+        "learn liveness: start/stop cycles {cycles:?} in {LOOP_SECS} s (slowest start {:.1} \
+         ms, stop {:.1} ms); {} pings sent, {} answered, slowest {max_ms:.1} ms",
+        slowest("max_start_ms"),
+        slowest("max_stop_ms"),
+        pings["sent"],
+        pings["answered"]
     );
     // Every ping answered, none slower than the bound.
     assert_eq!(pings["errors"], serde_json::json!([]), "{pings}");
