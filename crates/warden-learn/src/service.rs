@@ -14,6 +14,27 @@
 //! a pid recycled at any point between the request and the attach cannot
 //! be captured (the start fails with "exited").
 //!
+//! # One task owns the sessions
+//! All session state (the running sessions, the starts under way per uid,
+//! the next session id, the connections watched for their close) belongs
+//! to one tokio task, started with the service. The handlers do not share
+//! it under a lock: each sends the task a typed `Command` over a bounded
+//! channel and awaits its answer on a oneshot; a connection's close
+//! reaches the task the same way. One owner that handles one command at a
+//! time keeps the invariants (a session is in the table exactly while its
+//! capture runs, a uid's running plus starting sessions within its limit)
+//! without any lock to hold across kernel work.
+//!
+//! The task itself never blocks: reading `/proc` and the caller's pidfd,
+//! loading and attaching the eBPF programs, and stopping a capture (which
+//! joins its reader thread) block, sometimes for long, and a blocked
+//! runtime thread would stall every other connection. That work runs on
+//! blocking threads (`spawn_blocking`); its result comes back to the task
+//! as another command (`Started`) or goes straight to the caller (a
+//! stopped session, already out of the table). Meanwhile the task serves
+//! everyone else: one user's slow `learn.start` delays neither another
+//! user's `learn.stop` nor any other broker traffic.
+//!
 //! # Streams
 //! A session buffers what the kernel reports in its own bounded buffer;
 //! `learn.events` makes the broker push it to the caller as events on
@@ -36,24 +57,26 @@
 //! [`MAX_EXES`] entries.
 //!
 //! # Limits per uid
-//! `max_sessions_per_uid` is checked and the slot reserved under one lock
-//! before anything is loaded or attached (a [`Reservation`], released if
-//! the start fails), so concurrent `learn.start` calls cannot pass the
-//! check together. The uid's share of the kernel's tracking table is
-//! enforced by the kernel half (see `capture`).
+//! `max_sessions_per_uid` is checked and the slot reserved by the owner
+//! task, in one step, before anything is loaded or attached; the
+//! reservation is given back when the start's result (`Started`) comes
+//! back, becoming the running session if it succeeded. So concurrent
+//! `learn.start` calls cannot pass the check together. The uid's share
+//! of the kernel's tracking table is enforced by the kernel half (see
+//! `capture`).
 
-use std::collections::{HashMap, VecDeque};
-use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify};
 use warden::{CallerChannel, Charge, Handler, HandlerContext, HandlerFuture, Pushed};
 use warden_policy::Action;
 use warden_proto::{ErrorCode, Payload, TopicName, WireError};
+use warden_sys::ProcessFacts;
 
 use crate::capture::{
     Capture, CaptureError, Session, SessionStats, Target, DEFAULT_MAX_TRACKED_PER_UID, MAX_TRACKED,
@@ -108,83 +131,100 @@ impl Default for LearnSettings {
     }
 }
 
-/// Learning mode, as registered with the broker.
+/// Commands the owner task may have waiting; senders wait for room (the
+/// callers' in-flight limits bound how many wait).
+const COMMAND_QUEUE: usize = 256;
+
+/// Learning mode, as registered with the broker: a handle on the task
+/// that owns the sessions.
 #[derive(Debug)]
 pub struct LearnService {
     capture: Arc<Capture>,
-    settings: LearnSettings,
-    sessions: Mutex<Sessions>,
-    next_id: AtomicU64,
+    commands: mpsc::Sender<Command>,
 }
 
-/// The sessions, and the starts under way, in one lock.
-#[derive(Debug, Default)]
-struct Sessions {
-    live: HashMap<u64, Arc<Live>>,
-    /// Per uid: `learn.start` calls past the limit check and not yet
-    /// finished (each holds a [`Reservation`]).
-    starting: HashMap<u32, usize>,
+/// What a command is answered with: the method's result.
+type Reply = oneshot::Sender<Result<Value, WireError>>;
+
+/// What the owner task is asked to do.
+enum Command {
+    /// `learn.start`, its target checked: reserve a place, then attach.
+    Start {
+        ctx: HandlerContext,
+        checked: Checked,
+        reply: Reply,
+    },
+    /// A start's attach (on a blocking thread) is done: its place is
+    /// given back, and the session registered if it started.
+    Started {
+        uid: u32,
+        result: Result<(Pending, Session), WireError>,
+        reply: Reply,
+    },
+    /// `learn.events`.
+    Events {
+        ctx: HandlerContext,
+        session: u64,
+        reply: Reply,
+    },
+    /// `learn.stop`.
+    Stop {
+        ctx: HandlerContext,
+        session: u64,
+        reply: Reply,
+    },
+    /// A connection with sessions has closed: they end.
+    ConnectionClosed { connection: u64 },
+    /// Broker shutdown: every session ends, `done` once all have.
+    StopAll { done: oneshot::Sender<()> },
 }
 
-impl Sessions {
-    fn unreserve(&mut self, uid: u32) {
-        if let Some(n) = self.starting.get_mut(&uid) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.starting.remove(&uid);
-            }
-        }
-    }
+/// A `learn.start` target that passed the checks (read on a blocking
+/// thread): the caller may learn it.
+struct Checked {
+    pid: u32,
+    accesses: bool,
+    /// Pins the target from the first read to the attach.
+    pidfd: OwnedFd,
+    facts: ProcessFacts,
+    owned: bool,
+    /// The rule that allowed it.
+    rule: String,
 }
 
-/// One of a uid's `max_sessions_per_uid` places, taken under the sessions
-/// lock when `learn.start` checks the limit, before anything is loaded or
-/// attached. Given back on drop (the start failed) unless
-/// [`Reservation::commit`] turned it into a running session.
-struct Reservation<'a> {
-    service: &'a LearnService,
-    uid: u32,
-    committed: bool,
+/// A start past the limit check, attaching, its place reserved.
+struct Pending {
+    ctx: HandlerContext,
+    checked: Checked,
+    live: Arc<Live>,
 }
 
-impl Reservation<'_> {
-    /// Registers the started session in the place reserved for it.
-    fn commit(mut self, live: Arc<Live>) {
-        let mut s = lock(&self.service.sessions);
-        s.live.insert(live.id, live);
-        s.unreserve(self.uid);
-        self.committed = true;
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if !self.committed {
-            lock(&self.service.sessions).unreserve(self.uid);
-        }
-    }
-}
-
-/// The per-session state shared by the reader thread, the stream task and
-/// the handlers.
-struct Live {
-    id: u64,
+/// A running session, as the owner task keeps it.
+struct Entry {
+    live: Arc<Live>,
+    /// Stopped (on a blocking thread) when the entry leaves the table.
+    session: Session,
     uid: u32,
     connection: u64,
-    session: Mutex<Option<Session>>,
+    /// Set once `learn.events` started the stream.
+    streaming: bool,
+}
+
+/// The session state shared by the reader thread (which records into
+/// it), the stream task (which pushes from it) and the thread that stops
+/// the session.
+struct Live {
+    id: u64,
     buffer: Mutex<Buffer>,
     /// The broker's frame limit: an event larger than a frame is lost.
     max_frame: usize,
     wake: Notify,
-    /// Set once `learn.events` started the stream.
-    streaming: AtomicBool,
 }
 
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Live")
             .field("id", &self.id)
-            .field("uid", &self.uid)
             .finish_non_exhaustive()
     }
 }
@@ -295,15 +335,16 @@ impl Live {
         b.exes = HashMap::new();
     }
 
-    /// Stops the capture (idempotent) and marks the stream's end.
-    fn finish(&self, why: &'static str) -> Option<SessionStats> {
-        // Stopping joins the reader: everything the kernel wrote has been
-        // recorded, and the session's slot is free.
-        let stats = lock(&self.session).take().map(|mut s| s.stop());
-        if let Some(s) = stats {
+    /// Stops the capture and marks the stream's end. Blocks: stopping
+    /// joins the reader, so everything the kernel wrote has been recorded
+    /// and the session's slot is free when it returns.
+    fn finish(&self, mut session: Session, why: &'static str) -> SessionStats {
+        let stats = session.stop();
+        drop(session);
+        {
             let mut b = lock(&self.buffer);
             if b.end.is_none() {
-                b.end = Some((s, why));
+                b.end = Some((stats, why));
             }
         }
         self.wake.notify_one();
@@ -389,16 +430,27 @@ async fn stream(live: Arc<Live>, channel: CallerChannel) {
 
 impl LearnService {
     /// A service with nothing loaded yet (the eBPF programs load with the
-    /// first session).
+    /// first session), and its owner task.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the owner task is spawned here).
     pub fn new(settings: LearnSettings) -> Arc<Self> {
-        Arc::new(LearnService {
-            capture: Arc::new(Capture::with_max_tracked_per_uid(
-                settings.max_tracked_per_uid,
-            )),
+        let capture = Arc::new(Capture::with_max_tracked_per_uid(
+            settings.max_tracked_per_uid,
+        ));
+        let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
+        let owner = Owner {
+            capture: Arc::clone(&capture),
             settings,
-            sessions: Mutex::default(),
-            next_id: AtomicU64::new(1),
-        })
+            commands: commands.downgrade(),
+            sessions: HashMap::new(),
+            starting: HashMap::new(),
+            watched: HashSet::new(),
+            next_id: 1,
+            stopping: false,
+        };
+        tokio::spawn(owner.run(rx));
+        Arc::new(LearnService { capture, commands })
     }
 
     /// The capture (for status and tests).
@@ -426,189 +478,92 @@ impl LearnService {
         .collect()
     }
 
-    /// Stops every session (broker shutdown).
-    pub fn stop_all(&self) {
-        let all: Vec<Arc<Live>> = lock(&self.sessions).live.drain().map(|(_, l)| l).collect();
-        for l in all {
-            l.finish("broker_stopping");
+    /// Stops every session (broker shutdown), returning once all have
+    /// stopped. Starts that finish later are stopped at once and fail,
+    /// as do new ones.
+    pub async fn stop_all(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.commands.send(Command::StopAll { done }).await.is_ok() {
+            let _ = finished.await;
         }
     }
+}
 
-    fn start(&self, ctx: &HandlerContext, params: &Payload) -> Result<Value, WireError> {
-        let p: StartParams = params.parse().map_err(bad_request)?;
-        let caller = &ctx.caller;
-        let denied = |why: String| {
-            tracing::warn!(
-                target: "warden::audit",
-                uid = caller.uid, pid = caller.pid, action = "learn.start",
-                target_pid = p.pid, result = "denied", "{why}"
-            );
-            wire(ErrorCode::Denied, why)
-        };
-        // The caller must still be who it was at connect, in our pid
-        // namespace (the pid it sent is read in ours).
-        let caller_now = ctx
-            .channel
-            .with_caller_pidfd(|fd| warden_sys::process_facts(fd, caller.pid))
-            .ok_or_else(|| wire(ErrorCode::Unavailable, "the calling process has gone away"))?
-            .map_err(|_| wire(ErrorCode::Unavailable, "the calling process has gone away"))?;
-        if caller_now.pid_ns_levels != 1 {
-            return Err(denied(
-                "learning mode needs the caller in the broker's pid namespace (the pid you \
-                 sent cannot be interpreted from inside a container)"
-                    .into(),
-            ));
-        }
-        if caller_now.uids[0] != caller.uid || caller_now.uids[1] != caller.uid {
-            return Err(denied(format!(
-                "the calling process's real/effective uid ({}/{}) is no longer uid {} it \
-                 connected with",
-                caller_now.uids[0], caller_now.uids[1], caller.uid
-            )));
-        }
-        let pidfd = warden_sys::pidfd_open(p.pid).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ESRCH) {
-                wire(
-                    ErrorCode::BadRequest,
-                    format!("no process {} exists", p.pid),
-                )
-            } else {
-                wire(
-                    ErrorCode::Unavailable,
-                    format!("cannot pin process {}: {e}", p.pid),
-                )
+/// The task that owns the sessions (see the module docs).
+struct Owner {
+    capture: Arc<Capture>,
+    settings: LearnSettings,
+    /// For the commands the task's own helpers send back (weak, so that
+    /// the task ends once the service and its helpers are gone).
+    commands: mpsc::WeakSender<Command>,
+    sessions: HashMap<u64, Entry>,
+    /// Per uid: starts past the limit check and not yet `Started`.
+    starting: HashMap<u32, usize>,
+    /// Connections with a task waiting for their close.
+    watched: HashSet<u64>,
+    next_id: u64,
+    /// Set by `StopAll`.
+    stopping: bool,
+}
+
+/// Runs blocking work on a blocking thread, not waiting for it.
+fn blocking(f: impl FnOnce() + Send + 'static) {
+    drop(tokio::task::spawn_blocking(f));
+}
+
+/// Sends `cmd` to the owner task; if the task has gone, what the command
+/// holds (a session, whose drop stops it) is dropped on a blocking thread.
+async fn send(tx: &mpsc::Sender<Command>, cmd: Command) {
+    if let Err(mpsc::error::SendError(cmd)) = tx.send(cmd).await {
+        blocking(move || drop(cmd));
+    }
+}
+
+fn stopping() -> WireError {
+    wire(ErrorCode::Unavailable, "the broker is stopping")
+}
+
+impl Owner {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                Command::Start {
+                    ctx,
+                    checked,
+                    reply,
+                } => self.start(ctx, checked, reply),
+                Command::Started { uid, result, reply } => self.started(uid, result, reply),
+                Command::Events {
+                    ctx,
+                    session,
+                    reply,
+                } => {
+                    let _ = reply.send(self.events(&ctx, session));
+                }
+                Command::Stop {
+                    ctx,
+                    session,
+                    reply,
+                } => self.stop(ctx, session, reply),
+                Command::ConnectionClosed { connection } => self.connection_closed(connection),
+                Command::StopAll { done } => self.stop_all(done),
             }
-        })?;
-        let facts = warden_sys::process_facts(pidfd.as_fd(), p.pid).map_err(|e| {
-            wire(
-                ErrorCode::BadRequest,
-                format!("cannot read process {}: {e}", p.pid),
-            )
-        })?;
-        let mut caller_groups = caller.groups.clone();
-        caller_groups.push(caller.gid);
-        let owned = facts.uids.iter().all(|&u| u == caller.uid)
-            && facts.gids.iter().all(|g| caller_groups.contains(g))
-            && (caller.uid == 0 || (facts.cap_permitted == 0 && facts.cap_effective == 0))
-            && facts.proc_owner == caller.uid;
-        let name = if owned { "own" } else { "any" };
-        let decision = ctx.decide(Action::Learn, name);
-        if !decision.allowed {
-            return Err(denied(if owned {
-                format!(
-                    "uid {} may not learn its own processes ({})",
-                    caller.uid,
-                    decision.reason()
-                )
-            } else {
-                format!(
-                    "process {} is not yours (uids {:?}, gids {:?}{}); learning another user's \
-                     process needs `learn` on `any` ({})",
-                    p.pid,
-                    facts.uids,
-                    facts.gids,
-                    if facts.cap_permitted != 0 {
-                        ", holds capabilities"
-                    } else {
-                        ""
-                    },
-                    decision.reason()
-                )
-            }));
         }
-        if !owned && caller.uid != 0 {
-            return Err(denied(format!(
-                "process {} is not yours, and only root may learn other users' processes",
-                p.pid
-            )));
+        // Nobody can send any more: what is left ends, off the runtime.
+        let left: Vec<Entry> = self.sessions.drain().map(|(_, e)| e).collect();
+        if !left.is_empty() {
+            blocking(move || {
+                for e in left {
+                    e.live.finish(e.session, "broker_stopping");
+                }
+            });
         }
-        let reservation = self.reserve(caller.uid)?;
-        let charge = ctx
-            .channel
-            .charge()
-            .ok_or_else(|| wire(ErrorCode::Unavailable, "the calling connection has closed"))?;
-        if !self.settings.attach_delay.is_zero() {
-            std::thread::sleep(self.settings.attach_delay);
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let live = Arc::new(Live {
-            id,
-            uid: caller.uid,
-            connection: ctx.connection,
-            session: Mutex::new(None),
-            buffer: Mutex::new(Buffer {
-                charge: Some(charge),
-                ..Buffer::default()
-            }),
-            max_frame: ctx.channel.max_frame(),
-            wake: Notify::new(),
-            streaming: AtomicBool::new(false),
-        });
-        lock(&live.buffer)
-            .exes
-            .insert(p.pid, facts.exe.as_ref().map(|e| e.display().to_string()));
-        let target = Target {
-            pid: p.pid,
-            start_ticks: facts.start_ticks,
-            uid: facts.uids[1],
-            owner: caller.uid,
-            accesses: p.accesses,
-            // Root may read any process's memory; others only dumpable
-            // ones (the ptrace rule), so theirs leave when they stop being.
-            leave_non_dumpable: caller.uid != 0,
-        };
-        let sink_live = Arc::clone(&live);
-        let start_ticks = facts.start_ticks;
-        let session = self
-            .capture
-            .start(
-                &target,
-                || warden_sys::confirm_same_process(pidfd.as_fd(), p.pid, start_ticks).is_ok(),
-                Box::new(move |r| sink_live.record(r)),
-            )
-            .map_err(|e| match e {
-                CaptureError::Exited(_) | CaptureError::Busy(_) => {
-                    wire(ErrorCode::BadRequest, e.to_string())
-                }
-                CaptureError::Full => wire(ErrorCode::LimitExceeded, e.to_string()),
-                CaptureError::PidNamespace(ref source) => {
-                    wire(ErrorCode::Unavailable, format!("{e}: {source}"))
-                }
-                CaptureError::Load(_) | CaptureError::Map(_) => {
-                    wire(ErrorCode::Unavailable, e.to_string())
-                }
-            })?;
-        *lock(&live.session) = Some(session);
-        reservation.commit(Arc::clone(&live));
-        // The session ends with its connection.
-        let watch = ctx.channel.clone();
-        let sessions_live = Arc::clone(&live);
-        tokio::spawn(async move {
-            watch.closed().await;
-            sessions_live.finish("client_disconnected");
-            sessions_live.discard();
-        });
-        tracing::info!(
-            target: "warden::audit",
-            uid = caller.uid, pid = caller.pid, action = "learn.start", session = id,
-            target_pid = p.pid, target_exe = ?facts.exe, rule = %decision.reason(), result = "allowed",
-            "learning session started"
-        );
-        Ok(json!({
-            "session": id,
-            "pid": p.pid,
-            "comm": facts.comm,
-            "exe": facts.exe.map(|e| e.display().to_string()),
-            "owned": owned,
-            "accesses": p.accesses,
-        }))
     }
 
     /// Takes one of `uid`'s session places, or says why not.
-    fn reserve(&self, uid: u32) -> Result<Reservation<'_>, WireError> {
-        let mut s = lock(&self.sessions);
-        let running = s.live.values().filter(|l| l.uid == uid).count();
-        let starting = s.starting.get(&uid).copied().unwrap_or(0);
+    fn reserve(&mut self, uid: u32) -> Result<(), WireError> {
+        let running = self.sessions.values().filter(|e| e.uid == uid).count();
+        let starting = self.starting.get(&uid).copied().unwrap_or(0);
         let max = self.settings.max_sessions_per_uid;
         if running + starting >= max {
             return Err(wire(
@@ -619,18 +574,154 @@ impl LearnService {
                 ),
             ));
         }
-        *s.starting.entry(uid).or_default() += 1;
-        Ok(Reservation {
-            service: self,
-            uid,
-            committed: false,
-        })
+        *self.starting.entry(uid).or_default() += 1;
+        Ok(())
     }
 
-    fn own_session(&self, ctx: &HandlerContext, id: u64) -> Result<Arc<Live>, WireError> {
-        let sessions = lock(&self.sessions);
-        match sessions.live.get(&id) {
-            Some(l) if l.connection == ctx.connection => Ok(Arc::clone(l)),
+    fn unreserve(&mut self, uid: u32) {
+        if let Some(n) = self.starting.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.starting.remove(&uid);
+            }
+        }
+    }
+
+    /// Reserves the caller's place and hands the attach to a blocking
+    /// thread (after the test hook's pause); its result comes back as
+    /// `Started`.
+    fn start(&mut self, ctx: HandlerContext, checked: Checked, reply: Reply) {
+        if self.stopping {
+            let _ = reply.send(Err(stopping()));
+            return;
+        }
+        let uid = ctx.caller.uid;
+        if let Err(e) = self.reserve(uid) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let (Some(charge), Some(tx)) = (ctx.channel.charge(), self.commands.upgrade()) else {
+            self.unreserve(uid);
+            let _ = reply.send(Err(wire(
+                ErrorCode::Unavailable,
+                "the calling connection has closed",
+            )));
+            return;
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut buffer = Buffer {
+            charge: Some(charge),
+            ..Buffer::default()
+        };
+        buffer.exes.insert(
+            checked.pid,
+            checked.facts.exe.as_ref().map(|e| e.display().to_string()),
+        );
+        let live = Arc::new(Live {
+            id,
+            buffer: Mutex::new(buffer),
+            max_frame: ctx.channel.max_frame(),
+            wake: Notify::new(),
+        });
+        let pending = Pending { ctx, checked, live };
+        let capture = Arc::clone(&self.capture);
+        let delay = self.settings.attach_delay;
+        tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let result = tokio::task::spawn_blocking(move || {
+                attach(&capture, &pending).map(|session| (pending, session))
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(wire(
+                    ErrorCode::Internal,
+                    format!("learning mode failed: {e}"),
+                ))
+            });
+            send(&tx, Command::Started { uid, result, reply }).await;
+        });
+    }
+
+    /// A start's attach is done: the place it reserved becomes its
+    /// session, or is given back.
+    fn started(&mut self, uid: u32, result: Result<(Pending, Session), WireError>, reply: Reply) {
+        self.unreserve(uid);
+        let (pending, session) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let Pending { ctx, checked, live } = pending;
+        if self.stopping {
+            blocking(move || {
+                live.finish(session, "broker_stopping");
+            });
+            let _ = reply.send(Err(stopping()));
+            return;
+        }
+        let id = live.id;
+        self.sessions.insert(
+            id,
+            Entry {
+                live,
+                session,
+                uid,
+                connection: ctx.connection,
+                streaming: false,
+            },
+        );
+        // The session ends with its connection.
+        self.watch(&ctx);
+        let caller = &ctx.caller;
+        let Checked {
+            pid,
+            accesses,
+            facts,
+            owned,
+            rule,
+            ..
+        } = checked;
+        tracing::info!(
+            target: "warden::audit",
+            uid = caller.uid, pid = caller.pid, action = "learn.start", session = id,
+            target_pid = pid, target_exe = ?facts.exe, rule = %rule, result = "allowed",
+            "learning session started"
+        );
+        let _ = reply.send(Ok(json!({
+            "session": id,
+            "pid": pid,
+            "comm": facts.comm,
+            "exe": facts.exe.map(|e| e.display().to_string()),
+            "owned": owned,
+            "accesses": accesses,
+        })));
+    }
+
+    /// Has a task tell us when the caller's connection closes (one per
+    /// connection; if it has closed already, at once).
+    fn watch(&mut self, ctx: &HandlerContext) {
+        if !self.watched.insert(ctx.connection) {
+            return;
+        }
+        let Some(tx) = self.commands.upgrade() else {
+            return;
+        };
+        let channel = ctx.channel.clone();
+        let connection = ctx.connection;
+        tokio::spawn(async move {
+            channel.closed().await;
+            send(&tx, Command::ConnectionClosed { connection }).await;
+        });
+    }
+
+    fn own_session(&mut self, ctx: &HandlerContext, id: u64) -> Result<&mut Entry, WireError> {
+        match self.sessions.get_mut(&id) {
+            Some(e) if e.connection == ctx.connection => Ok(e),
             _ => Err(wire(
                 ErrorCode::BadRequest,
                 format!("no learning session {id} on this connection"),
@@ -638,44 +729,222 @@ impl LearnService {
         }
     }
 
-    fn events(&self, ctx: &HandlerContext, params: &Payload) -> Result<Value, WireError> {
-        let p: SessionParams = params.parse().map_err(bad_request)?;
-        let live = self.own_session(ctx, p.session)?;
-        if !live.streaming.swap(true, Ordering::AcqRel) {
-            tokio::spawn(stream(Arc::clone(&live), ctx.channel.clone()));
+    fn events(&mut self, ctx: &HandlerContext, id: u64) -> Result<Value, WireError> {
+        let e = self.own_session(ctx, id)?;
+        if !e.streaming {
+            e.streaming = true;
+            tokio::spawn(stream(Arc::clone(&e.live), ctx.channel.clone()));
         }
-        Ok(json!({ "session": p.session, "topic": EVENTS_TOPIC }))
+        Ok(json!({ "session": id, "topic": EVENTS_TOPIC }))
     }
 
-    fn stop(&self, ctx: &HandlerContext, params: &Payload) -> Result<Value, WireError> {
-        let p: SessionParams = params.parse().map_err(bad_request)?;
-        let live = self.own_session(ctx, p.session)?;
-        lock(&self.sessions).live.remove(&p.session);
-        let stats = live.finish("stopped").unwrap_or_default();
-        let b = lock(&live.buffer);
-        tracing::info!(
+    /// Takes the session out of the table and stops it on a blocking
+    /// thread, which answers once it has stopped.
+    fn stop(&mut self, ctx: HandlerContext, id: u64, reply: Reply) {
+        if let Err(e) = self.own_session(&ctx, id) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let Some(entry) = self.sessions.remove(&id) else {
+            return;
+        };
+        blocking(move || {
+            let stats = entry.live.finish(entry.session, "stopped");
+            let b = lock(&entry.live.buffer);
+            tracing::info!(
+                target: "warden::audit",
+                uid = ctx.caller.uid, pid = ctx.caller.pid, action = "learn.stop",
+                session = id, denials = b.denials, result = "ok",
+                "learning session stopped"
+            );
+            let _ = reply.send(Ok(json!({
+                "session": id,
+                "denials": b.denials,
+                "kernel_events": stats.events,
+                "lost_in_kernel": stats.lost,
+                "lost_in_broker": b.overflow,
+                "stale_discarded": stats.stale,
+                "untracked_children": stats.untracked + stats.over_share,
+            })));
+        });
+    }
+
+    /// The connection's sessions end, and what they buffered is given
+    /// back to the uid.
+    fn connection_closed(&mut self, connection: u64) {
+        self.watched.remove(&connection);
+        let ids: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| e.connection == connection)
+            .map(|(&id, _)| id)
+            .collect();
+        let ended: Vec<Entry> = ids
+            .iter()
+            .filter_map(|id| self.sessions.remove(id))
+            .collect();
+        if !ended.is_empty() {
+            blocking(move || {
+                for e in ended {
+                    e.live.finish(e.session, "client_disconnected");
+                    e.live.discard();
+                }
+            });
+        }
+    }
+
+    fn stop_all(&mut self, done: oneshot::Sender<()>) {
+        self.stopping = true;
+        let all: Vec<Entry> = self.sessions.drain().map(|(_, e)| e).collect();
+        tokio::spawn(async move {
+            let _ = tokio::task::spawn_blocking(move || {
+                for e in all {
+                    e.live.finish(e.session, "broker_stopping");
+                }
+            })
+            .await;
+            let _ = done.send(());
+        });
+    }
+}
+
+/// The checks of `learn.start` (blocking: reads the caller's and the
+/// target's `/proc` entries): who the caller is now, whose the target
+/// is, and whether policy lets the caller learn it.
+fn check(ctx: &HandlerContext, p: &StartParams) -> Result<Checked, WireError> {
+    let caller = &ctx.caller;
+    let denied = |why: String| {
+        tracing::warn!(
             target: "warden::audit",
-            uid = ctx.caller.uid, pid = ctx.caller.pid, action = "learn.stop",
-            session = p.session, denials = b.denials, result = "ok",
-            "learning session stopped"
+            uid = caller.uid, pid = caller.pid, action = "learn.start",
+            target_pid = p.pid, result = "denied", "{why}"
         );
-        Ok(json!({
-            "session": p.session,
-            "denials": b.denials,
-            "kernel_events": stats.events,
-            "lost_in_kernel": stats.lost,
-            "lost_in_broker": b.overflow,
-            "stale_discarded": stats.stale,
-            "untracked_children": stats.untracked + stats.over_share,
-        }))
+        wire(ErrorCode::Denied, why)
+    };
+    // The caller must still be who it was at connect, in our pid
+    // namespace (the pid it sent is read in ours).
+    let caller_now = ctx
+        .channel
+        .with_caller_pidfd(|fd| warden_sys::process_facts(fd, caller.pid))
+        .ok_or_else(|| wire(ErrorCode::Unavailable, "the calling process has gone away"))?
+        .map_err(|_| wire(ErrorCode::Unavailable, "the calling process has gone away"))?;
+    if caller_now.pid_ns_levels != 1 {
+        return Err(denied(
+            "learning mode needs the caller in the broker's pid namespace (the pid you \
+             sent cannot be interpreted from inside a container)"
+                .into(),
+        ));
     }
+    if caller_now.uids[0] != caller.uid || caller_now.uids[1] != caller.uid {
+        return Err(denied(format!(
+            "the calling process's real/effective uid ({}/{}) is no longer uid {} it \
+             connected with",
+            caller_now.uids[0], caller_now.uids[1], caller.uid
+        )));
+    }
+    let pidfd = warden_sys::pidfd_open(p.pid).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            wire(
+                ErrorCode::BadRequest,
+                format!("no process {} exists", p.pid),
+            )
+        } else {
+            wire(
+                ErrorCode::Unavailable,
+                format!("cannot pin process {}: {e}", p.pid),
+            )
+        }
+    })?;
+    let facts = warden_sys::process_facts(pidfd.as_fd(), p.pid).map_err(|e| {
+        wire(
+            ErrorCode::BadRequest,
+            format!("cannot read process {}: {e}", p.pid),
+        )
+    })?;
+    let mut caller_groups = caller.groups.clone();
+    caller_groups.push(caller.gid);
+    let owned = facts.uids.iter().all(|&u| u == caller.uid)
+        && facts.gids.iter().all(|g| caller_groups.contains(g))
+        && (caller.uid == 0 || (facts.cap_permitted == 0 && facts.cap_effective == 0))
+        && facts.proc_owner == caller.uid;
+    let name = if owned { "own" } else { "any" };
+    let decision = ctx.decide(Action::Learn, name);
+    if !decision.allowed {
+        return Err(denied(if owned {
+            format!(
+                "uid {} may not learn its own processes ({})",
+                caller.uid,
+                decision.reason()
+            )
+        } else {
+            format!(
+                "process {} is not yours (uids {:?}, gids {:?}{}); learning another user's \
+                 process needs `learn` on `any` ({})",
+                p.pid,
+                facts.uids,
+                facts.gids,
+                if facts.cap_permitted != 0 {
+                    ", holds capabilities"
+                } else {
+                    ""
+                },
+                decision.reason()
+            )
+        }));
+    }
+    if !owned && caller.uid != 0 {
+        return Err(denied(format!(
+            "process {} is not yours, and only root may learn other users' processes",
+            p.pid
+        )));
+    }
+    Ok(Checked {
+        pid: p.pid,
+        accesses: p.accesses,
+        pidfd,
+        facts,
+        owned,
+        rule: decision.reason(),
+    })
+}
 
-    /// Forgets sessions whose capture has ended (their connection closed).
-    fn reap(&self) {
-        lock(&self.sessions)
-            .live
-            .retain(|_, l| lock(&l.session).is_some());
-    }
+/// Loads the programs if need be and attaches to the checked target
+/// (blocking).
+fn attach(capture: &Arc<Capture>, p: &Pending) -> Result<Session, WireError> {
+    let c = &p.checked;
+    let caller = &p.ctx.caller;
+    let target = Target {
+        pid: c.pid,
+        start_ticks: c.facts.start_ticks,
+        uid: c.facts.uids[1],
+        owner: caller.uid,
+        accesses: c.accesses,
+        // Root may read any process's memory; others only dumpable
+        // ones (the ptrace rule), so theirs leave when they stop being.
+        leave_non_dumpable: caller.uid != 0,
+    };
+    let sink = Arc::clone(&p.live);
+    capture
+        .start(
+            &target,
+            || {
+                warden_sys::confirm_same_process(c.pidfd.as_fd(), c.pid, c.facts.start_ticks)
+                    .is_ok()
+            },
+            Box::new(move |r| sink.record(r)),
+        )
+        .map_err(|e| match e {
+            CaptureError::Exited(_) | CaptureError::Busy(_) => {
+                wire(ErrorCode::BadRequest, e.to_string())
+            }
+            CaptureError::Full => wire(ErrorCode::LimitExceeded, e.to_string()),
+            CaptureError::PidNamespace(ref source) => {
+                wire(ErrorCode::Unavailable, format!("{e}: {source}"))
+            }
+            CaptureError::Load(_) | CaptureError::Map(_) => {
+                wire(ErrorCode::Unavailable, e.to_string())
+            }
+        })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -694,38 +963,54 @@ pub struct LearnMethod {
 
 impl Handler for LearnMethod {
     fn call(&self, ctx: HandlerContext, params: Payload) -> HandlerFuture {
-        let service = Arc::clone(&self.service);
+        let commands = self.service.commands.clone();
         let kind = self.kind;
         Box::pin(async move {
-            // Loading BPF, reading /proc and joining threads block.
-            tokio::task::spawn_blocking(move || LearnMethod::serve(&service, kind, &ctx, &params))
+            let (reply, answer) = oneshot::channel();
+            let cmd = match kind {
+                Kind::Start => {
+                    let p: StartParams = params.parse().map_err(bad_request)?;
+                    // Reading /proc blocks: not on the runtime's threads.
+                    let (ctx, checked) = tokio::task::spawn_blocking(move || {
+                        let checked = check(&ctx, &p);
+                        (ctx, checked)
+                    })
+                    .await
+                    .map_err(|e| wire(ErrorCode::Internal, format!("learning mode failed: {e}")))?;
+                    Command::Start {
+                        ctx,
+                        checked: checked?,
+                        reply,
+                    }
+                }
+                Kind::Events => {
+                    let p: SessionParams = params.parse().map_err(bad_request)?;
+                    Command::Events {
+                        ctx,
+                        session: p.session,
+                        reply,
+                    }
+                }
+                Kind::Stop => {
+                    let p: SessionParams = params.parse().map_err(bad_request)?;
+                    Command::Stop {
+                        ctx,
+                        session: p.session,
+                        reply,
+                    }
+                }
+            };
+            commands
+                .send(cmd)
                 .await
-                .map_err(|e| wire(ErrorCode::Internal, format!("learning mode failed: {e}")))?
+                .map_err(|_| wire(ErrorCode::Unavailable, "learning mode has stopped"))?;
+            let v = answer.await.map_err(|_| {
+                wire(
+                    ErrorCode::Internal,
+                    "learning mode failed: the request was dropped",
+                )
+            })??;
+            Payload::from_value(&v).map_err(|e| wire(ErrorCode::Internal, e.to_string()))
         })
-    }
-}
-
-impl LearnMethod {
-    fn serve(
-        service: &Arc<LearnService>,
-        kind: Kind,
-        ctx: &HandlerContext,
-        params: &Payload,
-    ) -> Result<Payload, WireError> {
-        let this = LearnMethod {
-            service: Arc::clone(service),
-            kind,
-        };
-        this.call_now(ctx, params)
-    }
-
-    fn call_now(&self, ctx: &HandlerContext, params: &Payload) -> Result<Payload, WireError> {
-        self.service.reap();
-        let v = match self.kind {
-            Kind::Start => self.service.start(ctx, params)?,
-            Kind::Events => self.service.events(ctx, params)?,
-            Kind::Stop => self.service.stop(ctx, params)?,
-        };
-        Payload::from_value(&v).map_err(|e| wire(ErrorCode::Internal, e.to_string()))
     }
 }

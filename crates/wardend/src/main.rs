@@ -298,7 +298,7 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
         spawn_notifier(broker.clone(), watchdog, log);
         let served = broker.serve(listener, shutdown).await;
         if let Some(learn) = &learn {
-            learn.stop_all();
+            learn.stop_all().await;
         }
         served?;
         anyhow::Ok(())

@@ -11,6 +11,7 @@ mod hardening2;
 mod identity;
 mod learn;
 mod learn_limits;
+mod learn_liveness;
 mod lifecycle;
 mod logging;
 mod metrics;
