@@ -16,12 +16,18 @@ use warden_proto::{ErrorCode, Payload, WireError};
 async fn a_provider_that_never_answers_gives_timeout_at_the_deadline_and_gets_a_cancel(
 ) -> anyhow::Result<()> {
     const TIMEOUT_MS: u64 = 300;
-    let r = start(&format!("[limits]\ncall_timeout_ms = {TIMEOUT_MS}\n{OPEN_RULES}")).await?;
+    let r = start(&format!(
+        "[limits]\ncall_timeout_ms = {TIMEOUT_MS}\n{OPEN_RULES}"
+    ))
+    .await?;
     let (mut prov, _) = Raw::open(&r.socket).await?;
     prov.request(json!({"kind":"provide","id":1,"method":"test.hold"}))
         .await?;
     let (mut caller, welcome) = Raw::open(&r.socket).await?;
-    assert_eq!(welcome["limits"]["call_timeout_ms"], TIMEOUT_MS, "{welcome}");
+    assert_eq!(
+        welcome["limits"]["call_timeout_ms"], TIMEOUT_MS,
+        "{welcome}"
+    );
     let sent = Instant::now();
     caller
         .send(&json!({"kind":"call","id":1,"method":"test.hold","params":{"q":1}}))
@@ -34,14 +40,22 @@ async fn a_provider_that_never_answers_gives_timeout_at_the_deadline_and_gets_a_
     assert_eq!(routed["caller"]["pid"], std::process::id(), "{routed}");
     let v = caller.recv_some().await?;
     let after = sent.elapsed();
-    assert_eq!((v["id"].clone(), err_code(&v)), (json!(1), Some("timeout")), "{v}");
+    assert_eq!(
+        (v["id"].clone(), err_code(&v)),
+        (json!(1), Some("timeout")),
+        "{v}"
+    );
     assert!(
         after >= Duration::from_millis(TIMEOUT_MS),
         "timeout after {after:?}, before the {TIMEOUT_MS} ms deadline"
     );
     assert!(after < LIVENESS, "timeout only after {after:?}");
     let c = prov.recv_some().await?;
-    assert_eq!((c["kind"].clone(), c["id"].clone()), (json!("cancel"), routed["id"].clone()), "{c}");
+    assert_eq!(
+        (c["kind"].clone(), c["id"].clone()),
+        (json!("cancel"), routed["id"].clone()),
+        "{c}"
+    );
     // A late answer is dropped: the caller sees nothing more for id 1, and
     // the next round trip is answered normally.
     prov.send(&json!({"kind":"reply","id":routed["id"],"result":"late"}))
@@ -54,7 +68,11 @@ async fn a_provider_that_never_answers_gives_timeout_at_the_deadline_and_gets_a_
     prov.send(&json!({"kind":"reply","id":routed2["id"],"result":"fresh"}))
         .await?;
     let v = caller.recv_some().await?;
-    assert_eq!((v["id"].clone(), v["result"].clone()), (json!(2), json!("fresh")), "{v}");
+    assert_eq!(
+        (v["id"].clone(), v["result"].clone()),
+        (json!(2), json!("fresh")),
+        "{v}"
+    );
     r.stop().await
 }
 
@@ -90,21 +108,36 @@ async fn a_cancelled_call_gives_cancelled_the_provider_a_cancel_and_a_late_reply
     let mut routed = std::collections::HashMap::new();
     for _ in 0..2 {
         let c = prov.recv_some().await?;
-        routed.insert(c["params"].as_str().unwrap_or("").to_owned(), c["id"].clone());
+        routed.insert(
+            c["params"].as_str().unwrap_or("").to_owned(),
+            c["id"].clone(),
+        );
     }
     let (first, second) = (routed["first"].clone(), routed["second"].clone());
     caller.send(&json!({"kind":"cancel","id":1})).await?;
     let v = caller.recv_some().await?;
-    assert_eq!((v["id"].clone(), err_code(&v)), (json!(1), Some("cancelled")), "{v}");
+    assert_eq!(
+        (v["id"].clone(), err_code(&v)),
+        (json!(1), Some("cancelled")),
+        "{v}"
+    );
     let c = prov.recv_some().await?;
-    assert_eq!((c["kind"].clone(), c["id"].clone()), (json!("cancel"), first.clone()), "{c}");
+    assert_eq!(
+        (c["kind"].clone(), c["id"].clone()),
+        (json!("cancel"), first.clone()),
+        "{c}"
+    );
     // The provider answers the cancelled call anyway, then the other one.
     prov.send(&json!({"kind":"reply","id":first,"result":"late"}))
         .await?;
     prov.send(&json!({"kind":"reply","id":second,"result":"two"}))
         .await?;
     let v = caller.recv_some().await?;
-    assert_eq!((v["id"].clone(), v["result"].clone()), (json!(2), json!("two")), "{v}");
+    assert_eq!(
+        (v["id"].clone(), v["result"].clone()),
+        (json!(2), json!("two")),
+        "{v}"
+    );
     // Cancelling an id that is not in flight (done, or never sent) is
     // silently ignored; nothing more arrives for id 1.
     caller.send(&json!({"kind":"cancel","id":1})).await?;
@@ -112,11 +145,17 @@ async fn a_cancelled_call_gives_cancelled_the_provider_a_cancel_and_a_late_reply
     let v = caller.call(3, "warden.ping", Value::Null).await?;
     assert_eq!(v["result"]["pong"], true, "{v}");
     assert!(
-        caller.recv_within(Duration::from_millis(200)).await?.is_none(),
+        caller
+            .recv_within(Duration::from_millis(200))
+            .await?
+            .is_none(),
         "a frame after the cancelled call was answered"
     );
     // The provider got no cancel for the answered or unknown ids.
-    assert!(prov.recv_within(Duration::from_millis(200)).await?.is_none());
+    assert!(prov
+        .recv_within(Duration::from_millis(200))
+        .await?
+        .is_none());
     r.stop().await
 }
 
@@ -178,7 +217,11 @@ async fn a_caller_that_disconnects_mid_call_makes_the_provider_get_a_cancel() ->
     let routed = prov.recv_some().await?;
     drop(caller);
     let c = prov.recv_some().await?;
-    assert_eq!((c["kind"].clone(), c["id"].clone()), (json!("cancel"), routed["id"].clone()), "{c}");
+    assert_eq!(
+        (c["kind"].clone(), c["id"].clone()),
+        (json!("cancel"), routed["id"].clone()),
+        "{c}"
+    );
     // The late reply is dropped; the provider's connection is fine.
     prov.send(&json!({"kind":"reply","id":routed["id"],"result":null}))
         .await?;
@@ -245,13 +288,21 @@ async fn a_slow_async_handler_does_not_delay_pings_on_the_same_connection() -> a
     // only once the ping is answered: if the handler ran on the read loop,
     // the ping would never be answered.
     let first = c.recv_some().await?;
-    assert_eq!((first["id"].clone(), first["result"]["pong"].clone()), (json!(2), json!(true)), "{first}");
+    assert_eq!(
+        (first["id"].clone(), first["result"]["pong"].clone()),
+        (json!(2), json!(true)),
+        "{first}"
+    );
     // More requests on the same connection meanwhile.
     let v = c.call(3, "warden.echo", json!({"x": 3})).await?;
     assert_eq!(v["result"], json!({"x": 3}), "{v}");
     gate.notify_one();
     let v = c.recv_some().await?;
-    assert_eq!((v["id"].clone(), v["result"].clone()), (json!(1), json!({"slow": true})), "{v}");
+    assert_eq!(
+        (v["id"].clone(), v["result"].clone()),
+        (json!(1), json!({"slow": true})),
+        "{v}"
+    );
     r.stop().await
 }
 
@@ -274,10 +325,17 @@ async fn a_timed_slow_handler_answers_after_a_ping_sent_after_it() -> anyhow::Re
     c.send(&json!({"kind":"call","id":2,"method":"warden.ping"}))
         .await?;
     let first = c.recv_some().await?;
-    assert_eq!(first["id"], 2, "the ping waited for the sleeping handler: {first}");
+    assert_eq!(
+        first["id"], 2,
+        "the ping waited for the sleeping handler: {first}"
+    );
     assert_eq!(first["result"]["pong"], true, "{first}");
     let second = c.recv_some().await?;
-    assert_eq!((second["id"].clone(), second["result"].clone()), (json!(1), json!("slept")), "{second}");
+    assert_eq!(
+        (second["id"].clone(), second["result"].clone()),
+        (json!(1), json!("slept")),
+        "{second}"
+    );
     r.stop().await
 }
 
@@ -302,9 +360,12 @@ async fn a_handler_panic_after_an_await_is_internal_and_frees_its_in_flight_slot
     .await?;
     let c = client(&r).await?;
     for _ in 0..3 {
-        let e = within("the panicking call", c.call_json("test.panics", Value::Null))
-            .await?
-            .err();
+        let e = within(
+            "the panicking call",
+            c.call_json("test.panics", Value::Null),
+        )
+        .await?
+        .err();
         assert_eq!(e.and_then(|e| e.code()), Some(ErrorCode::Internal));
     }
     assert_eq!(c.call_json("warden.ping", Value::Null).await?["pong"], true);

@@ -30,7 +30,11 @@ async fn routed_calls_past_max_in_flight_get_limit_exceeded_and_the_others_compl
     }
     // The third is refused at once; the first two reach the provider.
     let v = caller.recv_some().await?;
-    assert_eq!((v["id"].clone(), err_code(&v)), (json!(3), Some("limit_exceeded")), "{v}");
+    assert_eq!(
+        (v["id"].clone(), err_code(&v)),
+        (json!(3), Some("limit_exceeded")),
+        "{v}"
+    );
     assert!(
         v["error"]["message"]
             .as_str()
@@ -65,7 +69,11 @@ async fn routed_calls_past_max_in_flight_get_limit_exceeded_and_the_others_compl
     prov.send(&json!({"kind":"reply","id":c["id"],"result":"again"}))
         .await?;
     let v = caller.recv_some().await?;
-    assert_eq!((v["id"].clone(), v["result"].clone()), (json!(4), json!("again")), "{v}");
+    assert_eq!(
+        (v["id"].clone(), v["result"].clone()),
+        (json!(4), json!("again")),
+        "{v}"
+    );
     r.stop().await
 }
 
@@ -83,7 +91,11 @@ async fn handler_calls_count_against_max_in_flight() -> anyhow::Result<()> {
             .await?;
     }
     let v = c.recv_some().await?;
-    assert_eq!((v["id"].clone(), err_code(&v)), (json!(3), Some("limit_exceeded")), "{v}");
+    assert_eq!(
+        (v["id"].clone(), err_code(&v)),
+        (json!(3), Some("limit_exceeded")),
+        "{v}"
+    );
     // Every call counts, built-ins too: with both slots taken by handler
     // calls, a ping is past the limit as well.
     let pong = c.call(10, "warden.ping", Value::Null).await?;
@@ -139,7 +151,10 @@ async fn connections_past_max_connections_per_uid_are_refused_with_limit_exceede
     drop(open.pop());
     r.wait_connections(2).await?;
     let again = client(&r).await?;
-    assert_eq!(again.call_json("warden.ping", Value::Null).await?["pong"], true);
+    assert_eq!(
+        again.call_json("warden.ping", Value::Null).await?["pong"],
+        true
+    );
     r.stop().await
 }
 
@@ -268,9 +283,11 @@ async fn an_oversized_frame_gets_too_large_and_the_connection_closes() -> anyhow
     assert_eq!(welcome["limits"]["max_frame"], 1024, "{welcome}");
     // A frame of exactly the limit is fine.
     let pad = "p".repeat(900);
-    let probe = serde_json::to_vec(&json!({"kind":"call","id":1,"method":"warden.echo","params":pad}))?;
+    let probe =
+        serde_json::to_vec(&json!({"kind":"call","id":1,"method":"warden.echo","params":pad}))?;
     let fill = "p".repeat(900 + 1024 - probe.len());
-    let body = serde_json::to_vec(&json!({"kind":"call","id":1,"method":"warden.echo","params":fill}))?;
+    let body =
+        serde_json::to_vec(&json!({"kind":"call","id":1,"method":"warden.echo","params":fill}))?;
     assert_eq!(body.len(), 1024);
     let v = c
         .call(1, "warden.echo", Value::String(fill.clone()))
@@ -286,7 +303,10 @@ async fn an_oversized_frame_gets_too_large_and_the_connection_closes() -> anyhow
     assert_eq!(err_code(&frames[0]), Some("too_large"), "{frames:?}");
     // Other connections are not affected.
     let other = client(&r).await?;
-    assert_eq!(other.call_json("warden.ping", Value::Null).await?["pong"], true);
+    assert_eq!(
+        other.call_json("warden.ping", Value::Null).await?["pong"],
+        true
+    );
     r.stop().await
 }
 
@@ -304,7 +324,10 @@ async fn a_zero_length_frame_gets_bad_request_and_the_connection_closes() -> any
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_is_closed_with_timeout_after_hello_timeout() -> anyhow::Result<()> {
-    let r = start(&with_limits("hello_timeout_ms = 200\nframe_timeout_ms = 200")).await?;
+    let r = start(&with_limits(
+        "hello_timeout_ms = 200\nframe_timeout_ms = 200",
+    ))
+    .await?;
     // No hello at all.
     let started = std::time::Instant::now();
     let mut silent = Raw::connect(&r.socket).await?;
@@ -378,7 +401,10 @@ async fn events_past_max_queued_bytes_per_uid_are_dropped_and_counted() -> anyho
         dropped += v["result"]["dropped"].as_u64().unwrap_or(0);
     }
     assert_eq!(delivered + dropped, N);
-    assert!(dropped > 0, "the stalled subscriber's uid never reached its budget");
+    assert!(
+        dropped > 0,
+        "the stalled subscriber's uid never reached its budget"
+    );
     // The stalled subscriber reads everything and accounts for all N.
     let (mut got, mut missed) = (0, 0);
     while got + missed < N {

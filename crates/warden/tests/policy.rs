@@ -37,9 +37,7 @@ async fn a_reload_that_no_longer_allows_a_subscription_or_method_revokes_them() 
     holder.provide("test.kept-svc").await?;
     let other = client(&r).await?;
     // Before: the method is routed and the topic delivered.
-    let p = other
-        .publish("test.news", Payload::from_value(&1)?)
-        .await?;
+    let p = other.publish("test.news", Payload::from_value(&1)?).await?;
     assert_eq!(p["delivered"], 1);
     assert_eq!(event_on(&holder, "test.news").await?.0, json!(1));
 
@@ -70,13 +68,9 @@ uids = [{uid}]
         json!({"subscriptions": ["test.news"], "provided": ["test.svc"]})
     );
     // The subscription no longer receives; the kept one does.
-    let p = other
-        .publish("test.news", Payload::from_value(&2)?)
-        .await?;
+    let p = other.publish("test.news", Payload::from_value(&2)?).await?;
     assert_eq!(p, json!({"delivered": 0, "dropped": 0}));
-    let p = other
-        .publish("test.kept", Payload::from_value(&3)?)
-        .await?;
+    let p = other.publish("test.kept", Payload::from_value(&3)?).await?;
     assert_eq!(p["delivered"], 1);
     assert_eq!(event_on(&holder, "test.kept").await?.0, json!(3));
     // The revoked method is no longer routed: nobody serves it now.
@@ -92,10 +86,16 @@ uids = [{uid}]
         .reply(call.id, Ok(Payload::from_value(&"kept")?))
         .await?;
     let got = within("the answer", answer).await??;
-    assert_eq!(got.map(|p| p.get().to_owned()).ok(), Some("\"kept\"".to_owned()));
+    assert_eq!(
+        got.map(|p| p.get().to_owned()).ok(),
+        Some("\"kept\"".to_owned())
+    );
     let _ = id;
     // The connection stays open, and later requests follow the new rules.
-    assert_eq!(holder.call_json("warden.ping", Value::Null).await?["pong"], true);
+    assert_eq!(
+        holder.call_json("warden.ping", Value::Null).await?["pong"],
+        true
+    );
     let e = holder.subscribe("test.news").await.err();
     assert_eq!(e.and_then(|e| e.code()), Some(ErrorCode::Denied));
     let e = holder.provide("test.svc").await.err();
@@ -117,12 +117,17 @@ async fn a_reload_that_denies_calling_a_provided_method_answers_denied() -> anyh
         let mut served = 0u32;
         while let Some(c) = h2.next_call().await {
             served += 1;
-            let _ = h2.reply(c.id, Ok(Payload::from_value(&"served").unwrap_or_default())).await;
+            let _ = h2
+                .reply(c.id, Ok(Payload::from_value(&"served").unwrap_or_default()))
+                .await;
         }
         served
     });
     let caller = client(&r).await?;
-    assert_eq!(caller.call_json("test.svc", Value::Null).await?, json!("served"));
+    assert_eq!(
+        caller.call_json("test.svc", Value::Null).await?,
+        json!("served")
+    );
     // Calling is denied now; providing still allowed, so nothing is revoked.
     let reloaded = format!(
         "[[rule]]\neffect = \"deny\"\nactions = [\"call\"]\nnames = [\"test.svc\"]\neveryone = true\n{OPEN_RULES}"
@@ -181,14 +186,30 @@ async fn a_monitor_without_payload_rights_sees_calls_redacted() -> anyhow::Resul
         .call_json("warden.echo", json!({"secret": "s3cr3t"}))
         .await?;
     assert_eq!(echoed, json!({"secret": "s3cr3t"}));
-    let call = monitor_event(&m, "warden.monitor", "call", "warden.echo", &me["connection"]).await?;
+    let call = monitor_event(
+        &m,
+        "warden.monitor",
+        "call",
+        "warden.echo",
+        &me["connection"],
+    )
+    .await?;
     assert_eq!(call["redacted"], true, "{call}");
     assert!(call.get("params").is_none(), "{call}");
     assert_eq!(call["uid"], my_uid(), "{call}");
     assert_eq!(call["pid"], std::process::id(), "{call}");
-    assert!(call["rule"].as_str().unwrap_or("").contains("allowed by"), "{call}");
-    let answer =
-        monitor_event(&m, "warden.monitor", "reply", "warden.echo", &me["connection"]).await?;
+    assert!(
+        call["rule"].as_str().unwrap_or("").contains("allowed by"),
+        "{call}"
+    );
+    let answer = monitor_event(
+        &m,
+        "warden.monitor",
+        "reply",
+        "warden.echo",
+        &me["connection"],
+    )
+    .await?;
     assert_eq!(answer["redacted"], true, "{answer}");
     assert_eq!(answer["code"], "ok", "{answer}");
     assert!(answer.get("result").is_none(), "{answer}");
@@ -196,7 +217,14 @@ async fn a_monitor_without_payload_rights_sees_calls_redacted() -> anyhow::Resul
     assert!(!answer.to_string().contains("s3cr3t"), "{answer}");
     // A refused call shows as an error with its code.
     let _ = c.call_json("other.thing", Value::Null).await;
-    let err = monitor_event(&m, "warden.monitor", "error", "other.thing", &me["connection"]).await?;
+    let err = monitor_event(
+        &m,
+        "warden.monitor",
+        "error",
+        "other.thing",
+        &me["connection"],
+    )
+    .await?;
     assert_eq!(err["code"], "denied", "{err}");
     r.stop().await
 }
@@ -247,8 +275,8 @@ async fn a_connection_without_monitor_rights_is_denied() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn explain_answers_for_the_callers_own_uid_with_allowed_rule_and_reason(
-) -> anyhow::Result<()> {
+async fn explain_answers_for_the_callers_own_uid_with_allowed_rule_and_reason() -> anyhow::Result<()>
+{
     let text = format!(
         r#"
 [[rule]]
@@ -267,14 +295,16 @@ uids = [{uid}]
     let c = client(&r).await?;
     let id = c.welcome().identity.clone();
     assert_eq!(id.uid, my_uid());
-    let ask = |action: &str, name: &str| {
-        json!({"uid": id.uid, "gid": id.gid, "groups": id.groups, "action": action, "name": name})
-    };
+    let ask = |action: &str, name: &str| json!({"uid": id.uid, "gid": id.gid, "groups": id.groups, "action": action, "name": name});
     let v = c
         .call_json("warden.explain", ask("call", "test.mine.x"))
         .await?;
     assert_eq!(v["allowed"], true, "{v}");
-    assert_eq!(v["rule"], json!({"file": "t.toml", "line": 7, "index": 2}), "{v}");
+    assert_eq!(
+        v["rule"],
+        json!({"file": "t.toml", "line": 7, "index": 2}),
+        "{v}"
+    );
     assert_eq!(v["reason"], "allowed by rule 2 at t.toml:7", "{v}");
     let v = c
         .call_json("warden.explain", ask("publish", "test.mine.x"))
@@ -325,7 +355,11 @@ async fn explain_for_another_uid_needs_admin_rights() -> anyhow::Result<()> {
             assert_eq!(v["rule"]["index"], 2, "{v}");
         } else {
             let e = answer.err();
-            assert_eq!(e.and_then(|e| e.code()), Some(ErrorCode::Denied), "{params}");
+            assert_eq!(
+                e.and_then(|e| e.code()),
+                Some(ErrorCode::Denied),
+                "{params}"
+            );
         }
     }
     // The connection stays usable.

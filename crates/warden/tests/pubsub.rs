@@ -53,7 +53,9 @@ async fn a_stalled_subscriber_is_told_exactly_how_many_events_it_missed() -> any
         for i in 1..=100 {
             let n = batch * 100 + i;
             publisher
-                .send(&json!({"kind":"publish","id":n,"topic":"test.news","data":{"n":n,"pad":pad}}))
+                .send(
+                    &json!({"kind":"publish","id":n,"topic":"test.news","data":{"n":n,"pad":pad}}),
+                )
                 .await?;
         }
         for _ in 0..100 {
@@ -72,7 +74,10 @@ async fn a_stalled_subscriber_is_told_exactly_how_many_events_it_missed() -> any
     // reported missed, and the missed counts of both add up to `dropped`.
     let (s_got, s_missed) = drain_events(&mut stalled, N).await?;
     assert_eq!(s_got + s_missed, N);
-    assert!(s_missed > 0, "the stalled subscriber was not told what it missed");
+    assert!(
+        s_missed > 0,
+        "the stalled subscriber was not told what it missed"
+    );
     assert_eq!(s_missed + r_missed, dropped);
     assert_eq!(s_got + r_got, delivered);
     // Nothing else is owed to it: a fresh event arrives with no missed count.
@@ -82,7 +87,11 @@ async fn a_stalled_subscriber_is_told_exactly_how_many_events_it_missed() -> any
     assert_eq!(v["result"], json!({"delivered": 2, "dropped": 0}), "{v}");
     for c in [&mut stalled, &mut reader] {
         let e = c.recv_some().await?;
-        assert_eq!((e["kind"].clone(), e["data"].clone()), (json!("event"), json!("fresh")), "{e}");
+        assert_eq!(
+            (e["kind"].clone(), e["data"].clone()),
+            (json!("event"), json!("fresh")),
+            "{e}"
+        );
         assert!(e.get("missed").is_none(), "{e}");
     }
     r.stop().await
@@ -105,7 +114,9 @@ async fn the_client_library_reports_missed_and_lagged_counts() -> anyhow::Result
         for i in 1..=100 {
             let n = batch * 100 + i;
             publisher
-                .send(&json!({"kind":"publish","id":n,"topic":"test.news","data":{"n":n,"pad":pad}}))
+                .send(
+                    &json!({"kind":"publish","id":n,"topic":"test.news","data":{"n":n,"pad":pad}}),
+                )
                 .await?;
         }
         for _ in 0..100 {
@@ -148,7 +159,9 @@ async fn with_disconnect_a_slow_subscriber_is_closed_with_limit_exceeded_and_oth
     // published), so only the stalled subscriber can fall behind.
     for id in 1..=5000u64 {
         let v = publisher
-            .request(json!({"kind":"publish","id":id,"topic":"test.news","data":{"n":id,"pad":pad}}))
+            .request(
+                json!({"kind":"publish","id":id,"topic":"test.news","data":{"n":id,"pad":pad}}),
+            )
             .await?;
         assert_eq!(v["kind"], "reply", "{v}");
         published += 1;
@@ -179,8 +192,14 @@ async fn with_disconnect_a_slow_subscriber_is_closed_with_limit_exceeded_and_oth
             .contains("on_slow_subscriber"),
         "{errors:?}"
     );
-    assert_eq!(frames.last().map(|v| v["kind"].clone()), Some(json!("error")));
-    assert!(frames.len() as u64 <= published, "more events than were published");
+    assert_eq!(
+        frames.last().map(|v| v["kind"].clone()),
+        Some(json!("error"))
+    );
+    assert!(
+        frames.len() as u64 <= published,
+        "more events than were published"
+    );
     r.wait_connections(2).await?;
     // The other subscriber and the publisher carry on.
     for id in 10_001..=10_005u64 {
@@ -208,17 +227,26 @@ async fn publish_counts_subscribers_and_reserved_topics_are_refused() -> anyhow:
     a.subscribe("test.t").await?;
     b.subscribe("test.t").await?;
     let p = client(&r).await?;
-    let v = p.publish("test.t", warden_proto::Payload::from_value(&1)?).await?;
+    let v = p
+        .publish("test.t", warden_proto::Payload::from_value(&1)?)
+        .await?;
     assert_eq!(v, json!({"delivered": 2, "dropped": 0}));
     b.unsubscribe("test.t").await?;
-    let v = p.publish("test.t", warden_proto::Payload::from_value(&2)?).await?;
+    let v = p
+        .publish("test.t", warden_proto::Payload::from_value(&2)?)
+        .await?;
     assert_eq!(v, json!({"delivered": 1, "dropped": 0}));
-    let v = p.publish("test.none", warden_proto::Payload::null()).await?;
+    let v = p
+        .publish("test.none", warden_proto::Payload::null())
+        .await?;
     assert_eq!(v, json!({"delivered": 0, "dropped": 0}));
     let e = p
         .publish("warden.policy.revoked", warden_proto::Payload::null())
         .await
         .err();
-    assert_eq!(e.and_then(|e| e.code()), Some(warden_proto::ErrorCode::Denied));
+    assert_eq!(
+        e.and_then(|e| e.code()),
+        Some(warden_proto::ErrorCode::Denied)
+    );
     r.stop().await
 }

@@ -49,12 +49,19 @@ async fn a_call_answered_within_the_drain_timeout_reaches_its_caller() -> anyhow
     assert!(v["id"].is_u64(), "{v}");
     // New connections are refused.
     let refused = tokio::time::timeout(LIVENESS, client(&r)).await?;
-    assert!(refused.is_err(), "a new connection was accepted while draining");
+    assert!(
+        refused.is_err(),
+        "a new connection was accepted while draining"
+    );
     // The provider answers in time: the caller gets the answer.
     prov.send(&json!({"kind":"reply","id":routed["id"],"result":"finished"}))
         .await?;
     let v = caller.recv_some().await?;
-    assert_eq!((v["id"].clone(), v["result"].clone()), (json!(1), json!("finished")), "{v}");
+    assert_eq!(
+        (v["id"].clone(), v["result"].clone()),
+        (json!(1), json!("finished")),
+        "{v}"
+    );
     // Then everyone is told, and serve() returns Ok without waiting for the
     // 60 s drain timeout.
     let task = r.task.take_handle();
@@ -98,7 +105,9 @@ async fn a_call_not_answered_within_the_drain_timeout_gets_shutting_down() -> an
     let served = within("serve()", task).await??;
     assert!(served.is_ok(), "{served:?}");
     // The provider's connection was closed with shutting_down.
-    assert!(within("the provider's close", prov.next_call()).await?.is_none());
+    assert!(within("the provider's close", prov.next_call())
+        .await?
+        .is_none());
     let last = prov.last_error().map(|e| e.code);
     assert_eq!(last, Some(warden_proto::ErrorCode::ShuttingDown));
     Ok(())
@@ -145,6 +154,7 @@ trait TakeHandle {
 
 impl TakeHandle for Option<tokio::task::JoinHandle<Result<(), warden::ServeError>>> {
     fn take_handle(&mut self) -> tokio::task::JoinHandle<Result<(), warden::ServeError>> {
-        self.take().unwrap_or_else(|| tokio::spawn(async { Ok(()) }))
+        self.take()
+            .unwrap_or_else(|| tokio::spawn(async { Ok(()) }))
     }
 }

@@ -17,7 +17,9 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use warden::{Broker, BrokerBuilder, Handler, HandlerContext, HandlerFuture, Shutdown, ShutdownTrigger};
+use warden::{
+    Broker, BrokerBuilder, Handler, HandlerContext, HandlerFuture, Shutdown, ShutdownTrigger,
+};
 use warden_client::{Client, ConnectOptions};
 use warden_policy::{Config, Policy, StaticResolver};
 use warden_proto::{ErrorCode, Payload, WireError};
@@ -238,7 +240,10 @@ impl Raw {
                 if self.buf.is_empty() {
                     return Ok(None);
                 }
-                bail!("EOF in the middle of a frame ({} bytes buffered)", self.buf.len());
+                bail!(
+                    "EOF in the middle of a frame ({} bytes buffered)",
+                    self.buf.len()
+                );
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
@@ -246,7 +251,9 @@ impl Raw {
 
     /// The next frame; EOF is an error.
     pub async fn recv_some(&mut self) -> anyhow::Result<Value> {
-        self.recv().await?.context("the broker closed the connection")
+        self.recv()
+            .await?
+            .context("the broker closed the connection")
     }
 
     /// The next frame if one arrives within `d` (for "nothing more came").
