@@ -328,11 +328,18 @@ impl Client {
         let frame = hello
             .to_frame(DEFAULT_MAX_FRAME_LEN)
             .ok_or_else(|| handshake_err("hello does not fit in a frame".into()))?;
-        write
-            .write_all(&frame)
-            .await
-            .map_err(|e| caused("sending hello", e.into()))?;
         let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+        if let Err(e) = write.write_all(&frame).await {
+            // A broker that refuses a connection (connection limits,
+            // shutdown) sends its reason and closes before reading the
+            // hello: the reason waits in the receive buffer.
+            if let Ok(Some(body)) = read_frame(&mut read, &mut decoder).await {
+                if let Ok(Message::Error { error, .. }) = Message::decode(&body) {
+                    return Err(ConnectError::Refused(error));
+                }
+            }
+            return Err(caused("sending hello", e.into()));
+        }
         let first = read_frame(&mut read, &mut decoder)
             .await
             .map_err(|e| caused("reading welcome", e.into()))?;

@@ -12,7 +12,7 @@ use serde_json::json;
 use warden_proto::{ErrorCode, Payload, WireError, PROTOCOL_VERSION};
 
 use crate::registry::Registry;
-use crate::router::CallerView;
+use crate::view::CallerView;
 
 /// Names of the built-in methods.
 pub(crate) const BUILTINS: [&str; 7] = [

@@ -25,7 +25,7 @@
 //!   The only layer that touches sockets.
 //! - semantics: `router` (what a request means: authorization, built-ins,
 //!   handlers, routing), `pubsub`, `builtins`, over a narrow view of the
-//!   caller; they return what to send and never await.
+//!   caller (`view`); they return what to send and never await.
 //! - `handler` ([`Handler`], [`HandlerContext`]) and `local`
 //!   ([`BrokerHandle`], the in-process call API).
 //! - `calls`: routed calls (forward, the one answer, withdraw, deadlines),
@@ -51,6 +51,7 @@ mod router;
 mod shutdown;
 mod stats;
 mod transport;
+mod view;
 
 pub use broker::{Broker, BrokerBuilder, BrokerError, ServeError, TEST_PANIC_METHOD};
 pub use channel::{CallerChannel, Pushed};

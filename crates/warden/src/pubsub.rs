@@ -16,7 +16,7 @@ use warden_proto::{ErrorCode, Identity, Message, Payload, RequestId, TopicName};
 use crate::monitor::{MONITOR_PAYLOADS_TOPIC, MONITOR_TOPIC};
 use crate::queue::QueuedFrame;
 use crate::registry::Registry;
-use crate::router::{audit_denied, CallerView, Outcome};
+use crate::view::{audit_denied, CallerView, Outcome};
 
 fn deny(
     view: &CallerView<'_>,

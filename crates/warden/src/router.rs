@@ -16,13 +16,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use warden_policy::{Action, CallerPolicy};
+use warden_policy::Action;
 use warden_proto::{ErrorCode, Message, MethodName, Payload, RequestId, WireError};
 
 use crate::calls::{self, answer_message, Dirty, Forward};
 use crate::handler::{CatchPanic, Handler, HandlerContext, HandlerFuture};
 use crate::peer::PeerRef;
 use crate::registry::{Answerer, ProvideRefused, Registry};
+use crate::view::{audit_denied, CallerView, Outcome};
 
 /// What the semantic layer works with: the registry and the handlers
 /// registered at build time.
@@ -46,42 +47,6 @@ impl Services {
             || self.handlers.contains_key(method)
             || self.reg.has_provider(method)
     }
-}
-
-/// The caller, as the semantic layer sees it.
-pub(crate) struct CallerView<'a> {
-    pub(crate) peer: &'a PeerRef,
-    pub(crate) policy: &'a mut CallerPolicy,
-}
-
-/// What to send the caller for one request.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    /// This frame, now (in the caller's batch).
-    Answer(Message),
-    /// Nothing now: the answer comes later (routed or at a handler) or
-    /// none is due.
-    Later,
-}
-
-/// Records a denied request in the audit log (target `warden::audit`):
-/// who (uid, gid, pid, comm, connection), what (action, target), the
-/// deciding rule, and the result.
-pub(crate) fn audit_denied(peer: &PeerRef, action: &str, target: &str, rule: &str) {
-    let i = &peer.identity;
-    tracing::info!(
-        target: "warden::audit",
-        uid = i.uid,
-        gid = i.gid,
-        pid = i.pid,
-        comm = peer.comm.as_deref().unwrap_or("?"),
-        conn = peer.id,
-        action,
-        target,
-        rule,
-        result = "denied",
-        "request denied"
-    );
 }
 
 /// Handles one request after the hello (the transport handles the hello

@@ -159,7 +159,6 @@ async fn connections_past_max_connections_per_uid_are_refused_with_limit_exceede
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "client bug: Client::connect reports a refused connection as Handshake(\"sending hello: Broken pipe\") instead of Refused(limit_exceeded): it writes the hello before reading the broker's refusal frame, which is already waiting in its receive buffer"]
 async fn the_client_library_reports_a_connection_limit_as_refused() -> anyhow::Result<()> {
     let r = start(&with_limits("max_connections_per_uid = 1")).await?;
     let _only = client(&r).await?;

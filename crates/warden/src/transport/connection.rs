@@ -28,7 +28,8 @@ use super::wire::{writer, Wire, WRITE_BATCH};
 use crate::calls::Dirty;
 use crate::peer::{KillSwitch, Peer, PeerParts, PeerRef};
 use crate::queue::QueuedFrame;
-use crate::router::{CallerView, Outcome, Services};
+use crate::router::Services;
+use crate::view::{CallerView, Outcome};
 
 /// With test hooks on, a call to this method panics in the caller's
 /// connection task, outside any handler (to test that such a panic is

@@ -385,7 +385,6 @@ fn a_cancel_from_a_provider_names_only_its_own_calls() -> anyhow::Result<()> {
 }
 
 #[test]
-#[ignore = "needs the broker change: router::finish answers too_large (not limit_exceeded) when the provider's answer exceeds the frame limit once addressed to the caller"]
 fn a_providers_answer_too_large_once_addressed_is_too_large() -> anyhow::Result<()> {
     if users("a_providers_answer_too_large_once_addressed_is_too_large").is_none() {
         return Ok(());

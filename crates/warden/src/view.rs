@@ -1,0 +1,47 @@
+//! The narrow view of a caller that the semantic layer works with, and
+//! what it answers.
+//!
+//! Built-ins, pub/sub and the router take a [`CallerView`] (the caller's
+//! peer handle and policy snapshot) rather than a connection's state, and
+//! return an [`Outcome`]; only the transport turns that into bytes.
+
+use warden_policy::CallerPolicy;
+use warden_proto::Message;
+
+use crate::peer::PeerRef;
+
+/// The caller, as the semantic layer sees it.
+pub(crate) struct CallerView<'a> {
+    pub(crate) peer: &'a PeerRef,
+    pub(crate) policy: &'a mut CallerPolicy,
+}
+
+/// What to send the caller for one request.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// This frame, now (in the caller's batch).
+    Answer(Message),
+    /// Nothing now: the answer comes later (routed or at a handler) or
+    /// none is due.
+    Later,
+}
+
+/// Records a denied request in the audit log (target `warden::audit`):
+/// who (uid, gid, pid, comm, connection), what (action, target), the
+/// deciding rule, and the result.
+pub(crate) fn audit_denied(peer: &PeerRef, action: &str, target: &str, rule: &str) {
+    let i = &peer.identity;
+    tracing::info!(
+        target: "warden::audit",
+        uid = i.uid,
+        gid = i.gid,
+        pid = i.pid,
+        comm = peer.comm.as_deref().unwrap_or("?"),
+        conn = peer.id,
+        action,
+        target,
+        rule,
+        result = "denied",
+        "request denied"
+    );
+}
