@@ -933,18 +933,22 @@ fn attach(capture: &Arc<Capture>, p: &Pending) -> Result<Session, WireError> {
             },
             Box::new(move |r| sink.record(r)),
         )
-        .map_err(|e| match e {
-            CaptureError::Exited(_) | CaptureError::Busy(_) => {
-                wire(ErrorCode::BadRequest, e.to_string())
-            }
-            CaptureError::Full => wire(ErrorCode::LimitExceeded, e.to_string()),
-            CaptureError::PidNamespace(ref source) => {
-                wire(ErrorCode::Unavailable, format!("{e}: {source}"))
-            }
-            CaptureError::Load(_) | CaptureError::Map(_) => {
-                wire(ErrorCode::Unavailable, e.to_string())
-            }
-        })
+        .map_err(|e| capture_error_to_wire(&e))
+}
+
+/// The one mapping of a capture failure to what the caller is told: its
+/// wire code, and its message with the cause.
+fn capture_error_to_wire(e: &CaptureError) -> WireError {
+    match e {
+        CaptureError::Exited(_) | CaptureError::Busy(_) => {
+            wire(ErrorCode::BadRequest, e.to_string())
+        }
+        CaptureError::Full => wire(ErrorCode::LimitExceeded, e.to_string()),
+        CaptureError::PidNamespace(source) => {
+            wire(ErrorCode::Unavailable, format!("{e}: {source}"))
+        }
+        CaptureError::Load(_) | CaptureError::Map(_) => wire(ErrorCode::Unavailable, e.to_string()),
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

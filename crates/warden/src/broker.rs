@@ -53,13 +53,21 @@ impl ServeError {
 /// Why the broker could not serve.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// A handler was registered for an invalid or reserved name.
-    #[error("cannot register handler {name:?}: {reason}")]
+    /// A handler was registered for a name that is not a valid method
+    /// name.
+    #[error("cannot register handler {name:?}: {source}")]
     BadHandlerName {
         /// The name.
         name: String,
-        /// Why.
-        reason: String,
+        /// Why it is not valid.
+        #[source]
+        source: warden_proto::NameError,
+    },
+    /// A handler was registered for a name in the `warden.*` namespace.
+    #[error("cannot register handler {name:?}: the warden.* namespace is reserved for built-ins")]
+    ReservedHandlerName {
+        /// The name.
+        name: String,
     },
 }
 
@@ -87,16 +95,16 @@ impl BrokerBuilder {
     /// outside `warden.*`.
     ///
     /// # Errors
-    /// [`BrokerError::BadHandlerName`] for an invalid or reserved name.
+    /// [`BrokerError::BadHandlerName`] for an invalid name,
+    /// [`BrokerError::ReservedHandlerName`] for one in `warden.*`.
     pub fn handler(mut self, name: &str, h: impl Handler) -> Result<Self, BrokerError> {
-        let m = MethodName::try_from(name).map_err(|e| BrokerError::BadHandlerName {
+        let m = MethodName::try_from(name).map_err(|source| BrokerError::BadHandlerName {
             name: name.to_owned(),
-            reason: e.to_string(),
+            source,
         })?;
         if m.is_reserved() {
-            return Err(BrokerError::BadHandlerName {
+            return Err(BrokerError::ReservedHandlerName {
                 name: name.to_owned(),
-                reason: "the warden.* namespace is reserved for built-ins".into(),
             });
         }
         self.handlers.insert(name.to_owned(), Arc::new(h));

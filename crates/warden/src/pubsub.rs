@@ -177,6 +177,11 @@ pub(crate) fn publish(
     };
     let max = reg.settings.max_frame;
     let Some(common) = event.to_frame(max) else {
+        // Too large for anyone: a drop for every subscriber, reported to
+        // each like any other.
+        for sub in &subs {
+            sub.missed.fetch_add(1, Ordering::AcqRel);
+        }
         return (0, subs.len() as u64);
     };
     let max_queued = reg.settings.limits.max_queued_bytes_per_uid;

@@ -250,3 +250,47 @@ async fn publish_counts_subscribers_and_reserved_topics_are_refused() -> anyhow:
     );
     r.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_too_large_once_addressed_is_reported_to_its_subscriber_as_missed(
+) -> anyhow::Result<()> {
+    let r = start(&format!("[limits]\nmax_frame_bytes = 4096\n{OPEN_RULES}")).await?;
+    let mut sub = subscribed(&r, "test.big").await?;
+    let (mut publisher, _) = Raw::open(&r.socket).await?;
+    // The publish frame fits; the event, which adds the publisher's
+    // identity, may not. Find a size where it does not.
+    let mut dropped = 0u64;
+    let mut id = 1u64;
+    for len in (3900..4030).step_by(4) {
+        id += 1;
+        let v = publisher
+            .request(json!({"kind":"publish","id":id,"topic":"test.big","data":"x".repeat(len)}))
+            .await?;
+        if v["kind"] == "reply" && v["result"]["dropped"] == 1 {
+            dropped = 1;
+            break;
+        }
+    }
+    assert_eq!(dropped, 1, "no size made the event too large but not the publish");
+    // Everything published before the drop was delivered; the drop is
+    // reported with the next frame the subscriber gets.
+    let v = publisher
+        .request(json!({"kind":"publish","id":id + 1,"topic":"test.big","data":"small"}))
+        .await?;
+    assert_eq!(v["result"]["delivered"], 1, "{v}");
+    let (mut got, mut missed) = (0u64, 0u64);
+    while missed == 0 {
+        let v = within("the subscriber's frames", sub.recv_some()).await??;
+        match v["kind"].as_str() {
+            Some("event") => {
+                got += 1;
+                missed += v["missed"].as_u64().unwrap_or(0);
+            }
+            Some("lagged") => missed += v["missed"].as_u64().unwrap_or(0),
+            _ => anyhow::bail!("unexpected {v}"),
+        }
+    }
+    assert_eq!(missed, 1, "exactly the one oversized event is reported");
+    assert!(got >= 1);
+    r.stop().await
+}
