@@ -74,8 +74,10 @@ pub(crate) type CallKey = (u64, u64);
 #[derive(Debug, Default)]
 struct Calls {
     pending: HashMap<CallKey, PendingCall>,
-    /// (caller connection, caller's id) → the call's key.
-    by_caller: HashMap<(u64, RequestId), CallKey>,
+    /// Provider connection → broker ids of the calls pending at it.
+    at_provider: HashMap<u64, HashSet<u64>>,
+    /// Caller connection → its ids of calls pending → the calls' keys.
+    of_caller: HashMap<u64, HashMap<RequestId, CallKey>>,
     /// Deadlines of pending calls; entries of calls already answered stay
     /// until they expire or the heap is compacted.
     deadlines: BinaryHeap<Reverse<(Instant, CallKey)>>,
@@ -276,11 +278,10 @@ impl Registry {
         }
         let mut calls = lock(&self.calls);
         let to_it: Vec<CallKey> = calls
-            .pending
-            .keys()
-            .filter(|k| k.0 == id)
-            .copied()
-            .collect();
+            .at_provider
+            .get(&id)
+            .map(|ids| ids.iter().map(|b| (id, *b)).collect())
+            .unwrap_or_default();
         let mut removed = Removed::default();
         for k in to_it {
             if let Some(c) = take_locked(&mut calls, k) {
@@ -288,11 +289,10 @@ impl Registry {
             }
         }
         let from_it: Vec<CallKey> = calls
-            .by_caller
-            .iter()
-            .filter(|((c, _), _)| *c == id)
-            .map(|(_, k)| *k)
-            .collect();
+            .of_caller
+            .get(&id)
+            .map(|m| m.values().copied().collect())
+            .unwrap_or_default();
         for k in from_it {
             if let Some(c) = take_locked(&mut calls, k) {
                 removed.its_calls.push((k, c));
@@ -503,7 +503,10 @@ impl Registry {
     /// True if the connection `caller` has a routed call with id `id` in
     /// flight.
     pub(crate) fn caller_has_call(&self, caller: u64, id: RequestId) -> bool {
-        lock(&self.calls).by_caller.contains_key(&(caller, id))
+        lock(&self.calls)
+            .of_caller
+            .get(&caller)
+            .is_some_and(|m| m.contains_key(&id))
     }
 
     /// Records a routed call as pending at `key` until `deadline`.
@@ -514,8 +517,9 @@ impl Registry {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let mut calls = lock(&self.calls);
         if let Answerer::Peer { peer, id } = &call.answerer {
-            calls.by_caller.insert((peer.id, *id), key);
+            calls.of_caller.entry(peer.id).or_default().insert(*id, key);
         }
+        calls.at_provider.entry(key.0).or_default().insert(key.1);
         calls.pending.insert(key, call);
         // Compact when stale entries outnumber live calls, so a high call
         // rate cannot grow the heap without bound.
@@ -551,14 +555,15 @@ impl Registry {
         id: RequestId,
     ) -> Option<(CallKey, PendingCall)> {
         let mut calls = lock(&self.calls);
-        let key = *calls.by_caller.get(&(caller, id))?;
+        let key = *calls.of_caller.get(&caller)?.get(&id)?;
         take_locked(&mut calls, key).map(|c| (key, c))
     }
 
     /// Takes every pending call (at shutdown, past the drain timeout).
     pub(crate) fn take_all_calls(&self) -> Vec<PendingCall> {
         let mut calls = lock(&self.calls);
-        calls.by_caller.clear();
+        calls.of_caller.clear();
+        calls.at_provider.clear();
         calls.deadlines.clear();
         calls.pending.drain().map(|(_, c)| c).collect()
     }
@@ -665,8 +670,177 @@ impl Registry {
 
 fn take_locked(calls: &mut Calls, key: CallKey) -> Option<PendingCall> {
     let call = calls.pending.remove(&key)?;
+    if let Some(ids) = calls.at_provider.get_mut(&key.0) {
+        ids.remove(&key.1);
+        if ids.is_empty() {
+            calls.at_provider.remove(&key.0);
+        }
+    }
     if let Answerer::Peer { peer, id } = &call.answerer {
-        calls.by_caller.remove(&(peer.id, *id));
+        if let Some(m) = calls.of_caller.get_mut(&peer.id) {
+            m.remove(id);
+            if m.is_empty() {
+                calls.of_caller.remove(&peer.id);
+            }
+        }
     }
     Some(call)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::{KillSwitch, Outbox, Peer, PeerParts};
+    use crate::queue::QueuedFrame;
+    use warden_proto::Identity;
+
+    /// An outbox that keeps nothing (these tests look at the registry
+    /// only).
+    #[derive(Debug)]
+    struct Nowhere;
+    impl Outbox for Nowhere {
+        fn enqueue(&self, _: QueuedFrame) -> bool {
+            true
+        }
+        fn flush(&self) {}
+    }
+
+    fn registry() -> Arc<Registry> {
+        let config = warden_policy::Config::parse(
+            "[limits]\nmax_provided_per_connection = 2\nmax_subscriptions_per_connection = 2\n",
+            "t.toml",
+            &warden_policy::StaticResolver::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let settings = Settings {
+            limits: config.limits.clone(),
+            slow: SlowSubscriber::Drop,
+            max_frame: 65536,
+            call_timeout: Duration::from_secs(1),
+            test_hooks: false,
+        };
+        Arc::new(Registry::new(settings, Arc::clone(&config.policy)))
+    }
+
+    fn peer(reg: &Arc<Registry>, id: u64) -> PeerRef {
+        let (ctl_tx, _) = tokio::sync::mpsc::channel(4);
+        let (ev_tx, _) = tokio::sync::mpsc::channel(4);
+        let (slot, _, _) = reg.take_slot(1000);
+        let p = Arc::new(Peer::new(PeerParts {
+            id,
+            identity: Identity {
+                uid: 1000,
+                gid: 1000,
+                groups: vec![],
+                pid: 1,
+            },
+            pidfd: None,
+            comm: None,
+            ctl_tx,
+            ev_tx,
+            account: Arc::clone(&slot.account),
+            kill: Arc::new(KillSwitch::default()),
+            outbox: Arc::new(Nowhere),
+        }));
+        std::mem::forget(slot);
+        reg.add_connection(Arc::clone(&p));
+        p
+    }
+
+    fn name(s: &str) -> MethodName {
+        MethodName::try_from(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn topic(s: &str) -> TopicName {
+        TopicName::try_from(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_provider_is_registered_once_and_removed_with_its_connection() {
+        let reg = registry();
+        let (a, b) = (peer(&reg, 1), peer(&reg, 2));
+        assert!(reg.provide(a.id, &name("svc.x")).is_ok());
+        assert!(reg.provide(a.id, &name("svc.x")).is_ok(), "idempotent");
+        assert!(matches!(
+            reg.provide(b.id, &name("svc.x")),
+            Err(ProvideRefused::Taken(1000, 1))
+        ));
+        assert!(reg.provide(a.id, &name("svc.y")).is_ok());
+        assert!(matches!(
+            reg.provide(a.id, &name("svc.z")),
+            Err(ProvideRefused::Limit(2))
+        ));
+        reg.remove_connection(a.id);
+        assert!(reg.provider_names().is_empty());
+        // The name is free again.
+        assert!(reg.provide(b.id, &name("svc.x")).is_ok());
+    }
+
+    #[test]
+    fn revoke_takes_exactly_what_is_no_longer_allowed() {
+        let reg = registry();
+        let a = peer(&reg, 1);
+        let _ = reg.provide(a.id, &name("svc.keep"));
+        let _ = reg.provide(a.id, &name("svc.lose"));
+        let _ = reg.subscribe(a.id, &topic("t.keep"));
+        let _ = reg.subscribe(a.id, &topic("t.lose"));
+        let r = reg.revoke(a.id, |_, n| n.ends_with("keep"));
+        assert_eq!(r.methods, vec![name("svc.lose")]);
+        assert_eq!(r.topics, vec![topic("t.lose")]);
+        assert_eq!(reg.provider_names(), vec!["svc.keep".to_owned()]);
+        assert!(reg.subscribers(&topic("t.lose")).is_empty());
+        assert_eq!(reg.subscribers(&topic("t.keep")).len(), 1);
+        // The freed places count again.
+        assert!(reg.subscribe(a.id, &topic("t.new")).is_ok());
+        assert_eq!(reg.topic_count(), 2);
+    }
+
+    #[test]
+    fn pending_calls_are_taken_once_and_with_either_connection() {
+        let reg = registry();
+        let (caller, provider) = (peer(&reg, 1), peer(&reg, 2));
+        let id = RequestId::new(7).unwrap_or_else(|| panic!("id"));
+        let call = |reg: &Registry, bid: u64| {
+            reg.add_call(
+                (provider.id, bid),
+                PendingCall {
+                    answerer: Answerer::Peer {
+                        peer: Arc::clone(&caller),
+                        id,
+                    },
+                    method: name("svc.x"),
+                    started: Instant::now(),
+                    rule: None,
+                },
+                Instant::now() + Duration::from_secs(60),
+            )
+        };
+        call(&reg, 1);
+        assert!(reg.caller_has_call(caller.id, id));
+        assert_eq!(reg.calls_in_flight(), 1);
+        assert!(reg.take_call((provider.id, 1)).is_some());
+        assert!(reg.take_call((provider.id, 1)).is_none(), "answered once");
+        assert!(!reg.caller_has_call(caller.id, id));
+        // Gone with the provider, or with the caller.
+        call(&reg, 2);
+        let r = reg.remove_connection(provider.id);
+        assert_eq!((r.routed_to_it.len(), r.its_calls.len()), (1, 0));
+        let p2 = peer(&reg, 3);
+        reg.add_call(
+            (p2.id, 3),
+            PendingCall {
+                answerer: Answerer::Peer {
+                    peer: Arc::clone(&caller),
+                    id,
+                },
+                method: name("svc.x"),
+                started: Instant::now(),
+                rule: None,
+            },
+            Instant::now() + Duration::from_secs(60),
+        );
+        let r = reg.remove_connection(caller.id);
+        assert_eq!((r.routed_to_it.len(), r.its_calls.len()), (0, 1));
+        assert!(reg.take_call((p2.id, 3)).is_none());
+    }
 }

@@ -271,7 +271,10 @@ async fn an_event_too_large_once_addressed_is_reported_to_its_subscriber_as_miss
             break;
         }
     }
-    assert_eq!(dropped, 1, "no size made the event too large but not the publish");
+    assert_eq!(
+        dropped, 1,
+        "no size made the event too large but not the publish"
+    );
     // Everything published before the drop was delivered; the drop is
     // reported with the next frame the subscriber gets.
     let v = publisher
