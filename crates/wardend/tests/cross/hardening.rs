@@ -152,9 +152,7 @@ fn a_deny_rule_naming_a_missing_user_cannot_weaken_the_policy() -> anyhow::Resul
 }
 
 #[test]
-#[ignore = "needs root"]
 fn a_panic_in_a_handler_answers_internal_and_the_broker_serves_on() -> anyhow::Result<()> {
-    users("a_panic_in_a_handler_answers_internal_and_the_broker_serves_on");
     let dir = TestDir::new("panic-handler")?;
     let rules = format!(
         "{RULES}\n[[rule]]\nactions = [\"call\"]\nnames = [\"test.**\"]\neveryone = true\n"
@@ -185,9 +183,7 @@ fn a_panic_in_a_handler_answers_internal_and_the_broker_serves_on() -> anyhow::R
 }
 
 #[test]
-#[ignore = "needs root"]
 fn a_panic_in_a_connection_task_stops_the_broker_with_status_70() -> anyhow::Result<()> {
-    users("a_panic_in_a_connection_task_stops_the_broker_with_status_70");
     // Without test hooks the method is nothing special.
     let dir = TestDir::new("panic-conn-off")?;
     let mut broker = BrokerProcess::start(&dir, &config_text(&dir, RULES))?;

@@ -115,9 +115,7 @@ fn a_passed_descriptor_that_is_not_a_listening_socket_is_refused() -> anyhow::Re
 }
 
 #[test]
-#[ignore = "needs root"]
 fn watchdog_pings_while_alive_and_stops_when_the_loop_stalls() -> anyhow::Result<()> {
-    users("watchdog_pings_while_alive_and_stops_when_the_loop_stalls");
     let dir = TestDir::new("watchdog")?;
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path)?;
