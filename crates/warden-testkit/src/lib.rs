@@ -3,8 +3,15 @@
 //! Tests here use real parts: a real `wardend` in a separate process, real
 //! Unix sockets, and real test users with their own uids (created once per
 //! machine, behind a lock, and removed by `.ci/run` at the end of a run).
-//! Tests that need root call [`require_root`]: outside CI they print why
-//! they skip; under `CI=true` they fail.
+//! Tests that need root are marked `#[ignore = "needs root"]` and call
+//! [`require_root`] first: they run only when asked for
+//! (`--include-ignored`, which `scripts/test` passes as root or under
+//! `CI=true`), and then fail without root.
+//!
+//! The tests that use wardend's test hooks run a wardend built with
+//! `--features test-hooks` ([`hooks_wardend`], found through
+//! [`HOOKS_WARDEND_ENV`]); the others run the plain build next to the test
+//! program ([`bin_path`]).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -38,17 +45,78 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
-/// Returns true if the test may go on as root. Outside CI, a non-root run
-/// prints why the test skips and returns false; under CI it panics.
-pub fn require_root(test: &str) -> bool {
-    if warden_sys::effective_uid() == 0 {
-        return true;
+/// Fails the test unless it runs as root. For tests marked
+/// `#[ignore = "needs root"]`: they run only when included explicitly
+/// (`--include-ignored`), and then lacking root is a failure, not a skip.
+pub fn require_root(test: &str) {
+    if warden_sys::effective_uid() != 0 {
+        panic!(
+            "{test}: needs root (test users with their own uids, sockets under /run): \
+             run it as root (sudo scripts/test), or leave out --include-ignored"
+        );
     }
-    if in_ci() {
-        panic!("{test}: needs root (test users, /run), and CI=true forbids skipping");
+}
+
+/// The environment variable that names a `wardend` built with the test
+/// hooks (`--features test-hooks`). `scripts/test` builds one into its own
+/// target directory and sets this.
+pub const HOOKS_WARDEND_ENV: &str = "WARDEN_TEST_WARDEND_HOOKS";
+
+/// The command that builds the wardend [`HOOKS_WARDEND_ENV`] names.
+pub const HOOKS_WARDEND_BUILD: &str =
+    "cargo build -p wardend --features test-hooks --target-dir \"$CARGO_TARGET_DIR/test-hooks\"";
+
+/// The environment variable that names a plain (no test hooks) release
+/// `wardend`; `scripts/test` builds it (`cargo build --release -p wardend`)
+/// and sets this.
+pub const PLAIN_RELEASE_WARDEND_ENV: &str = "WARDEN_TEST_WARDEND_RELEASE";
+
+/// The wardend built with the test hooks, from [`HOOKS_WARDEND_ENV`].
+/// Panics, naming the build command, if it is unset or not there.
+pub fn hooks_wardend() -> PathBuf {
+    let Some(p) = std::env::var_os(HOOKS_WARDEND_ENV).filter(|p| !p.is_empty()) else {
+        panic!(
+            "{HOOKS_WARDEND_ENV} is not set: this test needs a wardend with test hooks. \
+             Run scripts/test, or build one with `{HOOKS_WARDEND_BUILD}` and set \
+             {HOOKS_WARDEND_ENV} to its path (.../test-hooks/debug/wardend)"
+        );
+    };
+    let p = PathBuf::from(p);
+    assert!(
+        p.is_file(),
+        "{HOOKS_WARDEND_ENV}={}: no such file; build it with `{HOOKS_WARDEND_BUILD}`",
+        p.display()
+    );
+    p
+}
+
+/// The plain release wardend, from [`PLAIN_RELEASE_WARDEND_ENV`]. When it
+/// is unset: under CI a panic, else `None` after printing why the test
+/// skips.
+pub fn plain_release_wardend(test: &str) -> Option<PathBuf> {
+    match std::env::var_os(PLAIN_RELEASE_WARDEND_ENV).filter(|p| !p.is_empty()) {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "{PLAIN_RELEASE_WARDEND_ENV}={}: no such file; build it with \
+                 `cargo build --release -p wardend`",
+                p.display()
+            );
+            Some(p)
+        }
+        None if in_ci() => panic!(
+            "{test}: {PLAIN_RELEASE_WARDEND_ENV} is not set (scripts/test sets it to a \
+             `cargo build --release -p wardend`), and CI=true forbids skipping"
+        ),
+        None => {
+            eprintln!(
+                "SKIP {test}: {PLAIN_RELEASE_WARDEND_ENV} is not set (scripts/test sets it to \
+                 the plain release wardend)"
+            );
+            None
+        }
     }
-    eprintln!("SKIP {test}: needs root to create test users and sockets under /run");
-    false
 }
 
 /// A test user.
@@ -233,12 +301,26 @@ pub struct TestDir {
 }
 
 impl TestDir {
-    /// Creates a fresh directory (mode 0755).
+    /// Creates a fresh directory (mode 0755): under `/run` as root, else
+    /// in the user's runtime directory (`$XDG_RUNTIME_DIR`, or
+    /// `/run/user/UID`).
     pub fn new(tag: &str) -> anyhow::Result<TestDir> {
-        let base = if warden_sys::effective_uid() == 0 {
+        let uid = warden_sys::effective_uid();
+        let base = if uid == 0 {
             PathBuf::from("/run")
+        } else if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+            PathBuf::from(d)
         } else {
-            PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR").context("XDG_RUNTIME_DIR unset")?)
+            // No login session's variable (e.g. under `su` or `sudo -u`):
+            // the session directory itself, if there is one.
+            let d = PathBuf::from(format!("/run/user/{uid}"));
+            anyhow::ensure!(
+                d.is_dir(),
+                "XDG_RUNTIME_DIR is unset and {} does not exist: not root, the tests \
+                 need a private runtime directory of this user's",
+                d.display()
+            );
+            d
         };
         Self::new_under(&base, tag)
     }
@@ -323,7 +405,40 @@ impl BrokerProcess {
         socket: PathBuf,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> anyhow::Result<BrokerProcess> {
-        Self::spawn_full(dir, args, socket, env, None, None)
+        Self::spawn_full(&bin_path("wardend"), dir, args, socket, env, None, None)
+    }
+
+    /// Like [`BrokerProcess::start_env`], with the wardend built with the
+    /// test hooks ([`hooks_wardend`]) and `WARDEND_TEST_HOOKS=1` on.
+    pub fn start_hooks(
+        dir: &TestDir,
+        config: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> anyhow::Result<BrokerProcess> {
+        let mut env = env.to_vec();
+        env.push(("WARDEND_TEST_HOOKS", "1".as_ref()));
+        Self::start_program(&hooks_wardend(), dir, config, &env)
+    }
+
+    /// Like [`BrokerProcess::start_env`], running `program` as wardend.
+    pub fn start_program(
+        program: &Path,
+        dir: &TestDir,
+        config: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> anyhow::Result<BrokerProcess> {
+        let conf = dir.path().join("warden.toml");
+        std::fs::write(&conf, config)?;
+        let socket = dir.path().join("s/warden.sock");
+        Self::spawn_full(
+            program,
+            dir,
+            &["--config".as_ref(), conf.as_os_str()],
+            socket,
+            env,
+            None,
+            None,
+        )
     }
 
     /// Writes `config` to `dir/warden.toml` and starts `wardend` on it with
@@ -338,6 +453,7 @@ impl BrokerProcess {
         std::fs::write(&conf, config)?;
         let socket = dir.path().join("s/warden.sock");
         Self::spawn_full(
+            &bin_path("wardend"),
             dir,
             &["--config".as_ref(), conf.as_os_str()],
             socket,
@@ -358,6 +474,7 @@ impl BrokerProcess {
         let conf = dir.path().join("warden.toml");
         std::fs::write(&conf, config)?;
         Self::spawn_full(
+            &bin_path("wardend"),
             dir,
             &[
                 "--config".as_ref(),
@@ -373,6 +490,7 @@ impl BrokerProcess {
     }
 
     fn spawn_full(
+        program: &Path,
         dir: &TestDir,
         args: &[&std::ffi::OsStr],
         socket: PathBuf,
@@ -387,8 +505,8 @@ impl BrokerProcess {
         let logf = std::fs::File::create(&log)?;
         let stderr = stderr.unwrap_or_else(|| Stdio::from(logf));
         let mut cmd = match user {
-            Some(u) => command_as(u, &bin_path("wardend")),
-            None => Command::new(bin_path("wardend")),
+            Some(u) => command_as(u, program),
+            None => Command::new(program),
         };
         let child = cmd
             .args(args)

@@ -146,10 +146,13 @@ const EXIT_INTERNAL_PANIC: u8 = 70;
 
 /// With test hooks on, a handler that panics (to test that a handler's
 /// panic stays confined to its call).
+#[cfg(feature = "test-hooks")]
 const TEST_PANIC_HANDLER: &str = "test.panic_in_handler";
 
+#[cfg(feature = "test-hooks")]
 struct PanickingHandler;
 
+#[cfg(feature = "test-hooks")]
 impl warden::Handler for PanickingHandler {
     fn call(&self, _: warden::HandlerContext, _: warden_proto::Payload) -> warden::HandlerFuture {
         Box::pin(async { panic!("test hook: a panic inside a handler") })
@@ -165,11 +168,38 @@ enum Endpoint {
 }
 
 /// Environment variable that enables test hooks (SIGUSR1 stalls the accept
-/// loop for 5 s). Never set in production.
+/// loop for 5 s, the `test.panic_in_handler` handler, the broker's
+/// `warden.test.panic_connection`). Read only by a wardend built with
+/// `--features test-hooks` (which `scripts/test` builds into its own target
+/// directory, for the cross tests); a plain build has none of this code and
+/// ignores the variables.
+#[cfg(feature = "test-hooks")]
 const TEST_HOOKS_ENV: &str = "WARDEND_TEST_HOOKS";
 /// With test hooks on: milliseconds `learn.start` waits between checking
 /// the target process and attaching (to test pid-reuse races).
+#[cfg(feature = "test-hooks")]
 const TEST_ATTACH_DELAY_ENV: &str = "WARDEND_TEST_LEARN_ATTACH_DELAY_MS";
+
+/// Whether the test hooks are on: only in a `test-hooks` build, and only
+/// with `WARDEND_TEST_HOOKS=1`.
+#[cfg(feature = "test-hooks")]
+fn test_hooks_on() -> bool {
+    std::env::var(TEST_HOOKS_ENV).is_ok_and(|v| v == "1")
+}
+
+/// The pause between checking a learning target and attaching (test hooks
+/// only; zero otherwise).
+#[cfg(feature = "test-hooks")]
+fn test_attach_delay(test_hooks: bool) -> std::time::Duration {
+    if !test_hooks {
+        return std::time::Duration::ZERO;
+    }
+    std::env::var(TEST_ATTACH_DELAY_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis)
+        .unwrap_or_default()
+}
 
 fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
     match warden_sys::raise_nofile_limit() {
@@ -219,7 +249,8 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
         }
     };
     let watchdog = sd_notify::watchdog_enabled();
-    let test_hooks = std::env::var(TEST_HOOKS_ENV).is_ok_and(|v| v == "1");
+    #[cfg(feature = "test-hooks")]
+    let test_hooks = test_hooks_on();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -235,15 +266,10 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
             warden_learn::service::LearnService::new(warden_learn::service::LearnSettings {
                 max_sessions_per_uid: config.learn.max_sessions_per_uid,
                 max_tracked_per_uid: config.learn.max_tracked_per_uid,
-                attach_delay: if test_hooks {
-                    std::env::var(TEST_ATTACH_DELAY_ENV)
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .map(std::time::Duration::from_millis)
-                        .unwrap_or_default()
-                } else {
-                    std::time::Duration::ZERO
-                },
+                #[cfg(feature = "test-hooks")]
+                attach_delay: test_attach_delay(test_hooks),
+                #[cfg(not(feature = "test-hooks"))]
+                attach_delay: std::time::Duration::ZERO,
             })
         });
         if let Some(learn) = &learn {
@@ -254,6 +280,7 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
         if let Some(w) = watchdog {
             builder = builder.heartbeat_interval(w / 4);
         }
+        #[cfg(feature = "test-hooks")]
         if test_hooks {
             builder = builder
                 .test_hooks(true)
@@ -268,6 +295,10 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
         let mut int =
             signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+        // SIGUSR1 is caught in every build, so a stray one never kills the
+        // broker (its default action): a test-hooks build with
+        // WARDEND_TEST_HOOKS=1 stalls the accept loop for 5 s, any other
+        // wardend ignores it.
         let mut usr1 =
             signal(SignalKind::user_defined1()).context("cannot install the SIGUSR1 handler")?;
         let signals_broker = broker.clone();
@@ -278,9 +309,12 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
                     _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
                     _ = hup.recv() => reload(&signals_broker, config_path.as_ref()),
                     _ = usr1.recv() => {
+                        #[cfg(feature = "test-hooks")]
                         if test_hooks {
                             signals_broker.stall_loop_for_test(std::time::Duration::from_secs(5));
+                            continue;
                         }
+                        tracing::debug!("SIGUSR1 ignored");
                     }
                 }
             }

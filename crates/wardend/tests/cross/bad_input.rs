@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use warden_testkit::{config_text, BrokerProcess, RawConn, TestDir};
 
-use crate::{users, RULES};
+use crate::RULES;
 
 fn frame(body: &[u8]) -> Vec<u8> {
     let mut f = (body.len() as u32).to_be_bytes().to_vec();
@@ -43,9 +43,6 @@ fn error_of(v: &Value) -> (String, Value) {
 
 #[test]
 fn hostile_frames_get_documented_errors_and_bystanders_are_unaffected() -> anyhow::Result<()> {
-    if users("hostile_frames_get_documented_errors_and_bystanders_are_unaffected").is_none() {
-        return Ok(());
-    }
     let dir = TestDir::new("bad")?;
     let limits = "[limits]\nframe_timeout_ms = 400\nhello_timeout_ms = 400\n";
     let broker = BrokerProcess::start(&dir, &config_text(&dir, &format!("{limits}{RULES}")))?;
@@ -183,9 +180,6 @@ fn hostile_frames_get_documented_errors_and_bystanders_are_unaffected() -> anyho
 
 #[test]
 fn file_descriptors_are_closed_and_the_frame_refused() -> anyhow::Result<()> {
-    if users("file_descriptors_are_closed_and_the_frame_refused").is_none() {
-        return Ok(());
-    }
     let dir = TestDir::new("fds")?;
     let broker = BrokerProcess::start(&dir, &config_text(&dir, RULES))?;
     let passed_path = dir.path().join("passed-descriptor");

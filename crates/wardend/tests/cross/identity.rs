@@ -10,10 +10,9 @@ use warden_testkit::{
 use crate::{stderr, stdout, users, RULES};
 
 #[test]
+#[ignore = "needs root"]
 fn allowed_user_calls_and_other_user_is_denied() -> anyhow::Result<()> {
-    let Some((alice, bob, _)) = users("allowed_user_calls_and_other_user_is_denied") else {
-        return Ok(());
-    };
+    let (alice, bob, _) = users("allowed_user_calls_and_other_user_is_denied");
     let dir = TestDir::new("policy")?;
     let broker = BrokerProcess::start(&dir, &config_text(&dir, RULES))?;
 
@@ -53,10 +52,9 @@ fn allowed_user_calls_and_other_user_is_denied() -> anyhow::Result<()> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn whoami_reports_each_callers_real_identity() -> anyhow::Result<()> {
-    let Some((alice, bob, _)) = users("whoami_reports_each_callers_real_identity") else {
-        return Ok(());
-    };
+    let (alice, bob, _) = users("whoami_reports_each_callers_real_identity");
     let grp = warden_sys::group_by_name(warden_testkit::GROUP_A)?.unwrap_or(u32::MAX);
     let dir = TestDir::new("whoami")?;
     let broker = BrokerProcess::start(&dir, &config_text(&dir, RULES))?;
@@ -88,10 +86,9 @@ fn whoami_reports_each_callers_real_identity() -> anyhow::Result<()> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn payload_cannot_change_the_callers_identity() -> anyhow::Result<()> {
-    let Some((_, bob, _)) = users("payload_cannot_change_the_callers_identity") else {
-        return Ok(());
-    };
+    let (_, bob, _) = users("payload_cannot_change_the_callers_identity");
     let dir = TestDir::new("forge")?;
     let broker = BrokerProcess::start(&dir, &config_text(&dir, RULES))?;
     // A client that sends its own "caller" is refused.

@@ -39,9 +39,6 @@ fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
 
 #[test]
 fn a_closed_stderr_does_not_stop_answers_or_shutdown() -> anyhow::Result<()> {
-    if !warden_testkit::require_root("a_closed_stderr_does_not_stop_answers_or_shutdown") {
-        return Ok(());
-    }
     let dir = TestDir::new("stderr-closed")?;
     let (read, write) = pipe()?;
     let mut broker =
@@ -60,9 +57,6 @@ fn a_closed_stderr_does_not_stop_answers_or_shutdown() -> anyhow::Result<()> {
 
 #[test]
 fn a_stalled_stderr_does_not_stop_answers_or_shutdown() -> anyhow::Result<()> {
-    if !warden_testkit::require_root("a_stalled_stderr_does_not_stop_answers_or_shutdown") {
-        return Ok(());
-    }
     let dir = TestDir::new("stderr-stalled")?;
     let (read, write) = pipe()?;
     let mut broker =

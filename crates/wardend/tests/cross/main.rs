@@ -20,6 +20,7 @@ mod protocol_conformance;
 mod python;
 mod service;
 mod squatting;
+mod test_hooks;
 mod timeouts;
 mod top;
 
@@ -31,15 +32,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use warden_testkit::{bin_path, command_as, test_users, RawConn, TestUser};
 
-/// The test users, or `None` (after printing why) when not root outside CI.
-pub fn users(test: &str) -> Option<(TestUser, TestUser, TestUser)> {
-    if !warden_testkit::require_root(test) {
-        return None;
-    }
-    match test_users() {
-        Ok(u) => Some(u),
-        Err(e) => panic!("{test}: {e:#}"),
-    }
+/// The test users (created on first use). Fails the test without root:
+/// for tests marked `#[ignore = "needs root"]`.
+pub fn users(test: &str) -> (TestUser, TestUser, TestUser) {
+    warden_testkit::require_root(test);
+    test_users().unwrap_or_else(|e| panic!("{test}: {e:#}"))
 }
 
 /// Rules used by most tests: built-ins for everyone, status for the admin
