@@ -39,8 +39,6 @@ pub const TEST_PANIC_METHOD: &str = "warden.test.panic_connection";
 /// Topic of the event that tells a client what a policy reload took away.
 pub(crate) const REVOKED_TOPIC: &str = "warden.policy.revoked";
 
-/// Bytes read from the socket per read call.
-const READ_CHUNK: usize = 64 * 1024;
 /// Frames waiting in a connection's [`Wire`] beyond which the reader stops
 /// reading requests until the writer has caught up.
 const WIRE_BACKLOG_MAX: usize = 64;
@@ -242,7 +240,6 @@ impl ConnState {
         let mut policy_rx = self.svc.reg.policy_tx.subscribe();
         policy_rx.mark_unchanged();
         let mut decoder = FrameDecoder::new(self.svc.reg.settings.max_frame);
-        let mut buf = vec![0u8; READ_CHUNK];
         let hello_deadline = Instant::now() + Duration::from_millis(limits.hello_timeout_ms);
         let frame_timeout = Duration::from_millis(limits.frame_timeout_ms);
         let mut frame_deadline: Option<Instant> = None;
@@ -293,7 +290,9 @@ impl ConnState {
                     ));
                     return;
                 }
-                r = read_some(read, &mut buf) => {
+                // Straight into the decoder's buffer: small until traffic
+                // grows it (see `FrameDecoder`).
+                r = read_some(read, decoder.read_space()) => {
                     let (n, fds) = match r {
                         Ok(x) => x,
                         Err(e) => {
@@ -309,7 +308,7 @@ impl ConnState {
                             "closed file descriptors the peer sent with SCM_RIGHTS");
                         fds_pending = true;
                     }
-                    decoder.push(&buf[..n]);
+                    decoder.filled(n);
                     loop {
                         match decoder.next_frame_ref() {
                             Ok(Some(body)) => {
