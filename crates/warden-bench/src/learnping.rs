@@ -319,6 +319,12 @@ pub fn run(wardend: Option<&Path>) -> anyhow::Result<()> {
         max_start.as_secs_f64() * 1e3,
         max_stop.as_secs_f64() * 1e3
     );
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let bad = log_text
+        .lines()
+        .filter(|l| l.contains("panic") || l.contains("ERROR"))
+        .count();
+    println!("  wardend log: {bad} ERROR or panic lines");
     anyhow::ensure!(
         cycles > 0,
         "no learn.start/learn.stop cycle completed: {}",

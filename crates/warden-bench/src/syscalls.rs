@@ -330,7 +330,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
          (strace -f -c -p, all its threads), provider thread in the bench (strace -c -p TID)"
     );
     println!(
-        "{:<8} {:>6} {:>9} {:>10} {:>9} {:>9} {:>10} {:>10}  {:<}",
+        "{:<8} {:>6} {:>9} {:>10} {:>9} {:>9} {:>10} {:>10} {:>10}  {:<}",
         "path",
         "window",
         "reads",
@@ -339,6 +339,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         "total",
         "frames/wr",
         "prov r+w",
+        "b+p total",
         "broker, other syscalls per call"
     );
     let n = CALLS as f64;
@@ -349,10 +350,11 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             .as_ref()
             .map(|p| format!("{:.2}+{:.2}", p.reads() as f64 / n, p.writes() as f64 / n))
             .unwrap_or_else(|| "-".into());
+        let both = b.total() + m.provider.as_ref().map_or(0, Counts::total);
         let mut rw: Vec<&str> = READS.to_vec();
         rw.extend_from_slice(WRITES);
         println!(
-            "{:<8} {:>6} {:>9.2} {:>10.2} {:>9.2} {:>9.2} {:>10.2} {:>10}  {}",
+            "{:<8} {:>6} {:>9.2} {:>10.2} {:>9.2} {:>9.2} {:>10.2} {:>10} {:>10.2}  {}",
             m.path,
             m.window,
             b.reads() as f64 / n,
@@ -361,13 +363,15 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             b.total() as f64 / n,
             (m.frames_per_call * CALLS as u64) as f64 / b.writes().max(1) as f64,
             prov,
+            both as f64 / n,
             b.top(n, &rw, 4)
         );
     }
     println!(
         "  reads/writes/total: the broker's, per call; (failed): reads that found nothing (EAGAIN); \
          frames/wr: frames the broker sent (1 per echo, 2 per routed call) per write; prov r+w: \
-         the provider thread's reads+writes per call. Under strace every syscall is slower, so \
+         the provider thread's reads+writes per call; b+p total: every syscall of the broker \
+         and the provider thread, per call. Under strace every syscall is slower, so \
          batching may differ a little from an untraced run."
     );
     for m in &results {
