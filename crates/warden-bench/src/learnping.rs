@@ -25,9 +25,9 @@ use crate::{frame, read_frame, Peer};
 /// The hidden argument that makes this binary the pinger.
 pub const CHILD_ARG: &str = "--learn-pinger-child";
 
-const PHASE: Duration = Duration::from_secs(3);
+const PHASE: Duration = Duration::from_millis(1500);
 const GAP: Duration = Duration::from_millis(1);
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 6;
 const NOBODY: u32 = 65534;
 
 /// The pinger: `CHILD_ARG SOCKET MILLIS GAP_MICROS`; prints its uid, then
@@ -285,7 +285,7 @@ pub fn run(wardend: Option<&Path>) -> anyhow::Result<()> {
     println!(
         "warden.ping from another user (uid {NOBODY}, own connection, one ping per {} ms) on a real \
          wardend ({}), idle vs while two root connections loop learn.start/learn.stop on a sleep \
-         each; {ROUNDS} × {:.0} s per phase, alternating",
+         each; {ROUNDS} × {:.1} s per phase, alternating",
         GAP.as_millis(),
         wardend.display(),
         PHASE.as_secs_f64()
