@@ -8,7 +8,17 @@
 //! - **routed**: a call routed through the broker to a provider connection
 //!   and back (two hops);
 //! - **echo+mon**: `warden.echo` while a monitor that stopped reading is
-//!   attached (it must lag, not slow the caller).
+//!   attached (it must lag, not slow the caller);
+//! - **echo (1k idle conns)**: `warden.echo` while 1 000 more connections
+//!   (hello done) sit idle on the broker, opened for that round only.
+//!
+//! Then, in the same run (see `--help`):
+//! - syscalls per call the broker makes (echo and routed, round trips and
+//!   pipelined), counted with `strace -f -c` on a child process that runs
+//!   only the broker (module `syscalls`);
+//! - another user's `warden.ping` latency while two connections loop
+//!   `learn.start`/`learn.stop` on a real `wardend`, as ratios to idle
+//!   (module `learnping`; root, eBPF).
 //!
 //! Servers run on their own multi-threaded runtime; the client is a plain
 //! blocking socket in the main thread, identical for all three. Ratios to
@@ -24,6 +34,9 @@ use serde_json::json;
 use warden::{Broker, Shutdown};
 use warden_policy::{Config, StaticResolver};
 
+mod learnping;
+mod syscalls;
+
 const WARMUP: usize = 1_000;
 /// Round trips per round, per path and payload.
 const ROUND_TRIPS: usize = 4_000;
@@ -34,10 +47,14 @@ const PIPELINE_WINDOW: usize = 32;
 /// neighbour hits all of them alike. Latency percentiles pool every
 /// round; throughput is the median round.
 const ROUNDS: usize = 7;
+/// Idle connections held open during the "echo (1k idle conns)" rounds.
+const IDLE_CONNS: usize = 1_000;
 
 const CONFIG: &str = r#"
 [limits]
 max_in_flight_per_connection = 256
+max_connections = 4096
+max_connections_per_uid = 4096
 
 [[rule]]
 actions = ["call", "provide", "monitor"]
@@ -111,8 +128,8 @@ struct RoutedCall<'a> {
 
 /// Answers every routed call with its params, from a blocking thread.
 /// Like the raw echo server, it answers everything one read brought in
-/// with one write.
-fn provider_thread(path: PathBuf, method: &str) -> anyhow::Result<()> {
+/// with one write. Returns the thread's kernel thread id (for `strace`).
+fn provider_thread(path: PathBuf, method: &str) -> anyhow::Result<i32> {
     let mut p = Peer::connect(&path, true)?;
     p.s.write_all(&frame(
         json!({"kind":"provide","id":1,"method":method})
@@ -120,7 +137,9 @@ fn provider_thread(path: PathBuf, method: &str) -> anyhow::Result<()> {
             .as_bytes(),
     ))?;
     read_frame(&mut p.s, &mut p.buf)?;
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let _ = tid_tx.send(nix::unistd::gettid().as_raw());
         let mut inbuf: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 64 * 1024];
         let mut out = Vec::new();
@@ -161,7 +180,7 @@ fn provider_thread(path: PathBuf, method: &str) -> anyhow::Result<()> {
             }
         }
     });
-    Ok(())
+    Ok(tid_rx.recv()?)
 }
 
 struct Samples {
@@ -200,25 +219,127 @@ fn round(p: &mut Peer, make: &dyn Fn(u64) -> Vec<u8>, out: &mut Samples) -> anyh
         p.round_trip(r)?;
         out.times.push(t.elapsed());
     }
-    // Pipelined: a window of requests in flight, written in one go.
-    let batch: Vec<u8> = (0..PIPELINE_WINDOW)
-        .flat_map(|i| make(i as u64 + 1))
-        .collect();
     let t = Instant::now();
-    for _ in 0..PIPELINE_REQUESTS / PIPELINE_WINDOW {
-        p.s.write_all(&batch)?;
-        for _ in 0..PIPELINE_WINDOW {
-            read_frame(&mut p.s, &mut p.buf)?;
-        }
-    }
-    let done = (PIPELINE_REQUESTS / PIPELINE_WINDOW * PIPELINE_WINDOW) as f64;
+    let done = pipelined(p, make, PIPELINE_REQUESTS, PIPELINE_WINDOW)? as f64;
     out.rps.push(done / t.elapsed().as_secs_f64());
     Ok(())
 }
 
+/// Pipelined: `window` requests in flight, written in one go, then their
+/// answers read; `requests / window` times. Returns the requests made.
+fn pipelined(
+    p: &mut Peer,
+    make: &dyn Fn(u64) -> Vec<u8>,
+    requests: usize,
+    window: usize,
+) -> anyhow::Result<usize> {
+    let batch: Vec<u8> = (0..window).flat_map(|i| make(i as u64 + 1)).collect();
+    for _ in 0..requests / window {
+        p.s.write_all(&batch)?;
+        for _ in 0..window {
+            read_frame(&mut p.s, &mut p.buf)?;
+        }
+    }
+    Ok(requests / window * window)
+}
+
+/// Opens `n` connections and says hello on each; they then sit idle.
+fn idle_connections(path: &Path, n: usize) -> anyhow::Result<Vec<Peer>> {
+    (0..n)
+        .map(|_| Peer::connect(path, true))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .with_context(|| format!("opening {n} idle connections"))
+}
+
+/// Waits until the broker counts `n` connections: the idle connections of
+/// a round are all gone (or all there) before anything is measured.
+fn await_connections(broker: &Broker, n: usize) -> anyhow::Result<()> {
+    let t = Instant::now();
+    while broker.connection_count() != n {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(20),
+            "the broker counts {} connections, expected {n}",
+            broker.connection_count()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit: the idle
+/// connections need 2 000 descriptors in this process (both ends).
+fn raise_nofile() -> anyhow::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    let need = 2 * IDLE_CONNS as u64 + 256;
+    anyhow::ensure!(
+        hard >= need,
+        "RLIMIT_NOFILE hard limit {hard} < {need}: the 1k idle connections need more descriptors"
+    );
+    Ok(hard)
+}
+
+/// Command-line options.
+struct Options {
+    main: bool,
+    syscalls: bool,
+    learn: bool,
+    wardend: Option<PathBuf>,
+}
+
+const USAGE: &str = "usage: warden-bench [--no-main] [--no-syscalls] [--no-learn] [--wardend PATH]
+  --no-main       skip the latency/throughput table
+  --no-syscalls   skip the syscalls-per-call table (strace)
+  --no-learn      skip the ping-while-learning table (needs root, eBPF, wardend)
+  --wardend PATH  the wardend binary (default: $WARDEN_BENCH_WARDEND, else next to
+                  this binary; build it with `cargo build --release -p wardend`)";
+
+fn options(mut args: impl Iterator<Item = String>) -> anyhow::Result<Options> {
+    let mut o = Options {
+        main: true,
+        syscalls: true,
+        learn: true,
+        wardend: std::env::var_os("WARDEN_BENCH_WARDEND").map(PathBuf::from),
+    };
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--no-main" => o.main = false,
+            "--no-syscalls" => o.syscalls = false,
+            "--no-learn" => o.learn = false,
+            "--wardend" => {
+                o.wardend = Some(PathBuf::from(
+                    args.next().context("--wardend needs a path")?,
+                ));
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            _ => anyhow::bail!("unknown argument {a:?}\n{USAGE}"),
+        }
+    }
+    Ok(o)
+}
+
 type MakeFn = Box<dyn Fn(u64) -> Vec<u8>>;
 
+const IDLE_ROW: &str = "echo (1k idle conns)";
+
 fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    // Hidden modes: this binary re-executed as a child of the bench.
+    match args.next().as_deref() {
+        Some(syscalls::CHILD_ARG) => {
+            return syscalls::broker_child(&PathBuf::from(args.next().context("socket path")?))
+        }
+        Some(learnping::CHILD_ARG) => return learnping::ping_child(args),
+        _ => {}
+    }
+    let opts = options(std::env::args().skip(1))?;
+    raise_nofile()?;
     let dir = std::env::temp_dir().join(format!("warden-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let raw_path = dir.join("raw.sock");
@@ -242,7 +363,8 @@ fn main() -> anyhow::Result<()> {
     provider_thread(broker_path.clone(), "bench.echo")?;
 
     let mut rows = Vec::new();
-    for size in [64usize, 4096] {
+    let sizes: &[usize] = if opts.main { &[64, 4096] } else { &[] };
+    for &size in sizes {
         let pad = "x".repeat(size);
         let raw_body = frame(
             json!({"kind":"call","id":1,"method":"warden.echo","params":pad})
@@ -258,7 +380,7 @@ fn main() -> anyhow::Result<()> {
                 )
             })
         };
-        let paths: [(&'static str, &Path, bool, MakeFn); 4] = [
+        let paths: [(&'static str, &Path, bool, MakeFn); 5] = [
             ("raw", &raw_path, false, Box::new(move |_| raw_body.clone())),
             ("echo", &broker_path, true, call("warden.echo", pad.clone())),
             (
@@ -274,6 +396,13 @@ fn main() -> anyhow::Result<()> {
                 true,
                 call("warden.echo", pad.clone()),
             ),
+            // warden.echo while IDLE_CONNS more connections sit idle.
+            (
+                IDLE_ROW,
+                &broker_path,
+                true,
+                call("warden.echo", pad.clone()),
+            ),
         ];
         let mut peers = Vec::new();
         for (_, path, hello, make) in &paths {
@@ -283,6 +412,9 @@ fn main() -> anyhow::Result<()> {
             }
             peers.push(p);
         }
+        // The provider and the peers: what the broker counts between
+        // rounds once a round's extra connections are gone.
+        let base_conns = broker.connection_count();
         let mut samples: Vec<Samples> = (0..paths.len())
             .map(|_| Samples {
                 times: Vec::new(),
@@ -303,7 +435,21 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     None
                 };
+                // Idle connections for this round only; the broker has
+                // them all before the round and none after it.
+                let idle = if *name == IDLE_ROW {
+                    await_connections(&broker, base_conns)?;
+                    let idle = idle_connections(&broker_path, IDLE_CONNS)?;
+                    await_connections(&broker, base_conns + IDLE_CONNS)?;
+                    Some(idle)
+                } else {
+                    None
+                };
                 round(&mut peers[i], make.as_ref(), &mut samples[i])?;
+                if let Some(idle) = idle {
+                    drop(idle);
+                    await_connections(&broker, base_conns)?;
+                }
             }
         }
         for ((name, ..), s) in paths.iter().zip(samples) {
@@ -312,18 +458,42 @@ fn main() -> anyhow::Result<()> {
     }
     trigger.trigger();
     runtime.shutdown_timeout(Duration::from_secs(2));
-    let _ = std::fs::remove_dir_all(&dir);
 
+    if opts.main {
+        print_table(&rows);
+    }
+    // The other tables; a failure is reported after all that could run.
+    let mut failed = Vec::new();
+    if opts.syscalls {
+        println!();
+        if let Err(e) = syscalls::run(&dir) {
+            println!("syscalls per call: FAILED: {e:#}");
+            failed.push("syscalls");
+        }
+    }
+    if opts.learn {
+        println!();
+        if let Err(e) = learnping::run(opts.wardend.as_deref()) {
+            println!("ping while learning: FAILED: {e:#}");
+            failed.push("learn");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(failed.is_empty(), "failed: {}", failed.join(", "));
+    Ok(())
+}
+
+fn print_table(rows: &[Row]) {
     println!(
-        "{:<8} {:>7} {:>10} {:>10} {:>12} {:>9} {:>9} {:>10}",
+        "{:<20} {:>7} {:>10} {:>10} {:>12} {:>9} {:>9} {:>10}",
         "path", "payload", "p50 µs", "p99 µs", "pipelined/s", "p50 ×raw", "p99 ×raw", "tput %raw"
     );
-    for r in &rows {
+    for r in rows {
         let Some(base) = rows.iter().find(|b| b.name == "raw" && b.size == r.size) else {
             continue;
         };
         println!(
-            "{:<8} {:>6}B {:>10.1} {:>10.1} {:>12.0} {:>9.2} {:>9.2} {:>9.0}%",
+            "{:<20} {:>6}B {:>10.1} {:>10.1} {:>12.0} {:>9.2} {:>9.2} {:>9.0}%",
             r.name,
             r.size,
             r.p50.as_secs_f64() * 1e6,
@@ -334,5 +504,4 @@ fn main() -> anyhow::Result<()> {
             100.0 * r.rps / base.rps
         );
     }
-    Ok(())
 }
