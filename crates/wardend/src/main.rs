@@ -201,10 +201,73 @@ fn test_attach_delay(test_hooks: bool) -> std::time::Duration {
         .unwrap_or_default()
 }
 
+/// File descriptors each connection costs the broker: its socket and the
+/// pidfd that pins the peer process.
+const FDS_PER_CONNECTION: u64 = 2;
+/// Descriptors the broker needs besides connections (listener, runtime,
+/// log, learning mode's BPF objects), with room to spare.
+const FDS_BASELINE: u64 = 256;
+
+/// Warns when `max_connections` cannot be reached under the open-file
+/// limit: connections past it would be refused with "out of file
+/// descriptors" instead of the documented `limit_exceeded`.
+fn warn_if_nofile_too_low(nofile: u64, max_connections: u64) {
+    let needed = max_connections
+        .saturating_mul(FDS_PER_CONNECTION)
+        .saturating_add(FDS_BASELINE);
+    if nofile < needed {
+        tracing::warn!(
+            nofile,
+            max_connections,
+            needed,
+            reachable = nofile.saturating_sub(FDS_BASELINE) / FDS_PER_CONNECTION,
+            "limits.max_connections cannot be reached under the open-file limit \
+             (each connection costs {FDS_PER_CONNECTION} descriptors): raise LimitNOFILE \
+             or lower max_connections"
+        );
+    }
+}
+
+/// How often the broker looks whether connections went away.
+const TRIM_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+/// Connections closed since the last trim that make the next check give
+/// memory back.
+const TRIM_AFTER_CLOSED: usize = 64;
+
+/// Gives the heap's free memory back to the kernel after a burst of
+/// connections has closed: the allocator would otherwise keep its
+/// high-water mark resident. Checked every [`TRIM_CHECK`]; costs nothing
+/// while the connection count does not fall.
+async fn give_back_memory(broker: Broker) {
+    let mut high = broker.connection_count();
+    let mut tick = tokio::time::interval(TRIM_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = broker.connection_count();
+        if high.saturating_sub(now) >= TRIM_AFTER_CLOSED {
+            // malloc_trim walks every arena: a blocking thread's job.
+            let _ = tokio::task::spawn_blocking(warden_sys::release_free_heap).await;
+            tracing::debug!(
+                from = high,
+                to = now,
+                "connections closed; gave free memory back"
+            );
+            high = now;
+        } else {
+            high = high.max(now);
+        }
+    }
+}
+
 fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
     match warden_sys::raise_nofile_limit() {
-        Ok((old, new)) if old != new => tracing::info!(old, new, "raised the open-file limit"),
-        Ok(_) => {}
+        Ok((old, new)) => {
+            if old != new {
+                tracing::info!(old, new, "raised the open-file limit");
+            }
+            warn_if_nofile_too_low(new, config.limits.max_connections);
+        }
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
     // Socket activation first (it edits the environment: before any
@@ -330,6 +393,7 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
         );
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         spawn_notifier(broker.clone(), watchdog, log);
+        tokio::spawn(give_back_memory(broker.clone()));
         let served = broker.serve(listener, shutdown).await;
         if let Some(learn) = &learn {
             learn.stop_all().await;

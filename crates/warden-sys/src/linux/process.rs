@@ -17,6 +17,26 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     Ok((soft, hard.max(soft)))
 }
 
+/// Gives the C allocator's free memory back to the kernel: glibc's
+/// `malloc_trim(0)`, which walks every arena and returns free pages from
+/// the middle of the heaps too. After a burst of connections closes, the
+/// heap keeps its high-water mark otherwise (the memory is free, not
+/// leaked, but stays resident). True if memory was released; without
+/// glibc, does nothing.
+pub fn release_free_heap() -> bool {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: malloc_trim takes no pointers; it only walks glibc's own
+        // arenas, each under its own lock, and may be called from any
+        // thread at any time.
+        unsafe { libc::malloc_trim(0) != 0 }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        false
+    }
+}
+
 /// True for `EMFILE` (process out of descriptors) and `ENFILE` (system out
 /// of descriptors): the accept loop backs off on these instead of spinning.
 pub fn is_fd_exhaustion(e: &io::Error) -> bool {

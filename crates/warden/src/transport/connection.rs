@@ -189,15 +189,31 @@ pub(crate) async fn run(svc: Arc<Services>, stream: UnixStream, mut peer: PeerId
 }
 
 /// Reads once, closing any file descriptors that came with the bytes.
+///
+/// A read that returns less than the room it had found the socket's
+/// queue empty, so the readiness is cleared then (as tokio's own
+/// `poll_read` does) instead of by one more `recvmsg` that would only
+/// fail with `EAGAIN`; tokio keeps the readiness if an event arrived
+/// meanwhile, so no wakeup is lost.
 async fn read_some(stream: &UnixStream, buf: &mut [u8]) -> std::io::Result<(usize, bool)> {
     loop {
         stream.readable().await?;
-        match stream.try_io(Interest::READABLE, || {
-            warden_sys::recv_reject_fds(stream.as_fd(), buf)
-        }) {
-            Ok(r) => return Ok(r),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+        let room = buf.len();
+        let mut got = None;
+        let r = stream.try_io(Interest::READABLE, || {
+            let r = warden_sys::recv_reject_fds(stream.as_fd(), buf)?;
+            got = Some(r);
+            if r.0 > 0 && r.0 < room {
+                Err(std::io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        match (r, got) {
+            (_, Some(read)) => return Ok(read),
+            (Err(e), None) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            (Err(e), None) => return Err(e),
+            (Ok(()), None) => continue,
         }
     }
 }
