@@ -2,9 +2,9 @@
 //!
 //! [`Client::connect`] connects to the broker's socket, checks **before
 //! sending a single byte** that the process listening there runs as a
-//! trusted uid (see [`ServerTrust`]), performs the hello, and starts a
-//! background task that routes replies to the calls waiting for them and
-//! queues events and incoming calls (for providers).
+//! trusted uid (see [`ServerTrust`]), and performs the hello. A [`Client`]
+//! is shared by reference (or in an `Arc`) among any number of tasks: calls
+//! made concurrently are multiplexed on the one connection.
 //!
 //! Nothing waits forever: connecting and the hello are bounded by
 //! [`ConnectOptions::connect_timeout`], and every request/reply (calls,
@@ -16,35 +16,101 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use warden_client::{Client, ConnectOptions};
+//! use warden_client::{Client, ConnectOptions, Payload};
 //! let client = Client::connect(ConnectOptions::new("/run/warden/warden.sock")).await?;
-//! let who = client.call_json("warden.whoami", serde_json::json!(null)).await?;
-//! println!("the broker sees me as uid {}", who["uid"]);
+//! // Raw JSON in and out:
+//! let pong: Payload = client.call("warden.echo", Payload::from_raw_json("[1,2]")?).await?;
+//! // Any `Serialize` in, any `Deserialize` out:
+//! #[derive(serde::Deserialize)]
+//! struct WhoAmI { uid: u32 }
+//! let who: WhoAmI = client.call_as("warden.whoami", &()).await?;
+//! // serde_json values, for scripts:
+//! let v = client.call_json("warden.echo", serde_json::json!({"a": 1})).await?;
+//! println!("uid {}, echo {v}, {}", who.uid, pong.get());
 //! # Ok(()) }
 //! ```
+//!
+//! A provider serves calls concurrently with [`Client::serve`]:
+//!
+//! ```no_run
+//! # async fn demo(client: warden_client::Client) -> Result<(), warden_client::CallError> {
+//! use warden_client::{IncomingCall, Payload, WireError};
+//! client
+//!     .serve(&["net.vpn.status"], 32, |call: IncomingCall| async move {
+//!         // `call.caller` is the identity the broker attached.
+//!         Ok::<Payload, WireError>(call.params)
+//!     })
+//!     .await
+//! # }
+//! ```
+//!
+//! # How a call travels
+//!
+//! The hot path costs what the protocol costs: one `write` and one `read`
+//! per round trip, on the caller's own task, with no thread hop.
+//!
+//! * **Sending.** A call acquires an in-flight slot (a semaphore sized from
+//!   the welcome's `limits.max_in_flight`, so calls *wait* instead of
+//!   getting `limit_exceeded`), encodes its frame into a reused per-thread
+//!   buffer and appends it to the connection's outgoing buffer. Whoever
+//!   finds no write in progress writes everything queued; callers arriving
+//!   meanwhile just append, and their frames leave in the same `write`. If
+//!   the socket is full, a background writer finishes the job when it has
+//!   room, so a caller never owns unsent bytes.
+//! * **Receiving (leader/follower).** One party at a time holds the *read
+//!   role*. A caller that finds nobody but the background reader holding
+//!   it takes it and reads the socket itself until its own answer arrives,
+//!   dispatching every other frame on the way (answers to their callers'
+//!   slots, events and incoming calls to their queues). Then it hands the
+//!   role to another waiting caller, or back to the background reader,
+//!   which holds it whenever nobody awaits an answer (so events, incoming
+//!   calls and the connection's end are noticed with no call in flight).
+//!   A handover registers the new holder for read readiness rather than
+//!   waking it, unless bytes are already waiting. Frames are decoded in
+//!   place from one reused, never zero-filled receive buffer.
+//! * **Cancel safety.** The receive buffer (with any partially read frame)
+//!   and the outgoing buffer live in the shared state; a future borrows
+//!   them only inside one `poll`. Dropping a call future mid-read hands the
+//!   role over and loses nothing; for a call, it also sends `cancel`, and
+//!   its in-flight slot is freed when the broker's answer arrives.
+//! * **Errors.** An answer whose envelope or payload cannot be decoded
+//!   answers its call with [`CallError::BadAnswer`]; a frame that names no
+//!   request of this client is logged and dropped; broken framing (or EOF)
+//!   ends the connection and every waiting call gets
+//!   [`CallError::Disconnected`].
+//! * **Back-pressure.** Events and incoming calls wait in bounded queues
+//!   (4096 each); when one is full the client stops reading the socket
+//!   until the application takes some, as the broker expects of a slow
+//!   reader (it then counts dropped events as `missed`).
 //!
 //! # Attacker model
 //! The socket path may be squatted by another user (an abstract name, or a
 //! path under a world-writable directory). The server-uid check is what
 //! stops a client from handing its requests to an impostor.
 
+mod conn;
+
+use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot};
-use warden_proto::{
-    ErrorCode, FrameDecoder, Hello, IdSequence, Identity, Message, MethodName, Payload, RequestId,
-    TopicName, Welcome, WireError, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
+use tokio::sync::oneshot;
+use warden_proto::{FrameDecoder, Hello, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION};
+
+pub use conn::PendingCall;
+use conn::Shared;
+pub use warden_proto::{
+    ErrorCode, Identity, Message, MethodName, Payload, RequestId, TopicName, Welcome,
+    WelcomeLimits, WireError,
 };
 pub use warden_sys::ServerTrust;
 
-/// Events and incoming calls buffered in the client before its reader
-/// waits for the application to take them.
-const INBOX_LEN: usize = 4096;
 /// Default time for connecting and the hello/welcome exchange.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a request waits for its answer: the broker's default call
@@ -168,9 +234,19 @@ pub enum CallError {
         #[source]
         source: warden_proto::NameError,
     },
-    /// The answer could not be parsed.
+    /// The answer could not be parsed into the type asked for.
     #[error("cannot parse the answer: {0}")]
     Parse(#[from] serde_json::Error),
+    /// The params could not be serialized.
+    #[error("cannot serialize the params: {0}")]
+    BadParams(#[source] serde_json::Error),
+    /// The broker's answer to this request could not be decoded (a
+    /// malformed envelope or payload); the connection goes on.
+    #[error("bad answer from the broker: {reason}")]
+    BadAnswer {
+        /// What was wrong with it.
+        reason: String,
+    },
     /// No answer within the call timeout; the request was cancelled.
     #[error("no answer from the broker within {after:?} (the request was cancelled)")]
     Timeout {
@@ -223,41 +299,40 @@ pub struct IncomingCall {
     pub caller: Option<Identity>,
 }
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Payload, WireError>>>>;
-
-#[derive(Debug)]
-struct Shared {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
-    pending: Pending,
-    ids: IdSequence,
-    max_frame: usize,
-    last_error: Mutex<Option<WireError>>,
-    call_timeout: Option<Duration>,
-}
-
 /// A connection to the broker.
+///
+/// Share it among tasks by reference or in an `Arc`: concurrent calls are
+/// multiplexed, and their frames coalesced into shared writes.
 #[derive(Debug)]
 pub struct Client {
     shared: Arc<Shared>,
     welcome: Welcome,
     server_uid: u32,
-    events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
-    calls: tokio::sync::Mutex<mpsc::Receiver<IncomingCall>>,
-    reader: tokio::task::JoinHandle<()>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
-        self.reader.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.shared.fail("the client was dropped");
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// Whether a request takes an in-flight slot (only calls do: the broker
+/// answers the others at once) and is cancelled when abandoned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Call,
+    Other,
 }
 
 impl Client {
     /// Connects, checks the server's uid, and performs the handshake.
+    ///
+    /// Must be called within a Tokio runtime (with I/O and time enabled);
+    /// the client spawns two small background tasks on it.
     ///
     /// # Errors
     /// [`ConnectError`]: the socket is unreachable, the server's uid is not
@@ -308,7 +383,7 @@ impl Client {
             path: path.clone(),
             source,
         })?;
-        let (mut read, mut write) = stream.into_split();
+        let mut stream = stream;
         let hello = Message::Hello(Hello {
             version: PROTOCOL_VERSION,
             client: Some(opts.client_name.clone()),
@@ -329,18 +404,18 @@ impl Client {
             .to_frame(DEFAULT_MAX_FRAME_LEN)
             .ok_or_else(|| handshake_err("hello does not fit in a frame".into()))?;
         let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
-        if let Err(e) = write.write_all(&frame).await {
+        if let Err(e) = stream.write_all(&frame).await {
             // A broker that refuses a connection (connection limits,
             // shutdown) sends its reason and closes before reading the
             // hello: the reason waits in the receive buffer.
-            if let Ok(Some(body)) = read_frame(&mut read, &mut decoder).await {
+            if let Ok(Some(body)) = read_frame(&mut stream, &mut decoder).await {
                 if let Ok(Message::Error { error, .. }) = Message::decode(&body) {
                     return Err(ConnectError::Refused(error));
                 }
             }
             return Err(caused("sending hello", e.into()));
         }
-        let first = read_frame(&mut read, &mut decoder)
+        let first = read_frame(&mut stream, &mut decoder)
             .await
             .map_err(|e| caused("reading welcome", e.into()))?;
         let Some(body) = first else {
@@ -358,31 +433,22 @@ impl Client {
             Err(e) => return Err(caused("invalid welcome", e.into())),
         };
         let max_frame = usize::try_from(welcome.limits.max_frame).unwrap_or(DEFAULT_MAX_FRAME_LEN);
-        let shared = Arc::new(Shared {
-            writer: tokio::sync::Mutex::new(write),
-            pending: Mutex::default(),
-            ids: IdSequence::new(),
+        let max_in_flight = usize::try_from(welcome.limits.max_in_flight).unwrap_or(usize::MAX);
+        let shared = Arc::new(Shared::new(
+            stream,
             max_frame,
-            last_error: Mutex::default(),
-            call_timeout: opts.call_timeout,
-        });
-        let (ev_tx, ev_rx) = mpsc::channel(INBOX_LEN);
-        let (call_tx, call_rx) = mpsc::channel(INBOX_LEN);
-        decoder = FrameDecoder::new(max_frame);
-        let reader = tokio::spawn(reader_task(
-            Arc::clone(&shared),
-            read,
-            decoder,
-            ev_tx,
-            call_tx,
+            max_in_flight,
+            opts.call_timeout,
         ));
+        let tasks = [
+            tokio::spawn(conn::background_reader(Arc::clone(&shared))),
+            tokio::spawn(conn::background_writer(Arc::clone(&shared))),
+        ];
         Ok(Client {
             shared,
             welcome,
             server_uid,
-            events: tokio::sync::Mutex::new(ev_rx),
-            calls: tokio::sync::Mutex::new(call_rx),
-            reader,
+            tasks,
         })
     }
 
@@ -397,122 +463,162 @@ impl Client {
         self.server_uid
     }
 
-    fn next_id(&self) -> RequestId {
-        self.shared.ids.next_id()
-    }
-
-    async fn send(&self, msg: &Message) -> Result<(), CallError> {
-        let frame = msg
-            .to_frame(self.shared.max_frame)
-            .ok_or(CallError::TooLarge {
-                max: self.shared.max_frame,
-            })?;
-        let mut w = self.shared.writer.lock().await;
-        w.write_all(&frame).await.map_err(|_| self.disconnected())
-    }
-
-    fn disconnected(&self) -> CallError {
-        CallError::Disconnected {
-            reason: lock(&self.shared.last_error).clone(),
-        }
-    }
-
-    async fn request(
+    /// Queues a request built by `body` (given its id), registering it as
+    /// waiting for its answer; calls first wait for an in-flight slot.
+    async fn begin(
         &self,
-        build: impl FnOnce(RequestId) -> Message,
-    ) -> Result<Payload, CallError> {
-        self.request_within(self.shared.call_timeout, build).await
+        kind: Kind,
+        body: impl FnOnce(&mut Vec<u8>, RequestId) -> Result<(), CallError>,
+    ) -> Result<PendingCall, CallError> {
+        let counted = kind == Kind::Call;
+        if counted {
+            match self.shared.permits.acquire().await {
+                Ok(p) => p.forget(),
+                Err(_) => return Err(self.shared.disconnected()),
+            }
+        }
+        let id = self.shared.ids.next_id();
+        if let Err(e) = self.shared.queue(Some((id, counted)), |b| body(b, id)) {
+            if counted {
+                self.shared.permits.add_permits(1);
+            }
+            return Err(e);
+        }
+        let pending = PendingCall::new(Arc::clone(&self.shared), id, counted);
+        self.shared.flush();
+        Ok(pending)
     }
 
     /// Sends a request and waits for its answer, for at most `timeout`
-    /// (sending included: a broker that stops reading fills the socket).
-    /// Past it, the request is forgotten and a `cancel` is sent.
-    async fn request_within(
+    /// (waiting for an in-flight slot included). Past it, the request is
+    /// forgotten and, for a call, a `cancel` is sent.
+    async fn exchange(
         &self,
         timeout: Option<Duration>,
-        build: impl FnOnce(RequestId) -> Message,
+        kind: Kind,
+        body: impl Fn(&mut Vec<u8>, RequestId) -> Result<(), CallError>,
     ) -> Result<Payload, CallError> {
-        let id = self.next_id();
-        let (tx, rx) = oneshot::channel();
-        lock(&self.shared.pending).insert(id.get(), tx);
-        let exchange = async {
-            self.send(&build(id)).await?;
-            match rx.await {
-                Ok(Ok(p)) => Ok(p),
-                Ok(Err(e)) => Err(CallError::Remote(e)),
-                Err(_) => Err(self.disconnected()),
+        let attempt = async {
+            let mut retries = 0;
+            loop {
+                let answer = self.begin(kind, &body).await?.await;
+                match answer {
+                    // The broker counts a call in flight until just after
+                    // it has sent the answer: a call sent the moment a slot
+                    // is freed can still find the old count. Try again.
+                    Err(CallError::Remote(e))
+                        if kind == Kind::Call
+                            && retries < 8
+                            && e.code == ErrorCode::LimitExceeded
+                            && e.message.contains("max_in_flight_per_connection") =>
+                    {
+                        retries += 1;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    other => return other,
+                }
             }
         };
-        let result = match timeout {
-            None => exchange.await,
-            Some(after) => match tokio::time::timeout(after, exchange).await {
-                Ok(r) => r,
-                Err(_) => {
-                    lock(&self.shared.pending).remove(&id.get());
-                    // Best effort, briefly: the broker may not be reading.
-                    let _ = tokio::time::timeout(
-                        Duration::from_millis(100),
-                        self.send(&Message::Cancel { id }),
-                    )
-                    .await;
-                    return Err(CallError::Timeout { after });
-                }
-            },
-        };
-        if result.is_err() {
-            lock(&self.shared.pending).remove(&id.get());
+        match timeout {
+            None => attempt.await,
+            Some(after) => tokio::time::timeout(after, attempt)
+                .await
+                .unwrap_or(Err(CallError::Timeout { after })),
         }
-        result
     }
 
-    /// Calls a method with raw JSON params, waiting at most `timeout` for
-    /// the answer instead of the connection's call timeout (`None`: no
-    /// bound).
+    /// Calls a method with a raw JSON payload (a [`Payload`] or a
+    /// reference to one), waiting at most `timeout` for the answer instead
+    /// of the connection's call timeout (`None`: no bound).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &warden_client::Client) -> Result<(), warden_client::CallError> {
+    /// use std::time::Duration;
+    /// use warden_client::{CallError, Payload};
+    /// let params = Payload::null();
+    /// match client.call_with_timeout("test.slow", &params, Some(Duration::from_secs(1))).await {
+    ///     Err(CallError::Timeout { .. }) => println!("gave up (and sent a cancel)"),
+    ///     other => println!("{:?}", other?),
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`Client::call`]; [`CallError::Timeout`] past `timeout`.
     pub async fn call_with_timeout(
         &self,
         method: &str,
-        params: Payload,
+        params: impl Borrow<Payload>,
         timeout: Option<Duration>,
     ) -> Result<Payload, CallError> {
-        let method = MethodName::try_from(method).map_err(|source| CallError::BadName {
-            name: method.to_owned(),
-            source,
-        })?;
-        self.request_within(timeout, |id| Message::Call {
-            id,
-            method,
-            params,
-            caller: None,
+        check_name(method)?;
+        let raw = params.borrow().get();
+        self.exchange(timeout, Kind::Call, |b, id| {
+            write_call(b, id, method, |b| {
+                b.extend_from_slice(raw.as_bytes());
+                Ok(())
+            })
         })
         .await
     }
 
-    /// Calls a method with raw JSON params.
+    /// Calls a method with a raw JSON payload (a [`Payload`] or a
+    /// reference to one).
     ///
     /// # Errors
     /// [`CallError::Remote`] with the broker's code (`denied`,
     /// `unknown_method`, ...), [`CallError::Timeout`] past the call
-    /// timeout, or a local failure.
-    pub async fn call(&self, method: &str, params: Payload) -> Result<Payload, CallError> {
+    /// timeout, [`CallError::BadAnswer`] for an answer that cannot be
+    /// decoded, or a local failure.
+    pub async fn call(
+        &self,
+        method: &str,
+        params: impl Borrow<Payload>,
+    ) -> Result<Payload, CallError> {
         self.call_with_timeout(method, params, self.shared.call_timeout)
             .await
     }
 
-    /// Calls a method with JSON values.
+    /// Calls a method with any `Serialize` params (written straight into
+    /// the frame) and parses the answer as `R`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &warden_client::Client) -> Result<(), warden_client::CallError> {
+    /// let echoed: Vec<u32> = client.call_as("warden.echo", &[1, 2, 3]).await?;
+    /// assert_eq!(echoed, [1, 2, 3]);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
-    /// As [`Client::call`].
+    /// As [`Client::call`]; [`CallError::BadParams`] if `params` fails to
+    /// serialize, [`CallError::Parse`] if the answer is not an `R`.
+    pub async fn call_as<R: DeserializeOwned, P: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        params: &P,
+    ) -> Result<R, CallError> {
+        check_name(method)?;
+        let answer = self
+            .exchange(self.shared.call_timeout, Kind::Call, |b, id| {
+                write_call(b, id, method, |b| {
+                    serde_json::to_writer(&mut *b, params).map_err(CallError::BadParams)
+                })
+            })
+            .await?;
+        Ok(answer.parse()?)
+    }
+
+    /// Calls a method with JSON values (any `Serialize` in, a
+    /// `serde_json::Value` out).
+    ///
+    /// # Errors
+    /// As [`Client::call_as`].
     pub async fn call_json(
         &self,
         method: &str,
-        params: serde_json::Value,
+        params: impl Serialize,
     ) -> Result<serde_json::Value, CallError> {
-        let p = Payload::from_value(&params)?;
-        let r = self.call(method, p).await?;
-        Ok(r.parse()?)
+        self.call_as(method, &params).await
     }
 
     /// Subscribes to a topic; events arrive through [`Client::next_event`].
@@ -521,9 +627,18 @@ impl Client {
     /// As [`Client::call`].
     pub async fn subscribe(&self, topic: &str) -> Result<(), CallError> {
         let topic = topic_name(topic)?;
-        self.request(|id| Message::Subscribe { id, topic })
-            .await
-            .map(|_| ())
+        self.exchange(self.shared.call_timeout, Kind::Other, |b, id| {
+            b.extend_from_slice(
+                &Message::Subscribe {
+                    id,
+                    topic: topic.clone(),
+                }
+                .encode(),
+            );
+            Ok(())
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Cancels a subscription.
@@ -532,9 +647,18 @@ impl Client {
     /// As [`Client::call`].
     pub async fn unsubscribe(&self, topic: &str) -> Result<(), CallError> {
         let topic = topic_name(topic)?;
-        self.request(|id| Message::Unsubscribe { id, topic })
-            .await
-            .map(|_| ())
+        self.exchange(self.shared.call_timeout, Kind::Other, |b, id| {
+            b.extend_from_slice(
+                &Message::Unsubscribe {
+                    id,
+                    topic: topic.clone(),
+                }
+                .encode(),
+            );
+            Ok(())
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Publishes an event; returns the broker's `{delivered, dropped}`.
@@ -544,41 +668,107 @@ impl Client {
     pub async fn publish(
         &self,
         topic: &str,
-        data: Payload,
+        data: impl Borrow<Payload>,
     ) -> Result<serde_json::Value, CallError> {
-        let topic = topic_name(topic)?;
+        check_name(topic)?;
+        let raw = data.borrow().get();
         let r = self
-            .request(|id| Message::Publish { id, topic, data })
+            .exchange(self.shared.call_timeout, Kind::Other, |b, id| {
+                use std::io::Write;
+                let _ = write!(
+                    b,
+                    r#"{{"kind":"publish","id":{id},"topic":"{topic}","data":{raw}}}"#
+                );
+                Ok(())
+            })
             .await?;
         Ok(r.parse()?)
     }
 
     /// Registers this connection as the provider of `method`; calls arrive
-    /// through [`Client::next_call`].
+    /// through [`Client::next_call`] (or use [`Client::serve`]).
     ///
     /// # Errors
     /// As [`Client::call`].
     pub async fn provide(&self, method: &str) -> Result<(), CallError> {
-        let method = MethodName::try_from(method).map_err(|source| CallError::BadName {
-            name: method.to_owned(),
-            source,
-        })?;
-        self.request(|id| Message::Provide { id, method })
-            .await
-            .map(|_| ())
+        let method = method_name(method)?;
+        self.exchange(self.shared.call_timeout, Kind::Other, |b, id| {
+            b.extend_from_slice(
+                &Message::Provide {
+                    id,
+                    method: method.clone(),
+                }
+                .encode(),
+            );
+            Ok(())
+        })
+        .await
+        .map(|_| ())
     }
 
-    /// The next event, or `None` once the connection is closed.
+    /// The next event, or `None` once the connection is closed (and every
+    /// event received before has been taken).
     pub async fn next_event(&self) -> Option<Event> {
-        self.events.lock().await.recv().await
+        let shared = &self.shared;
+        loop {
+            let notified = shared.events_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = shared.lock();
+                if let Some(e) = st.events.pop_front() {
+                    let w = st.unstall();
+                    drop(st);
+                    if let Some(w) = w {
+                        w.wake();
+                    }
+                    return Some(e);
+                }
+                if st.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes up to `max` queued incoming calls, waiting for at least one;
+    /// empty once the connection is closed.
+    async fn next_calls(&self, max: usize) -> Vec<IncomingCall> {
+        let shared = &self.shared;
+        loop {
+            let notified = shared.calls_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = shared.lock();
+                if !st.calls.is_empty() {
+                    let n = st.calls.len().min(max.max(1));
+                    let calls: Vec<IncomingCall> = st.calls.drain(..n).collect();
+                    let w = st.unstall();
+                    drop(st);
+                    if let Some(w) = w {
+                        w.wake();
+                    }
+                    return calls;
+                }
+                if st.closed {
+                    return Vec::new();
+                }
+            }
+            notified.await;
+        }
     }
 
     /// The next call routed to this provider, or `None` once closed.
+    /// Answer it with [`Client::reply`]; [`Client::serve`] does both,
+    /// concurrently.
     pub async fn next_call(&self) -> Option<IncomingCall> {
-        self.calls.lock().await.recv().await
+        self.next_calls(1).await.pop()
     }
 
-    /// Answers an incoming call.
+    /// Answers an incoming call. The answer is queued and written at once
+    /// (with whatever else is queued); this does not wait for the socket.
     ///
     /// # Errors
     /// [`CallError::Disconnected`] or [`CallError::TooLarge`].
@@ -587,14 +777,101 @@ impl Client {
         id: RequestId,
         answer: Result<Payload, WireError>,
     ) -> Result<(), CallError> {
-        let msg = match answer {
-            Ok(result) => Message::Reply { id, result },
-            Err(error) => Message::Error {
-                id: Some(id),
-                error,
-            },
-        };
-        self.send(&msg).await
+        self.shared.send(|b| write_answer(b, id, &answer))
+    }
+
+    /// Serves calls to `methods` (registering each with
+    /// [`Client::provide`] first) until the connection closes, running up
+    /// to `concurrency` handlers at once as Tokio tasks. Answers that are
+    /// ready together leave in one write.
+    ///
+    /// A handler that panics answers `internal`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: warden_client::Client) -> Result<(), warden_client::CallError> {
+    /// use warden_client::{ErrorCode, IncomingCall, Payload, WireError};
+    /// client
+    ///     .serve(&["test.double"], 64, |call: IncomingCall| async move {
+    ///         let n: u64 = call
+    ///             .params
+    ///             .parse()
+    ///             .map_err(|e| WireError::new(ErrorCode::BadRequest, e.to_string()))?;
+    ///         Payload::from_value(&(2 * n))
+    ///             .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// A failed `provide` ([`CallError::Remote`] with `denied`,
+    /// `unavailable`...). Once serving, `Ok(())` when the connection closes.
+    pub async fn serve<F, Fut>(
+        &self,
+        methods: &[&str],
+        concurrency: usize,
+        mut handler: F,
+    ) -> Result<(), CallError>
+    where
+        F: FnMut(IncomingCall) -> Fut,
+        Fut: Future<Output = Result<Payload, WireError>> + Send + 'static,
+    {
+        for m in methods {
+            self.provide(m).await?;
+        }
+        let concurrency = concurrency.max(1);
+        let mut running = tokio::task::JoinSet::new();
+        let mut ids: HashMap<tokio::task::Id, RequestId> = HashMap::new();
+        let mut answers: Vec<(RequestId, Result<Payload, WireError>)> = Vec::new();
+        let mut closed = false;
+        loop {
+            if closed && running.is_empty() {
+                return Ok(());
+            }
+            let room = concurrency - running.len();
+            tokio::select! {
+                calls = self.next_calls(room), if room > 0 && !closed => {
+                    if calls.is_empty() {
+                        closed = true;
+                    }
+                    for call in calls {
+                        let id = call.id;
+                        let task = running.spawn(handler(call));
+                        ids.insert(task.id(), id);
+                    }
+                }
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    let mut take = |done: Result<(tokio::task::Id, Result<Payload, WireError>), tokio::task::JoinError>| {
+                        let (task, answer) = match done {
+                            Ok((task, answer)) => (task, answer),
+                            Err(e) => (
+                                e.id(),
+                                Err(WireError::new(ErrorCode::Internal, "the handler failed")),
+                            ),
+                        };
+                        if let Some(id) = ids.remove(&task) {
+                            answers.push((id, answer));
+                        }
+                    };
+                    take(done);
+                    while let Some(done) = running.try_join_next_with_id() {
+                        take(done);
+                    }
+                    self.send_answers(&mut answers);
+                }
+            }
+        }
+    }
+
+    /// Queues every answer, then writes them together.
+    fn send_answers(&self, answers: &mut Vec<(RequestId, Result<Payload, WireError>)>) {
+        for (id, answer) in answers.drain(..) {
+            if let Err(e) = self.shared.queue(None, |b| write_answer(b, id, &answer)) {
+                let fallback = Err(WireError::new(ErrorCode::Internal, e.to_string()));
+                let _ = self.shared.queue(None, |b| write_answer(b, id, &fallback));
+            }
+        }
+        self.shared.flush();
     }
 
     /// Sends a `cancel` for one of this client's calls (by id); used with
@@ -603,43 +880,103 @@ impl Client {
     /// # Errors
     /// [`CallError::Disconnected`].
     pub async fn cancel(&self, id: RequestId) -> Result<(), CallError> {
-        self.send(&Message::Cancel { id }).await
+        self.shared.send(|b| {
+            conn::write_cancel(b, id);
+            Ok(())
+        })
     }
 
-    /// Sends a call and returns its id and a future answer, so the caller
-    /// can cancel it meanwhile.
+    /// Sends a call and returns its id and its answer to come (a
+    /// [`PendingCall`], which resolves to the answer), so the caller can
+    /// cancel it meanwhile. The connection's call timeout does not apply;
+    /// dropping the `PendingCall` cancels the call.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &warden_client::Client) -> Result<(), warden_client::CallError> {
+    /// use warden_client::Payload;
+    /// let (id, answer) = client.start_call("test.hold", Payload::null()).await?;
+    /// client.cancel(id).await?;
+    /// let err = answer.await.unwrap_err(); // `cancelled`
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`Client::call`], for the send.
     pub async fn start_call(
         &self,
         method: &str,
-        params: Payload,
-    ) -> Result<(RequestId, oneshot::Receiver<Result<Payload, WireError>>), CallError> {
-        let method = MethodName::try_from(method).map_err(|source| CallError::BadName {
-            name: method.to_owned(),
-            source,
-        })?;
-        let id = self.next_id();
-        let (tx, rx) = oneshot::channel();
-        lock(&self.shared.pending).insert(id.get(), tx);
-        let msg = Message::Call {
-            id,
-            method,
-            params,
-            caller: None,
-        };
-        if let Err(e) = self.send(&msg).await {
-            lock(&self.shared.pending).remove(&id.get());
-            return Err(e);
-        }
-        Ok((id, rx))
+        params: impl Borrow<Payload>,
+    ) -> Result<(RequestId, PendingCall), CallError> {
+        check_name(method)?;
+        let raw = params.borrow().get();
+        let pending = self
+            .begin(Kind::Call, |b, id| {
+                write_call(b, id, method, |b| {
+                    b.extend_from_slice(raw.as_bytes());
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok((pending.id(), pending))
     }
 
     /// The last connection-level error the broker sent, if any.
     pub fn last_error(&self) -> Option<WireError> {
-        lock(&self.shared.last_error).clone()
+        self.shared.lock().last_error.clone()
     }
+}
+
+/// Writes a call envelope; `method` must have been checked (a valid name
+/// needs no JSON escaping).
+fn write_call(
+    b: &mut Vec<u8>,
+    id: RequestId,
+    method: &str,
+    params: impl FnOnce(&mut Vec<u8>) -> Result<(), CallError>,
+) -> Result<(), CallError> {
+    use std::io::Write;
+    let _ = write!(
+        b,
+        r#"{{"kind":"call","id":{id},"method":"{method}","params":"#
+    );
+    params(b)?;
+    b.push(b'}');
+    Ok(())
+}
+
+/// Writes a `reply` or an `error` answering `id`.
+fn write_answer(
+    b: &mut Vec<u8>,
+    id: RequestId,
+    answer: &Result<Payload, WireError>,
+) -> Result<(), CallError> {
+    use std::io::Write;
+    match answer {
+        Ok(result) => {
+            let _ = write!(
+                b,
+                r#"{{"kind":"reply","id":{id},"result":{}}}"#,
+                result.get()
+            );
+            Ok(())
+        }
+        Err(error) => conn::write_error(b, id, error),
+    }
+}
+
+/// Validates a method or topic name without copying it.
+fn check_name(name: &str) -> Result<(), CallError> {
+    warden_proto::name::validate_name(name).map_err(|source| CallError::BadName {
+        name: name.to_owned(),
+        source,
+    })
+}
+
+fn method_name(method: &str) -> Result<MethodName, CallError> {
+    MethodName::try_from(method).map_err(|source| CallError::BadName {
+        name: method.to_owned(),
+        source,
+    })
 }
 
 fn topic_name(topic: &str) -> Result<TopicName, CallError> {
@@ -649,11 +986,12 @@ fn topic_name(topic: &str) -> Result<TopicName, CallError> {
     })
 }
 
+/// Reads one frame during the handshake.
 async fn read_frame(
-    read: &mut OwnedReadHalf,
+    read: &mut UnixStream,
     decoder: &mut FrameDecoder,
 ) -> std::io::Result<Option<Vec<u8>>> {
-    let mut buf = [0u8; 16 * 1024];
+    let mut buf = [0u8; 4096];
     loop {
         match decoder.next_frame() {
             Ok(Some(f)) => return Ok(Some(f)),
@@ -666,81 +1004,4 @@ async fn read_frame(
         }
         decoder.push(&buf[..n]);
     }
-}
-
-async fn reader_task(
-    shared: Arc<Shared>,
-    mut read: OwnedReadHalf,
-    mut decoder: FrameDecoder,
-    ev_tx: mpsc::Sender<Event>,
-    call_tx: mpsc::Sender<IncomingCall>,
-) {
-    loop {
-        let body = match read_frame(&mut read, &mut decoder).await {
-            Ok(Some(b)) => b,
-            Ok(None) | Err(_) => break,
-        };
-        let msg = match Message::decode(&body) {
-            Ok(m) => m,
-            Err(_) => continue,
-        };
-        match msg {
-            Message::Reply { id, result } => {
-                if let Some(tx) = lock(&shared.pending).remove(&id.get()) {
-                    let _ = tx.send(Ok(result));
-                }
-            }
-            Message::Error {
-                id: Some(id),
-                error,
-            } => {
-                if let Some(tx) = lock(&shared.pending).remove(&id.get()) {
-                    let _ = tx.send(Err(error));
-                }
-            }
-            Message::Error { id: None, error } => {
-                *lock(&shared.last_error) = Some(error);
-            }
-            Message::Event {
-                topic,
-                data,
-                missed,
-                publisher,
-            } => {
-                let _ = ev_tx
-                    .send(Event::Event {
-                        topic,
-                        data,
-                        missed,
-                        publisher,
-                    })
-                    .await;
-            }
-            Message::Lagged { missed } => {
-                let _ = ev_tx.send(Event::Lagged { missed }).await;
-            }
-            Message::Call {
-                id,
-                method,
-                params,
-                caller,
-            } => {
-                let _ = call_tx
-                    .send(IncomingCall {
-                        id,
-                        method,
-                        params,
-                        caller,
-                    })
-                    .await;
-            }
-            Message::Cancel { .. } | Message::Hello(_) | Message::Welcome(_) => {}
-            Message::Subscribe { .. }
-            | Message::Unsubscribe { .. }
-            | Message::Publish { .. }
-            | Message::Provide { .. } => {}
-        }
-    }
-    // Fail every call still waiting.
-    lock(&shared.pending).clear();
 }

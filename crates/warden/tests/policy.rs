@@ -85,7 +85,7 @@ uids = [{uid}]
     holder
         .reply(call.id, Ok(Payload::from_value(&"kept")?))
         .await?;
-    let got = within("the answer", answer).await??;
+    let got = within("the answer", answer).await?;
     assert_eq!(
         got.map(|p| p.get().to_owned()).ok(),
         Some("\"kept\"".to_owned())
