@@ -498,27 +498,7 @@ impl Client {
         kind: Kind,
         body: impl Fn(&mut Vec<u8>, RequestId) -> Result<(), CallError>,
     ) -> Result<Payload, CallError> {
-        let attempt = async {
-            let mut retries = 0;
-            loop {
-                let answer = self.begin(kind, &body).await?.await;
-                match answer {
-                    // The broker counts a call in flight until just after
-                    // it has sent the answer: a call sent the moment a slot
-                    // is freed can still find the old count. Try again.
-                    Err(CallError::Remote(e))
-                        if kind == Kind::Call
-                            && retries < 8
-                            && e.code == ErrorCode::LimitExceeded
-                            && e.message.contains("max_in_flight_per_connection") =>
-                    {
-                        retries += 1;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    other => return other,
-                }
-            }
-        };
+        let attempt = async { self.begin(kind, &body).await?.await };
         match timeout {
             None => attempt.await,
             Some(after) => tokio::time::timeout(after, attempt)

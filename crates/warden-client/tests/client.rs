@@ -168,7 +168,11 @@ async fn a_provider_that_never_answers_times_out_both_ways() -> anyhow::Result<(
     // The client's own bound.
     let started = Instant::now();
     let e = caller
-        .call_with_timeout("test.never", Payload::null(), Some(Duration::from_millis(100)))
+        .call_with_timeout(
+            "test.never",
+            Payload::null(),
+            Some(Duration::from_millis(100)),
+        )
         .await
         .err();
     assert!(matches!(e, Some(CallError::Timeout { .. })), "{e:?}");
@@ -342,7 +346,10 @@ async fn calls_wait_for_an_in_flight_slot_instead_of_failing() -> anyhow::Result
         assert_eq!(got, n as u64);
     }
     let peak = peak.load(Ordering::SeqCst);
-    assert!((1..=4).contains(&peak), "the provider saw {peak} calls at once");
+    assert!(
+        (1..=4).contains(&peak),
+        "the provider saw {peak} calls at once"
+    );
     serving.abort();
     Ok(())
 }
@@ -382,7 +389,10 @@ async fn serve_runs_handlers_concurrently() -> anyhow::Result<()> {
         assert_eq!(within("a call", t).await???, n as u64);
     }
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(2), "20 calls of 200 ms took {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "20 calls of 200 ms took {took:?}"
+    );
     // A handler's error reaches the caller.
     let e = caller.call("test.sleepy", Payload::null()).await.err();
     assert_eq!(e.and_then(|e| e.code()), Some(ErrorCode::BadRequest));
@@ -410,7 +420,9 @@ async fn events_arrive_while_no_call_is_in_flight() -> anyhow::Result<()> {
     }
     // And between calls too.
     let _: serde_json::Value = sub.call_as("warden.ping", &()).await?;
-    publisher.publish("test.news", payload(json!("late"))).await?;
+    publisher
+        .publish("test.news", payload(json!("late")))
+        .await?;
     let e = within("the late event", sub.next_event()).await?;
     assert!(matches!(e, Some(Event::Event { .. })), "{e:?}");
     Ok(())
@@ -443,8 +455,8 @@ async fn dropping_a_call_mid_flight_leaves_the_client_working() -> anyhow::Resul
     // Dropped calls were cancelled, their slots come back (2 slots only),
     // and the next calls work.
     for n in 0..20u64 {
-        let got: u64 = within("a call after the drops", caller.call_as("warden.echo", &n))
-            .await??;
+        let got: u64 =
+            within("a call after the drops", caller.call_as("warden.echo", &n)).await??;
         assert_eq!(got, n);
     }
     // The provider saw the cancels.

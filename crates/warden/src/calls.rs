@@ -249,8 +249,10 @@ pub(crate) fn finish(
                 );
             }
             let frame = answer_frame(reg, &peer, id, &method, answer);
-            deliver(&peer, frame, dirty);
+            // The slot is free before the answer can arrive: a caller
+            // that sends its next call on seeing the answer finds it free.
             reg.call_finished(Some(&peer));
+            deliver(&peer, frame, dirty);
         }
         Answerer::Local(tx) => {
             // The in-process caller may have gone (dropped its future).

@@ -324,8 +324,9 @@ async fn run_handler(
         );
     }
     let frame = calls::answer_frame(&reg, &caller, id, &method, answer);
-    caller.send(frame);
+    // The slot is free before the answer can arrive.
     reg.call_finished(Some(&caller));
+    caller.send(frame);
 }
 
 fn provide(svc: &Services, view: CallerView<'_>, id: RequestId, method: MethodName) -> Outcome {
