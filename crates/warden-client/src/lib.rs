@@ -607,14 +607,18 @@ impl Client {
     /// As [`Client::call`].
     pub async fn subscribe(&self, topic: &str) -> Result<(), CallError> {
         let topic = topic_name(topic)?;
+        self.request(|id| Message::Subscribe {
+            id,
+            topic: topic.clone(),
+        })
+        .await
+    }
+
+    /// Sends a control request (subscribe, unsubscribe, provide) made by
+    /// `make` for its id, and waits for the broker's acknowledgement.
+    async fn request(&self, make: impl Fn(RequestId) -> Message) -> Result<(), CallError> {
         self.exchange(self.shared.call_timeout, Kind::Other, |b, id| {
-            b.extend_from_slice(
-                &Message::Subscribe {
-                    id,
-                    topic: topic.clone(),
-                }
-                .encode(),
-            );
+            b.extend_from_slice(&make(id).encode());
             Ok(())
         })
         .await
@@ -627,18 +631,11 @@ impl Client {
     /// As [`Client::call`].
     pub async fn unsubscribe(&self, topic: &str) -> Result<(), CallError> {
         let topic = topic_name(topic)?;
-        self.exchange(self.shared.call_timeout, Kind::Other, |b, id| {
-            b.extend_from_slice(
-                &Message::Unsubscribe {
-                    id,
-                    topic: topic.clone(),
-                }
-                .encode(),
-            );
-            Ok(())
+        self.request(|id| Message::Unsubscribe {
+            id,
+            topic: topic.clone(),
         })
         .await
-        .map(|_| ())
     }
 
     /// Publishes an event; returns the broker's `{delivered, dropped}`.
@@ -672,18 +669,11 @@ impl Client {
     /// As [`Client::call`].
     pub async fn provide(&self, method: &str) -> Result<(), CallError> {
         let method = method_name(method)?;
-        self.exchange(self.shared.call_timeout, Kind::Other, |b, id| {
-            b.extend_from_slice(
-                &Message::Provide {
-                    id,
-                    method: method.clone(),
-                }
-                .encode(),
-            );
-            Ok(())
+        self.request(|id| Message::Provide {
+            id,
+            method: method.clone(),
         })
         .await
-        .map(|_| ())
     }
 
     /// The next event, or `None` once the connection is closed (and every

@@ -229,25 +229,18 @@ pub(crate) fn finish(
         started,
         rule,
     } = call;
-    let code = answer.as_ref().err().map(|e| e.code);
-    // It reached a provider, so the name resolved when it arrived.
-    reg.record_call(method.as_str(), true, code, started);
     match answerer {
         Answerer::Peer { peer, id } => {
-            if reg.monitoring() {
-                crate::monitor::answer(
-                    reg,
-                    &crate::monitor::CallRecord {
-                        conn: &peer,
-                        id,
-                        method: method.as_str(),
-                        code,
-                        started,
-                        rule: rule.as_deref(),
-                        result: answer.as_ref().ok(),
-                    },
-                );
-            }
+            // It reached a provider, so the name resolved when it arrived.
+            let call = Answered {
+                peer: &peer,
+                id,
+                method: method.as_str(),
+                resolved: true,
+                started,
+                rule: rule.as_deref(),
+            };
+            call.record(reg, &answer);
             let frame = answer_frame(reg, &peer, id, &method, answer);
             // The slot is free before the answer can arrive: a caller
             // that sends its next call on seeing the answer finds it free.
@@ -255,9 +248,45 @@ pub(crate) fn finish(
             deliver(&peer, frame, dirty);
         }
         Answerer::Local(tx) => {
+            let code = answer.as_ref().err().map(|e| e.code);
+            reg.record_call(method.as_str(), true, code, started);
             // The in-process caller may have gone (dropped its future).
             let _ = tx.send(answer);
             reg.call_finished(None);
+        }
+    }
+}
+
+/// A call of a connection, as it is answered.
+pub(crate) struct Answered<'a> {
+    pub(crate) peer: &'a Peer,
+    pub(crate) id: RequestId,
+    pub(crate) method: &'a str,
+    /// It named something that serves calls when it arrived.
+    pub(crate) resolved: bool,
+    pub(crate) started: Instant,
+    /// The deciding rule, when someone monitors.
+    pub(crate) rule: Option<&'a str>,
+}
+
+impl Answered<'_> {
+    /// Counts the answered call and shows it to monitors.
+    pub(crate) fn record(&self, reg: &Registry, answer: &Result<Payload, WireError>) {
+        let code = answer.as_ref().err().map(|e| e.code);
+        reg.record_call(self.method, self.resolved, code, self.started);
+        if reg.monitoring() {
+            crate::monitor::answer(
+                reg,
+                &crate::monitor::CallRecord {
+                    conn: self.peer,
+                    id: self.id,
+                    method: self.method,
+                    code,
+                    started: self.started,
+                    rule: self.rule,
+                    result: answer.as_ref().ok(),
+                },
+            );
         }
     }
 }

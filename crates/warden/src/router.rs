@@ -116,23 +116,15 @@ fn answered(
     rule: Option<&str>,
     answer: Result<Payload, WireError>,
 ) -> Outcome {
-    let code = answer.as_ref().err().map(|e| e.code);
-    svc.reg
-        .record_call(method, svc.resolves(method), code, started);
-    if svc.reg.monitoring() {
-        crate::monitor::answer(
-            &svc.reg,
-            &crate::monitor::CallRecord {
-                conn: peer,
-                id,
-                method,
-                code,
-                started,
-                rule,
-                result: answer.as_ref().ok(),
-            },
-        );
-    }
+    let call = calls::Answered {
+        peer,
+        id,
+        method,
+        resolved: svc.resolves(method),
+        started,
+        rule,
+    };
+    call.record(&svc.reg, &answer);
     Outcome::Answer(answer_message(id, answer))
 }
 
@@ -307,22 +299,15 @@ async fn run_handler(
             "the broker is shutting down and the call did not finish within the drain timeout",
         )),
     };
-    let code = answer.as_ref().err().map(|e| e.code);
-    reg.record_call(method.as_str(), true, code, started);
-    if reg.monitoring() {
-        crate::monitor::answer(
-            &reg,
-            &crate::monitor::CallRecord {
-                conn: &caller,
-                id,
-                method: method.as_str(),
-                code,
-                started,
-                rule: rule.as_deref(),
-                result: answer.as_ref().ok(),
-            },
-        );
-    }
+    let call = calls::Answered {
+        peer: &caller,
+        id,
+        method: method.as_str(),
+        resolved: true,
+        started,
+        rule: rule.as_deref(),
+    };
+    call.record(&reg, &answer);
     let frame = calls::answer_frame(&reg, &caller, id, &method, answer);
     // The slot is free before the answer can arrive.
     reg.call_finished(Some(&caller));
