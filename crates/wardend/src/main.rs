@@ -41,6 +41,7 @@ fn print_out(text: &str) -> ExitCode {
 fn init_logging(args: &Args) -> Option<LogSink> {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // (main checked the level before calling this.)
     let sink = match LogSink::stderr() {
         Ok(s) => s,
         Err(e) => {
@@ -70,6 +71,23 @@ fn init_logging(args: &Args) -> Option<LogSink> {
     Some(sink)
 }
 
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks `--log-level`: a level, or a tracing filter whose every
+/// directive ends in `=LEVEL` (so a typo such as `inf` is an error, not a
+/// filter for a target named "inf" that silently logs nothing).
+fn check_log_level(spec: &str) -> Result<(), String> {
+    for d in spec.split(',').map(str::trim) {
+        let level = d.rsplit_once('=').map_or(d, |(_, l)| l);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!("{d:?} is not a level or a TARGET=LEVEL directive"));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(spec)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 fn load_config(path: Option<&PathBuf>) -> Result<Config, warden_policy::ConfigError> {
     match path {
         Some(p) => Config::load(p, &SystemResolver),
@@ -92,6 +110,15 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if args.print_default_config {
         return print_out(DEFAULT_CONFIG);
+    }
+    if let Err(e) = check_log_level(&args.log_level) {
+        // A usage error, like any other bad argument: nothing started yet.
+        say(format_args!(
+            "wardend: invalid --log-level {:?}: {e}\n\
+             use error, warn, info, debug or trace, or a tracing filter such as \"info,warden=debug\""
+            ,args.log_level
+        ));
+        return ExitCode::from(2);
     }
     let sink = init_logging(&args);
 

@@ -76,3 +76,28 @@ fn a_stalled_stderr_does_not_stop_answers_or_shutdown() -> anyhow::Result<()> {
     assert!(text.ends_with('\n'), "a line was cut");
     Ok(())
 }
+
+#[test]
+fn an_invalid_log_level_is_a_usage_error() -> anyhow::Result<()> {
+    for bad in ["bogus", "inf", "warden=loud", "info,"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wardend"))
+            .args(["--log-level", bad, "--check-config"])
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: stderr: {err}");
+        assert!(err.contains("invalid --log-level"), "{bad}: stderr: {err}");
+        assert!(out.stdout.is_empty());
+    }
+    for good in ["debug", "WARN", "info,warden=debug"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wardend"))
+            .args(["--log-level", good, "--check-config"])
+            .output()?;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{good}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
