@@ -258,31 +258,31 @@ fn warn_if_nofile_too_low(nofile: u64, max_connections: u64) {
 /// How often the broker looks whether connections went away.
 const TRIM_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 /// Connections closed since the last trim that make the next check give
-/// memory back.
-const TRIM_AFTER_CLOSED: usize = 64;
+/// memory back even while more are still closing.
+const TRIM_AFTER_CLOSED: usize = 1024;
 
-/// Gives the heap's free memory back to the kernel after a burst of
-/// connections has closed: the allocator would otherwise keep its
-/// high-water mark resident. Checked every [`TRIM_CHECK`]; costs nothing
-/// while the connection count does not fall.
+/// Gives the heap's free memory back to the kernel once connections have
+/// closed: the allocator would otherwise keep its high-water mark
+/// resident. It trims at the first check after closures settle (the
+/// count did not fall since the previous check), or every
+/// [`TRIM_AFTER_CLOSED`] closures while they go on; nothing while no
+/// connection closes.
 async fn give_back_memory(broker: Broker) {
-    let mut high = broker.connection_count();
+    let mut prev = broker.connection_count();
+    let mut closed = 0usize;
     let mut tick = tokio::time::interval(TRIM_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = broker.connection_count();
-        if high.saturating_sub(now) >= TRIM_AFTER_CLOSED {
+        let falling = now < prev;
+        closed += prev.saturating_sub(now);
+        prev = now;
+        if closed > 0 && (!falling || closed >= TRIM_AFTER_CLOSED) {
             // malloc_trim walks every arena: a blocking thread's job.
             let _ = tokio::task::spawn_blocking(warden_sys::release_free_heap).await;
-            tracing::debug!(
-                from = high,
-                to = now,
-                "connections closed; gave free memory back"
-            );
-            high = now;
-        } else {
-            high = high.max(now);
+            tracing::debug!(closed, now, "connections closed; gave free memory back");
+            closed = 0;
         }
     }
 }
