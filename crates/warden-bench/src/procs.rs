@@ -19,7 +19,10 @@ pub fn two_cpus() -> anyhow::Result<(usize, usize)> {
         .filter(|&c| set.is_set(c).unwrap_or(false))
         .take(2)
         .collect();
-    anyhow::ensure!(cpus.len() == 2, "the pinned mode needs two CPUs, this thread may use {cpus:?}");
+    anyhow::ensure!(
+        cpus.len() == 2,
+        "the pinned mode needs two CPUs, this thread may use {cpus:?}"
+    );
     Ok((cpus[0], cpus[1]))
 }
 

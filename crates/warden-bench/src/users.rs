@@ -31,9 +31,7 @@ use anyhow::Context;
 use serde_json::json;
 use warden_client::{Client, ConnectOptions, Event, IncomingCall, Payload, WireError};
 
-use crate::procs::{
-    median, now_ns, parse_report, pick, report, spawn_on, two_cpus, Kill,
-};
+use crate::procs::{median, now_ns, parse_report, pick, report, spawn_on, two_cpus, Kill};
 use crate::{frame, pipelined, read_frame, Peer};
 
 pub const RAW_SERVER_ARG: &str = "--users-raw-echo-child";
@@ -127,7 +125,10 @@ pub fn raw_client_child(mut args: impl Iterator<Item = String>) -> anyhow::Resul
     }
     let t = Instant::now();
     let done = pipelined(&mut p, &|_| req.clone(), PIPELINED, WINDOW)?;
-    print!("{}", report(&times, done as f64 / t.elapsed().as_secs_f64()));
+    print!(
+        "{}",
+        report(&times, done as f64 / t.elapsed().as_secs_f64())
+    );
     Ok(())
 }
 
@@ -481,7 +482,11 @@ fn table_mode(
             });
         }
         let d = match &dbus {
-            Ok(v) => v.iter().find(|r| r.0 == size).copied().ok_or("no row".to_string()),
+            Ok(v) => v
+                .iter()
+                .find(|r| r.0 == size)
+                .copied()
+                .ok_or("no row".to_string()),
             Err(e) => Err(e.clone()),
         };
         rows.push(match d {
@@ -523,7 +528,14 @@ fn print_table(rows: &[URow], cpus: Option<(usize, usize)>) {
     }
     println!(
         "{:<9} {:<26} {:>7} {:>9} {:>9} {:>12} {:>9} {:>9} {:>10}",
-        "mode", "path", "payload", "p50 µs", "p99 µs", "pipelined/s", "p50 ×raw", "p99 ×raw",
+        "mode",
+        "path",
+        "payload",
+        "p50 µs",
+        "p99 µs",
+        "pipelined/s",
+        "p50 ×raw",
+        "p99 ×raw",
         "tput %raw"
     );
     for r in rows {
@@ -652,6 +664,11 @@ fn fanout(me: &Path, socket: &Path, dir: &Path) -> anyhow::Result<()> {
         us(lat.last().copied().unwrap_or_default()),
         us(pick(&raw, 50)),
         pick(&lat, 50).as_secs_f64() / pick(&raw, 50).as_secs_f64()
+    );
+    println!(
+        "  per subscriber: p50 / {FANOUT_SUBSCRIBERS} = {:.2} µs, {:.2} × one raw one-way send",
+        us(pick(&lat, 50)) / FANOUT_SUBSCRIBERS as f64,
+        pick(&lat, 50).as_secs_f64() / FANOUT_SUBSCRIBERS as f64 / pick(&raw, 50).as_secs_f64()
     );
     Ok(())
 }
