@@ -192,12 +192,8 @@ fn pick(v: &[Duration], q: usize) -> Duration {
     v.get(v.len() * q / 100).copied().unwrap_or_default()
 }
 
-pub fn run(wardend: Option<&Path>) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        nix::unistd::geteuid().is_root(),
-        "needs root (eBPF, and the pinger runs as nobody); --no-learn skips it"
-    );
-    let me = std::env::current_exe()?;
+/// The wardend binary: `wardend` if given, else next to `me`.
+pub fn wardend_path(me: &Path, wardend: Option<&Path>) -> anyhow::Result<PathBuf> {
     let wardend = match wardend {
         Some(p) => p.to_path_buf(),
         None => me.with_file_name("wardend"),
@@ -205,10 +201,20 @@ pub fn run(wardend: Option<&Path>) -> anyhow::Result<()> {
     anyhow::ensure!(
         wardend.is_file(),
         "wardend not found at {}: build it with `cargo build --release -p wardend` (same \
-         CARGO_TARGET_DIR), or pass --wardend PATH (or WARDEN_BENCH_WARDEND=PATH); --no-learn \
-         skips this table",
+         CARGO_TARGET_DIR), or pass --wardend PATH (or WARDEN_BENCH_WARDEND=PATH); the --no-* \
+         flags skip the tables that need it",
         wardend.display()
     );
+    Ok(wardend)
+}
+
+pub fn run(wardend: Option<&Path>) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        nix::unistd::geteuid().is_root(),
+        "needs root (eBPF, and the pinger runs as nobody); --no-learn skips it"
+    );
+    let me = std::env::current_exe()?;
+    let wardend = wardend_path(&me, wardend)?;
     // The pinger binary and the socket must be reachable by nobody.
     let dir = PathBuf::from(format!("/run/wdn-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

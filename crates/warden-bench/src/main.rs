@@ -20,6 +20,13 @@
 //!   `learn.start`/`learn.stop` on a real `wardend`, as ratios to idle
 //!   (module `learnping`; root, eBPF).
 //!
+//! - the table "as users get it": client, broker (a real `wardend`) and
+//!   provider in separate processes, the client and provider on
+//!   `warden-client`, with a D-Bus row (zbus through a private
+//!   `dbus-daemon`, from the sibling binary `dbus-bench`), pinned and
+//!   unpinned; one event fanned out to 1 000 subscribers; wardend's memory
+//!   per idle connection (module `users`).
+//!
 //! Servers run on their own multi-threaded runtime; the client is a plain
 //! blocking socket in the main thread, identical for all three. Ratios to
 //! raw are what matter: the machines are shared and noisy.
@@ -35,7 +42,9 @@ use warden::{Broker, Shutdown};
 use warden_policy::{Config, StaticResolver};
 
 mod learnping;
+mod procs;
 mod syscalls;
+mod users;
 
 const WARMUP: usize = 1_000;
 /// Round trips per round, per path and payload.
@@ -274,7 +283,7 @@ fn raise_nofile() -> anyhow::Result<u64> {
     if soft < hard {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
-    let need = 2 * IDLE_CONNS as u64 + 256;
+    let need = (2 * IDLE_CONNS).max(users::MEM_CONNS) as u64 + 256;
     anyhow::ensure!(
         hard >= need,
         "RLIMIT_NOFILE hard limit {hard} < {need}: the 1k idle connections need more descriptors"
@@ -287,13 +296,19 @@ struct Options {
     main: bool,
     syscalls: bool,
     learn: bool,
+    users: users::Parts,
     wardend: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: warden-bench [--no-main] [--no-syscalls] [--no-learn] [--wardend PATH]
-  --no-main       skip the latency/throughput table
+const USAGE: &str = "usage: warden-bench [--no-main] [--no-syscalls] [--no-learn] [--no-users]
+                    [--no-dbus] [--no-fanout] [--no-memory] [--wardend PATH]
+  --no-main       skip the latency/throughput table (in-process broker)
   --no-syscalls   skip the syscalls-per-call table (strace)
   --no-learn      skip the ping-while-learning table (needs root, eBPF, wardend)
+  --no-users      skip the \"as users get it\" table (separate processes, wardend)
+  --no-dbus       leave out its D-Bus row (dbus-bench, dbus-daemon)
+  --no-fanout     skip the 1 000-subscriber fan-out (wardend)
+  --no-memory     skip wardend's memory per idle connection
   --wardend PATH  the wardend binary (default: $WARDEN_BENCH_WARDEND, else next to
                   this binary; build it with `cargo build --release -p wardend`)";
 
@@ -302,6 +317,12 @@ fn options(mut args: impl Iterator<Item = String>) -> anyhow::Result<Options> {
         main: true,
         syscalls: true,
         learn: true,
+        users: users::Parts {
+            table: true,
+            dbus: true,
+            fanout: true,
+            memory: true,
+        },
         wardend: std::env::var_os("WARDEN_BENCH_WARDEND").map(PathBuf::from),
     };
     while let Some(a) = args.next() {
@@ -309,6 +330,10 @@ fn options(mut args: impl Iterator<Item = String>) -> anyhow::Result<Options> {
             "--no-main" => o.main = false,
             "--no-syscalls" => o.syscalls = false,
             "--no-learn" => o.learn = false,
+            "--no-users" => o.users.table = false,
+            "--no-dbus" => o.users.dbus = false,
+            "--no-fanout" => o.users.fanout = false,
+            "--no-memory" => o.users.memory = false,
             "--wardend" => {
                 o.wardend = Some(PathBuf::from(
                     args.next().context("--wardend needs a path")?,
@@ -336,6 +361,12 @@ fn main() -> anyhow::Result<()> {
             return syscalls::broker_child(&PathBuf::from(args.next().context("socket path")?))
         }
         Some(learnping::CHILD_ARG) => return learnping::ping_child(args),
+        Some(users::RAW_SERVER_ARG) => return users::raw_server_child(args),
+        Some(users::RAW_CLIENT_ARG) => return users::raw_client_child(args),
+        Some(users::CLIENT_ARG) => return users::client_child(args),
+        Some(users::PROVIDER_ARG) => return users::provider_child(args),
+        Some(users::SUBSCRIBERS_ARG) => return users::subscribers_child(args),
+        Some(users::ONEWAY_ARG) => return users::oneway_child(args),
         _ => {}
     }
     let opts = options(std::env::args().skip(1))?;
@@ -476,6 +507,17 @@ fn main() -> anyhow::Result<()> {
         if let Err(e) = learnping::run(opts.wardend.as_deref()) {
             println!("ping while learning: FAILED: {e:#}");
             failed.push("learn");
+        }
+    }
+    let u = opts.users;
+    if u.table || u.fanout || u.memory {
+        println!();
+        match users::run(opts.wardend.as_deref(), u) {
+            Ok(f) => failed.extend(f),
+            Err(e) => {
+                println!("as users get it: FAILED: {e:#}");
+                failed.push("users");
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
