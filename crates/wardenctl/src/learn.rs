@@ -9,7 +9,7 @@
 //! environment, terminal and working directory.
 
 use std::io::Write as _;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -404,15 +404,9 @@ async fn launch(
         return Err("give a command after --, or --pid PID".into());
     }
     let me = std::env::current_exe().map_err(|e| format!("cannot find wardenctl itself: {e}"))?;
-    let (gate_read, gate_write): (OwnedFd, OwnedFd) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| format!("cannot create a pipe: {e}"))?;
     // The read end goes to the helper.
-    nix::fcntl::fcntl(
-        gate_read.as_fd(),
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .map_err(|e| format!("cannot prepare the pipe: {e}"))?;
+    let (gate_read, gate_write) =
+        warden_sys::gate_pipe().map_err(|e| format!("cannot create the gate pipe: {e}"))?;
     let mut cmd = std::process::Command::new(&me);
     cmd.arg("learn-exec")
         .arg("--gate-fd")
@@ -444,9 +438,7 @@ async fn launch(
             return Err(e);
         }
     };
-    let opened = nix::unistd::write(&gate_write, b"g");
-    drop(gate_write);
-    if let Err(e) = opened {
+    if let Err(e) = warden_sys::open_gate(gate_write) {
         let _ = child.kill();
         let _ = child.wait();
         return Err(format!("cannot start the command: {e}").into());
