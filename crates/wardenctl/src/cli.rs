@@ -67,6 +67,7 @@ pub enum Command {
         wardenctl learn --format landlock-json -- ./myapp > myapp.landlock.json\n  \
         wardenctl learn --verify myapp.landlock.json -- ./myapp\n  \
         wardenctl learn --pid 1234 --duration 30s")]
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "command"])))]
     Learn {
         /// Capture this running process (yours) and its descendants
         /// instead of starting a command; until Ctrl-C, --duration, or
@@ -74,7 +75,7 @@ pub enum Command {
         #[arg(long, value_name = "PID", conflicts_with = "command")]
         pid: Option<u32>,
         /// With --pid: stop after this long (e.g. 30s, 5m).
-        #[arg(long, value_name = "DURATION", requires = "pid", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", requires = "pid", conflicts_with = "command", value_parser = parse_duration)]
         duration: Option<Duration>,
         /// What to print on stdout: the report (with --json, every
         /// event), or a suggested profile (the report then goes to stderr).
