@@ -59,8 +59,8 @@ pub use imp::process::{
     process_comm_confirmed, raise_nofile_limit, release_free_heap,
 };
 pub use imp::target::{
-    confirm_same_process, pid_namespace_inode, pid_ns_levels, pidfd_alive, pidfd_open,
-    process_facts, wait_for_gate, ProcessFacts,
+    confirm_same_process, gate_pipe, open_gate, pid_namespace_inode, pid_ns_levels, pidfd_alive,
+    pidfd_open, process_facts, wait_for_gate, ProcessFacts,
 };
 pub use imp::users::{
     group_by_name, group_name, groups_of_user, user_by_name, user_by_uid, UserInfo,

@@ -14,7 +14,7 @@
 // (allowed crate-wide in lib.rs).
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
 /// A process's credentials and the facts needed to decide whether a caller
@@ -316,7 +316,8 @@ pub fn pid_namespace_inode(pid: Option<u32>) -> io::Result<u32> {
 /// In a child started by `wardenctl learn`: waits until the parent writes
 /// one byte to the inherited pipe `fd` (the capture is attached) and
 /// returns true, or false if the parent closed it without writing (the
-/// capture failed; the child must not run the command).
+/// capture failed; the child must not run the command). The parent's
+/// side is [`gate_pipe`] and [`open_gate`].
 ///
 /// # Errors
 /// `EBADF` if `fd` is not an open pipe this process inherited.
@@ -351,10 +352,58 @@ pub fn wait_for_gate(fd: i32) -> io::Result<bool> {
     }
 }
 
+/// Creates the gate pipe a parent holds a child with until it may run
+/// (`wardenctl learn` and its `learn-exec` helper): `(read, write)`.
+///
+/// The read end is inheritable (no close-on-exec): pass its number to the
+/// child, which waits on it with [`wait_for_gate`], and drop it in the
+/// parent once the child is started. The write end is close-on-exec, so no
+/// other child holds the gate open. Open the gate with [`open_gate`]; drop
+/// the write end unopened to make the child give up.
+///
+/// # Errors
+/// The OS error of `pipe2` or of clearing close-on-exec on the read end.
+pub fn gate_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    nix::fcntl::fcntl(
+        read.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map_err(io::Error::from)?;
+    Ok((read, write))
+}
+
+/// Opens the gate: writes the one byte [`wait_for_gate`] waits for, then
+/// closes the write end (the child's `wait_for_gate` returns true).
+///
+/// # Errors
+/// The OS error of the write (e.g. `EPIPE` when the child already exited).
+pub fn open_gate(write: OwnedFd) -> io::Result<()> {
+    loop {
+        match nix::unistd::write(&write, b"g") {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    #[test]
+    fn the_gate_opens_or_closes_unopened() -> io::Result<()> {
+        let (read, write) = gate_pipe()?;
+        open_gate(write)?;
+        assert!(wait_for_gate(read.as_raw_fd())?);
+        let (read, write) = gate_pipe()?;
+        drop(write);
+        assert!(!wait_for_gate(read.as_raw_fd())?);
+        Ok(())
+    }
 
     #[test]
     fn facts_of_self() -> io::Result<()> {

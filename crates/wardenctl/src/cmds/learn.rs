@@ -9,7 +9,7 @@
 //! environment, terminal and working directory.
 
 use std::io::Write as _;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,48 +20,7 @@ use warden_learn::profile::LandlockProfile;
 use warden_learn::report::Report;
 use warden_learn::{Event, EVENTS_TOPIC};
 
-use crate::{EXIT_CONNECT, EXIT_TIMEOUT};
-
-/// Exit status when the capture was refused or could not be set up: the
-/// table's "the broker answered with an error".
-pub const EXIT_CAPTURE: u8 = crate::EXIT_REMOTE_ERROR;
-
-/// Why `learn` stopped before it could report, with its exit status.
-#[derive(Debug)]
-pub struct Failed {
-    msg: String,
-    exit: u8,
-}
-
-impl From<String> for Failed {
-    fn from(msg: String) -> Failed {
-        Failed {
-            msg,
-            exit: EXIT_CAPTURE,
-        }
-    }
-}
-
-impl From<&str> for Failed {
-    fn from(msg: &str) -> Failed {
-        Failed::from(msg.to_owned())
-    }
-}
-
-/// A failed request: `what` failed because of `e`, with the exit status
-/// the kind of failure gets.
-fn call_failed(what: &str, e: &warden_client::CallError) -> Failed {
-    use warden_client::CallError;
-    let exit = match e {
-        CallError::Timeout { .. } => EXIT_TIMEOUT,
-        CallError::Disconnected { .. } => EXIT_CONNECT,
-        _ => EXIT_CAPTURE,
-    };
-    Failed {
-        msg: format!("{what}: {e}"),
-        exit,
-    }
-}
+use crate::error::Error;
 
 /// What `learn` prints on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -86,42 +45,42 @@ pub struct LearnArgs<'a> {
     pub json: bool,
 }
 
-fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("wardenctl learn: {msg}");
-    ExitCode::from(EXIT_CAPTURE)
-}
-
-fn failed(f: Failed) -> ExitCode {
-    eprintln!("wardenctl learn: {}", f.msg);
-    ExitCode::from(f.exit)
-}
-
 /// `wardenctl learn-exec`: in the helper process. Waits for the gate,
 /// applies the Landlock profile if any, then becomes the command.
-pub fn exec_helper(gate_fd: i32, landlock: Option<&Path>, command: &[String]) -> ExitCode {
+pub fn exec_helper(
+    gate_fd: i32,
+    landlock: Option<&Path>,
+    command: &[String],
+) -> Result<ExitCode, Error> {
     use std::os::unix::process::CommandExt;
     let Some((program, args)) = command.split_first() else {
-        return fail("no command given");
+        return Err(Error::capture("no command given"));
     };
     // Read the profile before waiting: once the gate opens, the capture
     // is running and only the command's own work should show.
-    let profile = match landlock.map(read_profile).transpose() {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
+    let profile = landlock
+        .map(read_profile)
+        .transpose()
+        .map_err(Error::capture)?;
     match warden_sys::wait_for_gate(gate_fd) {
         Ok(true) => {}
-        Ok(false) => return ExitCode::from(127),
-        Err(e) => return fail(format!("internal: the gate pipe failed: {e}")),
+        Ok(false) => return Ok(ExitCode::from(127)),
+        Err(e) => {
+            return Err(Error::capture(format!(
+                "internal: the gate pipe failed: {e}"
+            )))
+        }
     }
     if let Some(p) = &profile {
         if let Err(e) = apply_landlock(p) {
-            return fail(format!("cannot apply the Landlock profile: {e}"));
+            return Err(Error::capture(format!(
+                "cannot apply the Landlock profile: {e}"
+            )));
         }
     }
     let err = std::process::Command::new(program).args(args).exec();
     eprintln!("wardenctl learn: cannot run {program}: {err}");
-    ExitCode::from(127)
+    Ok(ExitCode::from(127))
 }
 
 fn read_profile(path: &Path) -> Result<LandlockProfile, String> {
@@ -191,31 +150,30 @@ fn apply_landlock(p: &LandlockProfile) -> Result<(), String> {
 }
 
 /// Reads the session's events until its end record.
-async fn collect(client: &Client, session: u64, report: &mut Report) -> Result<(), Failed> {
+async fn collect(client: &Client, session: u64, report: &mut Report) -> Result<(), Error> {
     while !pump(client, client.next_event().await, session, report)?.ended {}
     Ok(())
 }
 
 /// Runs `learn`. `client` is connected.
-pub async fn run(client: &Client, args: &LearnArgs<'_>) -> ExitCode {
+pub async fn run(client: &Client, args: &LearnArgs<'_>) -> Result<ExitCode, Error> {
     let wants_profile = args.format != LearnFormat::Report || args.save_profile.is_some();
     let mut report = Report::default();
     let (status, label) = if let Some(pid) = args.pid {
-        match attach(client, pid, args, wants_profile, &mut report).await {
-            Ok(()) => (None, format!("pid {pid}")),
-            Err(e) => return failed(e),
-        }
+        attach(client, pid, args, wants_profile, &mut report).await?;
+        (None, format!("pid {pid}"))
     } else {
-        match launch(client, args, wants_profile, &mut report).await {
-            Ok(st) => (Some(st), args.command.join(" ")),
-            Err(e) => return failed(e),
-        }
+        let st = launch(client, args, wants_profile, &mut report).await?;
+        (Some(st), args.command.join(" "))
     };
     if let Some(path) = args.save_profile {
         let p = warden_learn::profile::landlock(&report);
         let text = serde_json::to_string_pretty(&p).unwrap_or_default();
         if let Err(e) = std::fs::write(path, text + "\n") {
-            return fail(format!("cannot write {}: {e}", path.display()));
+            return Err(Error::capture(format!(
+                "cannot write {}: {e}",
+                path.display()
+            )));
         }
     }
     let mut out = std::io::stdout().lock();
@@ -254,10 +212,7 @@ pub async fn run(client: &Client, args: &LearnArgs<'_>) -> ExitCode {
         }
     }
     let _ = out.flush();
-    match status {
-        Some(st) => exit_of(st),
-        None => ExitCode::SUCCESS,
-    }
+    Ok(status.map_or(ExitCode::SUCCESS, exit_of))
 }
 
 fn exit_of(status: std::process::ExitStatus) -> ExitCode {
@@ -269,26 +224,26 @@ fn exit_of(status: std::process::ExitStatus) -> ExitCode {
     }
 }
 
-async fn start_session(client: &Client, pid: u32, accesses: bool) -> Result<u64, Failed> {
+async fn start_session(client: &Client, pid: u32, accesses: bool) -> Result<u64, Error> {
     let r = client
         .call_json("learn.start", json!({ "pid": pid, "accesses": accesses }))
         .await
-        .map_err(|e| call_failed("the broker refused the capture", &e))?;
+        .map_err(|e| Error::capture_call("the broker refused the capture", e))?;
     let session = r["session"]
         .as_u64()
-        .ok_or("the broker's learn.start answer has no session id")?;
+        .ok_or_else(|| Error::capture("the broker's learn.start answer has no session id"))?;
     client
         .call_json("learn.events", json!({ "session": session }))
         .await
-        .map_err(|e| call_failed("cannot stream the capture", &e))?;
+        .map_err(|e| Error::capture_call("cannot stream the capture", e))?;
     Ok(session)
 }
 
-async fn stop_session(client: &Client, session: u64, report: &mut Report) -> Result<(), Failed> {
+async fn stop_session(client: &Client, session: u64, report: &mut Report) -> Result<(), Error> {
     client
         .call_json("learn.stop", json!({ "session": session }))
         .await
-        .map_err(|e| call_failed("learn.stop failed", &e))?;
+        .map_err(|e| Error::capture_call("learn.stop failed", e))?;
     collect(client, session, report).await
 }
 
@@ -300,7 +255,7 @@ async fn attach(
     args: &LearnArgs<'_>,
     accesses: bool,
     report: &mut Report,
-) -> Result<(), Failed> {
+) -> Result<(), Error> {
     let session = start_session(client, pid, accesses).await?;
     let duration = args.duration.unwrap_or(Duration::MAX);
     eprintln!(
@@ -343,7 +298,7 @@ fn pump(
     ev: Option<ClientEvent>,
     session: u64,
     report: &mut Report,
-) -> Result<Step, Failed> {
+) -> Result<Step, Error> {
     let mut step = Step::default();
     match ev {
         Some(ClientEvent::Event {
@@ -355,7 +310,7 @@ fn pump(
             report.missed += missed;
             let v: Value = data
                 .parse()
-                .map_err(|e| format!("undecodable event from the broker: {e}"))?;
+                .map_err(|e| Error::capture(format!("undecodable event from the broker: {e}")))?;
             if v["session"].as_u64() != Some(session) {
                 return Ok(step);
             }
@@ -378,16 +333,13 @@ fn pump(
         Some(ClientEvent::Lagged { missed }) => report.missed += missed,
         Some(ClientEvent::Event { .. }) => {}
         None => {
-            return Err(Failed {
-                msg: format!(
-                    "the connection to the broker closed during the capture{}",
-                    client
-                        .last_error()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default()
-                ),
-                exit: EXIT_CONNECT,
-            })
+            return Err(Error::CaptureClosed(format!(
+                "the connection to the broker closed during the capture{}",
+                client
+                    .last_error()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            )))
         }
     }
     Ok(step)
@@ -399,20 +351,15 @@ async fn launch(
     args: &LearnArgs<'_>,
     accesses: bool,
     report: &mut Report,
-) -> Result<std::process::ExitStatus, Failed> {
+) -> Result<std::process::ExitStatus, Error> {
     if args.command.is_empty() {
-        return Err("give a command after --, or --pid PID".into());
+        return Err(Error::capture("give a command after --, or --pid PID"));
     }
-    let me = std::env::current_exe().map_err(|e| format!("cannot find wardenctl itself: {e}"))?;
-    let (gate_read, gate_write): (OwnedFd, OwnedFd) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| format!("cannot create a pipe: {e}"))?;
+    let me = std::env::current_exe()
+        .map_err(|e| Error::capture(format!("cannot find wardenctl itself: {e}")))?;
     // The read end goes to the helper.
-    nix::fcntl::fcntl(
-        gate_read.as_fd(),
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .map_err(|e| format!("cannot prepare the pipe: {e}"))?;
+    let (gate_read, gate_write) = warden_sys::gate_pipe()
+        .map_err(|e| Error::capture(format!("cannot create the gate pipe: {e}")))?;
     let mut cmd = std::process::Command::new(&me);
     cmd.arg("learn-exec")
         .arg("--gate-fd")
@@ -423,7 +370,7 @@ async fn launch(
     cmd.arg("--").args(args.command);
     let mut child = cmd
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", me.display()))?;
+        .map_err(|e| Error::capture(format!("cannot start {}: {e}", me.display())))?;
     drop(gate_read);
     // Ctrl-C goes to the command; wardenctl stays to report.
     let ignore_int = tokio::spawn(async {
@@ -444,12 +391,10 @@ async fn launch(
             return Err(e);
         }
     };
-    let opened = nix::unistd::write(&gate_write, b"g");
-    drop(gate_write);
-    if let Err(e) = opened {
+    if let Err(e) = warden_sys::open_gate(gate_write) {
         let _ = child.kill();
         let _ = child.wait();
-        return Err(format!("cannot start the command: {e}").into());
+        return Err(Error::capture(format!("cannot start the command: {e}")));
     }
     let waiter = tokio::task::spawn_blocking(move || child.wait());
     tokio::pin!(waiter);
@@ -462,8 +407,8 @@ async fn launch(
     };
     ignore_int.abort();
     let status = status
-        .map_err(|e| format!("waiting for the command failed: {e}"))?
-        .map_err(|e| format!("waiting for the command failed: {e}"))?;
+        .map_err(|e| Error::capture(format!("waiting for the command failed: {e}")))?
+        .map_err(|e| Error::capture(format!("waiting for the command failed: {e}")))?;
     stop_session(client, session, report).await?;
     saw_the_command(report, pid)?;
     Ok(status)
@@ -474,18 +419,17 @@ async fn launch(
 /// departure, or at least its exit) is always recorded when the capture
 /// works. An empty report would claim "no denials"; say that the capture
 /// failed instead.
-fn saw_the_command(report: &Report, pid: u32) -> Result<(), Failed> {
+fn saw_the_command(report: &Report, pid: u32) -> Result<(), Error> {
     let Some(end) = report.end.as_ref().map(|e| &e["end"]) else {
         return Ok(());
     };
     let count = |k: &str| end[k].as_u64().unwrap_or(0);
     if count("kernel_events") == 0 && count("lost_in_kernel") == 0 && report.events.is_empty() {
-        return Err(format!(
+        return Err(Error::capture(format!(
             "the capture saw nothing of the command (pid {pid}), not even its exec or its \
              exit: the broker's eBPF side could not follow the process, so there is no report \
              (an empty one would wrongly say it was denied nothing)"
-        )
-        .into());
+        )));
     }
     Ok(())
 }
@@ -505,10 +449,12 @@ mod tests {
     #[test]
     fn a_capture_that_recorded_nothing_is_an_error_not_an_empty_report() {
         let blind = report(json!({"kernel_events": 0, "lost_in_kernel": 0}), vec![]);
-        let err = saw_the_command(&blind, 42).err().map(|f| (f.msg, f.exit));
-        let (msg, exit) = err.unwrap_or_default();
+        let err = saw_the_command(&blind, 42).err();
+        let (msg, exit) = err
+            .map(|e| (e.to_string(), e.exit_code()))
+            .unwrap_or_default();
         assert!(msg.contains("saw nothing of the command (pid 42)"), "{msg}");
-        assert_eq!(exit, EXIT_CAPTURE);
+        assert_eq!(exit, crate::error::EXIT_REMOTE_ERROR);
         // Something was recorded, or lost: a real (if partial) capture.
         let seen = report(
             json!({"kernel_events": 2, "lost_in_kernel": 0}),

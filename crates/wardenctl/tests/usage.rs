@@ -1,0 +1,78 @@
+//! Usage errors `wardenctl` refuses before doing anything: clap's message
+//! on stderr and exit status 2, without trying to reach a broker.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use warden_testkit::output_with_timeout;
+
+/// Runs the built `wardenctl` against a socket that does not exist: a
+/// command that got past argument parsing would fail to connect (exit 3).
+fn ctl(args: &[&str]) -> anyhow::Result<Output> {
+    output_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_wardenctl"))
+            .args(["--socket", "/nonexistent/warden-usage-test.sock"])
+            .args(args),
+        Duration::from_secs(30),
+    )
+}
+
+fn usage_error(args: &[&str]) -> anyhow::Result<String> {
+    let out = ctl(args)?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "wardenctl {args:?}: {:?}\n{stderr}",
+        out.status
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "wardenctl {args:?} printed on stdout"
+    );
+    assert!(stderr.starts_with("error: "), "not a clap error: {stderr}");
+    assert!(
+        !stderr.contains("cannot connect"),
+        "it tried to connect: {stderr}"
+    );
+    Ok(stderr)
+}
+
+#[test]
+fn learn_duration_without_pid_is_a_usage_error() -> anyhow::Result<()> {
+    // Alone, and with a command (which --pid conflicts with).
+    for args in [
+        &["learn", "--duration", "5s"][..],
+        &["learn", "--duration", "5s", "--", "true"][..],
+    ] {
+        let stderr = usage_error(args)?;
+        assert!(
+            stderr.contains("--duration") && stderr.contains("--pid"),
+            "wardenctl {args:?} does not name both flags: {stderr}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn learn_without_a_command_or_pid_is_a_usage_error() -> anyhow::Result<()> {
+    let stderr = usage_error(&["learn"])?;
+    assert!(
+        stderr.contains("--pid <PID>") && stderr.contains("CMD"),
+        "the message names neither a command nor --pid: {stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn learn_with_a_pid_or_a_command_gets_past_parsing() -> anyhow::Result<()> {
+    // Both reach the (missing) broker: exit 3, not a usage error.
+    for args in [
+        &["learn", "--pid", "1", "--duration", "5s"][..],
+        &["learn", "--", "true"][..],
+    ] {
+        let out = ctl(args)?;
+        assert_eq!(out.status.code(), Some(3), "wardenctl {args:?}: {out:?}");
+    }
+    Ok(())
+}
