@@ -198,6 +198,10 @@ fn create_users() -> anyhow::Result<()> {
             }
             cmd.arg(user);
             run_checked(&mut cmd)?;
+        } else if !groups.is_empty() {
+            // Left from an earlier run whose groups were removed and made
+            // again (the CI cleanup): make sure of the membership.
+            run_checked(Command::new("usermod").args(["-a", "-G", groups, user]))?;
         }
     }
     Ok(())
