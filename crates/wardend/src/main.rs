@@ -264,12 +264,13 @@ const TRIM_AFTER_CLOSED: usize = 1024;
 /// Gives the heap's free memory back to the kernel once connections have
 /// closed: the allocator would otherwise keep its high-water mark
 /// resident. It trims at the first check after closures settle (the
-/// count did not fall since the previous check), or every
-/// [`TRIM_AFTER_CLOSED`] closures while they go on; nothing while no
-/// connection closes.
+/// count did not fall since the previous check), and also every
+/// [`TRIM_AFTER_CLOSED`] closures while they go on (then once more after
+/// they settle); nothing while no connection closes.
 async fn give_back_memory(broker: Broker) {
     let mut prev = broker.connection_count();
     let mut closed = 0usize;
+    let mut settle_pending = false;
     let mut tick = tokio::time::interval(TRIM_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -278,11 +279,14 @@ async fn give_back_memory(broker: Broker) {
         let falling = now < prev;
         closed += prev.saturating_sub(now);
         prev = now;
-        if closed > 0 && (!falling || closed >= TRIM_AFTER_CLOSED) {
+        settle_pending |= falling;
+        let storm = falling && closed >= TRIM_AFTER_CLOSED;
+        if storm || (!falling && settle_pending) {
             // malloc_trim walks every arena: a blocking thread's job.
             let _ = tokio::task::spawn_blocking(warden_sys::release_free_heap).await;
             tracing::debug!(closed, now, "connections closed; gave free memory back");
             closed = 0;
+            settle_pending = falling;
         }
     }
 }

@@ -184,6 +184,12 @@ pub(crate) async fn run(svc: Arc<Services>, stream: UnixStream, mut peer: PeerId
         Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Ok(_) => {}
     }
+    // The connection's memory goes before its slot: whoever sees the
+    // count fall (wardend's heap trim) finds it freed.
+    drop(state);
+    drop(writer);
+    drop(wire);
+    drop(conn);
     drop(slot);
     tracing::debug!(conn = id, "closed");
 }
