@@ -214,6 +214,12 @@ impl Broker {
         self.svc.reg.connection_count()
     }
 
+    /// Connections closed since the broker started (refused ones
+    /// included), counted after each one's memory was freed.
+    pub fn connections_closed(&self) -> u64 {
+        self.svc.reg.connections_closed()
+    }
+
     /// A handle for feature code: calls into connections that provide
     /// methods ([`BrokerHandle::call`]).
     pub fn handle(&self) -> BrokerHandle {

@@ -157,6 +157,9 @@ pub(crate) struct Registry {
     state: Mutex<State>,
     monitor_count: AtomicUsize,
     conn_count: AtomicUsize,
+    /// Connections closed since the start (a slot given back), for
+    /// whoever acts on closures (wardend's heap trim) without sampling.
+    closed_total: AtomicU64,
     next_conn_id: AtomicU64,
     uids: Mutex<HashMap<u32, Arc<UidAccount>>>,
     stats: Mutex<CallStats>,
@@ -186,6 +189,7 @@ pub(crate) struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.registry.conn_count.fetch_sub(1, Ordering::AcqRel);
+        self.registry.closed_total.fetch_add(1, Ordering::AcqRel);
         self.account.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -201,6 +205,7 @@ impl Registry {
             state: Mutex::default(),
             monitor_count: AtomicUsize::new(0),
             conn_count: AtomicUsize::new(0),
+            closed_total: AtomicU64::new(0),
             next_conn_id: AtomicU64::new(1),
             uids: Mutex::default(),
             stats: Mutex::default(),
@@ -243,6 +248,10 @@ impl Registry {
 
     pub(crate) fn connection_count(&self) -> usize {
         self.conn_count.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn connections_closed(&self) -> u64 {
+        self.closed_total.load(Ordering::Acquire)
     }
 
     pub(crate) fn add_connection(&self, peer: PeerRef) {

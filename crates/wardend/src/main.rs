@@ -259,34 +259,35 @@ fn warn_if_nofile_too_low(nofile: u64, max_connections: u64) {
 const TRIM_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 /// Connections closed since the last trim that make the next check give
 /// memory back even while more are still closing.
-const TRIM_AFTER_CLOSED: usize = 1024;
+const TRIM_AFTER_CLOSED: u64 = 1024;
 
 /// Gives the heap's free memory back to the kernel once connections have
 /// closed: the allocator would otherwise keep its high-water mark
-/// resident. It trims at the first check after closures settle (the
-/// count did not fall since the previous check), and also every
-/// [`TRIM_AFTER_CLOSED`] closures while they go on (then once more after
-/// they settle); nothing while no connection closes.
+/// resident. It trims at the first check after closures settle (none
+/// since the previous check), and also every [`TRIM_AFTER_CLOSED`]
+/// closures while they go on (then once more after they settle); nothing
+/// while no connection closes. Closures are counted by the broker, so a
+/// burst that opens and closes between two checks is not missed.
 async fn give_back_memory(broker: Broker) {
-    let mut prev = broker.connection_count();
-    let mut closed = 0usize;
+    let mut seen = broker.connections_closed();
+    let mut closed = 0u64;
     let mut settle_pending = false;
     let mut tick = tokio::time::interval(TRIM_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = broker.connection_count();
-        let falling = now < prev;
-        closed += prev.saturating_sub(now);
-        prev = now;
-        settle_pending |= falling;
-        let storm = falling && closed >= TRIM_AFTER_CLOSED;
-        if storm || (!falling && settle_pending) {
+        let total = broker.connections_closed();
+        let closing = total > seen;
+        closed += total - seen.min(total);
+        seen = total;
+        settle_pending |= closing;
+        let storm = closing && closed >= TRIM_AFTER_CLOSED;
+        if storm || (!closing && settle_pending) {
             // malloc_trim walks every arena: a blocking thread's job.
             let _ = tokio::task::spawn_blocking(warden_sys::release_free_heap).await;
-            tracing::debug!(closed, now, "connections closed; gave free memory back");
+            tracing::debug!(closed, "connections closed; gave free memory back");
             closed = 0;
-            settle_pending = falling;
+            settle_pending = closing;
         }
     }
 }
