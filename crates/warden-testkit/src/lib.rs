@@ -359,6 +359,14 @@ impl Drop for TestDir {
 
 /// A test config: the given rules and limits, with the socket in `dir`.
 pub fn config_text(dir: &TestDir, extra: &str) -> String {
+    // Rules name the test users, and a deny rule naming a user that does
+    // not exist is a config error: as root, make sure they exist, whatever
+    // order the tests run in (a test that needs no root may run first).
+    if warden_sys::effective_uid() == 0 {
+        if let Err(e) = test_users() {
+            eprintln!("config_text: {e:#}");
+        }
+    }
     format!(
         "[broker]\nsocket = \"{}\"\nsocket_mode = \"0666\"\nadmin_group = \"{GROUP_ADMIN}\"\n{extra}\n",
         dir.path().join("s/warden.sock").display()
