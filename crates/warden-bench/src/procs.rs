@@ -4,7 +4,7 @@
 //!
 //! Shared by `warden-bench` and `dbus-bench` (included by path).
 
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -100,4 +100,23 @@ pub fn pick(v: &[Duration], q: usize) -> Duration {
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Runs a measuring child (on `cpu`, if given) to its end and parses its
+/// report; a failed child's stderr is the error.
+pub fn measure(cmd: &mut Command, cpu: Option<usize>) -> anyhow::Result<(Vec<Duration>, f64)> {
+    let child = spawn_on(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        cpu,
+    )?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?} ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    parse_report(&String::from_utf8_lossy(&out.stdout))
 }

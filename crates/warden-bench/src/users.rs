@@ -31,7 +31,7 @@ use anyhow::Context;
 use serde_json::json;
 use warden_client::{Client, ConnectOptions, Event, IncomingCall, Payload, WireError};
 
-use crate::procs::{median, now_ns, parse_report, pick, report, spawn_on, two_cpus, Kill};
+use crate::procs::{measure, median, now_ns, parse_report, pick, report, spawn_on, two_cpus, Kill};
 use crate::{frame, pipelined, read_frame, Peer};
 
 pub const RAW_SERVER_ARG: &str = "--users-raw-echo-child";
@@ -337,23 +337,6 @@ fn await_provider(socket: &Path) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
-}
-
-fn measure(cmd: &mut Command, cpu: Option<usize>) -> anyhow::Result<(Vec<Duration>, f64)> {
-    let child = spawn_on(
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-        cpu,
-    )?;
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{cmd:?} ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    parse_report(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// Runs `dbus-bench` (next to this binary) and returns its rows, or why not.

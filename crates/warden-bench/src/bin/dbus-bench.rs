@@ -25,7 +25,7 @@ use anyhow::Context;
 #[allow(dead_code)] // now_ns is for warden-bench's fan-out
 mod procs;
 
-use procs::{median, parse_report, pick, report, spawn_on, two_cpus, Kill};
+use procs::{measure, median, pick, report, spawn_on, two_cpus, Kill};
 
 const SERVER_ARG: &str = "--server";
 const CLIENT_ARG: &str = "--client";
@@ -194,24 +194,14 @@ fn run(pinned: bool) -> anyhow::Result<()> {
     let mut rps: Vec<Vec<f64>> = vec![Vec::new(); SIZES.len()];
     for _ in 0..ROUNDS {
         for (i, size) in SIZES.iter().enumerate() {
-            let child = spawn_on(
+            let (t, r) = measure(
                 Command::new(&me)
                     .arg(CLIENT_ARG)
                     .arg(&address)
-                    .arg(size.to_string())
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped()),
+                    .arg(size.to_string()),
                 client_cpu,
-            )?;
-            let out = child.wait_with_output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "zbus client ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            let (t, r) = parse_report(&String::from_utf8_lossy(&out.stdout))?;
+            )
+            .context("zbus client")?;
             times[i].extend(t);
             rps[i].push(r);
         }
