@@ -11,6 +11,23 @@ use anyhow::Context;
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 
+/// The tokio runtimes a measured party may run on: `multi` is what
+/// `#[tokio::main]` gives (the main future on `block_on`, woken by the
+/// worker thread that polls the I/O driver: one thread hop per wake-up,
+/// tokio's own); `current` is `#[tokio::main(flavor = "current_thread")]`
+/// (the I/O driver on the same thread: no hop).
+pub const FLAVORS: [&str; 2] = ["multi", "current"];
+
+/// Builds the tokio runtime named `flavor` (one of [`FLAVORS`]).
+pub fn runtime(flavor: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = match flavor {
+        "multi" => tokio::runtime::Builder::new_multi_thread(),
+        "current" => tokio::runtime::Builder::new_current_thread(),
+        other => anyhow::bail!("unknown runtime flavor {other:?} (one of {FLAVORS:?})"),
+    };
+    Ok(b.enable_all().build()?)
+}
+
 /// The first two CPUs this thread may run on: the pinned modes put the
 /// client on the first and the broker on the second.
 pub fn two_cpus() -> anyhow::Result<(usize, usize)> {

@@ -3,9 +3,12 @@
 //! - **The table "as users get it"**: a real `wardend` process (release,
 //!   found as the learnping table finds it) with [`CONFIG`] written under
 //!   /run; the client is this binary re-executed ([`CLIENT_ARG`]) using
-//!   `warden-client` as its docs show (a default multi-threaded tokio
-//!   runtime, `client.call(..).await`); the provider is a third process
-//!   ([`PROVIDER_ARG`]) on a `warden-client` connection using `serve`.
+//!   `warden-client` as its docs show (`client.call(..).await` on the
+//!   main future), on each of the two tokio runtimes a program gets from
+//!   `#[tokio::main]` ([`crate::procs::FLAVORS`]: multi-thread, and
+//!   current-thread); the providers are third processes ([`PROVIDER_ARG`])
+//!   on `warden-client` connections using `serve`, one per flavor, each
+//!   row's client reaching the provider of its own flavor (D-Bus likewise).
 //!   Raw is a blocking echo-server process ([`RAW_SERVER_ARG`]) and a
 //!   blocking raw client process ([`RAW_CLIENT_ARG`]); D-Bus comes from the
 //!   sibling binary `dbus-bench`. p50/p99 one call at a time, then
@@ -31,7 +34,9 @@ use anyhow::Context;
 use serde_json::json;
 use warden_client::{Client, ConnectOptions, Event, IncomingCall, Payload, WireError};
 
-use crate::procs::{measure, median, now_ns, parse_report, pick, report, spawn_on, two_cpus, Kill};
+use crate::procs::{
+    measure, median, now_ns, parse_report, pick, report, runtime, spawn_on, two_cpus, Kill,
+};
 use crate::{frame, pipelined, read_frame, Peer};
 
 pub const RAW_SERVER_ARG: &str = "--users-raw-echo-child";
@@ -133,23 +138,18 @@ pub fn raw_client_child(mut args: impl Iterator<Item = String>) -> anyhow::Resul
     Ok(())
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
-}
-
 fn payload(size: usize) -> anyhow::Result<Payload> {
     Payload::from_raw_json(&serde_json::to_string(&"x".repeat(size))?)
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// warden-client caller: `SOCKET METHOD SIZE`; prints a report.
+/// warden-client caller: `SOCKET METHOD SIZE FLAVOR`; prints a report.
 pub fn client_child(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     let socket = args.next().context("socket")?;
     let method = args.next().context("method")?;
     let size: usize = args.next().context("size")?.parse()?;
-    runtime()?.block_on(async {
+    let flavor = args.next().context("runtime flavor")?;
+    runtime(&flavor)?.block_on(async {
         let client = Client::connect(ConnectOptions::new(socket)).await?;
         let params = payload(size)?;
         for _ in 0..WARMUP {
@@ -178,13 +178,16 @@ pub fn client_child(mut args: impl Iterator<Item = String>) -> anyhow::Result<()
     })
 }
 
-/// warden-client provider: serves `bench.echo` (params back) with `serve`.
+/// warden-client provider: `SOCKET METHOD FLAVOR`; serves METHOD (params
+/// back) with `serve`.
 pub fn provider_child(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     let socket = args.next().context("socket")?;
-    runtime()?.block_on(async {
+    let method = args.next().context("method")?;
+    let flavor = args.next().context("runtime flavor")?;
+    runtime(&flavor)?.block_on(async {
         let client = Client::connect(ConnectOptions::new(socket)).await?;
         client
-            .serve(&["bench.echo"], 64, |call: IncomingCall| async move {
+            .serve(&[method.as_str()], 64, |call: IncomingCall| async move {
                 Ok::<Payload, WireError>(call.params)
             })
             .await?;
@@ -199,7 +202,7 @@ pub fn subscribers_child(mut args: impl Iterator<Item = String>) -> anyhow::Resu
     let socket = args.next().context("socket")?;
     let n: usize = args.next().context("n")?.parse()?;
     let events: usize = args.next().context("events")?.parse()?;
-    runtime()?.block_on(async {
+    runtime("multi")?.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64)>();
         let mut clients = Vec::with_capacity(n);
         for _ in 0..n {
@@ -319,13 +322,13 @@ fn read_ready(out: ChildStdout, what: &str) -> anyhow::Result<BufReader<ChildStd
     Ok(r)
 }
 
-/// Calls `bench.echo` until the provider has registered it.
-fn await_provider(socket: &Path) -> anyhow::Result<()> {
+/// Calls `method` until its provider has registered it.
+fn await_provider(socket: &Path, method: &str) -> anyhow::Result<()> {
     let mut p = Peer::connect(socket, true)?;
     let t = Instant::now();
     for id in 1.. {
         p.round_trip(&frame(
-            json!({"kind":"call","id":id,"method":"bench.echo","params":1})
+            json!({"kind":"call","id":id,"method":method,"params":1})
                 .to_string()
                 .as_bytes(),
         ))?;
@@ -340,7 +343,7 @@ fn await_provider(socket: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs `dbus-bench` (next to this binary) and returns its rows, or why not.
-fn dbus_rows(me: &Path, pinned: bool) -> Result<Vec<(usize, Duration, Duration, f64)>, String> {
+fn dbus_rows(me: &Path, pinned: bool) -> Result<Vec<DbusRow>, String> {
     let exe = me.with_file_name("dbus-bench");
     if !exe.is_file() {
         return Err(format!(
@@ -365,7 +368,8 @@ fn dbus_rows(me: &Path, pinned: bool) -> Result<Vec<(usize, Duration, Duration, 
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             match f.as_slice() {
-                ["row", _, size, p50, p99, rps] => Some((
+                ["row", _, flavor, size, p50, p99, rps] => Some((
+                    flavor.to_string(),
                     size.parse().ok()?,
                     Duration::from_nanos(p50.parse().ok()?),
                     Duration::from_nanos(p99.parse().ok()?),
@@ -381,12 +385,25 @@ fn dbus_rows(me: &Path, pinned: bool) -> Result<Vec<(usize, Duration, Duration, 
     Ok(rows)
 }
 
-const PATHS: [(&str, &str); 3] = [
-    ("raw", ""),
-    ("echo (warden-client)", "warden.echo"),
-    ("routed (warden-client)", "bench.echo"),
+/// A D-Bus row from `dbus-bench`: runtime flavor, size, p50, p99, rps.
+type DbusRow = (String, usize, Duration, Duration, f64);
+
+/// The measured paths: row name, method ("" = raw), runtime flavor of the
+/// client (and of the provider it reaches).
+const PATHS: [(&str, &str, &str); 5] = [
+    ("raw", "", ""),
+    ("echo, multi-thread rt", "warden.echo", "multi"),
+    ("echo, current-thread rt", "warden.echo", "current"),
+    ("routed, multi-thread rt", "bench.echo", "multi"),
+    ("routed, current-thread rt", "bench.echo_ct", "current"),
 ];
-const DBUS_ROW: &str = "D-Bus (zbus, dbus-daemon)";
+/// The provider processes: method served, runtime flavor.
+const PROVIDERS: [(&str, &str); 2] = [("bench.echo", "multi"), ("bench.echo_ct", "current")];
+/// The D-Bus rows, by flavor.
+const DBUS_ROWS: [(&str, &str); 2] = [
+    ("multi", "D-Bus (zbus), multi-thread rt"),
+    ("current", "D-Bus (zbus), current-thread rt"),
+];
 
 /// One mode: its rows, measured against a wardend of its own.
 fn table_mode(
@@ -415,27 +432,37 @@ fn table_mode(
         broker_cpu,
     )?);
     read_ready(raw.0.stdout.take().context("stdout")?, "raw echo server")?;
-    let _provider = Kill(spawn_on(
-        Command::new(me)
-            .arg(PROVIDER_ARG)
-            .arg(&socket)
-            .stdin(Stdio::null()),
-        client_cpu,
-    )?);
-    await_provider(&socket)?;
+    let mut _providers = Vec::new();
+    for (method, flavor) in PROVIDERS {
+        _providers.push(Kill(spawn_on(
+            Command::new(me)
+                .arg(PROVIDER_ARG)
+                .arg(&socket)
+                .arg(method)
+                .arg(flavor)
+                .stdin(Stdio::null()),
+            client_cpu,
+        )?));
+        await_provider(&socket, method)?;
+    }
 
     let mut times = vec![vec![Vec::new(); PATHS.len()]; SIZES.len()];
     let mut rps = vec![vec![Vec::new(); PATHS.len()]; SIZES.len()];
     for _ in 0..ROUNDS {
         for (si, size) in SIZES.iter().enumerate() {
-            for (pi, (_, method)) in PATHS.iter().enumerate() {
+            for (pi, (_, method, flavor)) in PATHS.iter().enumerate() {
                 let mut cmd = Command::new(me);
                 if method.is_empty() {
-                    cmd.arg(RAW_CLIENT_ARG).arg(&raw_socket);
+                    cmd.arg(RAW_CLIENT_ARG)
+                        .arg(&raw_socket)
+                        .arg(size.to_string());
                 } else {
-                    cmd.arg(CLIENT_ARG).arg(&socket).arg(method);
+                    cmd.arg(CLIENT_ARG)
+                        .arg(&socket)
+                        .arg(method)
+                        .arg(size.to_string())
+                        .arg(flavor);
                 }
-                cmd.arg(size.to_string());
                 let (t, r) = measure(&mut cmd, client_cpu)?;
                 times[si][pi].extend(t);
                 rps[si][pi].push(r);
@@ -452,7 +479,7 @@ fn table_mode(
         Err("skipped (--no-dbus)".into())
     };
     for (si, &size) in SIZES.iter().enumerate() {
-        for (pi, (name, _)) in PATHS.iter().enumerate() {
+        for (pi, (name, _, _)) in PATHS.iter().enumerate() {
             let t = &mut times[si][pi];
             t.sort();
             rows.push(URow {
@@ -465,34 +492,36 @@ fn table_mode(
                 missing: None,
             });
         }
-        let d = match &dbus {
-            Ok(v) => v
-                .iter()
-                .find(|r| r.0 == size)
-                .copied()
-                .ok_or("no row".to_string()),
-            Err(e) => Err(e.clone()),
-        };
-        rows.push(match d {
-            Ok((_, p50, p99, r)) => URow {
-                mode,
-                name: DBUS_ROW,
-                size,
-                p50,
-                p99,
-                rps: r,
-                missing: None,
-            },
-            Err(e) => URow {
-                mode,
-                name: DBUS_ROW,
-                size,
-                p50: Duration::ZERO,
-                p99: Duration::ZERO,
-                rps: 0.0,
-                missing: Some(e),
-            },
-        });
+        for (flavor, name) in DBUS_ROWS {
+            let d = match &dbus {
+                Ok(v) => v
+                    .iter()
+                    .find(|r| r.0 == flavor && r.1 == size)
+                    .map(|r| (r.2, r.3, r.4))
+                    .ok_or("no row".to_string()),
+                Err(e) => Err(e.clone()),
+            };
+            rows.push(match d {
+                Ok((p50, p99, r)) => URow {
+                    mode,
+                    name,
+                    size,
+                    p50,
+                    p99,
+                    rps: r,
+                    missing: None,
+                },
+                Err(e) => URow {
+                    mode,
+                    name,
+                    size,
+                    p50: Duration::ZERO,
+                    p99: Duration::ZERO,
+                    rps: 0.0,
+                    missing: Some(e),
+                },
+            });
+        }
     }
     Ok(())
 }
@@ -500,7 +529,8 @@ fn table_mode(
 fn print_table(rows: &[URow], cpus: Option<(usize, usize)>) {
     println!(
         "as users get it: client, broker and provider in separate processes (real wardend, \
-         warden-client on a multi-threaded tokio runtime, provider via serve()); {ROUNDS} rounds \
+         warden-client, provider via serve(); client and provider on the tokio runtime the row \
+         names: multi-thread = #[tokio::main], current-thread = flavor = \"current_thread\"); {ROUNDS} rounds \
          × {ROUND_TRIPS} calls one at a time + {PIPELINED} pipelined ({WINDOW} started together \
          with start_call, then awaited); raw = blocking client → blocking echo-server process"
     );
@@ -511,7 +541,7 @@ fn print_table(rows: &[URow], cpus: Option<(usize, usize)>) {
         );
     }
     println!(
-        "{:<9} {:<26} {:>7} {:>9} {:>9} {:>12} {:>9} {:>9} {:>10}",
+        "{:<9} {:<31} {:>7} {:>9} {:>9} {:>12} {:>9} {:>9} {:>10}",
         "mode",
         "path",
         "payload",
@@ -525,7 +555,7 @@ fn print_table(rows: &[URow], cpus: Option<(usize, usize)>) {
     for r in rows {
         if let Some(why) = &r.missing {
             println!(
-                "{:<9} {:<26} {:>6}B   MISSING ({})",
+                "{:<9} {:<31} {:>6}B   MISSING ({})",
                 r.mode,
                 r.name,
                 r.size,
@@ -540,7 +570,7 @@ fn print_table(rows: &[URow], cpus: Option<(usize, usize)>) {
             continue;
         };
         println!(
-            "{:<9} {:<26} {:>6}B {:>9.1} {:>9.1} {:>12.0} {:>9.2} {:>9.2} {:>9.0}%",
+            "{:<9} {:<31} {:>6}B {:>9.1} {:>9.1} {:>12.0} {:>9.2} {:>9.2} {:>9.0}%",
             r.mode,
             r.name,
             r.size,

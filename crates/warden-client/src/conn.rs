@@ -160,6 +160,9 @@ pub(crate) struct State {
     spare: Vec<u8>,
     writing: bool,
     write_blocked: bool,
+    /// The background writer has been asked to write what is queued (see
+    /// [`Shared::flush_soon`]).
+    flush_asked: bool,
     pub(crate) events: VecDeque<Event>,
     pub(crate) calls: VecDeque<IncomingCall>,
     pub(crate) closed: bool,
@@ -278,6 +281,7 @@ impl Shared {
                 spare: Vec::with_capacity(4096),
                 writing: false,
                 write_blocked: false,
+                flush_asked: false,
                 events: VecDeque::new(),
                 calls: VecDeque::new(),
                 closed: false,
@@ -353,6 +357,22 @@ impl Shared {
             }
             queued
         })
+    }
+
+    /// Makes sure what is queued is written soon without writing it now:
+    /// the frames of calls started one after another (`start_call` in a
+    /// loop) then leave in one write, made by whichever comes first: the
+    /// first poll of one of their answers, or the background writer once
+    /// the runtime gets to it (so a frame never waits for its answer to be
+    /// awaited).
+    pub(crate) fn flush_soon(&self) {
+        let mut st = self.lock();
+        if st.writing || st.write_blocked || st.closed || st.out.is_empty() || st.flush_asked {
+            return;
+        }
+        st.flush_asked = true;
+        drop(st);
+        self.write_ready.notify_one();
     }
 
     /// Writes everything queued, unless someone else is writing (they will
@@ -856,16 +876,18 @@ pub(crate) async fn background_reader(shared: Arc<Shared>) {
     std::future::poll_fn(|cx| shared.drive(Reader::Background, cx)).await;
 }
 
-/// Background writer: finishes writes that found the socket full.
+/// Background writer: finishes writes that found the socket full, and
+/// writes what [`Shared::flush_soon`] left queued.
 pub(crate) async fn background_writer(shared: Arc<Shared>) {
     loop {
         shared.write_ready.notified().await;
         loop {
             {
-                let st = shared.lock();
+                let mut st = shared.lock();
                 if st.closed {
                     return;
                 }
+                st.flush_asked = false;
                 if !st.write_blocked {
                     break;
                 }
@@ -877,6 +899,7 @@ pub(crate) async fn background_writer(shared: Arc<Shared>) {
             shared.lock().write_blocked = false;
             shared.flush();
         }
+        shared.flush();
     }
 }
 
@@ -893,6 +916,8 @@ pub struct PendingCall {
     id: RequestId,
     cancel_on_drop: bool,
     done: bool,
+    /// Polled once: the request's frame has been pushed out.
+    flushed: bool,
 }
 
 impl PendingCall {
@@ -902,6 +927,7 @@ impl PendingCall {
             id,
             cancel_on_drop,
             done: false,
+            flushed: false,
         }
     }
 
@@ -917,6 +943,10 @@ impl Future for PendingCall {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if self.done {
             return Poll::Ready(Err(CallError::Disconnected { reason: None }));
+        }
+        if !self.flushed {
+            self.flushed = true;
+            self.shared.flush();
         }
         let id = self.id.get();
         match self.shared.drive(Reader::Call(id), cx) {

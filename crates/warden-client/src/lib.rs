@@ -47,14 +47,30 @@
 //! # How a call travels
 //!
 //! The hot path costs what the protocol costs: one `write` and one `read`
-//! per round trip, on the caller's own task, with no thread hop.
+//! per round trip, on the caller's own task, with no thread hop of the
+//! client's making.
 //!
+//! * **Which runtime.** Tokio's multi-thread runtime (`#[tokio::main]`)
+//!   runs the main future on `block_on`, outside its worker threads; the
+//!   worker that polls the I/O driver wakes it, so each answer awaited
+//!   there costs a thread hop of tokio's (two context switches and a futex
+//!   wake). A task spawned on that runtime, or any task on a
+//!   current-thread runtime (`#[tokio::main(flavor = "current_thread")]`),
+//!   is woken on the thread that saw the socket become readable. A program
+//!   whose calls are awaited one at a time (a CLI, a helper) gets the
+//!   lowest latency from the current-thread runtime; `warden-bench`
+//!   measures both.
 //! * **Sending.** A call acquires an in-flight slot (a semaphore sized from
 //!   the welcome's `limits.max_in_flight`, so calls *wait* instead of
 //!   getting `limit_exceeded`), encodes its frame into a reused per-thread
-//!   buffer and appends it to the connection's outgoing buffer. Whoever
-//!   finds no write in progress writes everything queued; callers arriving
-//!   meanwhile just append, and their frames leave in the same `write`. If
+//!   buffer and appends it to the connection's outgoing buffer. The
+//!   caller's first poll of its answer writes everything queued, unless a
+//!   write is in progress: callers arriving meanwhile just append, and
+//!   their frames leave in the same `write`. Calls started one after
+//!   another with [`Client::start_call`] leave together at the first poll
+//!   of one of their answers; a started call never waits for that, since
+//!   the background writer is asked to write it as soon as the runtime
+//!   gets to it. If
 //!   the socket is full, a background writer finishes the job when it has
 //!   room, so a caller never owns unsent bytes.
 //! * **Receiving (leader/follower).** One party at a time holds the *read
@@ -91,8 +107,8 @@
 mod conn;
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -465,9 +481,15 @@ impl Client {
 
     /// Queues a request built by `body` (given its id), registering it as
     /// waiting for its answer; calls first wait for an in-flight slot.
+    /// Starts a request: waits for an in-flight slot (calls), queues the
+    /// frame and registers its answer slot. With `soon`, asks for the frame
+    /// to be written even if the answer is not awaited at once
+    /// ([`conn::Shared::flush_soon`]); without, the caller awaits the
+    /// answer straight away and its first poll writes the frame.
     async fn begin(
         &self,
         kind: Kind,
+        soon: bool,
         body: impl FnOnce(&mut Vec<u8>, RequestId) -> Result<(), CallError>,
     ) -> Result<PendingCall, CallError> {
         let counted = kind == Kind::Call;
@@ -484,9 +506,10 @@ impl Client {
             }
             return Err(e);
         }
-        let pending = PendingCall::new(Arc::clone(&self.shared), id, counted);
-        self.shared.flush();
-        Ok(pending)
+        if soon {
+            self.shared.flush_soon();
+        }
+        Ok(PendingCall::new(Arc::clone(&self.shared), id, counted))
     }
 
     /// Sends a request and waits for its answer, for at most `timeout`
@@ -498,7 +521,7 @@ impl Client {
         kind: Kind,
         body: impl Fn(&mut Vec<u8>, RequestId) -> Result<(), CallError>,
     ) -> Result<Payload, CallError> {
-        let attempt = async { self.begin(kind, &body).await?.await };
+        let attempt = async { self.begin(kind, false, &body).await?.await };
         match timeout {
             None => attempt.await,
             Some(after) => tokio::time::timeout(after, attempt)
@@ -751,11 +774,16 @@ impl Client {
     }
 
     /// Serves calls to `methods` (registering each with
-    /// [`Client::provide`] first) until the connection closes, running up
-    /// to `concurrency` handlers at once as Tokio tasks. Answers that are
-    /// ready together leave in one write.
+    /// [`Client::provide`] first) until the connection closes, with up to
+    /// `concurrency` handlers running at once. Answers that are ready
+    /// together leave in one write.
     ///
-    /// A handler that panics answers `internal`.
+    /// The handlers' futures run on the task that awaits `serve`,
+    /// concurrently but not in parallel: a call goes from the socket to its
+    /// handler and its answer back to the socket with no task spawned and
+    /// no thread hop. A handler with CPU-heavy or blocking work hands it to
+    /// [`tokio::task::spawn_blocking`] (or spawns a task) and awaits it.
+    /// A handler that panics answers `internal`; the others go on.
     ///
     /// ```no_run
     /// # async fn demo(client: warden_client::Client) -> Result<(), warden_client::CallError> {
@@ -784,50 +812,51 @@ impl Client {
     ) -> Result<(), CallError>
     where
         F: FnMut(IncomingCall) -> Fut,
-        Fut: Future<Output = Result<Payload, WireError>> + Send + 'static,
+        Fut: Future<Output = Result<Payload, WireError>>,
     {
+        use futures_util::{FutureExt, StreamExt};
         for m in methods {
             self.provide(m).await?;
         }
         let concurrency = concurrency.max(1);
-        let mut running = tokio::task::JoinSet::new();
-        let mut ids: HashMap<tokio::task::Id, RequestId> = HashMap::new();
+        let mut running = futures_util::stream::FuturesUnordered::new();
         let mut answers: Vec<(RequestId, Result<Payload, WireError>)> = Vec::new();
         let mut closed = false;
+        let handler_failed = || Err(WireError::new(ErrorCode::Internal, "the handler failed"));
         loop {
             if closed && running.is_empty() {
                 return Ok(());
             }
             let room = concurrency - running.len();
             tokio::select! {
+                // Finished handlers first: their answers leave together.
+                biased;
+                Some(done) = running.next(), if !running.is_empty() => {
+                    answers.push(done);
+                    while let Some(Some(done)) = running.next().now_or_never() {
+                        answers.push(done);
+                    }
+                    self.send_answers(&mut answers);
+                }
                 calls = self.next_calls(room), if room > 0 && !closed => {
                     if calls.is_empty() {
                         closed = true;
                     }
                     for call in calls {
                         let id = call.id;
-                        let task = running.spawn(handler(call));
-                        ids.insert(task.id(), id);
-                    }
-                }
-                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
-                    let mut take = |done: Result<(tokio::task::Id, Result<Payload, WireError>), tokio::task::JoinError>| {
-                        let (task, answer) = match done {
-                            Ok((task, answer)) => (task, answer),
-                            Err(e) => (
-                                e.id(),
-                                Err(WireError::new(ErrorCode::Internal, "the handler failed")),
+                        let started = std::panic::catch_unwind(AssertUnwindSafe(|| handler(call)));
+                        match started {
+                            Ok(fut) => running.push(
+                                AssertUnwindSafe(fut)
+                                    .catch_unwind()
+                                    .map(move |r| (id, r.unwrap_or_else(|_| handler_failed()))),
                             ),
-                        };
-                        if let Some(id) = ids.remove(&task) {
-                            answers.push((id, answer));
+                            Err(_) => answers.push((id, handler_failed())),
                         }
-                    };
-                    take(done);
-                    while let Some(done) = running.try_join_next_with_id() {
-                        take(done);
                     }
-                    self.send_answers(&mut answers);
+                    if !answers.is_empty() {
+                        self.send_answers(&mut answers);
+                    }
                 }
             }
         }
@@ -880,7 +909,7 @@ impl Client {
         check_name(method)?;
         let raw = params.borrow().get();
         let pending = self
-            .begin(Kind::Call, |b, id| {
+            .begin(Kind::Call, true, |b, id| {
                 write_call(b, id, method, |b| {
                     b.extend_from_slice(raw.as_bytes());
                     Ok(())

@@ -483,3 +483,75 @@ async fn start_call_and_cancel() -> anyhow::Result<()> {
     assert_eq!(e.and_then(|e| e.code()), Some(ErrorCode::Cancelled));
     Ok(())
 }
+
+/// Calls started one after another leave in one write when their answers
+/// are awaited, but a started call never waits for that: here, on a
+/// single-threaded runtime, the provider receives all three while none of
+/// their answers has been polled yet.
+#[tokio::test(flavor = "current_thread")]
+async fn started_calls_go_out_before_their_answers_are_awaited() -> anyhow::Result<()> {
+    let r = start("").await?;
+    let prov = client(&r).await?;
+    prov.provide("test.hold").await?;
+    let caller = client(&r).await?;
+    // A call first, and time for the client's background tasks to settle:
+    // nobody is reading or writing for this client when the calls start.
+    within("a ping", caller.call("warden.ping", Payload::null())).await??;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let mut answers = Vec::new();
+    for n in 0..3u64 {
+        answers.push(caller.start_call("test.hold", payload(json!(n))).await?.1);
+    }
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let call = within("a started call", prov.next_call())
+            .await?
+            .context("the provider's connection closed")?;
+        seen.push(call.params.get().to_string());
+        prov.reply(call.id, Ok(call.params)).await?;
+    }
+    assert_eq!(seen, ["0", "1", "2"]);
+    for (n, answer) in answers.into_iter().enumerate() {
+        assert_eq!(within("an answer", answer).await??.get(), n.to_string());
+    }
+    Ok(())
+}
+
+/// A handler that panics answers its call `internal`; `serve` goes on
+/// serving the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_answers_internal_and_serving_goes_on() -> anyhow::Result<()> {
+    let r = start("").await?;
+    let prov = Arc::new(client(&r).await?);
+    prov.provide("test.fragile").await?;
+    let serving = {
+        let prov = Arc::clone(&prov);
+        tokio::spawn(async move {
+            prov.serve(&[], 8, |call: IncomingCall| async move {
+                if call.params.get() == "\"boom\"" {
+                    panic!("the handler gave up");
+                }
+                Ok(call.params)
+            })
+            .await
+        })
+    };
+    let caller = client(&r).await?;
+    let e = within(
+        "the panicking call",
+        caller.call("test.fragile", payload(json!("boom"))),
+    )
+    .await?
+    .err();
+    assert_eq!(e.and_then(|e| e.code()), Some(ErrorCode::Internal));
+    let ok = within(
+        "the next call",
+        caller.call("test.fragile", payload(json!(7))),
+    )
+    .await??;
+    assert_eq!(ok.get(), "7");
+    assert!(!serving.is_finished(), "serve stopped after a panic");
+    Ok(())
+}

@@ -25,7 +25,7 @@ use anyhow::Context;
 #[allow(dead_code)] // now_ns is for warden-bench's fan-out
 mod procs;
 
-use procs::{measure, median, pick, report, spawn_on, two_cpus, Kill};
+use procs::{measure, median, pick, report, runtime, spawn_on, two_cpus, Kill, FLAVORS};
 
 const SERVER_ARG: &str = "--server";
 const CLIENT_ARG: &str = "--client";
@@ -47,15 +47,9 @@ impl Echo {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
-}
-
 /// The server: owns [`NAME`], serves [`Echo`] at [`PATH`], says `ready`.
-fn server(address: &str) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
+fn server(address: &str, flavor: &str) -> anyhow::Result<()> {
+    runtime(flavor)?.block_on(async {
         let _conn = zbus::connection::Builder::address(address)?
             .name(NAME)?
             .serve_at(PATH, Echo)?
@@ -77,8 +71,8 @@ async fn echo(conn: &zbus::Connection, s: &str) -> anyhow::Result<()> {
 }
 
 /// The client: round trips, then pipelined windows; prints a report.
-fn client(address: &str, size: usize) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
+fn client(address: &str, size: usize, flavor: &str) -> anyhow::Result<()> {
+    runtime(flavor)?.block_on(async {
         let conn = zbus::connection::Builder::address(address)?.build().await?;
         let pad = "x".repeat(size);
         for _ in 0..WARMUP {
@@ -177,44 +171,50 @@ fn run(pinned: bool) -> anyhow::Result<()> {
     }
     let address = format!("unix:path={}", socket.display());
     let me = std::env::current_exe()?;
-    let mut server = Kill(spawn_on(
-        Command::new(&me)
-            .arg(SERVER_ARG)
-            .arg(&address)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped()),
-        client_cpu,
-    )?);
-    let mut line = String::new();
-    std::io::BufReader::new(server.0.stdout.take().context("server stdout")?)
-        .read_line(&mut line)?;
-    anyhow::ensure!(line.trim() == "ready", "the zbus server did not start");
-
-    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); SIZES.len()];
-    let mut rps: Vec<Vec<f64>> = vec![Vec::new(); SIZES.len()];
-    for _ in 0..ROUNDS {
-        for (i, size) in SIZES.iter().enumerate() {
-            let (t, r) = measure(
-                Command::new(&me)
-                    .arg(CLIENT_ARG)
-                    .arg(&address)
-                    .arg(size.to_string()),
-                client_cpu,
-            )
-            .context("zbus client")?;
-            times[i].extend(t);
-            rps[i].push(r);
-        }
-    }
     let mode = if pinned { "pinned" } else { "unpinned" };
-    for (i, size) in SIZES.iter().enumerate() {
-        times[i].sort();
-        println!(
-            "row {mode} {size} {} {} {:.0}",
-            pick(&times[i], 50).as_nanos(),
-            pick(&times[i], 99).as_nanos(),
-            median(&mut rps[i])
-        );
+    for flavor in FLAVORS {
+        // One server at a time owns NAME: the client and the server run on
+        // the same runtime flavor, as the Warden rows' client and provider.
+        let mut server = Kill(spawn_on(
+            Command::new(&me)
+                .arg(SERVER_ARG)
+                .arg(&address)
+                .arg(flavor)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped()),
+            client_cpu,
+        )?);
+        let mut line = String::new();
+        std::io::BufReader::new(server.0.stdout.take().context("server stdout")?)
+            .read_line(&mut line)?;
+        anyhow::ensure!(line.trim() == "ready", "the zbus server did not start");
+
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); SIZES.len()];
+        let mut rps: Vec<Vec<f64>> = vec![Vec::new(); SIZES.len()];
+        for _ in 0..ROUNDS {
+            for (i, size) in SIZES.iter().enumerate() {
+                let (t, r) = measure(
+                    Command::new(&me)
+                        .arg(CLIENT_ARG)
+                        .arg(&address)
+                        .arg(size.to_string())
+                        .arg(flavor),
+                    client_cpu,
+                )
+                .context("zbus client")?;
+                times[i].extend(t);
+                rps[i].push(r);
+            }
+        }
+        for (i, size) in SIZES.iter().enumerate() {
+            times[i].sort();
+            println!(
+                "row {mode} {flavor} {size} {} {} {:.0}",
+                pick(&times[i], 50).as_nanos(),
+                pick(&times[i], 99).as_nanos(),
+                median(&mut rps[i])
+            );
+        }
     }
     Ok(())
 }
@@ -222,10 +222,14 @@ fn run(pinned: bool) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
-        Some(SERVER_ARG) => server(&args.next().context("address")?),
+        Some(SERVER_ARG) => {
+            let address = args.next().context("address")?;
+            server(&address, &args.next().context("flavor")?)
+        }
         Some(CLIENT_ARG) => {
             let address = args.next().context("address")?;
-            client(&address, args.next().context("size")?.parse()?)
+            let size = args.next().context("size")?.parse()?;
+            client(&address, size, &args.next().context("flavor")?)
         }
         Some("--pinned") => run(true),
         None => run(false),
