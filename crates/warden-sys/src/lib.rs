@@ -17,8 +17,8 @@
 //! # Unsafe code
 //! The workspace denies `unsafe_code`; this crate alone expects it (crate
 //! attribute below). The modules that use it are `linux::activation`,
-//! `linux::fds`, `linux::identity`, `linux::process` (`malloc_trim`) and
-//! `linux::target`, and every `unsafe`
+//! `linux::fds`, `linux::identity`, `linux::process` (`malloc_trim`), `linux::spawn`
+//! (the child's steps between fork and exec) and `linux::target`, and every `unsafe`
 //! block carries a `SAFETY:` comment (clippy's `undocumented_unsafe_blocks`
 //! is denied).
 //!
@@ -57,6 +57,9 @@ pub use imp::login_defs::{SystemAccounts, DEFAULT_SYS_UID_MAX, LOGIN_DEFS, NOBOD
 pub use imp::process::{
     effective_gid, effective_uid, is_fd_exhaustion, pidfd_exited, process_comm,
     process_comm_confirmed, raise_nofile_limit, release_free_heap,
+};
+pub use imp::spawn::{
+    cgroup2_mount, spawn_child, ChildCredentials, ChildSpec, SpawnError, SpawnedChild,
 };
 pub use imp::target::{
     confirm_same_process, gate_pipe, open_gate, pid_namespace_inode, pid_ns_levels, pidfd_alive,

@@ -335,6 +335,13 @@ fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() -> anyhow::Result
     );
     let log = std::fs::read_to_string(dir.path().join("emfile.log"))?;
     assert!(log.contains("out of file descriptors"), "{log}");
+    // And it said so at start: 32 descriptors cannot hold the configured
+    // max_connections (2 descriptors each).
+    assert!(
+        log.contains("limits.max_connections cannot be reached under the open-file limit")
+            && log.contains("raise LimitNOFILE"),
+        "no start-up warning about the open-file limit: {log}"
+    );
     // Freed descriptors: the broker serves again.
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(10);
