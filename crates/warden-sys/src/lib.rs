@@ -59,7 +59,8 @@ pub use imp::process::{
     process_comm_confirmed, raise_nofile_limit, release_free_heap,
 };
 pub use imp::spawn::{
-    cgroup2_mount, spawn_child, ChildCredentials, ChildSpec, SpawnError, SpawnedChild,
+    cgroup2_mount, pidfd_signal, spawn_child, AsyncPidfd, ChildCredentials, ChildSpec, SpawnError,
+    SpawnedChild,
 };
 pub use imp::target::{
     confirm_same_process, gate_pipe, open_gate, pid_namespace_inode, pid_ns_levels, pidfd_alive,
