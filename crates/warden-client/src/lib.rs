@@ -389,6 +389,43 @@ impl Client {
             use std::os::fd::AsFd;
             warden_sys::verify_server(std_stream.as_fd(), &path, opts.trust)?
         };
+        Self::handshake(std_stream, server_uid, opts).await
+    }
+
+    /// Speaks the protocol over a socket that is already connected and
+    /// whose other end is trusted by construction: the channel a child host
+    /// inherits from the broker that made it (one end of a `socketpair`;
+    /// there is no path anyone could have bound first, so there is no
+    /// server check). `opts.socket` only names the channel in errors (e.g.
+    /// "stdin"); the hello is bounded by `opts.connect_timeout`.
+    ///
+    /// # Errors
+    /// As [`Client::connect`], less the server check.
+    pub async fn over_stream(
+        stream: std::os::unix::net::UnixStream,
+        opts: ConnectOptions,
+    ) -> Result<Client, ConnectError> {
+        let (path, after) = (opts.socket.clone(), opts.connect_timeout);
+        let server_uid = {
+            use std::os::fd::AsFd;
+            warden_sys::server_uid(stream.as_fd()).map_err(|source| ConnectError::Connect {
+                path: path.clone(),
+                source,
+            })?
+        };
+        match tokio::time::timeout(after, Self::handshake(stream, server_uid, opts)).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout { path, after }),
+        }
+    }
+
+    /// The hello and welcome on a connected socket.
+    async fn handshake(
+        std_stream: std::os::unix::net::UnixStream,
+        server_uid: u32,
+        opts: ConnectOptions,
+    ) -> Result<Client, ConnectError> {
+        let path = opts.socket.clone();
         std_stream
             .set_nonblocking(true)
             .map_err(|source| ConnectError::Connect {

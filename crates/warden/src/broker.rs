@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 use warden_policy::{Config, Limits, Policy, SlowSubscriber};
 use warden_proto::{ErrorCode, MethodName, WireError};
+use warden_sys::PeerIdentity;
 
 use crate::handler::Handler;
 use crate::local::BrokerHandle;
@@ -133,6 +134,7 @@ impl BrokerBuilder {
             test_hooks: self.test_hooks,
         };
         let (stall_tx, stall_rx) = tokio::sync::mpsc::channel(1);
+        let (adopt_tx, adopt_rx) = tokio::sync::mpsc::channel(ADOPT_QUEUE);
         Broker {
             svc: Arc::new(Services {
                 reg: Arc::new(Registry::new(settings, self.policy)),
@@ -142,6 +144,8 @@ impl BrokerBuilder {
             heartbeat: self.heartbeat,
             stall_tx,
             stall_rx: Arc::new(Mutex::new(Some(stall_rx))),
+            adopt_tx,
+            adopt_rx: Arc::new(Mutex::new(Some(adopt_rx))),
         }
     }
 
@@ -163,6 +167,26 @@ pub struct Broker {
     heartbeat: Duration,
     stall_tx: tokio::sync::mpsc::Sender<Duration>,
     stall_rx: Arc<Mutex<Option<tokio::sync::mpsc::Receiver<Duration>>>>,
+    adopt_tx: tokio::sync::mpsc::Sender<Adopted>,
+    adopt_rx: Arc<Mutex<Option<tokio::sync::mpsc::Receiver<Adopted>>>>,
+}
+
+/// A connection handed to [`Broker::adopt`], with its assigned identity.
+type Adopted = (UnixStream, PeerIdentity);
+
+/// Connections handed to [`Broker::adopt`] that the accept loop has not
+/// taken yet.
+const ADOPT_QUEUE: usize = 64;
+
+/// Why [`Broker::adopt`] refused a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    /// The socket could not be made non-blocking or registered.
+    #[error("cannot adopt the connection: {0}")]
+    Socket(#[source] std::io::Error),
+    /// The broker is not serving (never started, or stopped).
+    #[error("the broker is not serving connections")]
+    NotServing,
 }
 
 /// Pause after `accept` fails because the process or system is out of
@@ -185,6 +209,29 @@ impl Broker {
             heartbeat: Duration::from_secs(1),
             test_hooks: false,
         }
+    }
+
+    /// Serves a connection the broker made itself (one end of a socketpair
+    /// it gave a child host), with the identity it `assigned`: on a
+    /// socketpair `SO_PEERCRED` names whoever called `socketpair()` (the
+    /// broker), so the kernel's answer would be wrong, and this is the
+    /// only way a connection gets an identity that is not its peer's
+    /// credentials. The connection then goes through the same limits,
+    /// hello and policy as an accepted one, and is drained with them.
+    ///
+    /// # Errors
+    /// [`AdoptError`]; the stream is dropped.
+    pub async fn adopt(
+        &self,
+        stream: std::os::unix::net::UnixStream,
+        assigned: PeerIdentity,
+    ) -> Result<(), AdoptError> {
+        stream.set_nonblocking(true).map_err(AdoptError::Socket)?;
+        let stream = UnixStream::from_std(stream).map_err(AdoptError::Socket)?;
+        self.adopt_tx
+            .send((stream, assigned))
+            .await
+            .map_err(|_| AdoptError::NotServing)
     }
 
     /// Replaces the policy, atomically. Every connection recompiles its
@@ -243,6 +290,7 @@ impl Broker {
         let reg = &self.svc.reg;
         let mut tasks = JoinSet::new();
         let mut stall_rx = lock(&self.stall_rx).take();
+        let mut adopt_rx = lock(&self.adopt_rx).take();
         let mut heartbeat = tokio::time::interval(self.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweeper = tokio::spawn(crate::calls::deadline_sweeper(
@@ -271,6 +319,10 @@ impl Broker {
                 Some(d) = async { match stall_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     tracing::warn!(?d, "test hook: stalling the accept loop");
                     std::thread::sleep(d);
+                }
+                Some((stream, peer)) = async { match adopt_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                    let svc = Arc::clone(&self.svc);
+                    tasks.spawn(crate::transport::connection::run(svc, stream, peer));
                 }
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Some(error) = done.err().and_then(|e| ServeError::from_join("a connection task", e)) {

@@ -53,7 +53,7 @@ mod stats;
 mod transport;
 mod view;
 
-pub use broker::{Broker, BrokerBuilder, BrokerError, ServeError, TEST_PANIC_METHOD};
+pub use broker::{AdoptError, Broker, BrokerBuilder, BrokerError, ServeError, TEST_PANIC_METHOD};
 pub use channel::{CallerChannel, Pushed};
 pub use handler::{Handler, HandlerContext, HandlerFuture};
 pub use local::{BrokerHandle, CallOptions};
