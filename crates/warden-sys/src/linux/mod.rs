@@ -11,4 +11,5 @@ pub(crate) mod login_defs;
 pub(crate) mod process;
 pub(crate) mod spawn;
 pub(crate) mod target;
+pub(crate) mod trusted;
 pub(crate) mod users;

@@ -1,0 +1,36 @@
+//! The example module (`libwarden_example_echo.so`): `example.echo`
+//! answers `{"params": <params>, "caller": {"uid", "gid", "groups",
+//! "pid"}, "host": {"name", "uid", "pid"}}`, so a test (or a curious
+//! operator) sees exactly which identity a call reached a module with.
+
+use warden_module::{json_string, Call, Error};
+
+fn echo(call: &Call<'_>) -> Result<String, Error> {
+    let c = call.caller;
+    let groups: Vec<String> = c.groups.iter().map(u32::to_string).collect();
+    let host = warden_module::host()
+        .map(|h| {
+            format!(
+                r#"{{"name":{},"uid":{},"pid":{}}}"#,
+                json_string(h.name),
+                h.uid,
+                h.pid
+            )
+        })
+        .unwrap_or_else(|| "null".into());
+    Ok(format!(
+        r#"{{"params":{},"caller":{{"uid":{},"gid":{},"groups":[{}],"pid":{}}},"host":{host}}}"#,
+        call.params,
+        c.uid,
+        c.gid,
+        groups.join(","),
+        c.pid
+    ))
+}
+
+warden_module::module! {
+    name: "example-echo",
+    methods: { "example.echo" => "Answers with its params, the caller's identity and the host" },
+    topics: {},
+    call: echo,
+}

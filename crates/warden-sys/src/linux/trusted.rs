@@ -1,0 +1,188 @@
+//! Opening a file only root can have put there: a module a host loads.
+//!
+//! The file and every directory on its path must be owned by root and
+//! writable by nobody else (no group or other write bit), checked
+//! component by component from `/` without following a symlink
+//! ([`Dir::walk`], then [`Dir::open_file`]). The caller gets the open
+//! descriptor, so the file checked is the file used (loaded through
+//! `/proc/self/fd/N`), whatever is renamed over the path afterwards.
+
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path, PathBuf};
+
+use super::fs_at::{Dir, Meta, OpenDirError, ReadFileError, WalkStep};
+
+/// Why a file was not trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustedFileError {
+    /// Not an absolute path of plain components.
+    #[error("{0}: a module path must be absolute, without `.` or `..`")]
+    NotAbsolute(PathBuf),
+    /// A directory on the way could be changed by someone other than root.
+    #[error("{path} is owned by uid {uid} with mode {mode:o}: every directory above a module must be root's and writable by nobody else")]
+    UntrustedDir {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// Its mode.
+        mode: u32,
+    },
+    /// The file itself could be changed by someone other than root.
+    #[error("{path} is owned by uid {uid} with mode {mode:o}: a module must be root's and writable by nobody else")]
+    UntrustedFile {
+        /// The file.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// Its mode.
+        mode: u32,
+    },
+    /// Nothing there.
+    #[error("{0} does not exist")]
+    Missing(PathBuf),
+    /// A directory could not be walked.
+    #[error(transparent)]
+    Dir(#[from] OpenDirError),
+    /// The file could not be opened (a symlink, not a regular file...).
+    #[error(transparent)]
+    File(#[from] ReadFileError),
+}
+
+fn trusted(meta: &Meta) -> bool {
+    meta.uid == 0 && meta.mode & 0o022 == 0
+}
+
+/// Opens `path` for reading if it and every directory above it are
+/// root's and writable by nobody else (see the module docs).
+///
+/// # Errors
+/// [`TrustedFileError`], naming the component that failed.
+pub fn open_trusted_file(path: &Path) -> Result<OwnedFd, TrustedFileError> {
+    let not_abs = || TrustedFileError::NotAbsolute(path.to_owned());
+    if !path.is_absolute()
+        || path
+            .components()
+            .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+    {
+        return Err(not_abs());
+    }
+    let name: &OsStr = path.file_name().ok_or_else(not_abs)?;
+    let parent = path.parent().ok_or_else(not_abs)?;
+    let root = Dir::open(Path::new("/"))?;
+    let meta = root.meta().map_err(|e| OpenDirError::Io {
+        op: "checking",
+        path: PathBuf::from("/"),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    if !trusted(&meta) {
+        return Err(TrustedFileError::UntrustedDir {
+            path: PathBuf::from("/"),
+            uid: meta.uid,
+            mode: meta.mode,
+        });
+    }
+    let rel = parent.strip_prefix("/").map_err(|_| not_abs())?;
+    let dir = if rel.as_os_str().is_empty() {
+        root
+    } else {
+        root.walk(rel, None, |step: &WalkStep<'_>| {
+            if trusted(&step.meta) {
+                Ok(())
+            } else {
+                Err(TrustedFileError::UntrustedDir {
+                    path: step.dir.path().to_owned(),
+                    uid: step.meta.uid,
+                    mode: step.meta.mode,
+                })
+            }
+        })?
+    };
+    let (fd, meta) = dir
+        .open_file(name)?
+        .ok_or_else(|| TrustedFileError::Missing(path.to_owned()))?;
+    if !trusted(&meta) {
+        return Err(TrustedFileError::UntrustedFile {
+            path: path.to_owned(),
+            uid: meta.uid,
+            mode: meta.mode,
+        });
+    }
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn relative_and_dotted_paths_are_refused() {
+        for p in ["lib/x.so", "/usr/lib/../lib/x.so", "./x.so"] {
+            assert!(
+                matches!(
+                    open_trusted_file(Path::new(p)),
+                    Err(TrustedFileError::NotAbsolute(_))
+                ),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_root_owned_system_file_is_trusted() {
+        // /bin/sh's target is root's on every Debian system; /bin may be a
+        // symlink (usrmerge), so take the real directory.
+        let sh =
+            std::fs::canonicalize("/bin/sh").unwrap_or_else(|_| PathBuf::from("/usr/bin/dash"));
+        assert!(open_trusted_file(&sh).is_ok(), "{}", sh.display());
+    }
+
+    #[test]
+    #[ignore = "needs root"]
+    fn writable_files_and_directories_and_symlinks_are_refused() {
+        let base = PathBuf::from(format!("/run/warden-trusted-t-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let set = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        };
+        std::fs::create_dir_all(base.join("ok")).unwrap_or_else(|e| panic!("{e}"));
+        set(&base, 0o755);
+        set(&base.join("ok"), 0o755);
+        let file = base.join("ok/m.so");
+        std::fs::write(&file, b"x").unwrap_or_else(|e| panic!("{e}"));
+        set(&file, 0o644);
+        assert!(open_trusted_file(&file).is_ok());
+        // Group-writable file.
+        set(&file, 0o664);
+        assert!(matches!(
+            open_trusted_file(&file),
+            Err(TrustedFileError::UntrustedFile { .. })
+        ));
+        set(&file, 0o644);
+        // World-writable directory on the way.
+        set(&base.join("ok"), 0o777);
+        assert!(matches!(
+            open_trusted_file(&file),
+            Err(TrustedFileError::UntrustedDir { .. })
+        ));
+        set(&base.join("ok"), 0o755);
+        // A file owned by someone else.
+        nix::unistd::chown(&file, Some(nix::unistd::Uid::from_raw(64_901)), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            open_trusted_file(&file),
+            Err(TrustedFileError::UntrustedFile { uid: 64_901, .. })
+        ));
+        // A symlink to a trusted file is not followed.
+        let link = base.join("ok/link.so");
+        std::os::unix::fs::symlink("/usr/bin/env", &link).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            open_trusted_file(&link),
+            Err(TrustedFileError::File(ReadFileError::Symlink { .. }))
+        ));
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}
