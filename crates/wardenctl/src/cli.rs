@@ -180,10 +180,16 @@ pub enum Command {
         /// image, like `systemctl --root`).
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
-        /// Configuration to install if none exists yet (default: the
-        /// embedded default with the system socket written out).
+        /// Configuration to install (default: the embedded default with
+        /// the system socket written out). Validated first. Over an
+        /// installed configuration with other text, install refuses
+        /// unless --force.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// With --config: replace an installed configuration that differs,
+        /// keeping the old one as /etc/warden/warden.toml.wardenctl-old.
+        #[arg(long, requires = "config")]
+        force: bool,
         /// The wardend binary the unit starts, as a path inside the root
         /// (default: the wardend next to this wardenctl). Nothing is copied.
         #[arg(long, value_name = "PATH")]

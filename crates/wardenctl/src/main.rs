@@ -63,14 +63,18 @@ fn run_local(cli: &Cli, out: Output) -> Option<Result<(), Error>> {
         Command::Install {
             root,
             config,
+            force,
             wardend,
             allow_insecure_root,
         } => install::install(
             out,
-            root,
-            config.as_deref(),
-            wardend.as_deref(),
-            *allow_insecure_root,
+            &install::InstallArgs {
+                root,
+                config: config.as_deref(),
+                force: *force,
+                wardend: wardend.as_deref(),
+                allow_insecure_root: *allow_insecure_root,
+            },
         ),
         Command::Uninstall {
             root,

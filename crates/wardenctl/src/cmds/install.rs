@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 use serde_json::{json, Value};
 use warden_client::Client;
-use warden_service::SystemResolver;
+use warden_service::{ConfigOutcome, SystemResolver};
 
 use super::{connect_options, group_name, user_name};
 use crate::cli::Cli;
@@ -67,14 +67,30 @@ fn run_systemctl(args: &[&str]) -> Result<(), Error> {
     }
 }
 
+/// What `wardenctl install` was asked.
+#[derive(Debug, Clone, Copy)]
+pub struct InstallArgs<'a> {
+    /// `--root`.
+    pub root: &'a Path,
+    /// `--config`.
+    pub config: Option<&'a Path>,
+    /// `--force`.
+    pub force: bool,
+    /// `--wardend`.
+    pub wardend: Option<&'a Path>,
+    /// `--allow-insecure-root`.
+    pub allow_insecure_root: bool,
+}
+
 /// `wardenctl install`.
-pub fn install(
-    out: Output,
-    root: &Path,
-    config: Option<&Path>,
-    wardend: Option<&Path>,
-    allow_insecure_root: bool,
-) -> Result<(), Error> {
+pub fn install(out: Output, args: &InstallArgs<'_>) -> Result<(), Error> {
+    let InstallArgs {
+        root,
+        config,
+        force,
+        wardend,
+        allow_insecure_root,
+    } = *args;
     let wardend = match wardend {
         Some(p) => p.to_path_buf(),
         None => std::env::current_exe()
@@ -86,16 +102,26 @@ pub fn install(
         root: root.to_path_buf(),
         wardend,
         config: config.map(Path::to_path_buf),
+        force,
         extra: generated_docs().map_err(Error::Operation)?,
         allow_insecure_root,
     };
-    let manifest = warden_service::install(&opts, &SystemResolver)?;
-    out.emit(&serde_json::to_value(&manifest).unwrap_or_default(), |_| {
-        for f in &manifest.files {
+    let done = warden_service::install(&opts, &SystemResolver)?;
+    out.emit(&serde_json::to_value(&done).unwrap_or_default(), |_| {
+        for f in &done.manifest.files {
             println!("wrote {}", root.join(f).display());
         }
-        if manifest.config_created {
-            println!("wrote {}", root.join(warden_service::CONFIG_PATH).display());
+        let conf = root.join(warden_service::CONFIG_PATH);
+        let conf = conf.display();
+        match &done.config {
+            ConfigOutcome::Created => println!("wrote {conf}"),
+            ConfigOutcome::Kept => println!(
+                "kept {conf} (installed already; `install --config FILE --force` replaces it)"
+            ),
+            ConfigOutcome::Unchanged => println!("kept {conf} (the same as --config)"),
+            ConfigOutcome::Replaced { backup } => {
+                println!("wrote {conf} (the old one is kept as {})", backup.display());
+            }
         }
     });
     if systemd_running(root) {
