@@ -146,7 +146,8 @@ pub enum Command {
     Call {
         /// Method name, e.g. net.vpn.connect.
         method: String,
-        /// Parameters as JSON (default: null).
+        /// Parameters as JSON (default: null); `-` reads them from standard
+        /// input, `@FILE` from FILE.
         params: Option<String>,
     },
     /// Subscribe to a topic and print one JSON line per event.

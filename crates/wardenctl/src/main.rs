@@ -23,6 +23,7 @@ use cli::{Cli, Command, PolicyCommand};
 use cmds::{basic, install, learn, metrics, monitor, policy, pubsub, status, top};
 use error::{Error, EXIT_USAGE};
 use output::Output;
+use warden_proto::Payload;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -103,14 +104,20 @@ fn run_local(cli: &Cli, out: Output) -> Option<Result<(), Error>> {
 /// The commands that talk to the broker: connects, then runs one.
 /// `Ok` carries the exit status (`learn -- CMD` exits with CMD's).
 async fn run(cli: &Cli, out: Output) -> Result<ExitCode, Error> {
+    // Input first: a bad params file is a usage error even with no broker.
+    let call_params = match &cli.command {
+        Command::Call { params, .. } => Some(basic::read_params(params.as_deref())?),
+        _ => None,
+    };
     let client = cmds::connect(cli).await?;
     let c = &client;
     match &cli.command {
         Command::Ping => basic::ping(c, out).await?,
         Command::Whoami => basic::whoami(c, out).await?,
         Command::Version => basic::version(c, out).await?,
-        Command::Call { method, params } => {
-            basic::call(c, out, method, params.as_deref()).await?;
+        Command::Call { method, .. } => {
+            let params = call_params.unwrap_or_else(Payload::null);
+            basic::call(c, out, method, params).await?;
         }
         Command::Status => status::status(c, out).await?,
         Command::Monitor {
@@ -129,7 +136,7 @@ async fn run(cli: &Cli, out: Output) -> Result<ExitCode, Error> {
             };
             monitor::monitor(c, out, &filter).await?;
         }
-        Command::Top { interval } => top::top(c, *interval).await?,
+        Command::Top { interval } => top::top(c, out, *interval).await?,
         Command::Metrics { prometheus } => metrics::metrics(c, out, *prometheus).await?,
         Command::Subscribe { topic, count } => pubsub::subscribe(c, topic, *count).await?,
         Command::Publish { topic, data } => pubsub::publish(c, out, topic, data).await?,

@@ -171,3 +171,31 @@ fn a_subscription_revoked_by_a_reload_exits_5() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_caller_the_socket_mode_shuts_out_is_told_which_group_to_join() -> anyhow::Result<()> {
+    let (alice, bob, _) = users("a_caller_the_socket_mode_shuts_out_is_told_which_group_to_join");
+    let dir = TestDir::new("sockgroup")?;
+    let config = config_text(&dir, RULES).replace(
+        "socket_mode = \"0666\"",
+        "socket_mode = \"0660\"\nsocket_group = \"wdn_grp\"",
+    );
+    let broker = BrokerProcess::start(&dir, &config)?;
+    // bob is not in wdn_grp: the kernel refuses his connect (EACCES).
+    let out = wardenctl(Some(&bob), broker.socket(), &["ping"])?;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    for needle in [
+        "mode 0660",
+        "wdn_grp",
+        "sudo usermod -aG wdn_grp $USER",
+        "log in again",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing: {err}");
+    }
+    // alice is: the same command works for her.
+    let out = wardenctl(Some(&alice), broker.socket(), &["ping"])?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    Ok(())
+}
