@@ -222,6 +222,13 @@ pub enum Command {
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
     },
+    /// Print the manual page (roff) of wardenctl, or of one command
+    /// (e.g. `man call`, `man policy explain`); read it with `man -l -`.
+    Man {
+        /// The command (empty: the whole manual).
+        #[arg(value_name = "COMMAND")]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

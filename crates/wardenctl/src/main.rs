@@ -11,11 +11,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::FromArgMatches;
 
 mod cli;
 mod cmds;
 mod error;
+mod manual;
 mod output;
 mod term;
 
@@ -26,7 +27,11 @@ use output::Output;
 use warden_proto::Payload;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The clap definition plus the examples and headings of the manual.
+    let cli = match Cli::from_arg_matches(&manual::command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let out = Output { json: cli.json };
     let result = match &cli.command {
         Command::LearnExec {
@@ -86,6 +91,9 @@ fn run_local(cli: &Cli, out: Output) -> Option<Result<(), Error>> {
             install::completions(*shell);
             Ok(())
         }
+        Command::Man { command } => manual::man_page(command)
+            .map(|page| print!("{page}"))
+            .map_err(Error::Usage),
         Command::Dump { root } => install::dump(cli, out, root),
         Command::Policy {
             command:
@@ -173,6 +181,7 @@ async fn run(cli: &Cli, out: Output) -> Result<ExitCode, Error> {
         | Command::Uninstall { .. }
         | Command::Dump { .. }
         | Command::Completions { .. }
+        | Command::Man { .. }
         | Command::Policy { .. }
         | Command::LearnExec { .. } => {
             return Err(Error::Usage(

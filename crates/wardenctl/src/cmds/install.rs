@@ -11,6 +11,7 @@ use warden_service::{ConfigOutcome, SystemResolver};
 use super::{connect_options, group_name, user_name};
 use crate::cli::Cli;
 use crate::error::Error;
+use crate::manual;
 use crate::output::Output;
 
 /// Shell completions and man pages, generated from the clap definitions,
@@ -24,7 +25,8 @@ pub fn generated_docs() -> Result<Vec<(String, String)>, String> {
         (Shell::Fish, warden_service::FISH_COMPLETION_PATH),
     ] {
         let mut buf = Vec::new();
-        clap_complete::generate(shell, &mut Cli::command(), "wardenctl", &mut buf);
+        let mut cmd = manual::visible(&manual::command());
+        clap_complete::generate(shell, &mut cmd, "wardenctl", &mut buf);
         out.push((path.to_owned(), String::from_utf8_lossy(&buf).into_owned()));
     }
     let man = |cmd: clap::Command, section: &str| -> Result<String, String> {
@@ -37,7 +39,7 @@ pub fn generated_docs() -> Result<Vec<(String, String)>, String> {
     };
     out.push((
         warden_service::WARDENCTL_MAN_PATH.to_owned(),
-        man(Cli::command(), "1")?,
+        manual::man_page(&[])?,
     ));
     out.push((
         warden_service::WARDEND_MAN_PATH.to_owned(),
@@ -189,7 +191,7 @@ pub fn uninstall(
 
 /// `wardenctl completions SHELL`.
 pub fn completions(shell: clap_complete::Shell) {
-    let mut cmd = Cli::command();
+    let mut cmd = manual::visible(&manual::command());
     clap_complete::generate(shell, &mut cmd, "wardenctl", &mut std::io::stdout());
 }
 

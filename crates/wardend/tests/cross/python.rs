@@ -67,7 +67,10 @@ fn python_client_talks_to_a_real_broker() -> anyhow::Result<()> {
     let conns = v["connection_list"].as_array().cloned().unwrap_or_default();
     assert!(!conns.is_empty(), "{v}");
     for c in &conns {
-        assert!(c["connected_at_unix_ms"].as_u64().is_some_and(|t| t > 0), "{c}");
+        assert!(
+            c["connected_at_unix_ms"].as_u64().is_some_and(|t| t > 0),
+            "{c}"
+        );
         assert!(c["connected_for_ms"].is_u64(), "{c}");
         assert!(c.get("connected_ms").is_none(), "{c}");
     }
