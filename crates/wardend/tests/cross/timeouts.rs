@@ -130,7 +130,7 @@ fn a_subscription_revoked_by_a_reload_exits_5() -> anyhow::Result<()> {
     let sub = command_as(&bob, &bin_path("wardenctl"))
         .arg("--socket")
         .arg(broker.socket())
-        .args(["subscribe", "news.a"])
+        .args(["--json", "subscribe", "news.a"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -169,6 +169,11 @@ fn a_subscription_revoked_by_a_reload_exits_5() -> anyhow::Result<()> {
         "{}",
         stderr(&out)
     );
+    // Under --json, the last line on stdout says so too.
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("no JSON error object ({e}): {text:?}"))?;
+    assert_eq!(last["error"]["code"], "revoked", "{last}");
     Ok(())
 }
 
