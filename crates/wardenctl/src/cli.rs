@@ -129,7 +129,8 @@ pub enum Command {
         count: Option<u64>,
     },
     /// A live view of the broker's connections, busiest first (`q` quits).
-    /// When stdout is not a terminal, prints one plain table and exits.
+    /// When stdout is not a terminal, prints one plain table and exits;
+    /// with --json, one JSON object.
     Top {
         /// Time between refreshes (e.g. 500ms, 2s).
         #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]

@@ -5,9 +5,10 @@
 //!
 //! Layout: [`cli`] defines the arguments, [`cmds`] holds one module per
 //! subcommand (or group of them), [`output`] prints results (`--json` or
-//! for people) and errors, and [`error`] is the one error type with its
-//! exit-code table. This file parses, dispatches, and maps the result to
-//! the exit status.
+//! for people) and errors, [`error`] is the one error type with its
+//! exit-code table, and [`manual`] the help's examples, the man page and
+//! what the completions offer. This file parses, dispatches, and maps the
+//! result to the exit status.
 
 use std::process::ExitCode;
 
