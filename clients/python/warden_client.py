@@ -341,7 +341,10 @@ class Client:
         serves calls; every other call is counted in "unresolved"
         ({"calls", "errors"}). "truncated" is true when the broker cut the
         answer to fit in one frame ("connections" and "method_count" stay
-        whole)."""
+        whole). Each entry of "connection_list" has "id", "uid", "pid",
+        "comm", "connected_at_unix_ms" (when it was accepted, ms since the
+        Unix epoch), "connected_for_ms" (how long ago that was), "in_flight",
+        "calls", "queued_events" and "missed"."""
         return self.call("warden.status")
 
     def metrics(self):

@@ -236,9 +236,16 @@ fn status(reg: &Registry) -> Result<Payload, WireError> {
     let list: Vec<_> = conns
         .iter()
         .map(|c| {
-            let since = c
+            let at = c
                 .connected_at
                 .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            // From the wall clock too (the connection keeps no monotonic
+            // start); a clock stepped back reads as 0, not as a panic.
+            let for_ms = c
+                .connected_at
+                .elapsed()
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
             json!({
@@ -246,7 +253,8 @@ fn status(reg: &Registry) -> Result<Payload, WireError> {
                 "uid": c.identity.uid,
                 "pid": c.identity.pid,
                 "comm": c.comm,
-                "connected_ms": since,
+                "connected_at_unix_ms": at,
+                "connected_for_ms": for_ms,
                 "in_flight": c.in_flight.load(Ordering::Relaxed),
                 "calls": c.calls.load(Ordering::Relaxed),
                 "queued_events": c.queued_events(),

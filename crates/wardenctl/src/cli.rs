@@ -129,7 +129,8 @@ pub enum Command {
         count: Option<u64>,
     },
     /// A live view of the broker's connections, busiest first (`q` quits).
-    /// When stdout is not a terminal, prints one plain table and exits.
+    /// When stdout is not a terminal, prints one plain table and exits;
+    /// with --json, one JSON object.
     Top {
         /// Time between refreshes (e.g. 500ms, 2s).
         #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
@@ -146,7 +147,8 @@ pub enum Command {
     Call {
         /// Method name, e.g. net.vpn.connect.
         method: String,
-        /// Parameters as JSON (default: null).
+        /// Parameters as JSON (default: null); `-` reads them from standard
+        /// input, `@FILE` from FILE.
         params: Option<String>,
     },
     /// Subscribe to a topic and print one JSON line per event.
@@ -180,10 +182,16 @@ pub enum Command {
         /// image, like `systemctl --root`).
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
-        /// Configuration to install if none exists yet (default: the
-        /// embedded default with the system socket written out).
+        /// Configuration to install (default: the embedded default with
+        /// the system socket written out). Validated first. Over an
+        /// installed configuration with other text, install refuses
+        /// unless --force.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// With --config: replace an installed configuration that differs,
+        /// keeping the old one as /etc/warden/warden.toml.wardenctl-old.
+        #[arg(long, requires = "config")]
+        force: bool,
         /// The wardend binary the unit starts, as a path inside the root
         /// (default: the wardend next to this wardenctl). Nothing is copied.
         #[arg(long, value_name = "PATH")]
@@ -214,6 +222,13 @@ pub enum Command {
         /// The root install used.
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
+    },
+    /// Print the manual page (roff) of wardenctl, or of one command
+    /// (e.g. `man call`, `man policy explain`); read it with `man -l -`.
+    Man {
+        /// The command (empty: the whole manual).
+        #[arg(value_name = "COMMAND")]
+        command: Vec<String>,
     },
 }
 

@@ -38,7 +38,13 @@ Exit status:
   4  timed out: the broker did not answer within --timeout
   5  the broker revoked what the command was using (e.g. a subscription
      after a policy reload)
-  learn -- CMD: once CMD has run, CMD's exit status (128+N for signal N)";
+  learn -- CMD: once CMD has run, CMD's exit status (128+N for signal N)
+
+With --json, every failure is also printed on stdout as one line
+{\"error\": {\"code\": CODE, \"message\": TEXT}}: CODE is the broker's error code
+when the broker answered with one, otherwise wardenctl's own:
+connect_failed (3), disconnected (3), timeout (4), revoked (5), usage (2),
+failed (1), capture_failed (1).";
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +127,31 @@ impl Error {
         }
     }
 
+    /// The `code` of the error object `--json` prints: the broker's code
+    /// when it answered with an error, otherwise one of wardenctl's own
+    /// (the table in [`EXIT_CODES_HELP`]); `None` for `policy explain`'s
+    /// deny, whose decision was already printed.
+    #[must_use]
+    pub fn code(&self) -> Option<&str> {
+        if let Some(w) = self.wire() {
+            return Some(w.code.as_str());
+        }
+        Some(match self {
+            Error::Denied => return None,
+            Error::Connect(ConnectError::Timeout { .. }) => "timeout",
+            Error::Connect(_) => "connect_failed",
+            Error::Closed { .. } | Error::CaptureClosed(_) => "disconnected",
+            Error::Revoked(_) => "revoked",
+            Error::Call(e) => call_code(e, "usage"),
+            Error::Capture {
+                source: Some(e), ..
+            } => call_code(e, "capture_failed"),
+            Error::Capture { source: None, .. } => "capture_failed",
+            Error::Service(_) | Error::Operation(_) => "failed",
+            Error::Config(_) | Error::Io { .. } | Error::Usage(_) => "usage",
+        })
+    }
+
     /// The broker's error, when the broker answered with one.
     #[must_use]
     pub fn wire(&self) -> Option<&WireError> {
@@ -190,11 +221,87 @@ fn call_exit(e: &CallError, other: u8) -> u8 {
     }
 }
 
+/// The `--json` error code of a failed request; `other` for a request
+/// that was never answered for a local reason.
+fn call_code<'a>(e: &'a CallError, other: &'a str) -> &'a str {
+    match e {
+        CallError::Remote(w) => w.code.as_str(),
+        CallError::Disconnected { .. } => "disconnected",
+        CallError::Timeout { .. } => "timeout",
+        _ => other,
+    }
+}
+
 fn connect_message(e: &ConnectError) -> String {
     match e {
         ConnectError::Refused(w) => format!("{}: {}", w.code, w.message),
         ConnectError::Timeout { .. } => format!("{e}; `--timeout` sets how long to wait"),
+        ConnectError::Connect { path, source } => match connect_hint(path, source) {
+            Some(hint) => format!("{}: {hint}", chain(e)),
+            None => chain(e),
+        },
         other => chain(other),
+    }
+}
+
+/// What to do about a socket that could not be reached: start the broker
+/// (no socket, nobody listening), or get the right to connect (the
+/// socket's or its directory's mode and group).
+fn connect_hint(path: &str, source: &std::io::Error) -> Option<String> {
+    use std::io::ErrorKind;
+    match source.kind() {
+        ErrorKind::NotFound | ErrorKind::ConnectionRefused => Some(format!(
+            "is wardend running? Start it with `sudo systemctl start warden.socket` \
+             (the service `sudo wardenctl install` sets up) or run `sudo wardend`; \
+             a broker listening elsewhere than {path} is reached with --socket PATH \
+             or WARDEN_SOCKET"
+        )),
+        ErrorKind::PermissionDenied => Some(permission_hint(std::path::Path::new(path))),
+        _ => None,
+    }
+}
+
+/// Why connecting to `path` was denied: the mode, owner and group of the
+/// socket (or of the directory that could not be searched), and which
+/// group to join.
+fn permission_hint(path: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let (what, meta) = match std::fs::metadata(path) {
+        Ok(m) => ("the socket", m),
+        Err(_) => match path.parent().map(std::fs::metadata) {
+            Some(Ok(m)) => ("its directory", m),
+            _ => {
+                return "the socket or its directory is not open to you; ask an \
+                        administrator which group may connect"
+                    .into()
+            }
+        },
+    };
+    let mode = meta.mode() & 0o7777;
+    let (uid, gid) = (u64::from(meta.uid()), u64::from(meta.gid()));
+    let group = u32::try_from(gid)
+        .ok()
+        .and_then(|g| warden_sys::group_name(g).ok().flatten());
+    let described = format!(
+        "{what} is mode {mode:04o}, owner {}, group {}",
+        crate::cmds::user_name(uid),
+        crate::cmds::group_name(gid)
+    );
+    let group_opens = if what == "the socket" {
+        mode & 0o060 == 0o060
+    } else {
+        mode & 0o010 != 0
+    };
+    match group {
+        Some(g) if group_opens => format!(
+            "{described}: only that group's members (and its owner) may connect; \
+             join it with `sudo usermod -aG {g} $USER`, then log in again \
+             (a running session keeps its old groups)"
+        ),
+        _ => format!(
+            "{described}, which does not let you in; ask an administrator to set \
+             socket_mode and socket_group in the broker's configuration"
+        ),
     }
 }
 

@@ -5,17 +5,19 @@
 //!
 //! Layout: [`cli`] defines the arguments, [`cmds`] holds one module per
 //! subcommand (or group of them), [`output`] prints results (`--json` or
-//! for people) and errors, and [`error`] is the one error type with its
-//! exit-code table. This file parses, dispatches, and maps the result to
-//! the exit status.
+//! for people) and errors, [`error`] is the one error type with its
+//! exit-code table, and [`manual`] the help's examples, the man page and
+//! what the completions offer. This file parses, dispatches, and maps the
+//! result to the exit status.
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::FromArgMatches;
 
 mod cli;
 mod cmds;
 mod error;
+mod manual;
 mod output;
 mod term;
 
@@ -23,9 +25,14 @@ use cli::{Cli, Command, PolicyCommand};
 use cmds::{basic, install, learn, metrics, monitor, policy, pubsub, status, top};
 use error::{Error, EXIT_USAGE};
 use output::Output;
+use warden_proto::Payload;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The clap definition plus the examples and headings of the manual.
+    let cli = match Cli::from_arg_matches(&manual::command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let out = Output { json: cli.json };
     let result = match &cli.command {
         Command::LearnExec {
@@ -63,14 +70,18 @@ fn run_local(cli: &Cli, out: Output) -> Option<Result<(), Error>> {
         Command::Install {
             root,
             config,
+            force,
             wardend,
             allow_insecure_root,
         } => install::install(
             out,
-            root,
-            config.as_deref(),
-            wardend.as_deref(),
-            *allow_insecure_root,
+            &install::InstallArgs {
+                root,
+                config: config.as_deref(),
+                force: *force,
+                wardend: wardend.as_deref(),
+                allow_insecure_root: *allow_insecure_root,
+            },
         ),
         Command::Uninstall {
             root,
@@ -81,6 +92,9 @@ fn run_local(cli: &Cli, out: Output) -> Option<Result<(), Error>> {
             install::completions(*shell);
             Ok(())
         }
+        Command::Man { command } => manual::man_page(command)
+            .map(|page| print!("{page}"))
+            .map_err(Error::Usage),
         Command::Dump { root } => install::dump(cli, out, root),
         Command::Policy {
             command:
@@ -99,14 +113,20 @@ fn run_local(cli: &Cli, out: Output) -> Option<Result<(), Error>> {
 /// The commands that talk to the broker: connects, then runs one.
 /// `Ok` carries the exit status (`learn -- CMD` exits with CMD's).
 async fn run(cli: &Cli, out: Output) -> Result<ExitCode, Error> {
+    // Input first: a bad params file is a usage error even with no broker.
+    let call_params = match &cli.command {
+        Command::Call { params, .. } => Some(basic::read_params(params.as_deref())?),
+        _ => None,
+    };
     let client = cmds::connect(cli).await?;
     let c = &client;
     match &cli.command {
         Command::Ping => basic::ping(c, out).await?,
         Command::Whoami => basic::whoami(c, out).await?,
         Command::Version => basic::version(c, out).await?,
-        Command::Call { method, params } => {
-            basic::call(c, out, method, params.as_deref()).await?;
+        Command::Call { method, .. } => {
+            let params = call_params.unwrap_or_else(Payload::null);
+            basic::call(c, out, method, params).await?;
         }
         Command::Status => status::status(c, out).await?,
         Command::Monitor {
@@ -125,7 +145,7 @@ async fn run(cli: &Cli, out: Output) -> Result<ExitCode, Error> {
             };
             monitor::monitor(c, out, &filter).await?;
         }
-        Command::Top { interval } => top::top(c, *interval).await?,
+        Command::Top { interval } => top::top(c, out, *interval).await?,
         Command::Metrics { prometheus } => metrics::metrics(c, out, *prometheus).await?,
         Command::Subscribe { topic, count } => pubsub::subscribe(c, topic, *count).await?,
         Command::Publish { topic, data } => pubsub::publish(c, out, topic, data).await?,
@@ -162,6 +182,7 @@ async fn run(cli: &Cli, out: Output) -> Result<ExitCode, Error> {
         | Command::Uninstall { .. }
         | Command::Dump { .. }
         | Command::Completions { .. }
+        | Command::Man { .. }
         | Command::Policy { .. }
         | Command::LearnExec { .. } => {
             return Err(Error::Usage(

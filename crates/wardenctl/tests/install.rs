@@ -189,10 +189,20 @@ fn install_verifies_and_uninstall_removes_exactly_what_it_created() -> anyhow::R
         String::from_utf8_lossy(&out.stderr)
     );
     let after: BTreeSet<PathBuf> = tree(&root);
-    let kept: BTreeSet<PathBuf> = ["etc", "etc/warden", "etc/warden/warden.toml"]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
+    // The configuration, and the manifest that remembers install created
+    // it (so a later --purge removes it).
+    let kept: BTreeSet<PathBuf> = [
+        "etc",
+        "etc/warden",
+        "etc/warden/warden.toml",
+        "var",
+        "var/lib",
+        "var/lib/warden-install",
+        "var/lib/warden-install/manifest.json",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
     let expected: BTreeSet<PathBuf> = before.union(&kept).cloned().collect();
     assert_eq!(
         after, expected,
@@ -210,11 +220,23 @@ fn install_verifies_and_uninstall_removes_exactly_what_it_created() -> anyhow::R
     let v: Value = serde_json::from_slice(&dump.stdout)?;
     assert_eq!(v["installed"], false, "{v}");
 
-    // --purge removes the configuration install created, back to before.
-    std::fs::remove_file(root.join("etc/warden/warden.toml"))?;
-    std::fs::remove_dir(root.join("etc/warden"))?;
-    std::fs::remove_dir(root.join("etc"))?;
-    assert_eq!(tree(&root), before);
+    // `uninstall --purge` after `uninstall` still removes the
+    // configuration install created: back to before.
+    let out = ctl(&["uninstall", "--root", &r, "--purge"])?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("etc/warden/warden.toml"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(tree(&root), before, "uninstall then uninstall --purge");
+
+    // And --purge right away does too.
     let out = ctl(&["install", "--root", &r, "--wardend", "/usr/bin/wardend"])?;
     assert_eq!(out.status.code(), Some(0));
     let out = ctl(&["uninstall", "--root", &r, "--purge"])?;
@@ -243,6 +265,113 @@ fn install_refuses_to_overwrite_what_it_did_not_create() -> anyhow::Result<()> {
     );
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
+}
+
+#[test]
+fn install_config_over_an_installed_one_is_validated_and_refused_unless_forced(
+) -> anyhow::Result<()> {
+    let root = std::env::temp_dir().join(format!("wdn-install-reconf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    let r = root.display().to_string();
+    let installed = root.join("etc/warden/warden.toml");
+    let old_copy = root.join("etc/warden/warden.toml.wardenctl-old");
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let install = |extra: &[&str]| {
+        let mut args = vec!["install", "--root", &r, "--wardend", "/usr/bin/wardend"];
+        args.extend_from_slice(extra);
+        ctl(&args)
+    };
+
+    // An invalid --config on a fresh root: the error names that file,
+    // once, and nothing is installed.
+    let bad = std::env::temp_dir().join(format!("wdn-bad-{}.toml", std::process::id()));
+    std::fs::write(&bad, "[broker]\nsocket = 5\n")?;
+    let bad_s = bad.display().to_string();
+    let out = install(&["--config", &bad_s])?;
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(stderr(&out).matches(&bad_s).count(), 1, "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("etc/warden/warden.toml"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!installed.exists());
+
+    let out = install(&[])?;
+    assert_ok(&out, "install");
+    let default = std::fs::read_to_string(&installed)?;
+
+    // A different --config over it: refused, saying how to go on, and the
+    // installed file is untouched (no "wrote" for it).
+    let new = root.join("new.toml");
+    let new_text = "[broker]\nsocket = \"/run/warden/warden.sock\"\n\n[learn]\nenabled = false\n";
+    std::fs::write(&new, new_text)?;
+    let new_s = new.display().to_string();
+    let out = install(&["--config", &new_s])?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    for needle in ["refusing to replace", &new_s, "--force", "wardenctl-old"] {
+        assert!(
+            stderr(&out).contains(needle),
+            "{needle:?} missing: {}",
+            stderr(&out)
+        );
+    }
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&format!("wrote {}", installed.display())),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&installed)?, default);
+
+    // An invalid --config over it: refused too, naming that file once.
+    let out = install(&["--config", &bad_s])?;
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(stderr(&out).matches(&bad_s).count(), 1, "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&installed)?, default);
+
+    // --force replaces it and keeps the old one.
+    let out = install(&["--config", &new_s, "--force"])?;
+    assert_ok(&out, "install --force");
+    assert_eq!(std::fs::read_to_string(&installed)?, new_text);
+    assert_eq!(std::fs::read_to_string(&old_copy)?, default);
+    assert!(stdout_of(&out).contains("wardenctl-old"), "{}", text(&out));
+    // The unit follows the new configuration (learning mode off: no
+    // capabilities).
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/warden.service"))?;
+    assert!(unit.contains("CapabilityBoundingSet=\n"), "{unit}");
+
+    // The same --config again: nothing to refuse.
+    let out = install(&["--config", &new_s])?;
+    assert_ok(&out, "install with the installed --config");
+
+    // --force needs --config.
+    let out = install(&["--force"])?;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // uninstall, then uninstall --purge: the configuration goes; the old
+    // copy is the operator's and stays.
+    assert_ok(&ctl(&["uninstall", "--root", &r])?, "uninstall");
+    assert!(installed.exists());
+    assert_ok(
+        &ctl(&["uninstall", "--root", &r, "--purge"])?,
+        "uninstall --purge",
+    );
+    assert!(!installed.exists());
+    assert!(old_copy.exists());
+    let _ = std::fs::remove_file(&bad);
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+fn stdout_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Installs `config` into a fresh root; checks the unit verifies, prints

@@ -76,3 +76,68 @@ fn learn_with_a_pid_or_a_command_gets_past_parsing() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_missing_broker_says_how_to_start_it() -> anyhow::Result<()> {
+    let out = ctl(&["ping"])?;
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "/nonexistent/warden-usage-test.sock",
+        "is wardend running?",
+        "systemctl start warden.socket",
+        "--socket",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} missing: {stderr}");
+    }
+    Ok(())
+}
+
+#[test]
+fn under_json_a_connection_failure_prints_the_error_object() -> anyhow::Result<()> {
+    let out = ctl(&["--json", "ping"])?;
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+        .map_err(|e| anyhow::anyhow!("no JSON on stdout ({e}): {stdout:?}"))?;
+    assert_eq!(v["error"]["code"], "connect_failed", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/nonexistent/warden-usage-test.sock")),
+        "{v}"
+    );
+    assert_eq!(stdout.lines().count(), 1, "one line: {stdout}");
+    Ok(())
+}
+
+#[test]
+fn call_params_from_a_bad_file_or_stdin_are_usage_errors_naming_it() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("wdn-usage-params-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let missing = dir.join("missing.json");
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"a\": ")?;
+    for (arg, needle) in [
+        (
+            format!("@{}", missing.display()),
+            missing.display().to_string(),
+        ),
+        (format!("@{}", bad.display()), bad.display().to_string()),
+        // Standard input is /dev/null here: empty, which is not JSON.
+        ("-".to_owned(), "standard input".to_owned()),
+    ] {
+        let stderr = usage_error(&["call", "svc.x", &arg])?;
+        assert!(
+            stderr.contains(&needle),
+            "{arg}: {needle:?} missing: {stderr}"
+        );
+        assert_eq!(
+            stderr.matches(&needle).count(),
+            1,
+            "{arg}: named more than once: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

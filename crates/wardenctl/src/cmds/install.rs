@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 use serde_json::{json, Value};
 use warden_client::Client;
-use warden_service::SystemResolver;
+use warden_service::{ConfigOutcome, SystemResolver};
 
 use super::{connect_options, group_name, user_name};
 use crate::cli::Cli;
 use crate::error::Error;
+use crate::manual;
 use crate::output::Output;
 
 /// Shell completions and man pages, generated from the clap definitions,
@@ -24,7 +25,8 @@ pub fn generated_docs() -> Result<Vec<(String, String)>, String> {
         (Shell::Fish, warden_service::FISH_COMPLETION_PATH),
     ] {
         let mut buf = Vec::new();
-        clap_complete::generate(shell, &mut Cli::command(), "wardenctl", &mut buf);
+        let mut cmd = manual::visible(&manual::command());
+        clap_complete::generate(shell, &mut cmd, "wardenctl", &mut buf);
         out.push((path.to_owned(), String::from_utf8_lossy(&buf).into_owned()));
     }
     let man = |cmd: clap::Command, section: &str| -> Result<String, String> {
@@ -37,7 +39,7 @@ pub fn generated_docs() -> Result<Vec<(String, String)>, String> {
     };
     out.push((
         warden_service::WARDENCTL_MAN_PATH.to_owned(),
-        man(Cli::command(), "1")?,
+        manual::man_page(&[])?,
     ));
     out.push((
         warden_service::WARDEND_MAN_PATH.to_owned(),
@@ -67,14 +69,30 @@ fn run_systemctl(args: &[&str]) -> Result<(), Error> {
     }
 }
 
+/// What `wardenctl install` was asked.
+#[derive(Debug, Clone, Copy)]
+pub struct InstallArgs<'a> {
+    /// `--root`.
+    pub root: &'a Path,
+    /// `--config`.
+    pub config: Option<&'a Path>,
+    /// `--force`.
+    pub force: bool,
+    /// `--wardend`.
+    pub wardend: Option<&'a Path>,
+    /// `--allow-insecure-root`.
+    pub allow_insecure_root: bool,
+}
+
 /// `wardenctl install`.
-pub fn install(
-    out: Output,
-    root: &Path,
-    config: Option<&Path>,
-    wardend: Option<&Path>,
-    allow_insecure_root: bool,
-) -> Result<(), Error> {
+pub fn install(out: Output, args: &InstallArgs<'_>) -> Result<(), Error> {
+    let InstallArgs {
+        root,
+        config,
+        force,
+        wardend,
+        allow_insecure_root,
+    } = *args;
     let wardend = match wardend {
         Some(p) => p.to_path_buf(),
         None => std::env::current_exe()
@@ -86,16 +104,26 @@ pub fn install(
         root: root.to_path_buf(),
         wardend,
         config: config.map(Path::to_path_buf),
+        force,
         extra: generated_docs().map_err(Error::Operation)?,
         allow_insecure_root,
     };
-    let manifest = warden_service::install(&opts, &SystemResolver)?;
-    out.emit(&serde_json::to_value(&manifest).unwrap_or_default(), |_| {
-        for f in &manifest.files {
+    let done = warden_service::install(&opts, &SystemResolver)?;
+    out.emit(&serde_json::to_value(&done).unwrap_or_default(), |_| {
+        for f in &done.manifest.files {
             println!("wrote {}", root.join(f).display());
         }
-        if manifest.config_created {
-            println!("wrote {}", root.join(warden_service::CONFIG_PATH).display());
+        let conf = root.join(warden_service::CONFIG_PATH);
+        let conf = conf.display();
+        match &done.config {
+            ConfigOutcome::Created => println!("wrote {conf}"),
+            ConfigOutcome::Kept => println!(
+                "kept {conf} (installed already; `install --config FILE --force` replaces it)"
+            ),
+            ConfigOutcome::Unchanged => println!("kept {conf} (the same as --config)"),
+            ConfigOutcome::Replaced { backup } => {
+                println!("wrote {conf} (the old one is kept as {})", backup.display());
+            }
         }
     });
     if systemd_running(root) {
@@ -163,7 +191,7 @@ pub fn uninstall(
 
 /// `wardenctl completions SHELL`.
 pub fn completions(shell: clap_complete::Shell) {
-    let mut cmd = Cli::command();
+    let mut cmd = manual::visible(&manual::command());
     clap_complete::generate(shell, &mut cmd, "wardenctl", &mut std::io::stdout());
 }
 

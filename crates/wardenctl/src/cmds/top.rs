@@ -2,20 +2,23 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use warden_client::Client;
 
+use super::status::since;
 use super::user_name;
 use crate::error::Error;
+use crate::output::{cell, json_line, table, Align, Output};
 use crate::term;
 
 /// One row of `top`.
 struct TopRow {
     id: u64,
+    uid: u64,
     user: String,
     pid: u64,
     comm: String,
-    since_s: u64,
+    connected_for_ms: Option<u64>,
     calls: u64,
     rate: f64,
     in_flight: u64,
@@ -23,13 +26,27 @@ struct TopRow {
     missed: u64,
 }
 
+impl TopRow {
+    fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "uid": self.uid,
+            "user": self.user,
+            "pid": self.pid,
+            "comm": self.comm,
+            "connected_for_ms": self.connected_for_ms,
+            "calls": self.calls,
+            "calls_per_s": self.rate,
+            "in_flight": self.in_flight,
+            "queued_events": self.queued,
+            "missed": self.missed,
+        })
+    }
+}
+
 /// Rows from a `warden.status` answer, with calls/s against the previous
 /// sample, busiest first.
 fn top_rows(status: &Value, prev: &std::collections::HashMap<u64, u64>, secs: f64) -> Vec<TopRow> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
     let mut rows: Vec<TopRow> = status["connection_list"]
         .as_array()
         .map(|list| {
@@ -38,14 +55,14 @@ fn top_rows(status: &Value, prev: &std::collections::HashMap<u64, u64>, secs: f6
                     let id = c["id"].as_u64().unwrap_or(0);
                     let calls = c["calls"].as_u64().unwrap_or(0);
                     let before = prev.get(&id).copied().unwrap_or(calls);
+                    let uid = c["uid"].as_u64().unwrap_or(u64::MAX);
                     TopRow {
                         id,
-                        user: user_name(c["uid"].as_u64().unwrap_or(u64::MAX)),
+                        uid,
+                        user: user_name(uid),
                         pid: c["pid"].as_u64().unwrap_or(0),
                         comm: term::escape(c["comm"].as_str().unwrap_or("?")).into_owned(),
-                        since_s: now_ms
-                            .saturating_sub(c["connected_ms"].as_u64().unwrap_or(now_ms))
-                            / 1000,
+                        connected_for_ms: c["connected_for_ms"].as_u64(),
                         calls,
                         rate: if secs > 0.0 {
                             calls.saturating_sub(before) as f64 / secs
@@ -72,42 +89,74 @@ fn top_rows(status: &Value, prev: &std::collections::HashMap<u64, u64>, secs: f6
 
 fn top_table(status: &Value, rows: &[TopRow]) -> String {
     let mut out = format!(
-        "{}  up {:.0} s  connections {}  in flight {}  providers {}  topics {}\n\n",
-        status["server"].as_str().unwrap_or("?"),
-        status["uptime_ms"].as_f64().unwrap_or(0.0) / 1000.0,
-        status["connections"],
-        status["routed_in_flight"],
+        "{}  up {} s  connections {}  in flight {}  providers {}  topics {}\n\n",
+        cell(&status["server"]),
+        status["uptime_ms"].as_u64().unwrap_or(0) / 1000,
+        cell(&status["connections"]),
+        cell(&status["routed_in_flight"]),
         status["providers"].as_array().map_or(0, Vec::len),
-        status["topics"],
+        cell(&status["topics"]),
     );
-    out.push_str(&format!(
-        "{:>6} {:<18} {:>8} {:<16} {:>8} {:>9} {:>7} {:>9} {:>7} {:>7}\n",
-        "CONN", "USER", "PID", "COMM", "SINCE", "CALLS", "CALLS/S", "IN-FLIGHT", "QUEUED", "MISSED"
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.user.clone(),
+                r.pid.to_string(),
+                r.comm.clone(),
+                since(&json!(r.connected_for_ms)),
+                r.calls.to_string(),
+                format!("{:.1}", r.rate),
+                r.in_flight.to_string(),
+                r.queued.to_string(),
+                r.missed.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            ("CONN", Align::Right),
+            ("USER", Align::Left),
+            ("PID", Align::Right),
+            ("COMM", Align::Left),
+            ("SINCE", Align::Right),
+            ("CALLS", Align::Right),
+            ("CALLS/S", Align::Right),
+            ("IN-FLIGHT", Align::Right),
+            ("QUEUED", Align::Right),
+            ("MISSED", Align::Right),
+        ],
+        &cells,
     ));
-    for r in rows {
-        out.push_str(&format!(
-            "{:>6} {:<18} {:>8} {:<16} {:>7}s {:>9} {:>7.1} {:>9} {:>7} {:>7}\n",
-            r.id,
-            r.user,
-            r.pid,
-            r.comm,
-            r.since_s,
-            r.calls,
-            r.rate,
-            r.in_flight,
-            r.queued,
-            r.missed
-        ));
-    }
     out
 }
 
+/// `top --json`: one object, the summary and the rows busiest first.
+fn top_json(status: &Value, rows: &[TopRow]) -> Value {
+    json!({
+        "server": status["server"],
+        "uptime_ms": status["uptime_ms"],
+        "connections": status["connections"],
+        "routed_in_flight": status["routed_in_flight"],
+        "providers": status["providers"].as_array().map_or(0, Vec::len),
+        "topics": status["topics"],
+        "connection_list": rows.iter().map(TopRow::to_json).collect::<Vec<_>>(),
+        "truncated": status["truncated"],
+    })
+}
+
 /// `wardenctl top`: refreshes a table of connections until `q` (or
-/// Ctrl-C); on a non-terminal, prints it once.
-pub async fn top(client: &Client, interval: Duration) -> Result<(), Error> {
+/// Ctrl-C); on a non-terminal, prints it once; with `--json`, prints one
+/// JSON object once.
+pub async fn top(client: &Client, out: Output, interval: Duration) -> Result<(), Error> {
     use std::io::{IsTerminal, Write};
     let status = client.call_json("warden.status", Value::Null).await?;
     let mut prev: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    if out.json {
+        json_line(&top_json(&status, &top_rows(&status, &prev, 0.0)));
+        return Ok(());
+    }
     if !std::io::stdout().is_terminal() {
         print!("{}", top_table(&status, &top_rows(&status, &prev, 0.0)));
         return Ok(());

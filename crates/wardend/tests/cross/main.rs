@@ -4,6 +4,7 @@
 
 mod audit;
 mod bad_input;
+mod cli;
 mod duplex;
 mod explain;
 mod hardening;

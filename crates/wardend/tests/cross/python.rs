@@ -62,6 +62,18 @@ fn python_client_talks_to_a_real_broker() -> anyhow::Result<()> {
     assert!(v["unresolved"]["calls"].as_u64().unwrap_or(0) >= 1, "{v}");
     assert!(v["methods"].get("zz.made.up").is_none(), "{v}");
     assert_eq!(v["truncated"], false, "{v}");
+    // Each connection says when it opened and for how long, in two
+    // integer fields (not the old `connected_ms`).
+    let conns = v["connection_list"].as_array().cloned().unwrap_or_default();
+    assert!(!conns.is_empty(), "{v}");
+    for c in &conns {
+        assert!(
+            c["connected_at_unix_ms"].as_u64().is_some_and(|t| t > 0),
+            "{c}"
+        );
+        assert!(c["connected_for_ms"].is_u64(), "{c}");
+        assert!(c.get("connected_ms").is_none(), "{c}");
+    }
 
     let out = run(&bob, &["call", "warden.status"])?;
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));

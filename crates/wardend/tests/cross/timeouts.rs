@@ -130,7 +130,7 @@ fn a_subscription_revoked_by_a_reload_exits_5() -> anyhow::Result<()> {
     let sub = command_as(&bob, &bin_path("wardenctl"))
         .arg("--socket")
         .arg(broker.socket())
-        .args(["subscribe", "news.a"])
+        .args(["--json", "subscribe", "news.a"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -169,5 +169,38 @@ fn a_subscription_revoked_by_a_reload_exits_5() -> anyhow::Result<()> {
         "{}",
         stderr(&out)
     );
+    // Under --json, the last line on stdout says so too.
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("no JSON error object ({e}): {text:?}"))?;
+    assert_eq!(last["error"]["code"], "revoked", "{last}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_caller_the_socket_mode_shuts_out_is_told_which_group_to_join() -> anyhow::Result<()> {
+    let (alice, bob, _) = users("a_caller_the_socket_mode_shuts_out_is_told_which_group_to_join");
+    let dir = TestDir::new("sockgroup")?;
+    let config = config_text(&dir, RULES).replace(
+        "socket_mode = \"0666\"",
+        "socket_mode = \"0660\"\nsocket_group = \"wdn_grp\"",
+    );
+    let broker = BrokerProcess::start(&dir, &config)?;
+    // bob is not in wdn_grp: the kernel refuses his connect (EACCES).
+    let out = wardenctl(Some(&bob), broker.socket(), &["ping"])?;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    for needle in [
+        "mode 0660",
+        "wdn_grp",
+        "sudo usermod -aG wdn_grp $USER",
+        "log in again",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing: {err}");
+    }
+    // alice is: the same command works for her.
+    let out = wardenctl(Some(&alice), broker.socket(), &["ping"])?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     Ok(())
 }
