@@ -17,6 +17,52 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     Ok((soft, hard.max(soft)))
 }
 
+/// Makes this process non-dumpable (`PR_SET_DUMPABLE 0`): the account it
+/// runs as can no longer ptrace it or read its memory through /proc, so
+/// it cannot borrow the connection a child host holds to the broker.
+///
+/// # Errors
+/// The `prctl` error.
+pub fn make_non_dumpable() -> io::Result<()> {
+    nix::sys::prctl::set_dumpable(false).map_err(io::Error::from)
+}
+
+/// True if this process is dumpable (`PR_GET_DUMPABLE`).
+///
+/// # Errors
+/// The `prctl` error.
+pub fn is_dumpable() -> io::Result<bool> {
+    nix::sys::prctl::get_dumpable().map_err(io::Error::from)
+}
+
+/// Takes the socket a child host inherited as its stdin (its channel to
+/// the broker): moves it to a new close-on-exec descriptor, so a module's
+/// children do not inherit it, and puts `/dev/null` on fd 0.
+///
+/// # Errors
+/// fd 0 is not a socket, or a descriptor operation failed.
+pub fn take_stdin_socket() -> io::Result<std::os::unix::net::UnixStream> {
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+    // SAFETY: fd 0 is open for the whole process lifetime (it is only
+    // replaced below, after this borrow ends).
+    let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+    let st = nix::sys::stat::fstat(stdin).map_err(io::Error::from)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "stdin is not a socket: warden-host is started by wardend, with its channel on stdin",
+        ));
+    }
+    let moved = nix::fcntl::fcntl(stdin, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+        .map_err(io::Error::from)?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned `moved` as a new descriptor
+    // that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(moved) };
+    let null = std::fs::File::open("/dev/null")?;
+    nix::unistd::dup2_stdin(&null).map_err(io::Error::from)?;
+    Ok(std::os::unix::net::UnixStream::from(socket))
+}
+
 /// Gives the C allocator's free memory back to the kernel: glibc's
 /// `malloc_trim(0)`, which walks every arena and returns free pages from
 /// the middle of the heaps too. After a burst of connections closes, the

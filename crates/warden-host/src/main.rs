@@ -1,0 +1,166 @@
+//! `warden-host --name NAME MODULE…`: the child host process.
+//!
+//! wardend starts it (see `warden-supervisor`) as the host's configured
+//! user, with its channel to the broker on stdin (one end of a
+//! `socketpair`: no path anyone could squat). The host:
+//!
+//! 1. makes itself non-dumpable, so the account it runs as cannot ptrace
+//!    it and borrow its connection;
+//! 2. moves the channel off fd 0 to a close-on-exec descriptor (a
+//!    module's children do not inherit it) and says hello over it; the
+//!    broker gave the connection the identity it assigned at spawn;
+//! 3. opens each module with [`warden_sys::open_trusted_file`] (root's,
+//!    writable by nobody else, no symlink, from `/` down) and loads it by
+//!    that descriptor (`/proc/self/fd/N`), so the file checked is the
+//!    file loaded; checks its ABI version; calls its `init`;
+//! 4. registers every method the modules declare (`provide`) and serves
+//!    them: each call runs the module's `call` on a blocking thread with
+//!    the caller's identity as the broker attached it.
+//!
+//! A module that crashes the process takes down only this host; the
+//! broker's supervisor restarts it and callers get `unavailable`
+//! meanwhile. Logs go to stderr, which the broker reads into its own log.
+#![expect(
+    unsafe_code,
+    reason = "loading a module and calling through its C ABI; each block says why it is sound"
+)]
+
+mod module;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use warden_client::{Client, ConnectOptions, ErrorCode, IncomingCall, WireError};
+
+use crate::module::{HostContext, Module};
+
+/// Calls a host runs at once (each on a blocking thread).
+const CONCURRENCY: usize = 64;
+
+struct Args {
+    name: String,
+    modules: Vec<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args_os().skip(1);
+    let mut name = None;
+    let mut modules = Vec::new();
+    while let Some(a) = args.next() {
+        if a == "--name" {
+            let v = args.next().ok_or("--name needs a value")?;
+            name = Some(v.into_string().map_err(|_| "--name is not UTF-8")?);
+        } else if a.to_str().is_some_and(|s| s.starts_with('-')) {
+            return Err(format!("unknown option {a:?}"));
+        } else {
+            modules.push(PathBuf::from(a));
+        }
+    }
+    let name = name.ok_or("--name NAME is required")?;
+    Ok(Args { name, modules })
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .init();
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("warden-host: {e}\nusage: warden-host --name NAME MODULE... (started by wardend, with its channel on stdin)");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = warden_sys::make_non_dumpable() {
+        tracing::error!("cannot make the host non-dumpable: {e}");
+        return ExitCode::from(1);
+    }
+    let channel = match warden_sys::take_stdin_socket() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(args, channel)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(args: Args, channel: std::os::unix::net::UnixStream) -> Result<(), String> {
+    let client = Client::over_stream(channel, ConnectOptions::new("the broker channel (stdin)"))
+        .await
+        .map_err(|e| format!("hello to the broker: {e}"))?;
+    let client = Arc::new(client);
+    let ctx = HostContext::new(
+        &args.name,
+        Arc::clone(&client),
+        tokio::runtime::Handle::current(),
+    );
+    let mut modules = Vec::new();
+    for path in &args.modules {
+        let ctx = Arc::clone(&ctx);
+        let p = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Module::load(&p, &ctx))
+            .await
+            .map_err(|e| format!("loading {}: {e}", path.display()))?
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        tracing::info!(
+            module = %loaded.name,
+            methods = loaded.methods.len(),
+            topics = loaded.topics.len(),
+            "loaded {}",
+            path.display()
+        );
+        modules.push(Arc::new(loaded));
+    }
+    let mut by_method: HashMap<String, Arc<Module>> = HashMap::new();
+    for m in &modules {
+        for (method, _) in &m.methods {
+            if by_method.insert(method.clone(), Arc::clone(m)).is_some() {
+                return Err(format!("two modules declare the method {method}"));
+            }
+        }
+    }
+    let by_method = Arc::new(by_method);
+    let names: Vec<&str> = by_method.keys().map(String::as_str).collect();
+    client
+        .serve(&names, CONCURRENCY, |call: IncomingCall| {
+            let by_method = Arc::clone(&by_method);
+            async move {
+                let Some(module) = by_method.get(call.method.as_str()).cloned() else {
+                    return Err(WireError::new(
+                        ErrorCode::UnknownMethod,
+                        format!("no module of this host serves {}", call.method.as_str()),
+                    ));
+                };
+                let answer = tokio::task::spawn_blocking(move || module.call(&call))
+                    .await
+                    .map_err(|_| WireError::new(ErrorCode::Internal, "the module call failed"))?;
+                answer
+            }
+        })
+        .await
+        .map_err(|e| format!("serving: {e}"))?;
+    tracing::info!("the broker closed the channel; exiting");
+    drop(modules);
+    Ok(())
+}
