@@ -169,6 +169,11 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Make the broker read its configuration file again, as SIGHUP does
+    /// (administrators only by default). Prints the file and its rule
+    /// count, or the error (file:line:column: key) and exits 1; a file
+    /// that does not load leaves the broker's policy as it was.
+    Reload,
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completions {
         /// The shell.
