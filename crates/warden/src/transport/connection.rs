@@ -594,7 +594,11 @@ impl ConnState {
             },
         });
         self.hello_done = true;
-        tracing::debug!(conn = self.peer.id, client = ?hello.client, "hello");
+        tracing::debug!(
+            conn = self.peer.id,
+            client = hello.client.as_deref().unwrap_or("-"),
+            "hello"
+        );
         match self.send(welcome).await {
             Ok(()) => Flow::Continue,
             Err(()) => Flow::Close,

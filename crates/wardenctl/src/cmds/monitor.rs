@@ -130,14 +130,12 @@ fn monitor_line(v: &Value, user: Option<&str>) -> String {
         secs % 60
     );
     let uid = v["uid"].as_u64().map_or("?".to_owned(), |u| u.to_string());
-    // Escape first, then fit: an escaped comm may be longer than its bytes.
+    // Padded, never cut: a comm is at most 15 bytes, and one that escaping
+    // made longer (a hostile name) is shown whole.
     let comm = term::escape(v["comm"].as_str().unwrap_or("?"));
     let pid = v["pid"].as_u64().map_or("?".to_owned(), |p| p.to_string());
-    let who = format!(
-        "{uid:>10} {} pid={pid:<7} {}",
-        column(&term::escape(user.unwrap_or("-")), USER_WIDTH),
-        column(&comm, COMM_WIDTH)
-    );
+    let user = column(&term::escape(user.unwrap_or("-")), USER_WIDTH);
+    let who = format!("{uid:>10} {user} pid={pid:<7} {comm:<COMM_WIDTH$}");
     let kind = v["kind"].as_str().unwrap_or("?");
     let name = v["method"].as_str().or(v["topic"].as_str()).unwrap_or("?");
     let detail = match kind {
