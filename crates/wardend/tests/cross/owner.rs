@@ -112,5 +112,24 @@ fn the_user_running_a_broker_on_the_embedded_default_administers_it() -> anyhow:
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // A missing warden-admin group is reported once, at start, with the
+    // command that creates it; the reload does not repeat it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !broker.log().contains("policy.reload") {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no reload record:\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let missing = warden_sys::group_by_name("warden-admin")?.is_none();
+    let log = broker.log();
+    assert_eq!(
+        log.matches("create it with `groupadd warden-admin`")
+            .count(),
+        usize::from(missing),
+        "{log}"
+    );
     Ok(())
 }
