@@ -208,17 +208,26 @@ fn emit(r: &Record<'_>) {
 /// Writes an audit record, unless its (uid, action) is over the rate
 /// limit (then it is counted and reported later as suppressed).
 pub fn record(r: Record<'_>) {
-    let key = (r.actor.uid, r.action.to_owned());
-    let (verdict, reports) = {
-        let mut l = lock(limiter());
-        l.admit(key, Instant::now())
-    };
+    if admitted(r.actor.uid, r.action) {
+        write(&r);
+    }
+}
+
+/// Counts a record of (uid, action) against the rate limit: true if it may
+/// be written (with [`write`]). Reports first what an ended window held
+/// back. For callers that would rather not build a record (read `exe`)
+/// that is then suppressed.
+pub fn admitted(uid: Option<u32>, action: &str) -> bool {
+    let (verdict, reports) = lock(limiter()).admit((uid, action.to_owned()), Instant::now());
     for rep in reports {
         emit_suppressed(&rep);
     }
-    if verdict == Verdict::Emit {
-        emit(&r);
-    }
+    verdict == Verdict::Emit
+}
+
+/// Writes a record [`admitted`] let through.
+pub fn write(r: &Record<'_>) {
+    emit(r);
 }
 
 /// Reports what windows that have ended held back, and forgets them.

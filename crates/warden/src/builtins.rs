@@ -1,9 +1,11 @@
 //! The `warden.*` built-in methods.
 //!
 //! They are authorized like any other method (the default policy opens
-//! ping, whoami, version and echo to everyone, and status to
-//! administrators). `whoami` returns exactly the identity the broker
-//! attached at connect, so a caller can check what the broker believes.
+//! ping, whoami, version, echo and explain to everyone, and status,
+//! metrics and reload to administrators). `whoami` returns exactly the
+//! identity the broker attached at connect, so a caller can check what the
+//! broker believes. `reload` runs as a task of its own (it reads a file
+//! and resolves names), the others answer at once.
 
 use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;

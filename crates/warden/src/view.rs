@@ -30,7 +30,12 @@ pub(crate) enum Outcome {
 /// who (uid, gid, pid, comm, exe, connection), what (action, target),
 /// the deciding rule, and the result.
 pub(crate) fn audit_denied(peer: &PeerRef, action: &str, target: &str, rule: &str) {
-    crate::audit::record(crate::audit::Record {
+    // Checked first: a denial the rate limit holds back costs no read of
+    // the caller's executable.
+    if !crate::audit::admitted(Some(peer.identity.uid), action) {
+        return;
+    }
+    crate::audit::write(&crate::audit::Record {
         actor: &crate::audit::Actor::of_peer(peer),
         action,
         target: target.into(),

@@ -109,8 +109,9 @@ pub enum Command {
     Version,
     /// Show the broker's status (administrators only by default).
     Status,
-    /// Watch calls, answers and publications live (administrators only by
-    /// default). One line per event; --json for one JSON object per line.
+    /// Watch calls, answers and publications live, and the subscriptions
+    /// and publications policy refused (administrators only by default).
+    /// One line per event; --json for one JSON object per line.
     Monitor {
         /// Only methods matching this pattern (e.g. `net.**`).
         #[arg(long, value_name = "GLOB")]
