@@ -215,6 +215,8 @@ struct Entry {
 /// the session.
 struct Live {
     id: u64,
+    /// The session's root process (the target of `learn.start`).
+    root: u32,
     buffer: Mutex<Buffer>,
     /// The broker's frame limit: an event larger than a frame is lost.
     max_frame: usize,
@@ -244,6 +246,10 @@ struct Buffer {
     /// pid → executable, from the start, execs and forks; a process is
     /// forgotten when it exits or leaves. At most [`MAX_EXES`].
     exes: HashMap<u32, Option<String>>,
+    /// The program the root process runs: its executable at the start,
+    /// then after each of its execs (for the audit log: the command
+    /// `wardenctl learn -- CMD` ran, not the helper that became it).
+    command: Option<String>,
     denials: u64,
 }
 
@@ -291,6 +297,9 @@ impl Live {
                 b.denials += 1;
             }
             Event::Exec { pid, exe, .. } => {
+                if *pid == self.root {
+                    b.command.clone_from(exe);
+                }
                 remember(&mut b.exes, *pid, exe.clone());
             }
             Event::Fork { pid, child } => {
@@ -614,12 +623,12 @@ impl Owner {
             charge: Some(charge),
             ..Buffer::default()
         };
-        buffer.exes.insert(
-            checked.pid,
-            checked.facts.exe.as_ref().map(|e| e.display().to_string()),
-        );
+        let exe = checked.facts.exe.as_ref().map(|e| e.display().to_string());
+        buffer.command.clone_from(&exe);
+        buffer.exes.insert(checked.pid, exe);
         let live = Arc::new(Live {
             id,
+            root: checked.pid,
             buffer: Mutex::new(buffer),
             max_frame: ctx.channel.max_frame(),
             wake: Notify::new(),
@@ -677,7 +686,6 @@ impl Owner {
         );
         // The session ends with its connection.
         self.watch(&ctx);
-        let caller = &ctx.caller;
         let Checked {
             pid,
             accesses,
@@ -686,12 +694,15 @@ impl Owner {
             rule,
             ..
         } = checked;
-        tracing::info!(
-            target: "warden::audit",
-            uid = caller.uid, pid = caller.pid, action = "learn.start", session = id,
-            target_pid = pid, target_exe = ?facts.exe, rule = %rule, result = "allowed",
-            "learning session started"
-        );
+        warden::audit::record(warden::audit::Record {
+            actor: &warden::audit::Actor::of_caller(&ctx),
+            action: "learn.start",
+            target: format!("pid {pid}").into(),
+            rule: Some(&rule),
+            result: "allowed",
+            message: "learning session started",
+            extra: json!({ "session": id, "target_pid": pid, "owned": owned }),
+        });
         let _ = reply.send(Ok(json!({
             "session": id,
             "pid": pid,
@@ -751,12 +762,15 @@ impl Owner {
         blocking(move || {
             let stats = entry.live.finish(entry.session, "stopped");
             let b = lock(&entry.live.buffer);
-            tracing::info!(
-                target: "warden::audit",
-                uid = ctx.caller.uid, pid = ctx.caller.pid, action = "learn.stop",
-                session = id, denials = b.denials, result = "ok",
-                "learning session stopped"
-            );
+            warden::audit::record(warden::audit::Record {
+                actor: &warden::audit::Actor::of_caller(&ctx),
+                action: "learn.stop",
+                target: format!("pid {}", entry.live.root).into(),
+                rule: None,
+                result: "ok",
+                message: "learning session stopped",
+                extra: json!({ "session": id, "denials": b.denials, "command": b.command }),
+            });
             let _ = reply.send(Ok(json!({
                 "session": id,
                 "denials": b.denials,
@@ -814,11 +828,15 @@ impl Owner {
 fn check(ctx: &HandlerContext, p: &StartParams) -> Result<Checked, WireError> {
     let caller = &ctx.caller;
     let denied = |why: String| {
-        tracing::warn!(
-            target: "warden::audit",
-            uid = caller.uid, pid = caller.pid, action = "learn.start",
-            target_pid = p.pid, result = "denied", "{why}"
-        );
+        warden::audit::record(warden::audit::Record {
+            actor: &warden::audit::Actor::of_caller(ctx),
+            action: "learn.start",
+            target: format!("pid {}", p.pid).into(),
+            rule: None,
+            result: "denied",
+            message: &why,
+            extra: json!({ "target_pid": p.pid }),
+        });
         wire(ErrorCode::Denied, why)
     };
     // The caller must still be who it was at connect, in our pid

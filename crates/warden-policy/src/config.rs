@@ -17,6 +17,9 @@ use crate::policy::{Policy, Principals, Resolver, Rule};
 /// The embedded default configuration (`wardend --print-default-config`).
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
+/// The `source` of the embedded default, in errors and rule references.
+pub const EMBEDDED_SOURCE: &str = "<embedded default>";
+
 /// A configuration error, located in the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}:{line}:{column}: {key}: {message}")]
@@ -100,6 +103,11 @@ pub struct BrokerSection {
     /// Administrators' group: name and resolved gid (`None` if unset or it
     /// did not resolve; then only root is an administrator).
     pub admin_group: Option<(String, Option<u32>)>,
+    /// The broker's own uid is an administrator too (`owner_is_admin`;
+    /// false unless the file says so, true for the embedded default, so
+    /// that whoever runs a per-user broker administers it). Takes effect
+    /// through [`Config::admit_owner`].
+    pub owner_is_admin: bool,
     /// Slow subscriber handling.
     pub on_slow_subscriber: SlowSubscriber,
 }
@@ -187,6 +195,8 @@ struct RawBroker {
     socket_group: Option<Spanned<String>>,
     #[serde(default)]
     admin_group: Option<Spanned<String>>,
+    #[serde(default)]
+    owner_is_admin: Option<bool>,
     #[serde(default)]
     on_slow_subscriber: Option<SlowSubscriber>,
 }
@@ -316,8 +326,23 @@ impl Config {
     ///
     /// # Errors
     /// Only if the embedded text is invalid, which a test rules out.
+    ///
+    /// Unlike a file, the embedded default makes the broker's own uid an
+    /// administrator (`broker.owner_is_admin`, implicitly: the key is not
+    /// in the printed text, so a copy of it installed as a file does not
+    /// carry it over): the user who runs a per-user broker administers it.
     pub fn embedded_default(resolver: &dyn Resolver) -> Result<Config, ConfigError> {
-        Config::parse(DEFAULT_CONFIG, "<embedded default>", resolver)
+        Config::parse_with(DEFAULT_CONFIG, EMBEDDED_SOURCE, resolver, true)
+    }
+
+    /// Makes `uid` (the broker's own effective uid) an administrator if
+    /// `broker.owner_is_admin` is on; otherwise returns the config as it
+    /// is. Root is an administrator anyway.
+    pub fn admit_owner(mut self, uid: u32) -> Config {
+        if self.broker.owner_is_admin && uid != 0 {
+            self.policy = Arc::new(self.policy.with_owner(uid));
+        }
+        self
     }
 
     /// Reads and validates a config file.
@@ -343,6 +368,16 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] for the first problem found.
     pub fn parse(text: &str, file: &str, resolver: &dyn Resolver) -> Result<Config, ConfigError> {
+        Config::parse_with(text, file, resolver, false)
+    }
+
+    /// [`Config::parse`], with the default of `broker.owner_is_admin`.
+    fn parse_with(
+        text: &str,
+        file: &str,
+        resolver: &dyn Resolver,
+        owner_is_admin_default: bool,
+    ) -> Result<Config, ConfigError> {
         let ctx = Ctx { file, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let key = e.span().map(|s| key_at(text, &s)).unwrap_or_default();
@@ -401,13 +436,21 @@ impl Config {
                 }
             },
         };
+        let owner_is_admin = b.owner_is_admin.unwrap_or(owner_is_admin_default);
         let admin_group = b.admin_group.map(|g| {
             let gid = resolver.group_gid(g.get_ref());
             if gid.is_none() {
+                let who = if owner_is_admin {
+                    "root and the broker's own user are"
+                } else {
+                    "root is"
+                };
+                let name = g.get_ref();
                 warnings.push(format!(
-                    "{file}:{}: broker.admin_group: group {:?} does not exist; only root is an administrator",
+                    "{file}:{}: broker.admin_group: group {name:?} does not exist, so only {who} \
+                     administrators; create it with `groupadd {name}` and add administrators \
+                     with `usermod -aG {name} USER` (they reconnect to pick it up)",
                     ctx.line(g.span().start),
-                    g.get_ref()
                 ));
             }
             (g.get_ref().clone(), gid)
@@ -417,6 +460,7 @@ impl Config {
             socket_mode,
             socket_group,
             admin_group: admin_group.clone(),
+            owner_is_admin,
             on_slow_subscriber: b.on_slow_subscriber.unwrap_or_default(),
         };
         let caller_at_provider_set = raw.limits.max_queued_bytes_per_caller_at_provider.is_some();
@@ -627,6 +671,101 @@ mod tests {
                 .decide(&user, crate::Action::Call, "learn.start")
                 .allowed
         );
+    }
+
+    /// The block under "## The embedded default" in docs/config.md.
+    fn documented_default() -> String {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/config.md");
+        let doc = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let section = doc
+            .split_once("\n## The embedded default\n")
+            .map(|(_, rest)| rest)
+            .unwrap_or_else(|| panic!("{path} has no \"## The embedded default\" section"));
+        let block = section
+            .split_once("```toml\n")
+            .and_then(|(_, rest)| rest.split_once("\n```"))
+            .map(|(block, _)| block)
+            .unwrap_or_else(|| panic!("no ```toml block under \"## The embedded default\""));
+        format!("{block}\n")
+    }
+
+    #[test]
+    fn docs_show_the_embedded_default_as_printed() {
+        assert_eq!(
+            documented_default(),
+            DEFAULT_CONFIG,
+            "docs/config.md's \"The embedded default\" block differs from \
+             crates/warden-policy/src/default.toml (`wardend --print-default-config`): copy it over"
+        );
+    }
+
+    #[test]
+    fn the_owner_administers_a_broker_on_the_embedded_default_only() {
+        let owner = crate::Caller {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![],
+        };
+        let other = crate::Caller {
+            uid: 1001,
+            gid: 1001,
+            groups: vec![],
+        };
+        let c = Config::embedded_default(&StaticResolver::default())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .admit_owner(1000);
+        assert!(c.broker.owner_is_admin);
+        assert!(!DEFAULT_CONFIG.contains("owner_is_admin"), "stays implicit");
+        assert!(c.policy.is_admin(&owner));
+        assert!(!c.policy.is_admin(&other));
+        for m in ["warden.status", "warden.reload"] {
+            assert!(
+                c.policy.decide(&owner, crate::Action::Call, m).allowed,
+                "{m}"
+            );
+            assert!(
+                !c.policy.decide(&other, crate::Action::Call, m).allowed,
+                "{m}"
+            );
+        }
+        // The same text from a file: the owner gains nothing.
+        let c = Config::parse(
+            DEFAULT_CONFIG,
+            "/etc/warden/warden.toml",
+            &StaticResolver::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .admit_owner(1000);
+        assert!(!c.broker.owner_is_admin);
+        assert!(!c.policy.is_admin(&owner));
+        // Unless the file says so.
+        let c = parse("[broker]\nowner_is_admin = true\n")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .admit_owner(1000);
+        assert!(c.policy.is_admin(&owner));
+        assert!(!c.policy.is_admin(&other));
+        let e = parse("[broker]\nowner_is_admin = \"yes\"\n").err();
+        assert_eq!(
+            e.map(|e| (e.line, e.key)),
+            Some((2, "broker.owner_is_admin".into()))
+        );
+    }
+
+    #[test]
+    fn a_missing_admin_group_warning_says_how_to_create_it() {
+        let c =
+            Config::embedded_default(&StaticResolver::default()).unwrap_or_else(|e| panic!("{e}"));
+        let w: Vec<_> = c
+            .warnings
+            .iter()
+            .filter(|w| w.contains("admin_group"))
+            .collect();
+        assert_eq!(w.len(), 1, "{:?}", c.warnings);
+        assert!(w[0].contains("`groupadd warden-admin`"), "{}", w[0]);
+        assert!(w[0].contains("broker's own user"), "{}", w[0]);
+        let r = StaticResolver::default().group("warden-admin", 3000);
+        let c = Config::embedded_default(&r).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]

@@ -156,6 +156,9 @@ pub(crate) struct Rule {
 pub struct Policy {
     rules: Vec<Rule>,
     admin_gid: Option<u32>,
+    /// The broker's own uid, when `broker.owner_is_admin` makes it an
+    /// administrator (see [`crate::Config::admit_owner`]).
+    owner: Option<u32>,
     source: Arc<str>,
 }
 
@@ -164,8 +167,24 @@ impl Policy {
         Policy {
             rules,
             admin_gid,
+            owner: None,
             source,
         }
+    }
+
+    /// The same rules, with `uid` (the broker's own) an administrator.
+    pub(crate) fn with_owner(&self, uid: u32) -> Policy {
+        Policy {
+            rules: self.rules.clone(),
+            admin_gid: self.admin_gid,
+            owner: Some(uid),
+            source: Arc::clone(&self.source),
+        }
+    }
+
+    /// The uid made an administrator by `broker.owner_is_admin`, if any.
+    pub fn owner_admin(&self) -> Option<u32> {
+        self.owner
     }
 
     /// Number of rules.
@@ -173,10 +192,13 @@ impl Policy {
         self.rules.len()
     }
 
-    /// True if the caller is an administrator: root, or a member of the
-    /// configured admin group.
+    /// True if the caller is an administrator: root, a member of the
+    /// configured admin group, or the broker's own uid when
+    /// `broker.owner_is_admin` is on.
     pub fn is_admin(&self, caller: &Caller) -> bool {
-        caller.uid == 0 || self.admin_gid.is_some_and(|g| caller.in_group(g))
+        caller.uid == 0
+            || self.owner == Some(caller.uid)
+            || self.admin_gid.is_some_and(|g| caller.in_group(g))
     }
 
     fn names_caller(&self, rule: &Rule, caller: &Caller) -> bool {

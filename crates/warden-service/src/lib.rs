@@ -436,11 +436,18 @@ pub struct Installed {
 }
 
 /// The configuration text install writes when none exists: the embedded
-/// default with the system socket path written out.
+/// default with the system socket path written out, and the embedded
+/// default's implicit `owner_is_admin` spelled out as off (the `warden`
+/// service account administers nothing).
 pub fn default_installed_config() -> String {
     DEFAULT_CONFIG.replacen(
         "[broker]\n",
-        &format!("[broker]\nsocket = \"{SYSTEM_SOCKET}\"\n"),
+        &format!(
+            "[broker]\nsocket = \"{SYSTEM_SOCKET}\"\n\
+             # The service's own account is not an administrator (a per-user\n\
+             # broker without --config administers itself; see docs/config.md).\n\
+             owner_is_admin = false\n"
+        ),
         1,
     )
 }

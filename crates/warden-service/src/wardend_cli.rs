@@ -28,9 +28,10 @@ pub struct Args {
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
     /// Log format: `text` for people, `json` (one object per line) for
-    /// machines. Audit events (denials, reloads) have the target
-    /// `warden::audit` and the fields uid, pid, comm, action, target, rule,
-    /// result. Logs go to stderr through a bounded queue: when stderr is
+    /// machines. Audit records (denials, reloads) have the target
+    /// `warden::audit` and, every one, the fields uid, gid, pid, comm, exe,
+    /// conn, action, target, rule, result (as JSON values: `null` when
+    /// unknown), rate-limited per uid and action. Logs go to stderr through a bounded queue: when stderr is
     /// closed or does not keep up, lines are dropped and counted (the count
     /// is in the broker's status line to systemd), never waited for.
     #[arg(long, value_name = "FORMAT", default_value = "text")]

@@ -80,7 +80,14 @@ pub struct BrokerBuilder {
     handlers: HashMap<String, Arc<dyn Handler>>,
     heartbeat: Duration,
     test_hooks: bool,
+    reloader: Option<Reloader>,
 }
+
+/// Loads the configuration the broker was started with again, for the
+/// `warden.reload` built-in: the new policy, or the error naming file,
+/// line and key. Called on a blocking thread. The embedding program
+/// supplies it (`wardend`: the same load as SIGHUP's).
+pub type Reloader = Arc<dyn Fn() -> Result<Config, warden_policy::ConfigError> + Send + Sync>;
 
 impl std::fmt::Debug for BrokerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,7 +119,18 @@ impl BrokerBuilder {
         Ok(self)
     }
 
-    /// Finishes the broker.
+    /// Serves `warden.reload` with `reload`: a successful load replaces
+    /// the policy (as [`Broker::set_policy`]); a failed one keeps it and
+    /// answers the error. Without a reloader the built-in answers
+    /// `unavailable`.
+    pub fn reloader(
+        mut self,
+        reload: impl Fn() -> Result<Config, warden_policy::ConfigError> + Send + Sync + 'static,
+    ) -> Self {
+        self.reloader = Some(Arc::new(reload));
+        self
+    }
+
     /// Turns on test hooks (see [`TEST_PANIC_METHOD`]). Never in
     /// production.
     pub fn test_hooks(mut self, on: bool) -> Self {
@@ -120,6 +138,7 @@ impl BrokerBuilder {
         self
     }
 
+    /// Finishes the broker.
     pub fn build(self) -> Broker {
         let limits = self.limits;
         let max_frame = usize::try_from(limits.max_frame_bytes)
@@ -139,6 +158,7 @@ impl BrokerBuilder {
             svc: Arc::new(Services {
                 reg: Arc::new(Registry::new(settings, self.policy)),
                 handlers: self.handlers,
+                reloader: self.reloader,
             }),
             heartbeat_ms: Arc::new(AtomicU64::new(0)),
             heartbeat: self.heartbeat,
@@ -208,6 +228,7 @@ impl Broker {
             handlers: HashMap::new(),
             heartbeat: Duration::from_secs(1),
             test_hooks: false,
+            reloader: None,
         }
     }
 

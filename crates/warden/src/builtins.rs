@@ -1,9 +1,11 @@
 //! The `warden.*` built-in methods.
 //!
 //! They are authorized like any other method (the default policy opens
-//! ping, whoami, version and echo to everyone, and status to
-//! administrators). `whoami` returns exactly the identity the broker
-//! attached at connect, so a caller can check what the broker believes.
+//! ping, whoami, version, echo and explain to everyone, and status,
+//! metrics and reload to administrators). `whoami` returns exactly the
+//! identity the broker attached at connect, so a caller can check what the
+//! broker believes. `reload` runs as a task of its own (it reads a file
+//! and resolves names), the others answer at once.
 
 use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
@@ -15,7 +17,7 @@ use crate::registry::Registry;
 use crate::view::CallerView;
 
 /// Names of the built-in methods.
-pub(crate) const BUILTINS: [&str; 7] = [
+pub(crate) const BUILTINS: [&str; 8] = [
     "warden.ping",
     "warden.whoami",
     "warden.version",
@@ -23,7 +25,11 @@ pub(crate) const BUILTINS: [&str; 7] = [
     "warden.status",
     "warden.explain",
     "warden.metrics",
+    RELOAD,
 ];
+
+/// The built-in that reloads the configuration (see [`reload`]).
+pub(crate) const RELOAD: &str = "warden.reload";
 
 fn payload(v: serde_json::Value) -> Result<Payload, WireError> {
     Payload::from_value(&v).map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
@@ -129,6 +135,75 @@ pub(crate) fn call(
             ),
         )),
     }
+}
+
+/// `warden.reload`: loads the configuration the broker was started with
+/// again (the embedding program's [`crate::Reloader`], the same load as
+/// SIGHUP's) and swaps the new policy in; every connection recompiles its
+/// snapshot. A file that does not load leaves the policy as it was, and
+/// the answer is `bad_request` with the error (`FILE:LINE:COLUMN: KEY:
+/// what is wrong`). Both outcomes are audited (`policy.reload`).
+pub(crate) fn reload(
+    reg: std::sync::Arc<Registry>,
+    peer: crate::peer::PeerRef,
+    reloader: Option<crate::Reloader>,
+    rule: String,
+) -> crate::HandlerFuture {
+    Box::pin(async move {
+        let Some(reloader) = reloader else {
+            return Err(WireError::new(
+                ErrorCode::Unavailable,
+                "this broker has no configuration to reload (its program gave it none); \
+                 restart it to change the policy",
+            ));
+        };
+        let loaded = tokio::task::spawn_blocking(move || reloader())
+            .await
+            .map_err(|e| {
+                WireError::new(
+                    ErrorCode::Internal,
+                    format!("the reload failed unexpectedly: {e}"),
+                )
+            })?;
+        let actor = crate::audit::Actor::of_peer(&peer);
+        match loaded {
+            Ok(config) => {
+                let rules = config.policy.rule_count();
+                reg.policy_tx
+                    .send_replace(std::sync::Arc::clone(&config.policy));
+                crate::audit::record(crate::audit::Record {
+                    actor: &actor,
+                    action: "policy.reload",
+                    target: config.source.as_str().into(),
+                    rule: Some(&rule),
+                    result: "ok",
+                    message: "warden.reload: policy reloaded (limits and socket settings take \
+                              effect at the next start)",
+                    extra: json!({ "rules": rules, "warnings": config.warnings.len() }),
+                });
+                payload(json!({
+                    "config": config.source,
+                    "rules": rules,
+                    "warnings": config.warnings,
+                }))
+            }
+            Err(e) => {
+                crate::audit::record(crate::audit::Record {
+                    actor: &actor,
+                    action: "policy.reload",
+                    target: e.file.as_str().into(),
+                    rule: Some(&rule),
+                    result: "failed",
+                    message: "warden.reload: the configuration is invalid, keeping the old policy",
+                    extra: json!({ "error": e.to_string() }),
+                });
+                Err(WireError::new(
+                    ErrorCode::BadRequest,
+                    format!("{e} (the broker keeps its current policy)"),
+                ))
+            }
+        }
+    })
 }
 
 /// Parameters of `warden.explain`: the subject (a hypothetical caller),

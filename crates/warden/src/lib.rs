@@ -36,6 +36,7 @@
 //!   through the `Outbox` trait the transport implements), `channel`,
 //!   `queue` (byte accounting), `stats`, `shutdown`.
 
+pub mod audit;
 pub mod broker;
 mod builtins;
 mod calls;
@@ -53,7 +54,9 @@ mod stats;
 mod transport;
 mod view;
 
-pub use broker::{AdoptError, Broker, BrokerBuilder, BrokerError, ServeError, TEST_PANIC_METHOD};
+pub use broker::{
+    AdoptError, Broker, BrokerBuilder, BrokerError, Reloader, ServeError, TEST_PANIC_METHOD,
+};
 pub use channel::{CallerChannel, Pushed};
 pub use handler::{Handler, HandlerContext, HandlerFuture};
 pub use local::{BrokerHandle, CallOptions};

@@ -3,10 +3,11 @@
 //!
 //! A connection subscribes to `warden.monitor` (policy: `monitor` on
 //! `calls`) or `warden.monitor.payloads` (also `monitor` on `payloads`).
-//! Each call, answer and publication then produces one event for every
-//! monitor, with the caller's identity, the method or topic, the latency,
-//! the answer's code and the rule that decided; payloads are redacted
-//! unless the monitor is allowed to see them.
+//! Each call, answer and publication, and each subscription or
+//! publication policy refuses, then produces one event for every monitor,
+//! with the caller's identity, the method or topic, the latency, the
+//! answer's code and the rule that decided; payloads are redacted unless
+//! the monitor is allowed to see them.
 //!
 //! When nobody monitors, the cost is one relaxed atomic load per call.
 //! Monitor events go through the monitor's bounded event queue like any
@@ -17,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+use warden_policy::Action;
 use warden_proto::{ErrorCode, Message, Payload, RequestId, TopicName};
 
 use crate::peer::Peer;
@@ -145,6 +147,33 @@ pub(crate) fn publish(
             )
         },
         || json!({ "data": payload_value(Some(data)) }),
+    );
+}
+
+/// A subscription or publication was refused by policy: kind
+/// `subscribe_denied` (also for a refused monitor subscription, whose
+/// topic is then `warden.monitor…`) or `publish_denied`, with the topic
+/// and the deciding rule. There is no payload to show.
+pub(crate) fn denied(reg: &Registry, conn: &Peer, action: Action, topic: &str, rule: &str) {
+    if !reg.monitoring() {
+        return;
+    }
+    let kind = match action {
+        Action::Publish => "publish_denied",
+        _ => "subscribe_denied",
+    };
+    emit(
+        reg,
+        || {
+            with(
+                who(conn),
+                json!({
+                    "time_ms": now_ms(), "kind": kind, "topic": topic,
+                    "code": ErrorCode::Denied.as_str(), "rule": rule,
+                }),
+            )
+        },
+        || json!({}),
     );
 }
 

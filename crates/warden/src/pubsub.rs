@@ -18,7 +18,10 @@ use crate::queue::QueuedFrame;
 use crate::registry::Registry;
 use crate::view::{audit_denied, CallerView, Outcome};
 
+/// Refuses a subscription or publication: audited, shown to monitors
+/// (`subscribe_denied` / `publish_denied`), answered `denied`.
 fn deny(
+    reg: &Registry,
     view: &CallerView<'_>,
     id: RequestId,
     action: Action,
@@ -26,6 +29,7 @@ fn deny(
     reason: String,
 ) -> Outcome {
     audit_denied(view.peer, action.as_str(), topic.as_str(), &reason);
+    crate::monitor::denied(reg, view.peer, action, topic.as_str(), &reason);
     Outcome::Answer(Message::error(
         Some(id),
         ErrorCode::Denied,
@@ -59,7 +63,7 @@ pub(crate) fn subscribe(
     }
     let d = view.policy.decide(Action::Subscribe, topic.as_str());
     if !d.allowed {
-        return deny(&view, id, Action::Subscribe, &topic, d.reason());
+        return deny(reg, &view, id, Action::Subscribe, &topic, d.reason());
     }
     if let Err(max) = reg.subscribe(view.peer.id, &topic) {
         return Outcome::Answer(Message::error(
@@ -80,25 +84,24 @@ fn start_monitor(reg: &Registry, view: CallerView<'_>, id: RequestId, topic: Top
     } else {
         &["calls"]
     };
+    let mut rule = String::new();
     for what in needed {
         let d = view.policy.decide(Action::Monitor, what);
         if !d.allowed {
-            return deny(&view, id, Action::Monitor, &topic, d.reason());
+            return deny(reg, &view, id, Action::Monitor, &topic, d.reason());
         }
+        rule = d.reason();
     }
     reg.start_monitor(view.peer.id, payloads);
-    let peer = view.peer;
-    tracing::info!(
-        target: "warden::audit",
-        uid = peer.identity.uid,
-        pid = peer.identity.pid,
-        comm = peer.comm.as_deref().unwrap_or("?"),
-        conn = peer.id,
-        action = "monitor",
-        target = topic.as_str(),
-        result = "started",
-        "monitoring started"
-    );
+    crate::audit::record(crate::audit::Record {
+        actor: &crate::audit::Actor::of_peer(view.peer),
+        action: "monitor",
+        target: topic.as_str().into(),
+        rule: Some(&rule),
+        result: "started",
+        message: "monitoring started",
+        extra: serde_json::Value::Null,
+    });
     topic_reply(id, &topic)
 }
 
@@ -124,7 +127,7 @@ pub(crate) fn publish_request(
 ) -> Outcome {
     let d = view.policy.decide(Action::Publish, topic.as_str());
     if !d.allowed {
-        return deny(&view, id, Action::Publish, &topic, d.reason());
+        return deny(reg, &view, id, Action::Publish, &topic, d.reason());
     }
     if topic.is_reserved() {
         return Outcome::Answer(Message::error(

@@ -30,6 +30,9 @@ use crate::view::{audit_denied, CallerView, Outcome};
 pub(crate) struct Services {
     pub(crate) reg: Arc<Registry>,
     pub(crate) handlers: HashMap<String, Arc<dyn Handler>>,
+    /// Loads the configuration again, for `warden.reload` (`None`: the
+    /// embedding program gave none, and the built-in is `unavailable`).
+    pub(crate) reloader: Option<crate::Reloader>,
 }
 
 impl std::fmt::Debug for Services {
@@ -189,6 +192,27 @@ fn call(
                  (max_in_flight_per_connection); wait for replies first"
             ),
         );
+    }
+    if method.as_str() == crate::builtins::RELOAD {
+        // Reading the file and resolving names block: a task of its own,
+        // like a handler's call, under the caller's in-flight limit.
+        let fut = crate::builtins::reload(
+            Arc::clone(reg),
+            Arc::clone(peer),
+            svc.reloader.clone(),
+            decision.reason(),
+        );
+        reg.handler_call_started(peer);
+        tokio::spawn(run_handler(
+            Arc::clone(reg),
+            Arc::clone(peer),
+            id,
+            method,
+            started,
+            rule,
+            fut,
+        ));
+        return Outcome::Later;
     }
     if method.is_reserved() {
         let answer = crate::builtins::call(reg, &view, method.as_str(), params);

@@ -26,22 +26,22 @@ pub(crate) enum Outcome {
     Later,
 }
 
-/// Records a denied request in the audit log (target `warden::audit`):
-/// who (uid, gid, pid, comm, connection), what (action, target), the
-/// deciding rule, and the result.
+/// Records a denied request in the audit log (see [`crate::audit`]):
+/// who (uid, gid, pid, comm, exe, connection), what (action, target),
+/// the deciding rule, and the result.
 pub(crate) fn audit_denied(peer: &PeerRef, action: &str, target: &str, rule: &str) {
-    let i = &peer.identity;
-    tracing::info!(
-        target: "warden::audit",
-        uid = i.uid,
-        gid = i.gid,
-        pid = i.pid,
-        comm = peer.comm.as_deref().unwrap_or("?"),
-        conn = peer.id,
+    // Checked first: a denial the rate limit holds back costs no read of
+    // the caller's executable.
+    if !crate::audit::admitted(Some(peer.identity.uid), action) {
+        return;
+    }
+    crate::audit::write(&crate::audit::Record {
+        actor: &crate::audit::Actor::of_peer(peer),
         action,
-        target,
-        rule,
-        result = "denied",
-        "request denied"
-    );
+        target: target.into(),
+        rule: Some(rule),
+        result: "denied",
+        message: "request denied",
+        extra: serde_json::Value::Null,
+    });
 }

@@ -109,8 +109,9 @@ pub enum Command {
     Version,
     /// Show the broker's status (administrators only by default).
     Status,
-    /// Watch calls, answers and publications live (administrators only by
-    /// default). One line per event; --json for one JSON object per line.
+    /// Watch calls, answers and publications live, and the subscriptions
+    /// and publications policy refused (administrators only by default).
+    /// One line per event; --json for one JSON object per line.
     Monitor {
         /// Only methods matching this pattern (e.g. `net.**`).
         #[arg(long, value_name = "GLOB")]
@@ -171,6 +172,11 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Make the broker read its configuration file again, as SIGHUP does
+    /// (administrators only by default). Prints the file and its rule
+    /// count, or the error (file:line:column: key) and exits 1; a file
+    /// that does not load leaves the broker's policy as it was.
+    Reload,
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completions {
         /// The shell.

@@ -22,7 +22,7 @@ mod output;
 mod term;
 
 use cli::{Cli, Command, PolicyCommand};
-use cmds::{basic, install, learn, metrics, monitor, policy, pubsub, status, top};
+use cmds::{basic, install, learn, metrics, monitor, policy, pubsub, reload, status, top};
 use error::{Error, EXIT_USAGE};
 use output::Output;
 use warden_proto::Payload;
@@ -129,6 +129,7 @@ async fn run(cli: &Cli, out: Output) -> Result<ExitCode, Error> {
             basic::call(c, out, method, params).await?;
         }
         Command::Status => status::status(c, out).await?,
+        Command::Reload => reload::reload(c, out).await?,
         Command::Monitor {
             method,
             topic,

@@ -247,6 +247,33 @@ fn install_verifies_and_uninstall_removes_exactly_what_it_created() -> anyhow::R
 }
 
 #[test]
+fn the_installed_config_gives_the_service_account_no_admin_rights() -> anyhow::Result<()> {
+    let Some(root) = offline_root("owner")? else {
+        return Ok(());
+    };
+    let r = root.display().to_string();
+    let out = ctl(&["install", "--root", &r, "--wardend", "/usr/bin/wardend"])?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = std::fs::read_to_string(root.join("etc/warden/warden.toml"))?;
+    assert!(text.contains("\nowner_is_admin = false\n"), "{text}");
+    let config = warden_policy::Config::parse(
+        &text,
+        "warden.toml",
+        &warden_policy::StaticResolver::default(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?
+    .admit_owner(999);
+    let service = warden_policy::Caller {
+        uid: 999,
+        gid: 999,
+        groups: vec![],
+    };
+    assert!(!config.policy.is_admin(&service));
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+#[test]
 fn install_refuses_to_overwrite_what_it_did_not_create() -> anyhow::Result<()> {
     let root = std::env::temp_dir().join(format!("wdn-install-occupied-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);

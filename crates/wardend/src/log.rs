@@ -148,6 +148,102 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogSink {
     }
 }
 
+/// The event format of the log: tracing-subscriber's own (`inner`), except
+/// for audit records (target `warden::audit`), which are printed from the
+/// rendering `warden::audit` made: in JSON, the record's values as JSON
+/// values (`null`, arrays) under `fields`, in the same envelope as every
+/// other line; in text, the record's `key=value` text.
+#[derive(Debug)]
+pub struct AuditFormat<F> {
+    inner: F,
+    json: bool,
+    timer: tracing_subscriber::fmt::time::SystemTime,
+}
+
+impl<F> AuditFormat<F> {
+    /// Wraps `inner`; `json` chooses how audit records are printed.
+    pub fn new(inner: F, json: bool) -> Self {
+        AuditFormat {
+            inner,
+            json,
+            timer: tracing_subscriber::fmt::time::SystemTime,
+        }
+    }
+}
+
+/// An audit record's message and renderings, read from its event.
+#[derive(Default)]
+struct AuditFields {
+    message: String,
+    json: Option<String>,
+    text: Option<String>,
+}
+
+impl tracing::field::Visit for AuditFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            warden::audit::JSON_FIELD => self.json = Some(value.to_owned()),
+            warden::audit::TEXT_FIELD => self.text = Some(value.to_owned()),
+            "message" => self.message = value.to_owned(),
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        }
+    }
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for AuditFormat<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use tracing_subscriber::fmt::time::FormatTime;
+        let meta = event.metadata();
+        if meta.target() != warden::audit::TARGET {
+            return self.inner.format_event(ctx, writer, event);
+        }
+        let mut f = AuditFields::default();
+        event.record(&mut f);
+        let (Some(json), Some(text)) = (f.json, f.text) else {
+            // Not made by warden::audit: the ordinary format.
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut time = String::new();
+        self.timer
+            .format_time(&mut tracing_subscriber::fmt::format::Writer::new(&mut time))?;
+        let level = meta.level().as_str();
+        if self.json {
+            let message = serde_json::Value::from(f.message).to_string();
+            let rest = json.strip_prefix('{').unwrap_or("}");
+            let sep = if rest == "}" { "" } else { "," };
+            writeln!(
+                writer,
+                "{{\"timestamp\":{},\"level\":\"{level}\",\"fields\":{{\"message\":{message}{sep}{rest},\"target\":\"{}\"}}",
+                serde_json::Value::from(time),
+                warden::audit::TARGET
+            )
+        } else {
+            writeln!(
+                writer,
+                "{time} {level:>5} {}: {} {text}",
+                warden::audit::TARGET,
+                f.message
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

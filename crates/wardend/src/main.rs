@@ -57,8 +57,15 @@ fn init_logging(args: &Args) -> Option<LogSink> {
         .with_writer(sink.clone())
         .log_internal_errors(false);
     match args.log_format {
-        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => fmt.json().with_current_span(false).init(),
+        LogFormat::Text => fmt
+            .with_ansi(std::io::stderr().is_terminal())
+            .map_event_format(|f| log::AuditFormat::new(f, false))
+            .init(),
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(false)
+            .map_event_format(|f| log::AuditFormat::new(f, true))
+            .init(),
     }
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
@@ -88,10 +95,53 @@ fn check_log_level(spec: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Loads the configuration: `--config FILE`, or the embedded default
+/// (whose implicit `owner_is_admin` makes this broker's own user an
+/// administrator).
 fn load_config(path: Option<&PathBuf>) -> Result<Config, warden_policy::ConfigError> {
-    match path {
+    let config = match path {
         Some(p) => Config::load(p, &SystemResolver),
         None => Config::embedded_default(&SystemResolver),
+    }?;
+    Ok(config.admit_owner(warden_sys::effective_uid()))
+}
+
+/// Loads the configuration the broker was started with again, for SIGHUP
+/// and `warden.reload` alike. Warnings are logged once: those already
+/// logged (at start or by an earlier reload) are not repeated.
+#[derive(Debug)]
+struct Reloader {
+    path: Option<PathBuf>,
+    warned: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Distinct warnings remembered as already logged, at most (a config has
+/// a few; the cap only bounds a pathological one).
+const WARNED_MAX: usize = 1024;
+
+impl Reloader {
+    fn new(path: Option<PathBuf>, logged_at_start: &[String]) -> Reloader {
+        Reloader {
+            path,
+            warned: std::sync::Mutex::new(logged_at_start.iter().cloned().collect()),
+        }
+    }
+
+    fn load(&self) -> Result<Config, warden_policy::ConfigError> {
+        let c = load_config(self.path.as_ref())?;
+        let mut warned = self
+            .warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for w in &c.warnings {
+            if !warned.contains(w) {
+                tracing::warn!("{w}");
+                if warned.len() < WARNED_MAX {
+                    warned.insert(w.clone());
+                }
+            }
+        }
+        Ok(c)
     }
 }
 
@@ -352,11 +402,12 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
         .thread_name("wardend")
         .build()
         .context("cannot start the async runtime")?;
-    let config_path = args.config.clone();
+    let reloader = std::sync::Arc::new(Reloader::new(args.config.clone(), &config.warnings));
     let result = runtime.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .context("cannot register the listener with the runtime")?;
-        let mut builder = Broker::builder(&config);
+        let for_builtin = std::sync::Arc::clone(&reloader);
+        let mut builder = Broker::builder(&config).reloader(move || for_builtin.load());
         let learn = config.learn.enabled.then(|| {
             warden_learn::service::LearnService::new(warden_learn::service::LearnSettings {
                 max_sessions_per_uid: config.learn.max_sessions_per_uid,
@@ -402,7 +453,11 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
                 tokio::select! {
                     _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }
                     _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
-                    _ = hup.recv() => reload(&signals_broker, config_path.as_ref()),
+                    _ = hup.recv() => {
+                        let (broker, reloader) = (signals_broker.clone(), std::sync::Arc::clone(&reloader));
+                        // Reading the file and resolving names block.
+                        let _ = tokio::task::spawn_blocking(move || reload(&broker, &reloader)).await;
+                    }
                     _ = usr1.recv() => {
                         #[cfg(feature = "test-hooks")]
                         if test_hooks {
@@ -420,12 +475,13 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
             socket = %socket.display(),
             config = %config.source,
             server = warden::SERVER_NAME,
-            watchdog = ?watchdog,
+            watchdog_ms = watchdog.map_or(0, |w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
             "listening"
         );
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         spawn_notifier(broker.clone(), watchdog, log);
         tokio::spawn(give_back_memory(broker.clone()));
+        tokio::spawn(flush_audit());
         let served = broker.serve(listener, shutdown).await;
         if let Some(learn) = &learn {
             learn.stop_all().await;
@@ -444,24 +500,43 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
 }
 
 /// SIGHUP: load the configuration again and swap the policy in, or keep
-/// the old one if the new file is invalid.
-fn reload(broker: &Broker, path: Option<&PathBuf>) {
-    match load_config(path) {
+/// the old one if the new file is invalid (the same load as
+/// `warden.reload`).
+fn reload(broker: &Broker, reloader: &Reloader) {
+    use warden::audit::{record, Actor, Record};
+    match reloader.load() {
         Ok(c) => {
-            for w in &c.warnings {
-                tracing::warn!("{w}");
-            }
-            tracing::info!(
-                target: "warden::audit",
-                config = %c.source, rules = c.policy.rule_count(),
-                "SIGHUP: policy reloaded (limits and socket settings take effect at the next start)"
-            );
+            record(Record {
+                actor: &Actor::none(),
+                action: "policy.reload",
+                target: c.source.as_str().into(),
+                rule: None,
+                result: "ok",
+                message: "SIGHUP: policy reloaded (limits and socket settings take effect at the next start)",
+                extra: serde_json::json!({ "rules": c.policy.rule_count(), "warnings": c.warnings.len(), "signal": "SIGHUP" }),
+            });
             broker.set_policy(c.policy);
         }
-        Err(e) => tracing::error!(
-            target: "warden::audit",
-            "SIGHUP: the new configuration is invalid, keeping the old policy: {e}"
-        ),
+        Err(e) => record(Record {
+            actor: &Actor::none(),
+            action: "policy.reload",
+            target: e.file.as_str().into(),
+            rule: None,
+            result: "failed",
+            message: "SIGHUP: the new configuration is invalid, keeping the old policy",
+            extra: serde_json::json!({ "error": e.to_string(), "signal": "SIGHUP" }),
+        }),
+    }
+}
+
+/// Reports, every audit window, what the audit log's rate limit held
+/// back in windows that have ended (see `warden::audit`).
+async fn flush_audit() {
+    let mut tick = tokio::time::interval(warden::audit::AUDIT_WINDOW);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        warden::audit::flush();
     }
 }
 

@@ -387,17 +387,20 @@ impl ConnState {
         if lost_topics.is_empty() && lost_methods.is_empty() {
             return Ok(());
         }
-        tracing::info!(
-            target: "warden::audit",
-            uid = self.peer.identity.uid,
-            pid = self.peer.identity.pid,
-            comm = self.peer.comm.as_deref().unwrap_or("?"),
-            conn = self.peer.id,
-            action = "policy.revoke",
-            target = ?lost_topics.iter().map(TopicName::as_str).chain(lost_methods.iter().map(MethodName::as_str)).collect::<Vec<_>>(),
-            result = "revoked",
-            "policy reload revoked subscriptions or provided methods"
-        );
+        let lost: Vec<&str> = lost_topics
+            .iter()
+            .map(TopicName::as_str)
+            .chain(lost_methods.iter().map(MethodName::as_str))
+            .collect();
+        crate::audit::record(crate::audit::Record {
+            actor: &crate::audit::Actor::of_peer(&self.peer),
+            action: "policy.revoke",
+            target: serde_json::json!(lost),
+            rule: None,
+            result: "revoked",
+            message: "policy reload revoked subscriptions or provided methods",
+            extra: serde_json::Value::Null,
+        });
         let data = serde_json::json!({
             "subscriptions": lost_topics.iter().map(TopicName::as_str).collect::<Vec<_>>(),
             "provided": lost_methods.iter().map(MethodName::as_str).collect::<Vec<_>>(),
@@ -591,7 +594,11 @@ impl ConnState {
             },
         });
         self.hello_done = true;
-        tracing::debug!(conn = self.peer.id, client = ?hello.client, "hello");
+        tracing::debug!(
+            conn = self.peer.id,
+            client = hello.client.as_deref().unwrap_or("-"),
+            "hello"
+        );
         match self.send(welcome).await {
             Ok(()) => Flow::Continue,
             Err(()) => Flow::Close,

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod policy;
 pub mod pubsub;
+pub mod reload;
 pub mod status;
 pub mod top;
 

@@ -203,3 +203,42 @@ fn a_monitor_that_stops_reading_lags_and_learns_what_it_missed() -> anyhow::Resu
     assert!(missed > 0, "the stalled monitor must have lagged");
     Ok(())
 }
+
+#[test]
+#[ignore = "needs root"]
+fn admin_sees_refused_subscriptions_and_publications() -> anyhow::Result<()> {
+    let (_, bob, admin) = users("admin_sees_refused_subscriptions_and_publications");
+    let dir = TestDir::new("mondeny")?;
+    let broker =
+        BrokerProcess::start(&dir, &config_text(&dir, &format!("{RULES}{MONITOR_RULES}")))?;
+    let socket = broker.socket().to_path_buf();
+    let refused = || -> anyhow::Result<()> {
+        for args in [
+            &["subscribe", "secret.x", "--count", "1"][..],
+            &["publish", "secret.x", "{}"][..],
+        ] {
+            let out = wardenctl(Some(&bob), &socket, args)?;
+            anyhow::ensure!(out.status.code() == Some(1), "{args:?}: {}", stderr(&out));
+        }
+        Ok(())
+    };
+    let lines = watch(
+        Some(&admin),
+        &socket,
+        &["--user", "wdn_bob", "--topic", "secret.*"],
+        2,
+        refused,
+    )?;
+    for kind in ["subscribe_denied", "publish_denied"] {
+        let v = lines
+            .iter()
+            .find(|v| v["kind"] == kind)
+            .ok_or_else(|| anyhow::anyhow!("no {kind} event in {lines:?}"))?;
+        assert_eq!(v["uid"], bob.uid, "{v}");
+        assert_eq!(v["topic"], "secret.x", "{v}");
+        assert_eq!(v["code"], "denied", "{v}");
+        assert_eq!(v["rule"], "no rule matched: default deny", "{v}");
+        assert_eq!(v["comm"], "wardenctl", "{v}");
+    }
+    Ok(())
+}
