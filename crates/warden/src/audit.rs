@@ -214,7 +214,7 @@ pub fn record(r: Record<'_>) {
 }
 
 /// Counts a record of (uid, action) against the rate limit: true if it may
-/// be written (with [`write`]). Reports first what an ended window held
+/// be written (with [`write()`]). Reports first what an ended window held
 /// back. For callers that would rather not build a record (read `exe`)
 /// that is then suppressed.
 pub fn admitted(uid: Option<u32>, action: &str) -> bool {

@@ -80,14 +80,8 @@ pub struct BrokerBuilder {
     handlers: HashMap<String, Arc<dyn Handler>>,
     heartbeat: Duration,
     test_hooks: bool,
-    reloader: Option<Reloader>,
+    reloader: Option<crate::builtins::Reloader>,
 }
-
-/// Loads the configuration the broker was started with again, for the
-/// `warden.reload` built-in: the new policy, or the error naming file,
-/// line and key. Called on a blocking thread. The embedding program
-/// supplies it (`wardend`: the same load as SIGHUP's).
-pub type Reloader = Arc<dyn Fn() -> Result<Config, warden_policy::ConfigError> + Send + Sync>;
 
 impl std::fmt::Debug for BrokerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -28,6 +28,14 @@ pub(crate) const BUILTINS: [&str; 8] = [
     RELOAD,
 ];
 
+/// Loads the configuration the broker was started with again, for the
+/// `warden.reload` built-in: the new configuration, or the error naming
+/// file, line and key. Called on a blocking thread. The embedding program
+/// supplies it (`wardend`: the same load as SIGHUP's).
+pub type Reloader = std::sync::Arc<
+    dyn Fn() -> Result<warden_policy::Config, warden_policy::ConfigError> + Send + Sync,
+>;
+
 /// The built-in that reloads the configuration (see [`reload`]).
 pub(crate) const RELOAD: &str = "warden.reload";
 
@@ -138,7 +146,7 @@ pub(crate) fn call(
 }
 
 /// `warden.reload`: loads the configuration the broker was started with
-/// again (the embedding program's [`crate::Reloader`], the same load as
+/// again (the embedding program's [`Reloader`], the same load as
 /// SIGHUP's) and swaps the new policy in; every connection recompiles its
 /// snapshot. A file that does not load leaves the policy as it was, and
 /// the answer is `bad_request` with the error (`FILE:LINE:COLUMN: KEY:
@@ -146,7 +154,7 @@ pub(crate) fn call(
 pub(crate) fn reload(
     reg: std::sync::Arc<Registry>,
     peer: crate::peer::PeerRef,
-    reloader: Option<crate::Reloader>,
+    reloader: Option<Reloader>,
     rule: String,
 ) -> crate::HandlerFuture {
     Box::pin(async move {

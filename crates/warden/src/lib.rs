@@ -26,6 +26,7 @@
 //! - semantics: `router` (what a request means: authorization, built-ins,
 //!   handlers, routing), `pubsub`, `builtins`, over a narrow view of the
 //!   caller (`view`); they return what to send and never await.
+//! - [`audit`]: the audit log's records and their rate limit.
 //! - `handler` ([`Handler`], [`HandlerContext`]) and `local`
 //!   ([`BrokerHandle`], the in-process call API).
 //! - `calls`: routed calls (forward, the one answer, withdraw, deadlines),
@@ -54,9 +55,8 @@ mod stats;
 mod transport;
 mod view;
 
-pub use broker::{
-    AdoptError, Broker, BrokerBuilder, BrokerError, Reloader, ServeError, TEST_PANIC_METHOD,
-};
+pub use broker::{AdoptError, Broker, BrokerBuilder, BrokerError, ServeError, TEST_PANIC_METHOD};
+pub use builtins::Reloader;
 pub use channel::{CallerChannel, Pushed};
 pub use handler::{Handler, HandlerContext, HandlerFuture};
 pub use local::{BrokerHandle, CallOptions};

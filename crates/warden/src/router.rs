@@ -32,7 +32,7 @@ pub(crate) struct Services {
     pub(crate) handlers: HashMap<String, Arc<dyn Handler>>,
     /// Loads the configuration again, for `warden.reload` (`None`: the
     /// embedding program gave none, and the built-in is `unavailable`).
-    pub(crate) reloader: Option<crate::Reloader>,
+    pub(crate) reloader: Option<crate::builtins::Reloader>,
 }
 
 impl std::fmt::Debug for Services {
