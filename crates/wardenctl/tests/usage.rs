@@ -76,3 +76,17 @@ fn learn_with_a_pid_or_a_command_gets_past_parsing() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn learn_profile_formats_need_output_since_stdout_is_the_commands() -> anyhow::Result<()> {
+    for format in ["landlock-json", "systemd"] {
+        let stderr = usage_error(&["learn", "--format", format, "--", "true"])?;
+        assert!(
+            stderr.contains("--output <FILE>"),
+            "--format {format} without --output: {stderr}"
+        );
+    }
+    // The old flag is gone, with a usage error rather than a silent change.
+    usage_error(&["learn", "--save-profile", "p.json", "--", "true"])?;
+    Ok(())
+}
