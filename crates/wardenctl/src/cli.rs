@@ -42,7 +42,8 @@ pub struct Cli {
     /// uid, or a system account owning a root-controlled socket directory).
     #[arg(long, global = true, value_name = "UID")]
     pub server_uid: Option<u32>,
-    /// Machine-readable output: JSON on stdout.
+    /// Machine-readable output: JSON on stdout (learn: on stderr, or to
+    /// --output, since stdout is the command's).
     #[arg(long, global = true)]
     pub json: bool,
     /// Give up after this long on connecting, the hello, and each

@@ -233,16 +233,36 @@ pub fn find_program(name: &str, path: Option<&std::ffi::OsStr>) -> Result<PathBu
 /// `PATH` when the environment has none (glibc's `execvp` default).
 const DEFAULT_PATH: &str = "/bin:/usr/bin";
 
+/// The `--json` error object of a failed `learn`: `{"error": {"code",
+/// "message", "exit"}}`, `code` the broker's error code when the broker
+/// answered with one (`denied`, `limit_exceeded`, `unavailable`, ...),
+/// else `local` (wardenctl's own step failed: a bad flag, a file, the
+/// connection); `message` the full text wardenctl prints.
+pub fn error_object(e: &Error) -> Value {
+    let code = match e {
+        Error::Capture {
+            source: Some(warden_client::CallError::Remote(w)),
+            ..
+        } => Some(w.code.as_str()),
+        _ => e.wire().map(|w| w.code.as_str()),
+    };
+    json!({ "error": {
+        "code": code.unwrap_or("local"),
+        "message": e.to_string(),
+        "exit": e.exit_code(),
+    }})
+}
+
 /// Prints an error of `learn` on stderr: with `--json` the error object
-/// (one line) first, then the message; stdout is the command's.
+/// (one line, [`error_object`]) first, then the message; stdout is the
+/// command's.
 pub fn print_error(e: &Error, json: bool) {
     if json {
-        if let Some(v) = crate::output::error_json(e) {
-            eprintln!(
-                "{}",
-                serde_json::to_string(&v).unwrap_or_else(|_| v.to_string())
-            );
-        }
+        let v = error_object(e);
+        eprintln!(
+            "{}",
+            serde_json::to_string(&v).unwrap_or_else(|_| v.to_string())
+        );
     }
     match e {
         Error::Capture { .. } | Error::CaptureClosed(_) => eprintln!("wardenctl learn: {e}"),

@@ -342,3 +342,29 @@ fn a_dotdot_path_is_reported_normalized_and_once() -> anyhow::Result<()> {
     assert!(!err.contains(".."), "{err}");
     Ok(())
 }
+
+#[test]
+#[ignore = "needs root"]
+fn learn_errors_go_to_stderr_even_as_json() -> anyhow::Result<()> {
+    let (a, _dir, broker) = start("learn-err");
+    // Root's process: refused by the broker.
+    let out = learn_as(
+        &a,
+        broker.socket(),
+        &["--json", "--pid", "1", "--duration", "1s"],
+    )
+    .output()?;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "", "learn wrote on stdout");
+    let err = stderr(&out);
+    let obj: Value = err
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .map(serde_json::from_str)
+        .transpose()?
+        .unwrap_or_default();
+    assert_eq!(obj["error"]["code"], "denied", "{err}");
+    assert_eq!(obj["error"]["exit"], 1, "{err}");
+    assert!(err.contains("denied"), "{err}");
+    Ok(())
+}
