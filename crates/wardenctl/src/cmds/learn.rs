@@ -395,30 +395,66 @@ pub fn write_output(path: &Path, text: &str) -> Result<(), Error> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".wardenctl-{}.tmp", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
+    let cannot = |source| Error::Io {
+        what: format!("cannot write {}", path.display()),
+        source,
+    };
+    // A fresh name: another account may have put a file (or a symlink) at
+    // any name it could guess; O_EXCL|O_NOFOLLOW refuses those, and the
+    // next name is tried.
+    let mut created = None;
+    for attempt in 0..TMP_ATTEMPTS {
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        // The first name is plain; later ones add the clock's nanoseconds,
+        // which nobody can plant ahead of time.
+        let salt = if attempt == 0 {
+            0
+        } else {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(attempt, |d| d.subsec_nanos())
+        };
+        tmp_name.push(format!(
+            ".wardenctl-{}-{attempt}-{salt}.tmp",
+            std::process::id()
+        ));
+        let tmp = dir.join(tmp_name);
+        match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o644)
             .custom_flags(nofollow)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
+            .open(&tmp)
+        {
+            Ok(f) => {
+                created = Some((f, tmp));
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(cannot(e)),
+        }
+    }
+    let Some((mut f, tmp)) = created else {
+        return Err(cannot(std::io::Error::other(format!(
+            "{TMP_ATTEMPTS} fresh names in {} were all taken",
+            dir.display()
+        ))));
+    };
+    let written = f
+        .write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = written {
+        // Ours: created above.
         let _ = std::fs::remove_file(&tmp);
-        return Err(Error::Io {
-            what: format!("cannot write {}", path.display()),
-            source: e,
-        });
+        return Err(cannot(e));
     }
     Ok(())
 }
+
+/// How many fresh temporary names `--output` tries before giving up.
+const TMP_ATTEMPTS: u32 = 16;
 
 fn exit_of(status: std::process::ExitStatus) -> ExitCode {
     use std::os::unix::process::ExitStatusExt;
@@ -735,6 +771,15 @@ mod tests {
             .filter(|n| n.ends_with(".tmp"))
             .collect();
         let null = write_output(Path::new("/dev/null"), "to a device");
+        // Names another account could guess are skipped, not written.
+        let planted = d.join(format!(
+            ".guess.json.wardenctl-{}-0-0.tmp",
+            std::process::id()
+        ));
+        std::fs::write(&planted, "theirs")?;
+        let beside = write_output(&d.join("guess.json"), "mine");
+        let planted_text = std::fs::read_to_string(&planted)?;
+        let guess_text = std::fs::read_to_string(d.join("guess.json"))?;
         let _ = std::fs::remove_dir_all(&d);
         assert!(first.is_ok(), "{first:?}");
         assert_eq!(text, "new\n");
@@ -746,6 +791,11 @@ mod tests {
         assert!(dir.is_err());
         assert!(leftovers.is_empty(), "{leftovers:?}");
         assert!(null.is_ok(), "{null:?}");
+        assert!(beside.is_ok(), "{beside:?}");
+        assert_eq!(
+            (planted_text.as_str(), guess_text.as_str()),
+            ("theirs", "mine")
+        );
         Ok(())
     }
 }
