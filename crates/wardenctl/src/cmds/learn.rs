@@ -282,6 +282,9 @@ pub async fn run(client: &Client, args: &LearnArgs<'_>) -> Result<ExitCode, Erro
             args.format.flag()
         )));
     }
+    if let Some(path) = args.output {
+        check_output(path)?;
+    }
     let wants_profile = args.format != LearnFormat::Report;
     let mut report = Report::default();
     let (status, label, program) = if let Some(pid) = args.pid {
@@ -354,25 +357,13 @@ pub async fn run(client: &Client, args: &LearnArgs<'_>) -> Result<ExitCode, Erro
 /// pipe) is written in place (opened with `O_NOFOLLOW`).
 ///
 /// # Errors
-/// [`Error::Io`] naming the file (exit 2).
+/// [`Error::Usage`] for a target that cannot be replaced (see
+/// [`replace_target`]), [`Error::Io`] naming the file (both exit 2).
 pub fn write_output(path: &Path, text: &str) -> Result<(), Error> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let io = |what: String| move |source| Error::Io { what, source };
     let nofollow = nix::fcntl::OFlag::O_NOFOLLOW.bits();
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => {
-            return Err(Error::Usage(format!(
-                "--output {}: is a symbolic link; refusing to write through it (give the \
-                 path of the file itself)",
-                path.display()
-            )))
-        }
-        Ok(m) if m.is_dir() => {
-            return Err(Error::Usage(format!(
-                "--output {}: is a directory; give a file name",
-                path.display()
-            )))
-        }
         Ok(m) if m.file_type().is_char_device() || m.file_type().is_fifo() => {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
@@ -385,16 +376,7 @@ pub fn write_output(path: &Path, text: &str) -> Result<(), Error> {
         }
         _ => {}
     }
-    let Some(name) = path.file_name() else {
-        return Err(Error::Usage(format!(
-            "--output {}: give a file name",
-            path.display()
-        )));
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let (dir, name) = replace_target(path)?;
     let cannot = |source| Error::Io {
         what: format!("cannot write {}", path.display()),
         source,
@@ -451,6 +433,49 @@ pub fn write_output(path: &Path, text: &str) -> Result<(), Error> {
         return Err(cannot(e));
     }
     Ok(())
+}
+
+/// The directory and file name `--output` replaces, checked before the
+/// command runs so that a bad `--output` does not waste the capture.
+///
+/// # Errors
+/// [`Error::Usage`] for a symlink, a directory, a path with no file name,
+/// or a directory that does not exist.
+fn replace_target(path: &Path) -> Result<(&Path, &std::ffi::OsStr), Error> {
+    let usage = |why: &str| Error::Usage(format!("--output {}: {why}", path.display()));
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(usage(
+                "is a symbolic link; refusing to write through it (give the path of the file \
+                 itself)",
+            ))
+        }
+        Ok(m) if m.is_dir() => return Err(usage("is a directory; give a file name")),
+        _ => {}
+    }
+    let Some(name) = path.file_name() else {
+        return Err(usage("give a file name"));
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(usage(&format!(
+            "the directory {} does not exist",
+            dir.display()
+        )));
+    }
+    Ok((dir, name))
+}
+
+/// Before the command runs: `--output` can be written.
+fn check_output(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_char_device() || m.file_type().is_fifo() => Ok(()),
+        _ => replace_target(path).map(|_| ()),
+    }
 }
 
 /// How many fresh temporary names `--output` tries before giving up.

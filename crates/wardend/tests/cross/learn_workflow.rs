@@ -368,3 +368,50 @@ fn learn_errors_go_to_stderr_even_as_json() -> anyhow::Result<()> {
     assert!(err.contains("denied"), "{err}");
     Ok(())
 }
+
+#[test]
+#[ignore = "needs root"]
+fn an_output_symlink_is_refused_before_the_command_runs() -> anyhow::Result<()> {
+    let (a, dir, broker) = start("learn-outlink");
+    let work = work_dir(&dir, &a, "o")?;
+    let victim = work.join("victim");
+    user_file(&a, &victim, "precious\n", 0o644)?;
+    let link = work.join("profile.json");
+    std::os::unix::fs::symlink(&victim, &link)?;
+    std::os::unix::fs::lchown(&link, Some(a.uid), Some(a.gid))?;
+    let marker = work.join("ran");
+    let out = learn_as(
+        &a,
+        broker.socket(),
+        &["--format", "landlock-json", "--output"],
+    )
+    .arg(&link)
+    .args(["--", "/usr/bin/touch"])
+    .arg(&marker)
+    .output()?;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
+    assert!(
+        !marker.exists(),
+        "the command ran although --output was refused"
+    );
+    assert_eq!(std::fs::read_to_string(&victim)?, "precious\n");
+    // The same run to a plain file writes the profile, readable by all.
+    let file = work.join("real.json");
+    let out = learn_as(
+        &a,
+        broker.socket(),
+        &["--format", "landlock-json", "--output"],
+    )
+    .arg(&file)
+    .args(["--", "/usr/bin/touch"])
+    .arg(&marker)
+    .output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(marker.exists());
+    let meta = std::fs::metadata(&file)?;
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), a.uid);
+    assert_eq!(meta.permissions().mode() & 0o777 & !0o022, 0o644 & !0o022);
+    let _: Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
+    Ok(())
+}
