@@ -218,7 +218,7 @@ fn path(b: &[u8]) -> Option<(Option<String>, Option<String>)> {
         return Some((None, note));
     }
     if name.starts_with('/') {
-        return Some((Some(clean(&name)), note));
+        return Some((Some(normalize(&name)), note));
     }
     // A walk that did not reach the root is marked in front of the path.
     let mut mark = "";
@@ -242,8 +242,8 @@ fn path(b: &[u8]) -> Option<(Option<String>, Option<String>)> {
     };
     let full = match (dir, name.is_empty()) {
         (Some(d), true) => Some(d),
-        (Some(d), false) if d == "/" => Some(clean(&format!("/{name}"))),
-        (Some(d), false) => Some(clean(&format!("{d}/{name}"))),
+        (Some(d), false) if d == "/" => Some(normalize(&format!("/{name}"))),
+        (Some(d), false) => Some(normalize(&format!("{d}/{name}"))),
         (None, false) => Some(name),
         (None, true) => None,
     };
@@ -268,20 +268,32 @@ fn join_components(buf: &[u8]) -> String {
     out
 }
 
-/// Lexical cleanup that cannot change which file a path names: drops `.`
-/// components and repeated slashes. (`..` is kept: undoing it lexically
-/// would be wrong across symlinks.)
-fn clean(p: &str) -> String {
-    let mut out = String::with_capacity(p.len());
+/// Lexical normalization of an absolute path: drops `.` components and
+/// repeated slashes, and lets `..` take away the component before it
+/// (`/etc/../etc/shadow` is `/etc/shadow`; `..` at the root stays at the
+/// root). Nothing is looked up: the broker never resolves a path a
+/// captured process named (the file system is the process's, and a
+/// symlink may name anything). So when a component before a `..` is a
+/// symlink, the normalized path differs from the one the kernel walked
+/// (see docs/learning-mode.md, "Paths").
+pub fn normalize(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
     for part in p.split('/') {
-        if part.is_empty() || part == "." {
-            continue;
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            _ => parts.push(part),
         }
+    }
+    if parts.is_empty() {
+        return "/".to_owned();
+    }
+    let mut out = String::with_capacity(p.len());
+    for part in parts {
         out.push('/');
         out.push_str(part);
-    }
-    if out.is_empty() {
-        out.push('/');
     }
     out
 }
@@ -480,6 +492,34 @@ pub(crate) mod tests {
         assert_eq!(d.syscall, "mkdir");
         assert_eq!(d.errno, "EPERM");
         assert_eq!(d.path.as_deref(), Some("/home/alice/work/sub/x"));
+    }
+
+    #[test]
+    fn dot_dot_and_repeated_slashes_are_normalized_lexically() {
+        for (raw, want) in [
+            ("/etc/../etc/shadow", "/etc/shadow"),
+            ("//etc/./ssl//private/", "/etc/ssl/private"),
+            ("/../../etc", "/etc"),
+            ("/a/b/../..", "/"),
+            ("/", "/"),
+        ] {
+            assert_eq!(normalize(raw), want, "{raw}");
+        }
+        // A relative name with `..`, against the directory the kernel walked.
+        let r = decode(&denial(
+            257,
+            -13,
+            path_bytes(Some("../../etc/shadow"), &["alice", "home"], 1),
+            None,
+        ));
+        let Some(Record {
+            event: Event::Denial(d),
+            ..
+        }) = r
+        else {
+            panic!("not a denial");
+        };
+        assert_eq!(d.path.as_deref(), Some("/etc/shadow"));
     }
 
     #[test]

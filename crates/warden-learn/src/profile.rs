@@ -1,19 +1,25 @@
 //! Sandbox profiles suggested from a capture.
 //!
-//! What a program needs is what it did (the accesses the capture recorded,
-//! and the programs it executed) plus what it tried and was refused (the
-//! denials). From those this module derives:
+//! A suggestion grants what the program was seen to do successfully,
+//! never more: the accesses the capture recorded (each process's first
+//! successful open of each file), the programs it executed, and what
+//! exec itself needs for the command (see [`exec_chain`]). What the
+//! program tried and was refused is *not* granted: a refusal may be the
+//! very thing the sandbox is for (a write under `/etc`, a read of
+//! `/etc/shadow`), so it is listed, with what granting it would take, for
+//! a person to decide. From those this module derives:
 //! - a Landlock ruleset: path-beneath rules with the access rights each
 //!   path needs (file rights on files; directory rights such as
-//!   `make_reg` or `remove_file` on the directory where the entry is
-//!   created or removed), as JSON that `wardenctl learn --verify` applies;
+//!   `make_reg` on the directory where a file was created), as JSON that
+//!   `wardenctl learn --verify` applies, with the refusals in `refused`;
 //! - systemd sandboxing directives: `ProtectSystem=strict` with
-//!   `ReadWritePaths=` for what must stay writable, and
-//!   `InaccessiblePaths=` for what the program was refused and never used.
+//!   `ReadWritePaths=` for what the program wrote, and the refusals as
+//!   comments (a commented-out `InaccessiblePaths=` for what it was
+//!   refused and never used).
 //!
 //! Landlock does not govern `stat`, `access`, `chmod`, `chown`, signals or
-//! `ptrace`: denials of those are listed as comments, not rules. A denial
-//! that came from file permissions (DAC) stays a denial under any profile.
+//! `ptrace`: refusals of those are noted as such. A denial that came from
+//! file permissions (DAC) stays a denial under any profile.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -56,6 +62,10 @@ pub struct LandlockProfile {
     pub handled: Vec<String>,
     /// Path-beneath rules.
     pub rules: Vec<LandlockRule>,
+    /// What the program was refused during the capture, and what granting
+    /// it would take: listed, never granted (`--verify` ignores it).
+    #[serde(default)]
+    pub refused: Vec<String>,
 }
 
 /// One path-beneath rule.
@@ -67,13 +77,19 @@ pub struct LandlockRule {
     pub access: Vec<String>,
 }
 
-/// What a profile is made of: path → rights, and notes.
+/// What a profile is made of: path → rights the program used, what must
+/// stay writable, and the refusals (never granted).
 #[derive(Debug, Default)]
 struct Needs {
     rights: BTreeMap<String, BTreeSet<&'static str>>,
     writable: BTreeSet<String>,
+    /// Paths the program was refused.
     refused: BTreeSet<String>,
     used: BTreeSet<String>,
+    /// One line per distinct refusal: what was refused, what granting it
+    /// would take.
+    refusals: Vec<String>,
+    /// Why a refusal cannot be granted by any rule (in a scratch set).
     notes: Vec<String>,
 }
 
@@ -165,19 +181,55 @@ impl Needs {
         }
     }
 
+    /// A refusal: recorded with what granting it would take, not granted.
+    fn refusal(&mut self, d: &Denial) {
+        let mut would = Needs::default();
+        would.denial(d);
+        let what = format!(
+            "{} {} {}{}",
+            d.syscall,
+            d.errno,
+            d.path.as_deref().unwrap_or("-"),
+            d.path2
+                .as_deref()
+                .map(|p| format!(" -> {p}"))
+                .unwrap_or_default()
+        );
+        let line = if would.notes.is_empty() {
+            let rights: Vec<String> = would
+                .rights
+                .iter()
+                .map(|(p, r)| {
+                    let r: Vec<&str> = r.iter().copied().collect();
+                    format!("{} on {p}", r.join(","))
+                })
+                .chain(
+                    would
+                        .writable
+                        .iter()
+                        .filter(|w| !would.rights.contains_key(*w))
+                        .map(|w| format!("{w} writable")),
+                )
+                .collect();
+            format!("{what}: not granted (would need {})", rights.join("; "))
+        } else {
+            format!("{what}: {}", would.notes.join("; "))
+        };
+        if !self.refusals.contains(&line) {
+            self.refusals.push(line);
+        }
+        if let Some(p) = &d.path {
+            self.refused.insert(p.clone());
+        }
+    }
+
+    /// What granting denial `d` would take, into `self` (a scratch set).
     fn denial(&mut self, d: &Denial) {
         let Some(path) = d.path.clone() else {
-            self.notes.push(format!(
-                "{} {} {}: not a filesystem access; no profile rule can grant it",
-                d.syscall,
-                d.errno,
-                d.target_pid
-                    .map(|p| format!("(pid {p})"))
-                    .unwrap_or_default()
-            ));
+            self.notes
+                .push("not a filesystem access; no profile rule can grant it".into());
             return;
         };
-        self.refused.insert(path.clone());
         let a = d.args;
         match d.syscall.as_str() {
             "open" => self.open(&path, a[1]),
@@ -222,16 +274,15 @@ impl Needs {
             | "fchownat" | "utime" | "utimes" | "utimensat" | "futimesat" | "setxattr"
             | "lsetxattr" | "fsetxattr" | "removexattr" | "lremovexattr" | "fremovexattr" => {
                 self.writable.insert(path.clone());
-                self.notes.push(format!(
-                    "{} {} on {path}: file metadata; Landlock does not govern it (file \
-                     ownership/permissions do)",
-                    d.syscall, d.errno
-                ));
+                self.notes.push(
+                    "file metadata; Landlock does not govern it (file ownership and \
+                     permissions do)"
+                        .into(),
+                );
             }
-            other => self.notes.push(format!(
-                "{other} {} on {path}: Landlock does not govern it (file permissions do)",
-                d.errno
-            )),
+            _ => self
+                .notes
+                .push("Landlock does not govern it (file permissions do)".into()),
         }
     }
 
@@ -242,6 +293,9 @@ impl Needs {
                 Event::Access(a) => {
                     n.used.insert(a.path.clone());
                     match a.access.as_str() {
+                        // A directory opened without O_DIRECTORY is still
+                        // a directory read (Landlock checks read_dir).
+                        "read" if is_dir(&a.path) => n.grant(&a.path, &["read_dir"]),
                         "read" => n.grant(&a.path, &["read_file"]),
                         "write" => n.write(&a.path, &["write_file"]),
                         "read_write" => n.write(&a.path, &["read_file", "write_file"]),
@@ -266,12 +320,69 @@ impl Needs {
                         n.grant(&interp, &["execute", "read_file"]);
                     }
                 }
-                Event::Denial(d) => n.denial(d),
+                Event::Denial(d) => n.refusal(d),
                 _ => {}
             }
         }
         n
     }
+
+    /// What exec needs for `program` (see [`exec_chain`]).
+    fn exec_program(&mut self, program: &Path) {
+        for p in exec_chain(program) {
+            self.used.insert(p.clone());
+            self.grant(&p, &["execute", "read_file"]);
+        }
+    }
+}
+
+/// How deep `#!` interpreters may nest (the kernel allows a few levels;
+/// more is a loop).
+const MAX_INTERPRETER_DEPTH: usize = 5;
+
+/// The files exec opens to start `program`: the file itself, and, for a
+/// `#!` script, its interpreter and that one's (recursively, up to
+/// [`MAX_INTERPRETER_DEPTH`]), and for an ELF executable its dynamic
+/// loader. Landlock checks `execute` and `read_file` on each (the kernel
+/// opens them for the program; no syscall of the program shows them),
+/// so a profile for a script grants them, or the script cannot start.
+/// Paths as named (a symlink's rule applies to the file it names).
+pub fn exec_chain(program: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut next = Some(program.to_path_buf());
+    while let Some(p) = next.take() {
+        if out.len() > MAX_INTERPRETER_DEPTH {
+            break;
+        }
+        let name = p.display().to_string();
+        if out.contains(&name) {
+            break;
+        }
+        out.push(name);
+        if let Some(interp) = shebang_interpreter(&p) {
+            next = Some(interp.into());
+        } else if let Some(loader) = elf_interpreter(&p) {
+            if !out.contains(&loader) {
+                out.push(loader);
+            }
+        }
+    }
+    out
+}
+
+/// The interpreter a `#!` line names (its first word), if `path` starts
+/// with one.
+pub fn shebang_interpreter(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).ok()?;
+    // The kernel reads at most this much of the line (BINPRM_BUF_SIZE).
+    let mut head = Vec::with_capacity(256);
+    f.take(256).read_to_end(&mut head).ok()?;
+    let line = head.strip_prefix(b"#!")?;
+    let line = line.split(|&c| c == b'\n').next()?;
+    let text = std::str::from_utf8(line).ok()?;
+    let interp = text.split_whitespace().next()?;
+    interp.starts_with('/').then(|| interp.to_owned())
 }
 
 /// The `PT_INTERP` of a 64-bit little-endian ELF file (its dynamic
@@ -321,9 +432,13 @@ fn is_dir(path: &str) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_dir())
 }
 
-/// The Landlock ruleset a capture suggests.
-pub fn landlock(r: &Report) -> LandlockProfile {
-    let needs = Needs::from_report(r);
+/// The Landlock ruleset a capture suggests. `program`: the command's
+/// executable as exec'd (its [`exec_chain`] is granted), when known.
+pub fn landlock(r: &Report, program: Option<&Path>) -> LandlockProfile {
+    let mut needs = Needs::from_report(r);
+    if let Some(p) = program {
+        needs.exec_program(p);
+    }
     let mut rules = Vec::new();
     for (path, rights) in &needs.rights {
         let dir = is_dir(path);
@@ -344,10 +459,12 @@ pub fn landlock(r: &Report) -> LandlockProfile {
         version: 1,
         handled: FS_RIGHTS.iter().map(|s| (*s).to_owned()).collect(),
         rules,
+        refused: needs.refusals,
     }
 }
 
-/// systemd unit directives a capture suggests.
+/// systemd unit directives a capture suggests: writable only what the
+/// program wrote; its refusals as comments.
 pub fn systemd(r: &Report, command: &str) -> String {
     let needs = Needs::from_report(r);
     let mut s = String::new();
@@ -357,12 +474,22 @@ pub fn systemd(r: &Report, command: &str) -> String {
     );
     let _ = writeln!(
         s,
-        "# Everything is read-only except what the program wrote or tried to write."
+        "# Everything is read-only except what the program was seen to write."
     );
     let _ = writeln!(s, "ProtectSystem=strict");
     let _ = writeln!(s, "PrivateTmp=no");
     for w in &needs.writable {
         let _ = writeln!(s, "ReadWritePaths=-{w}");
+    }
+    if !needs.refusals.is_empty() {
+        let _ = writeln!(
+            s,
+            "# Refused during the capture (not granted; grant one only if the program \
+             must have it):"
+        );
+        for line in &needs.refusals {
+            let _ = writeln!(s, "#   {line}");
+        }
     }
     let hidden: Vec<&String> = needs
         .refused
@@ -372,15 +499,11 @@ pub fn systemd(r: &Report, command: &str) -> String {
     if !hidden.is_empty() {
         let _ = writeln!(
             s,
-            "# Refused during the capture and never used: hiding them changes nothing for \
-             this program."
+            "# Refused and never used: hiding them would change nothing for this program."
         );
         for h in hidden {
-            let _ = writeln!(s, "InaccessiblePaths=-{h}");
+            let _ = writeln!(s, "#InaccessiblePaths=-{h}");
         }
-    }
-    for n in &needs.notes {
-        let _ = writeln!(s, "# note: {n}");
     }
     s
 }
@@ -430,8 +553,8 @@ mod tests {
     }
 
     #[test]
-    fn landlock_rules_follow_the_capture() {
-        let p = landlock(&sample());
+    fn landlock_rules_grant_what_was_used_and_list_what_was_refused() {
+        let p = landlock(&sample(), None);
         let find = |path: &str| {
             p.rules
                 .iter()
@@ -443,13 +566,52 @@ mod tests {
             Some(vec!["execute".into(), "read_file".into()])
         );
         assert_eq!(find("/etc/ld.so.cache"), Some(vec!["read_file".into()]));
-        assert_eq!(find("/etc/shadow"), Some(vec!["read_file".into()]));
-        // chmod is not Landlock's business: no rule for /tmp/f.
+        // Refused: listed, not granted.
+        assert_eq!(find("/etc/shadow"), None);
+        assert_eq!(find("/tmp/ro"), None);
+        assert!(
+            p.refused
+                .iter()
+                .any(|l| l
+                    .starts_with("openat EACCES /etc/shadow: not granted (would need read_file")),
+            "{:?}",
+            p.refused
+        );
+        assert!(
+            p.refused
+                .iter()
+                .any(|l| l.starts_with("chmod EACCES /tmp/f: file metadata")),
+            "{:?}",
+            p.refused
+        );
         assert_eq!(find("/tmp/f"), None);
         assert_eq!(p.handled.len(), FS_RIGHTS.len());
         let json = serde_json::to_string(&p).unwrap_or_default();
         let back: LandlockProfile = serde_json::from_str(&json).unwrap_or_default();
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn a_scripts_exec_chain_is_its_file_its_interpreter_and_the_loader() -> std::io::Result<()> {
+        let dir = std::env::temp_dir().join(format!("warden-learn-chain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let outer = dir.join("outer");
+        let inner = dir.join("inner");
+        std::fs::write(&inner, "#!/bin/sh\necho hi\n")?;
+        std::fs::write(&outer, format!("#! {} -x\n", inner.display()))?;
+        let chain = exec_chain(&outer);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(chain[0], outer.display().to_string());
+        assert_eq!(chain[1], inner.display().to_string());
+        assert_eq!(chain[2], "/bin/sh");
+        assert!(
+            chain.get(3).is_some_and(|l| l.contains("ld-linux")),
+            "{chain:?}"
+        );
+        assert_eq!(chain.len(), 4, "{chain:?}");
+        // A loop of scripts ends.
+        assert_eq!(shebang_interpreter(Path::new("/etc/passwd")), None);
+        Ok(())
     }
 
     #[test]
@@ -463,13 +625,29 @@ mod tests {
     }
 
     #[test]
-    fn systemd_directives() {
-        let s = systemd(&sample(), "t");
+    fn systemd_makes_writable_only_what_was_written() {
+        let mut r = sample();
+        r.add(Event::Access(Access {
+            pid: 1,
+            syscall: "openat".into(),
+            path: "/var/lib/app/state".into(),
+            access: "create".into(),
+        }));
+        let s = systemd(&r, "t");
         assert!(s.contains("ProtectSystem=strict"));
-        assert!(s.contains("ReadWritePaths=-/tmp/ro"), "{s}");
-        assert!(s.contains("ReadWritePaths=-/tmp/x"), "{s}");
-        assert!(s.contains("InaccessiblePaths=-/etc/shadow"), "{s}");
+        assert!(s.contains("\nReadWritePaths=-/var/lib/app\n"), "{s}");
+        // The refused creations and mkdir are comments, never directives.
+        for refused in ["/tmp/ro", "/tmp/x", "/etc/shadow", "/tmp/f"] {
+            for line in s.lines().filter(|l| l.contains(refused)) {
+                assert!(line.starts_with('#'), "{refused} granted: {line}\n{s}");
+            }
+        }
+        assert!(
+            s.contains("#   openat EACCES /tmp/ro/new: not granted"),
+            "{s}"
+        );
+        assert!(s.contains("#InaccessiblePaths=-/etc/shadow"), "{s}");
         assert!(!s.contains("InaccessiblePaths=-/etc/ld.so.cache"), "{s}");
-        assert!(s.contains("# note: chmod"), "{s}");
+        assert!(s.contains("#   chmod EACCES /tmp/f: file metadata"), "{s}");
     }
 }

@@ -1,5 +1,12 @@
 //! A capture, summarised: the denials grouped by what was denied and to
 //! whom, the processes seen, and what the capture may have missed.
+//!
+//! A denial is reported once per program image: denials with the same
+//! syscall, errno and path(s) by the same executable (the one the process
+//! ran *when* it was denied) are one group, whatever their pids and
+//! thread names. The group is named by the program's name at its exec
+//! (`comm` right after `execve`), so a denial does not show twice because
+//! a thread renamed itself or a `comm` changed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,7 +15,7 @@ use serde::Serialize;
 
 use crate::event::{Denial, Event};
 
-/// Denials with the same syscall, errno, path(s) and program.
+/// Denials with the same syscall, errno, path(s) and program image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Group {
     /// How many times.
@@ -21,9 +28,11 @@ pub struct Group {
     pub target: String,
     /// The second path (rename, link).
     pub target2: Option<String>,
-    /// The program that was denied.
+    /// The program that was denied (the executable its process ran at
+    /// the time).
     pub exe: Option<String>,
-    /// `comm` of the first denial.
+    /// The program's name: `comm` at its exec, or, if its exec was not
+    /// seen, the `comm` of the first denial.
     pub comm: String,
     /// Pids that were denied, first seen first.
     pub pids: Vec<u32>,
@@ -56,16 +65,24 @@ pub struct Report {
     /// Events the broker could not deliver in time (the `missed` count of
     /// the event frames).
     pub missed: u64,
+    /// Executable → its `comm` at the first exec of it seen.
+    #[serde(skip)]
+    names: BTreeMap<String, String>,
 }
 
 impl Report {
-    /// Adds one event.
-    pub fn add(&mut self, e: Event) {
-        match &e {
+    /// Adds one event. A denial the broker could not name the program of
+    /// gets its process's program as known at this point of the stream
+    /// (not a later exec's).
+    pub fn add(&mut self, mut e: Event) {
+        match &mut e {
             Event::Exec { pid, exe, comm } => {
                 let p = self.processes.entry(*pid).or_default();
                 p.exe.clone_from(exe);
                 p.comm.clone_from(comm);
+                if let Some(x) = exe {
+                    self.names.entry(x.clone()).or_insert_with(|| comm.clone());
+                }
             }
             Event::Fork { pid, child } => {
                 let parent = self.processes.get(pid).cloned().unwrap_or_default();
@@ -94,6 +111,9 @@ impl Report {
                 if p.exe.is_none() {
                     p.exe.clone_from(&d.exe);
                 }
+                if d.exe.is_none() {
+                    d.exe.clone_from(&p.exe);
+                }
             }
             Event::Access(_) => {}
         }
@@ -117,10 +137,7 @@ impl Report {
                 (None, Some(pid)) => format!("pid {pid}"),
                 (None, None) => "-".to_owned(),
             };
-            let exe = d
-                .exe
-                .clone()
-                .or_else(|| self.processes.get(&d.pid).and_then(|p| p.exe.clone()));
+            let exe = d.exe.clone();
             if let Some(g) = out.iter_mut().find(|g| {
                 g.syscall == d.syscall
                     && g.errno == d.errno
@@ -140,8 +157,12 @@ impl Report {
                 errno: d.errno.clone(),
                 target,
                 target2: d.path2.clone(),
+                comm: exe
+                    .as_ref()
+                    .and_then(|x| self.names.get(x))
+                    .unwrap_or(&d.comm)
+                    .clone(),
                 exe,
-                comm: d.comm.clone(),
                 pids: vec![d.pid],
             });
         }
@@ -280,6 +301,56 @@ mod tests {
         assert!(
             text.contains("3 child processes were not followed"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_denial_is_one_group_per_program_image_named_at_exec() {
+        let mut r = Report::default();
+        r.add(Event::Exec {
+            pid: 1,
+            exe: Some("/bin/t".into()),
+            comm: "t".into(),
+        });
+        r.add(denial(1, "/etc/shadow"));
+        // The same denial from a thread that renamed itself.
+        let Event::Denial(mut d) = denial(1, "/etc/shadow") else {
+            return;
+        };
+        d.comm = "worker-3".into();
+        d.tid = 5;
+        r.add(Event::Denial(d));
+        let g = r.groups();
+        assert_eq!(g.len(), 1, "{g:?}");
+        assert_eq!((g[0].count, g[0].comm.as_str()), (2, "t"));
+        // Before and after an exec: two programs, each named as itself.
+        let mut r = Report::default();
+        let Event::Denial(mut before) = denial(2, "/x") else {
+            return;
+        };
+        before.exe = None;
+        before.comm = "launcher".into();
+        r.add(Event::Exec {
+            pid: 2,
+            exe: Some("/bin/launcher".into()),
+            comm: "launcher".into(),
+        });
+        r.add(Event::Denial(before.clone()));
+        r.add(Event::Exec {
+            pid: 2,
+            exe: Some("/bin/t".into()),
+            comm: "t".into(),
+        });
+        before.comm = "t".into();
+        r.add(Event::Denial(before));
+        let g = r.groups();
+        let progs: Vec<(Option<&str>, &str)> = g
+            .iter()
+            .map(|g| (g.exe.as_deref(), g.comm.as_str()))
+            .collect();
+        assert_eq!(
+            progs,
+            vec![(Some("/bin/launcher"), "launcher"), (Some("/bin/t"), "t")]
         );
     }
 

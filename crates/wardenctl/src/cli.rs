@@ -42,7 +42,8 @@ pub struct Cli {
     /// uid, or a system account owning a root-controlled socket directory).
     #[arg(long, global = true, value_name = "UID")]
     pub server_uid: Option<u32>,
-    /// Machine-readable output: JSON on stdout.
+    /// Machine-readable output: JSON on stdout (learn: on stderr, or to
+    /// --output, since stdout is the command's).
     #[arg(long, global = true)]
     pub json: bool,
     /// Give up after this long on connecting, the hello, and each
@@ -60,12 +61,17 @@ pub enum Command {
     Ping,
     /// Capture the access denials (EACCES/EPERM) of a command, or of a
     /// running process you own, and report them or suggest a sandbox
-    /// profile. `learn -- CMD ARGS...` exits with CMD's exit status; a
+    /// profile. The command keeps stdin and stdout: the report (JSON with
+    /// --json) and errors go to stderr, or the report to --output; a
+    /// profile goes only to --output. `learn -- CMD ARGS...` exits with
+    /// CMD's exit status (127/126 if CMD is not found / not executable); a
     /// capture that cannot start exits 1 with the reason (3 if the broker
     /// cannot be reached, 4 if it does not answer).
     #[command(after_help = "Examples:\n  wardenctl learn -- ./myapp --flag\n  \
-        wardenctl learn --format landlock-json -- ./myapp > myapp.landlock.json\n  \
-        wardenctl learn --verify myapp.landlock.json -- ./myapp\n  \
+        wardenctl learn --format landlock-json --output myapp.json -- ./myapp\n  \
+        wardenctl learn --verify myapp.json -- ./myapp\n  \
+        wardenctl learn --format systemd --output myapp.conf -- ./myapp\n  \
+        wardenctl learn --json --output report.json -- ./myapp\n  \
         wardenctl learn --pid 1234 --duration 30s")]
     #[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "command"])))]
     Learn {
@@ -77,13 +83,16 @@ pub enum Command {
         /// With --pid: stop after this long (e.g. 30s, 5m).
         #[arg(long, value_name = "DURATION", requires = "pid", conflicts_with = "command", value_parser = parse_duration)]
         duration: Option<Duration>,
-        /// What to print on stdout: the report (with --json, every
-        /// event), or a suggested profile (the report then goes to stderr).
-        #[arg(long, value_enum, default_value = "report")]
+        /// What to write: the report (with --json, every event), or a
+        /// suggested profile (needs --output; the report then goes to
+        /// stderr).
+        #[arg(long, value_enum, default_value = "report",
+              requires_ifs = [("landlock-json", "output"), ("systemd", "output")])]
         format: LearnFormat,
-        /// Also write the suggested Landlock profile (JSON) to FILE.
-        #[arg(long, value_name = "FILE")]
-        save_profile: Option<PathBuf>,
+        /// Write the profile (or, with --format report, the report) to
+        /// FILE, replaced atomically; never through a symlink.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
         /// Run the command under this Landlock profile (from
         /// --format landlock-json) and report the denials that remain.
         #[arg(long, value_name = "PROFILE", conflicts_with = "pid")]
@@ -100,6 +109,10 @@ pub enum Command {
         gate_fd: i32,
         #[arg(long)]
         landlock: Option<PathBuf>,
+        /// The name the command was given as (its argv[0]); the program
+        /// after -- is its resolved path.
+        #[arg(long)]
+        arg0: Option<String>,
         #[arg(last = true)]
         command: Vec<String>,
     },

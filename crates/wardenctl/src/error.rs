@@ -30,7 +30,8 @@ unit: 500ms, 25s, 10m, 1h (or sums: 1m30s). A bare number is an error.
 Exit status:
   0  success (policy explain: allow)
   1  the broker answered with an error (stderr: `error: <code>: <message>`;
-     with --json, the error object is printed on stdout); policy explain:
+     with --json, the error object is printed on stdout; learn: on stderr,
+     since stdout is the command's); policy explain:
      deny; learn: the capture was refused or failed; install/uninstall failed
   2  usage error, or the command could not be evaluated (bad flags,
      unreadable config, bad JSON)

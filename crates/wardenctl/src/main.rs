@@ -38,8 +38,9 @@ fn main() -> ExitCode {
         Command::LearnExec {
             gate_fd,
             landlock,
+            arg0,
             command,
-        } => learn::exec_helper(*gate_fd, landlock.as_deref(), command),
+        } => learn::exec_helper(*gate_fd, landlock.as_deref(), arg0.as_deref(), command),
         _ => match run_local(&cli, out) {
             Some(r) => r.map(|()| ExitCode::SUCCESS),
             None => match tokio::runtime::Builder::new_current_thread()
@@ -56,6 +57,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // learn's stdout is the command's: its errors go to stderr.
+        Err(e) if matches!(cli.command, Command::Learn { .. }) => {
+            learn::print_error(&e, cli.json);
+            ExitCode::from(e.exit_code())
+        }
         Err(e) => {
             out.error(&e);
             ExitCode::from(e.exit_code())
@@ -164,7 +170,7 @@ async fn run(cli: &Cli, out: Output) -> Result<ExitCode, Error> {
             pid,
             duration,
             format,
-            save_profile,
+            output,
             verify,
             command,
         } => {
@@ -172,7 +178,7 @@ async fn run(cli: &Cli, out: Output) -> Result<ExitCode, Error> {
                 pid: *pid,
                 duration: *duration,
                 format: *format,
-                save_profile: save_profile.as_deref(),
+                output: output.as_deref(),
                 verify: verify.as_deref(),
                 command,
                 json: cli.json,

@@ -141,3 +141,17 @@ fn call_params_from_a_bad_file_or_stdin_are_usage_errors_naming_it() -> anyhow::
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn learn_profile_formats_need_output_since_stdout_is_the_commands() -> anyhow::Result<()> {
+    for format in ["landlock-json", "systemd"] {
+        let stderr = usage_error(&["learn", "--format", format, "--", "true"])?;
+        assert!(
+            stderr.contains("--output <FILE>"),
+            "--format {format} without --output: {stderr}"
+        );
+    }
+    // The old flag is gone, with a usage error rather than a silent change.
+    usage_error(&["learn", "--save-profile", "p.json", "--", "true"])?;
+    Ok(())
+}

@@ -121,7 +121,15 @@ fn main() -> anyhow::Result<()> {
     let ctl_s = ctl.display().to_string();
     let learn: Vec<&str> = vec![&ctl_s, "--socket", &sock, "learn", "--"];
     let learn_acc: Vec<&str> = vec![
-        &ctl_s, "--socket", &sock, "learn", "--format", "systemd", "--",
+        &ctl_s,
+        "--socket",
+        &sock,
+        "learn",
+        "--format",
+        "systemd",
+        "--output",
+        "/dev/null",
+        "--",
     ];
     let have_strace = Command::new("strace").arg("-V").output().is_ok();
     let modes: Vec<(&str, Vec<&str>)> = {

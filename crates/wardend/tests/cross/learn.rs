@@ -45,6 +45,21 @@ fn denier_dir(dir: &TestDir, a: &TestUser, b: &TestUser) -> anyhow::Result<PathB
     Ok(d)
 }
 
+/// The `learn --json` report of a run: the JSON line on its stderr (its
+/// stdout is the command's).
+pub(crate) fn report_json(out: &std::process::Output) -> anyhow::Result<Value> {
+    let err = stderr(out);
+    err.lines()
+        .rev()
+        .filter(|l| l.starts_with('{'))
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(|v| v.get("events").is_some())
+        })
+        .ok_or_else(|| anyhow::anyhow!("no JSON report on stderr: {err}"))
+}
+
 /// (syscall, errno, path) of each denial in a `learn --json` report.
 pub(crate) fn denials(report: &Value) -> Vec<(String, String, String)> {
     let mut v: Vec<(String, String, String)> = report["events"]
@@ -123,7 +138,7 @@ fn learn_reports_each_denial_with_syscall_errno_and_path() -> anyhow::Result<()>
     let out = learn_denier(&a, broker.socket(), &["--json".as_ref()], &denier, &d)?;
     // The command's own exit status comes through.
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
-    let report: Value = serde_json::from_str(stdout(&out).trim())?;
+    let report = report_json(&out)?;
     assert_eq!(denials(&report), expected(&d), "{report:#}");
     // Each with the process that was denied: pid, comm, exe.
     let exe = denier.display().to_string();
@@ -146,7 +161,7 @@ fn learn_reports_each_denial_with_syscall_errno_and_path() -> anyhow::Result<()>
     assert_eq!(report["end"]["lost_in_kernel"], 0);
     // The plain report names each.
     let text = learn_denier(&a, broker.socket(), &[], &denier, &d)?;
-    let t = stdout(&text);
+    let t = stderr(&text);
     assert!(t.contains("5 denied operations"), "{t}");
     assert!(t.contains("/etc/shadow") && t.contains("chmod"), "{t}");
     Ok(())
@@ -243,7 +258,10 @@ fn a_pid_recycled_between_request_and_attach_is_not_captured() -> anyhow::Result
             err.contains("exited before the capture could attach"),
             "{err}"
         );
-        assert!(!stdout(&out).contains("shadow"), "B's denials leaked to A");
+        assert!(
+            !stdout(&out).contains("shadow") && !err.contains("shadow"),
+            "B's denials leaked to A"
+        );
         return Ok(());
     }
     anyhow::bail!("could not recycle a pid in 5 attempts")
@@ -270,7 +288,7 @@ fn concurrent_sessions_of_two_users_see_only_their_own_events() -> anyhow::Resul
         (&ob, &b, "/etc/gshadow", "/etc/shadow"),
     ] {
         assert_eq!(o.status.code(), Some(0), "{}", stderr(o));
-        let r: Value = serde_json::from_str(stdout(o).trim())?;
+        let r = report_json(o)?;
         let d = denials(&r);
         assert_eq!(d.iter().filter(|x| x.2 == mine).count(), 10, "{d:?}");
         assert!(
@@ -439,16 +457,19 @@ fn the_suggested_landlock_profile_leaves_only_the_intended_denials() -> anyhow::
     let (a, b, dir, broker) = start("learn-verify");
     let d = denier_dir(&dir, &a, &b)?;
     let denier = warden_testkit::shared_copy(&bin_path("warden-denier"))?;
-    let profile = dir.path().join("denier.landlock.json");
-    std::fs::write(&profile, "")?;
-    std::os::unix::fs::chown(&profile, Some(a.uid), Some(a.gid))?;
+    // The profile goes to a directory of A's (it is written under a
+    // fresh name there, then renamed).
+    let mine = dir.path().join("a-profiles");
+    std::fs::create_dir_all(&mine)?;
+    std::os::unix::fs::chown(&mine, Some(a.uid), Some(a.gid))?;
+    let profile = mine.join("denier.landlock.json");
     let out = learn_denier(
         &a,
         broker.socket(),
         &[
             "--format".as_ref(),
             "landlock-json".as_ref(),
-            "--save-profile".as_ref(),
+            "--output".as_ref(),
             profile.as_os_str(),
         ],
         &denier,
@@ -456,10 +477,17 @@ fn the_suggested_landlock_profile_leaves_only_the_intended_denials() -> anyhow::
     )?;
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     let p: Value = serde_json::from_str(&std::fs::read_to_string(&profile)?)?;
+    // What it was refused is listed, not granted.
     assert!(
-        p["rules"]
+        !p["rules"]
             .as_array()
             .is_some_and(|r| r.iter().any(|r| r["path"] == "/etc/shadow")),
+        "{p:#}"
+    );
+    assert!(
+        p["refused"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|l| l.as_str().is_some_and(|l| l.contains("/etc/shadow")))),
         "{p:#}"
     );
     let out = learn_denier(
@@ -470,7 +498,7 @@ fn the_suggested_landlock_profile_leaves_only_the_intended_denials() -> anyhow::
         &d,
     )?;
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
-    let report: Value = serde_json::from_str(stdout(&out).trim())?;
+    let report = report_json(&out)?;
     assert_eq!(denials(&report), expected(&d), "{report:#}");
     // And a profile that grants nothing does block the program.
     let empty = dir.path().join("empty.json");
@@ -517,14 +545,14 @@ fn a_process_that_became_non_dumpable_leaves_the_capture() -> anyhow::Result<()>
         .arg(&xonly)
         .output()?;
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
-    let text = stdout(&out);
+    let text = stderr(&out);
     for s in SECRETS {
         assert!(
             !text.contains(s),
             "the report shows {s}, read from a non-dumpable process: {text}"
         );
     }
-    let report: Value = serde_json::from_str(text.trim())?;
+    let report = report_json(&out)?;
     // The process that stayed dumpable is still captured.
     assert!(
         denials(&report).contains(&("openat".into(), "EACCES".into(), "/etc/shadow".into())),
@@ -549,18 +577,28 @@ fn a_process_that_became_non_dumpable_leaves_the_capture() -> anyhow::Result<()>
         .arg(&d)
         .arg(&xonly)
         .output()?;
-    let t = stdout(&plain);
+    let t = stderr(&plain);
     assert!(t.contains("left the capture: non_dumpable"), "{t}");
     assert!(!SECRETS.iter().any(|s| t.contains(s)), "{t}");
     // A profile session (successful opens recorded too) shows no more.
-    let profile = learn_as(&a, broker.socket(), &["--format", "landlock-json", "--"])
-        .arg(&denier)
-        .arg("secrets")
-        .arg(&d)
-        .arg(&xonly)
-        .output()?;
+    let mine = dir.path().join("a-profiles");
+    std::fs::create_dir_all(&mine)?;
+    std::os::unix::fs::chown(&mine, Some(a.uid), Some(a.gid))?;
+    let p_file = mine.join("p.json");
+    let profile = learn_as(
+        &a,
+        broker.socket(),
+        &["--format", "landlock-json", "--output"],
+    )
+    .arg(&p_file)
+    .arg("--")
+    .arg(&denier)
+    .arg("secrets")
+    .arg(&d)
+    .arg(&xonly)
+    .output()?;
     assert_eq!(profile.status.code(), Some(7), "{}", stderr(&profile));
-    let (p_out, p_err) = (stdout(&profile), stderr(&profile));
+    let (p_out, p_err) = (std::fs::read_to_string(&p_file)?, stderr(&profile));
     assert!(p_err.contains("left the capture: non_dumpable"), "{p_err}");
     assert!(
         !SECRETS
@@ -578,7 +616,7 @@ fn a_process_that_became_non_dumpable_leaves_the_capture() -> anyhow::Result<()>
         .arg(&d)
         .output()?;
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
-    let report: Value = serde_json::from_str(stdout(&out).trim())?;
+    let report = report_json(&out)?;
     assert_eq!(
         denials(&report),
         vec![("unlink".into(), "EPERM".into(), "/proc/version".into())],

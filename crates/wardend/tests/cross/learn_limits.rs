@@ -14,8 +14,8 @@ use warden_testkit::{
     bin_path, command_as, config_text, BrokerProcess, RawConn, TestDir, TestUser,
 };
 
-use crate::learn::{denials, learn_as, LEARN_CONFIG};
-use crate::{stderr, stdout, users};
+use crate::learn::{denials, learn_as, report_json, LEARN_CONFIG};
+use crate::{stderr, users};
 
 /// Waits until `pid` runs `comm` as `user` (setpriv has changed uid and
 /// exec'd), so the broker sees the user's own, dumpable process.
@@ -253,7 +253,7 @@ fn one_user_cannot_fill_the_tracking_table_for_others() -> anyhow::Result<()> {
         .arg("/bin/sh -c 'cat /etc/shadow; true'; true")
         .output()?;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let rb: Value = serde_json::from_str(stdout(&out).trim())?;
+    let rb: Value = report_json(&out)?;
     assert!(
         denials(&rb).iter().any(|d| d.2 == "/etc/shadow"),
         "B's grandchild was not captured: {rb:#}"
@@ -261,7 +261,7 @@ fn one_user_cannot_fill_the_tracking_table_for_others() -> anyhow::Result<()> {
     assert_eq!(rb["end"]["untracked_children"], 0, "{rb:#}");
     let oa = hog.wait_with_output()?;
     assert_eq!(oa.status.code(), Some(0), "{}", stderr(&oa));
-    let ra: Value = serde_json::from_str(stdout(&oa).trim())?;
+    let ra: Value = report_json(&oa)?;
     let untracked = ra["end"]["untracked_children"].as_u64().unwrap_or(0);
     assert!(
         untracked >= 40,

@@ -13,6 +13,7 @@ mod identity;
 mod learn;
 mod learn_limits;
 mod learn_liveness;
+mod learn_workflow;
 mod lifecycle;
 mod logging;
 mod metrics;
