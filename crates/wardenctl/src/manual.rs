@@ -21,6 +21,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("whoami", "wardenctl whoami"),
     ("version", "wardenctl version"),
     ("status", "sudo wardenctl status\nwardenctl --json status | jq '.connection_list'"),
+    ("reload", "sudo wardenctl reload\nsudo wardenctl --json reload"),
     (
         "monitor",
         "sudo wardenctl monitor --method 'net.**'\nsudo wardenctl monitor --user alice --count 10 --json",
