@@ -171,6 +171,7 @@ async fn host(setup: &Setup, modules: &[PathBuf]) -> anyhow::Result<(Child, std:
                 pid,
                 pidfd: Some(spawned.pidfd),
             },
+            "agent",
         )
         .await?;
     Ok((spawned.child, std::fs::File::from(err_r)))

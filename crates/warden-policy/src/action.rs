@@ -22,17 +22,21 @@ pub enum Action {
     Learn,
     /// Watch the broker's traffic (name: `calls`, `events` or `payloads`).
     Monitor,
+    /// Load, unload or reload modules in a child host (name: the host's
+    /// configured name).
+    Module,
 }
 
 impl Action {
     /// Every action, in documentation order.
-    pub const ALL: [Action; 6] = [
+    pub const ALL: [Action; 7] = [
         Action::Call,
         Action::Provide,
         Action::Subscribe,
         Action::Publish,
         Action::Learn,
         Action::Monitor,
+        Action::Module,
     ];
 
     /// The name used in config files and on the command line.
@@ -44,6 +48,7 @@ impl Action {
             Action::Publish => "publish",
             Action::Learn => "learn",
             Action::Monitor => "monitor",
+            Action::Module => "module",
         }
     }
 

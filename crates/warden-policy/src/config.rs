@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use toml::Spanned;
 
+mod hosts;
+
+pub use hosts::{HostScope, HostSection};
+
 use crate::action::{Action, Effect};
 use crate::pattern::NamePattern;
 use crate::policy::{Policy, Principals, Resolver, Rule};
@@ -222,6 +226,8 @@ struct RawRule {
     groups: Vec<Spanned<String>>,
     #[serde(default)]
     gids: Vec<u32>,
+    #[serde(default)]
+    hosts: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -235,6 +241,8 @@ struct RawConfig {
     learn: LearnSection,
     #[serde(default, rename = "rule")]
     rules: Vec<Spanned<RawRule>>,
+    #[serde(default, rename = "host")]
+    hosts: Vec<Spanned<hosts::RawHost>>,
 }
 
 /// A loaded, validated configuration.
@@ -248,6 +256,8 @@ pub struct Config {
     pub limits: Limits,
     /// The `[learn]` section.
     pub learn: LearnSection,
+    /// The `[[host]]` sections: child hosts to start.
+    pub hosts: Vec<HostSection>,
     /// The compiled rules.
     pub policy: Arc<Policy>,
     /// Things that are valid but probably not what was meant (e.g. a user
@@ -479,6 +489,7 @@ impl Config {
         }
 
         let source: Arc<str> = Arc::from(file);
+        let host_sections = hosts::parse_hosts(raw.hosts, &ctx, resolver)?;
         let mut rules = Vec::with_capacity(raw.rules.len());
         for (i, spanned) in raw.rules.into_iter().enumerate() {
             let line = ctx.line(spanned.span().start);
@@ -562,17 +573,32 @@ impl Config {
                     )),
                 }
             }
+            let mut rule_hosts = Vec::new();
+            for h in &r.hosts {
+                if !host_sections.iter().any(|s| &s.name == h.get_ref()) {
+                    return Err(ctx.err(
+                        Some(h.span()),
+                        key("hosts"),
+                        format!(
+                            "no [[host]] is named {:?}; name a configured host (a rule for a host that does not exist would match nothing)",
+                            h.get_ref()
+                        ),
+                    ));
+                }
+                rule_hosts.push(h.get_ref().clone());
+            }
             if !r.everyone
                 && !r.admins
                 && r.users.is_empty()
                 && r.uids.is_empty()
                 && r.groups.is_empty()
                 && r.gids.is_empty()
+                && r.hosts.is_empty()
             {
                 return Err(ctx.err(
                     Some(line_span(text, line)),
                     format!("rule[{}]", i + 1),
-                    "the rule names nobody; add everyone = true, admins = true, users, uids, groups or gids",
+                    "the rule names nobody; add everyone = true, admins = true, users, uids, groups, gids or hosts",
                 ));
             }
             rules.push(Rule {
@@ -587,6 +613,7 @@ impl Config {
                     admins: r.admins,
                     uids,
                     gids,
+                    hosts: rule_hosts,
                 },
             });
         }
@@ -596,6 +623,7 @@ impl Config {
             broker,
             limits,
             learn: raw.learn,
+            hosts: host_sections,
             policy: Arc::new(Policy::new(rules, admin_gid, source)),
             warnings,
         })
@@ -657,11 +685,13 @@ mod tests {
             uid: 1000,
             gid: 1000,
             groups: vec![],
+            host: None,
         };
         let root = crate::Caller {
             uid: 0,
             gid: 0,
             groups: vec![],
+            host: None,
         };
         assert!(c.policy.decide(&user, crate::Action::Learn, "own").allowed);
         assert!(!c.policy.decide(&user, crate::Action::Learn, "any").allowed);
@@ -705,11 +735,13 @@ mod tests {
             uid: 1000,
             gid: 1000,
             groups: vec![],
+            host: None,
         };
         let other = crate::Caller {
             uid: 1001,
             gid: 1001,
             groups: vec![],
+            host: None,
         };
         let c = Config::embedded_default(&StaticResolver::default())
             .unwrap_or_else(|e| panic!("{e}"))

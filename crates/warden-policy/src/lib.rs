@@ -27,8 +27,8 @@ mod policy;
 
 pub use action::{Action, Effect};
 pub use config::{
-    BrokerSection, Config, ConfigError, LearnSection, Limits, SlowSubscriber, DEFAULT_CONFIG,
-    EMBEDDED_SOURCE, LEARN_TRACKING_TABLE,
+    BrokerSection, Config, ConfigError, HostScope, HostSection, LearnSection, Limits,
+    SlowSubscriber, DEFAULT_CONFIG, EMBEDDED_SOURCE, LEARN_TRACKING_TABLE,
 };
 pub use pattern::{NamePattern, PatternError};
 pub use policy::{Caller, CallerPolicy, Decision, Policy, Resolver, RuleRef, StaticResolver};

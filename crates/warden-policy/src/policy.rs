@@ -59,6 +59,11 @@ pub struct Caller {
     pub gid: u32,
     /// Supplementary gids.
     pub groups: Vec<u32>,
+    /// The child host whose connection this is (see
+    /// [`warden_proto::Identity::host`]): such a caller is matched only by
+    /// rules for `everyone` or naming it in `hosts`, never by its uid, gid
+    /// or as an administrator.
+    pub host: Option<String>,
 }
 
 impl From<&warden_proto::Identity> for Caller {
@@ -68,6 +73,7 @@ impl From<&warden_proto::Identity> for Caller {
             uid: id.uid,
             gid: id.gid,
             groups: id.groups.clone(),
+            host: id.host.clone(),
         }
     }
 }
@@ -138,6 +144,8 @@ pub(crate) struct Principals {
     pub(crate) admins: bool,
     pub(crate) uids: Vec<u32>,
     pub(crate) gids: Vec<u32>,
+    /// Child hosts (by configured name) whose connections the rule names.
+    pub(crate) hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +204,9 @@ impl Policy {
     /// configured admin group, or the broker's own uid when
     /// `broker.owner_is_admin` is on.
     pub fn is_admin(&self, caller: &Caller) -> bool {
+        if caller.host.is_some() {
+            return false;
+        }
         caller.uid == 0
             || self.owner == Some(caller.uid)
             || self.admin_gid.is_some_and(|g| caller.in_group(g))
@@ -203,6 +214,9 @@ impl Policy {
 
     fn names_caller(&self, rule: &Rule, caller: &Caller) -> bool {
         let p = &rule.principals;
+        if let Some(host) = &caller.host {
+            return p.everyone || p.hosts.iter().any(|h| h == host);
+        }
         p.everyone
             || (p.admins && self.is_admin(caller))
             || p.uids.contains(&caller.uid)
@@ -354,6 +368,7 @@ admins = true
             uid,
             gid: uid,
             groups: groups.to_vec(),
+            host: None,
         }
     }
 

@@ -777,6 +777,7 @@ mod tests {
             gid: 1000,
             groups: vec![1000, 27],
             pid: 42,
+            host: None,
         };
         let p = Payload::from_raw_json(r#"{"x":[1,2,"three"]}"#).unwrap_or_default();
         roundtrip(Message::Hello(Hello {

@@ -23,6 +23,11 @@ pub struct Identity {
     /// Process id at connect time (the broker holds a pidfd for it, so a
     /// recycled pid is never confused with the caller).
     pub pid: u32,
+    /// For the connection of a child host the broker started: the host's
+    /// configured name (its uid, gid and groups are the ones the broker
+    /// gave it at spawn). Absent for every other connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// The client's first frame.

@@ -185,8 +185,9 @@ pub struct Broker {
     adopt_rx: Arc<Mutex<Option<tokio::sync::mpsc::Receiver<Adopted>>>>,
 }
 
-/// A connection handed to [`Broker::adopt`], with its assigned identity.
-type Adopted = (UnixStream, PeerIdentity);
+/// A connection handed to [`Broker::adopt`], with its assigned identity
+/// and the host's name.
+type Adopted = (UnixStream, PeerIdentity, String);
 
 /// Connections handed to [`Broker::adopt`] that the accept loop has not
 /// taken yet.
@@ -227,12 +228,15 @@ impl Broker {
     }
 
     /// Serves a connection the broker made itself (one end of a socketpair
-    /// it gave a child host), with the identity it `assigned`: on a
+    /// it gave the child host `host`), with the identity it `assigned`: on a
     /// socketpair `SO_PEERCRED` names whoever called `socketpair()` (the
     /// broker), so the kernel's answer would be wrong, and this is the
     /// only way a connection gets an identity that is not its peer's
-    /// credentials. The connection then goes through the same limits,
-    /// hello and policy as an accepted one, and is drained with them.
+    /// credentials. Its identity carries the host's name, so rules match it
+    /// by their `hosts` principal (never by uid: a host connection is not
+    /// root, nor anyone else's, whatever user it runs as). The connection
+    /// then goes through the same limits, hello and policy as an accepted
+    /// one, and is drained with them.
     ///
     /// # Errors
     /// [`AdoptError`]; the stream is dropped.
@@ -240,11 +244,12 @@ impl Broker {
         &self,
         stream: std::os::unix::net::UnixStream,
         assigned: PeerIdentity,
+        host: &str,
     ) -> Result<(), AdoptError> {
         stream.set_nonblocking(true).map_err(AdoptError::Socket)?;
         let stream = UnixStream::from_std(stream).map_err(AdoptError::Socket)?;
         self.adopt_tx
-            .send((stream, assigned))
+            .send((stream, assigned, host.to_owned()))
             .await
             .map_err(|_| AdoptError::NotServing)
     }
@@ -335,9 +340,9 @@ impl Broker {
                     tracing::warn!(?d, "test hook: stalling the accept loop");
                     std::thread::sleep(d);
                 }
-                Some((stream, peer)) = async { match adopt_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                Some((stream, peer, host)) = async { match adopt_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     let svc = Arc::clone(&self.svc);
-                    tasks.spawn(crate::transport::connection::run(svc, stream, peer));
+                    tasks.spawn(crate::transport::connection::run(svc, stream, peer, Some(host)));
                 }
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Some(error) = done.err().and_then(|e| ServeError::from_join("a connection task", e)) {
@@ -350,7 +355,7 @@ impl Broker {
                         match warden_sys::peer_identity(stream.as_fd()) {
                             Ok(peer) => {
                                 let svc = Arc::clone(&self.svc);
-                                tasks.spawn(crate::transport::connection::run(svc, stream, peer));
+                                tasks.spawn(crate::transport::connection::run(svc, stream, peer, None));
                             }
                             Err(e) if e.is_fd_exhaustion() => {
                                 // Fail closed (no identity, no connection),

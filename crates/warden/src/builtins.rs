@@ -119,13 +119,17 @@ pub(crate) fn call(
         "warden.ping" => payload(json!({ "pong": true })),
         "warden.whoami" => {
             let i = &view.peer.identity;
-            payload(json!({
+            let mut who = json!({
                 "uid": i.uid,
                 "gid": i.gid,
                 "groups": i.groups,
                 "pid": i.pid,
                 "connection": view.peer.id,
-            }))
+            });
+            if let Some(host) = &i.host {
+                who["host"] = json!(host);
+            }
+            payload(who)
         }
         "warden.version" => payload(json!({
             "server": crate::SERVER_NAME,
@@ -268,6 +272,7 @@ fn explain(reg: &Registry, view: &CallerView<'_>, params: &Payload) -> Result<Pa
         uid: p.uid,
         gid: p.gid,
         groups: p.groups,
+        host: None,
     };
     let d = reg.current_policy().decide(&caller, action, &p.name);
     payload(d.to_json())

@@ -742,6 +742,7 @@ mod tests {
                 gid: 1000,
                 groups: vec![],
                 pid: 1,
+                host: None,
             },
             pidfd: None,
             comm: None,

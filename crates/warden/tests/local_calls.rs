@@ -102,6 +102,7 @@ async fn an_in_process_call_reaches_the_provider_as_the_caller_and_gets_its_answ
                 gid: 4242,
                 groups: vec![],
                 pid: 1,
+                host: None,
             }),
         )
         .await;

@@ -267,6 +267,7 @@ fn the_installed_config_gives_the_service_account_no_admin_rights() -> anyhow::R
         uid: 999,
         gid: 999,
         groups: vec![],
+        host: None,
     };
     assert!(!config.policy.is_admin(&service));
     let _ = std::fs::remove_dir_all(&root);

@@ -77,7 +77,15 @@ fn refuse(stream: &UnixStream, code: ErrorCode, message: String) {
     }
 }
 
-pub(crate) async fn run(svc: Arc<Services>, stream: UnixStream, mut peer: PeerIdentity) {
+/// Serves one connection. `host` is the configured name of the child host
+/// whose channel this is (identity assigned by the broker), `None` for an
+/// accepted connection.
+pub(crate) async fn run(
+    svc: Arc<Services>,
+    stream: UnixStream,
+    mut peer: PeerIdentity,
+    host: Option<String>,
+) {
     let reg = &svc.reg;
     let limits = &reg.settings.limits;
     let (slot, total, per_uid) = reg.take_slot(peer.uid);
@@ -129,6 +137,7 @@ pub(crate) async fn run(svc: Arc<Services>, stream: UnixStream, mut peer: PeerId
         gid: peer.gid,
         groups: peer.groups.clone(),
         pid: peer.pid,
+        host,
     };
     let ctl_cap = limits.max_in_flight_per_connection as usize + CTL_QUEUE_SLACK;
     let ev_cap = usize::try_from(limits.subscriber_queue_len).unwrap_or(1024);

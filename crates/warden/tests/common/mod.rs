@@ -125,6 +125,15 @@ pub async fn start_with(
     text: &str,
     extra: impl FnOnce(BrokerBuilder) -> Result<BrokerBuilder, warden::BrokerError>,
 ) -> anyhow::Result<Running> {
+    start_resolved(text, &StaticResolver::default(), extra).await
+}
+
+/// As [`start_with`], resolving user and group names with `resolver`.
+pub async fn start_resolved(
+    text: &str,
+    resolver: &StaticResolver,
+    extra: impl FnOnce(BrokerBuilder) -> Result<BrokerBuilder, warden::BrokerError>,
+) -> anyhow::Result<Running> {
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "warden-rt-{}-{}",
@@ -134,7 +143,7 @@ pub async fn start_with(
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let socket = dir.join("b.sock");
-    let config = config(text)?;
+    let config = Config::parse(text, "t.toml", resolver)?;
     let broker = extra(Broker::builder(&config))?.build();
     let listener = tokio::net::UnixListener::bind(&socket)?;
     let (trigger, shutdown) = Shutdown::new();
