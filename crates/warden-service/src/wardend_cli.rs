@@ -24,6 +24,11 @@ pub struct Args {
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     pub print_default_config: bool,
+
+    /// Internal: run as the reaper of the child hosts' cgroup CGROUP (see
+    /// warden_supervisor::Reaper); wardend starts it itself.
+    #[arg(long, value_name = "CGROUP", hide = true)]
+    pub reaper_for: Option<PathBuf>,
     /// Log level: error, warn, info, debug or trace (or a tracing filter).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,

@@ -32,5 +32,6 @@ pub use backoff::{Backoff, RestartPolicy, Verdict};
 pub use reaper::{reaper_main, Reaper};
 pub use spawner::Spawner;
 pub use supervise::{
-    forward_stderr, supervise, HostCommand, HostHandle, HostState, HostStatus, Launch,
+    forward_stderr, supervise, HostCommand, HostCommander, HostHandle, HostState, HostStatus,
+    Launch,
 };

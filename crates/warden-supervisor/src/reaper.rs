@@ -9,7 +9,7 @@
 //! (close-on-exec, so no host inherits it). The kernel closes the write
 //! end however the broker ends; the reaper's read then returns EOF and it
 //! writes `1` to the hosts' parent cgroup's `cgroup.kill`, which kills
-//! every process below it, then exits. It runs in a process group of its
+//! every process below it, removes the emptied cgroups, then exits. It runs in a process group of its
 //! own, so a Ctrl-C or a signal to the broker's group does not take it
 //! along.
 
@@ -92,5 +92,30 @@ pub fn reaper_main(cgroup: &Path) -> io::Result<()> {
         .write(true)
         .open(&kill)
         .and_then(|mut f| f.write_all(b"1"))
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", kill.display())))
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", kill.display())))?;
+    remove_emptied(cgroup);
+    Ok(())
+}
+
+/// Removes `cgroup`'s leaves and `cgroup` itself once the kill has emptied
+/// them (it is asynchronous; up to 2 s). `rmdir` of a cgroup that still
+/// has processes fails, so this never removes a populated one.
+pub(crate) fn remove_emptied(cgroup: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        if let Ok(entries) = std::fs::read_dir(cgroup) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        if std::fs::remove_dir(cgroup).is_ok() || !cgroup.exists() {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }

@@ -21,8 +21,9 @@ pub trait Launch: Send + 'static {
     /// # Errors
     /// The start fails like a crash (and is retried with backoff).
     fn prepare(&mut self) -> std::io::Result<(ChildSpec, Self::Channel)>;
-    /// The child runs as `pid`: adopt its channel.
-    fn started(&mut self, channel: Self::Channel, pid: u32);
+    /// The child runs as `pid` (`pidfd` names it, for as long as the
+    /// call; duplicate it to keep it): adopt its channel.
+    fn started(&mut self, channel: Self::Channel, pid: u32, pidfd: std::os::fd::BorrowedFd<'_>);
     /// The child `pid` is gone (exited, crashed or stopped): clean up what
     /// it may have left (its cgroup's other processes, the leaf).
     fn exited(&mut self, _pid: u32) {}
@@ -90,7 +91,25 @@ pub struct HostHandle {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Sends commands to a supervised host; cheap to clone, for whoever
+/// serves `hosts.restart` (the [`HostHandle`] stays with its owner).
+#[derive(Debug, Clone)]
+pub struct HostCommander(mpsc::Sender<HostCommand>);
+
+impl HostCommander {
+    /// Asks for a restart (see [`HostCommand::Restart`]). False if the
+    /// supervisor is gone or already has a command waiting.
+    pub fn restart(&self) -> bool {
+        self.0.try_send(HostCommand::Restart).is_ok()
+    }
+}
+
 impl HostHandle {
+    /// A commander for this host.
+    pub fn commander(&self) -> HostCommander {
+        HostCommander(self.commands.clone())
+    }
+
     /// The current status.
     pub fn status(&self) -> HostStatus {
         self.status.borrow().clone()
@@ -256,7 +275,7 @@ async fn run_once<L: Launch>(host: &mut Host<L>) -> RunEnd {
         Ok(w) => w,
         Err(e) => return RunEnd::Ended(format!("could not be watched: {e}")),
     };
-    host.launch.started(channel, pid);
+    host.launch.started(channel, pid, watched.pidfd.as_fd());
     host.set(|s| {
         s.state = HostState::Running;
         s.pid = Some(pid);

@@ -54,7 +54,7 @@ impl Launch for Script {
         ))
     }
 
-    fn started(&mut self, channel: UnixStream, pid: u32) {
+    fn started(&mut self, channel: UnixStream, pid: u32, _pidfd: std::os::fd::BorrowedFd<'_>) {
         if let Ok(mut seen) = self.seen.lock() {
             seen.push((pid, channel));
         }

@@ -56,7 +56,8 @@ pub use imp::identity::{peer_identity, server_uid, PeerIdentity, PeerIdentityErr
 pub use imp::login_defs::{SystemAccounts, DEFAULT_SYS_UID_MAX, LOGIN_DEFS, NOBODY_UID};
 pub use imp::process::{
     effective_gid, effective_uid, is_dumpable, is_fd_exhaustion, make_non_dumpable, pidfd_exited,
-    process_comm, process_comm_confirmed, raise_nofile_limit, release_free_heap, take_stdin_socket,
+    pipe_cloexec, process_comm, process_comm_confirmed, raise_nofile_limit, release_free_heap,
+    take_stdin_socket,
 };
 pub use imp::spawn::{
     cgroup2_mount, pidfd_signal, spawn_child, AsyncPidfd, ChildCredentials, ChildSpec, SpawnError,

@@ -13,6 +13,7 @@ use warden_policy::{Config, DEFAULT_CONFIG};
 use warden_service::wardend_cli::{Args, LogFormat};
 use warden_service::SystemResolver;
 
+mod hosts;
 mod log;
 use log::LogSink;
 
@@ -158,6 +159,16 @@ fn default_socket() -> anyhow::Result<PathBuf> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(cgroup) = &args.reaper_for {
+        // The hosts' reaper (see hosts.rs): nothing else of wardend runs.
+        return match warden_supervisor::reaper_main(cgroup) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                say(format_args!("wardend --reaper-for: {e}"));
+                ExitCode::from(1)
+            }
+        };
+    }
     if args.print_default_config {
         return print_out(DEFAULT_CONFIG);
     }
@@ -426,6 +437,8 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
         if let Some(w) = watchdog {
             builder = builder.heartbeat_interval(w / 4);
         }
+        let hosts_view = hosts::HostsView::default();
+        builder = hosts::register(builder, &hosts_view)?;
         #[cfg(feature = "test-hooks")]
         if test_hooks {
             builder = builder
@@ -434,6 +447,11 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
                 .context("registering the test hooks")?;
         }
         let broker = builder.build();
+        let hosts = if config.hosts.is_empty() {
+            None
+        } else {
+            Some(hosts::Hosts::start(&config.hosts, &socket, &broker, &hosts_view)?)
+        };
         let (trigger, shutdown) = Shutdown::new();
         use tokio::signal::unix::{signal, SignalKind};
         let mut term =
@@ -483,6 +501,9 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
         tokio::spawn(give_back_memory(broker.clone()));
         tokio::spawn(flush_audit());
         let served = broker.serve(listener, shutdown).await;
+        if let Some(hosts) = hosts {
+            hosts.stop().await;
+        }
         if let Some(learn) = &learn {
             learn.stop_all().await;
         }

@@ -63,6 +63,14 @@ pub fn take_stdin_socket() -> io::Result<std::os::unix::net::UnixStream> {
     Ok(std::os::unix::net::UnixStream::from(socket))
 }
 
+/// A pipe with both ends close-on-exec: (read, write).
+///
+/// # Errors
+/// The `pipe2` error.
+pub fn pipe_cloexec() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
 /// Gives the C allocator's free memory back to the kernel: glibc's
 /// `malloc_trim(0)`, which walks every arena and returns free pages from
 /// the middle of the heaps too. After a burst of connections closes, the

@@ -9,6 +9,7 @@ mod duplex;
 mod explain;
 mod hardening;
 mod hardening2;
+mod hosts;
 mod identity;
 mod learn;
 mod learn_limits;

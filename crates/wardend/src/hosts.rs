@@ -1,0 +1,407 @@
+//! The `[[host]]` sections at work: child hosts started, supervised and
+//! stopped with the broker.
+//!
+//! At start, with hosts configured, wardend:
+//! 1. makes a cgroup of its own for the hosts, `warden-hosts-HASH` below
+//!    its own cgroup (cgroup v2; HASH of the socket path, see
+//!    [`hosts_cgroup_name`]), killing and removing anything an earlier
+//!    broker on that socket left there, and a leaf per host;
+//! 2. starts the reaper (`wardend --reaper-for CGROUP`), which kills that
+//!    cgroup once wardend is gone, however it ended;
+//! 3. supervises each host (`warden-supervisor`): `warden-host`, found
+//!    next to `wardend`, spawned as the host's user with its groups, its
+//!    environment allowlist, its channel on stdin and its stderr into the
+//!    log; the channel is adopted by the broker with the identity the
+//!    spawn assigned and the host's name.
+//!
+//! `hosts.list` and `hosts.restart` (in-broker handlers) report and
+//! restart them; at shutdown they are stopped (SIGTERM, SIGKILL after
+//! their `stop_timeout_ms`) and their cgroup is killed.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use warden::{Broker, BrokerBuilder, Handler, HandlerContext, HandlerFuture};
+use warden_policy::HostSection;
+use warden_proto::{ErrorCode, Payload, WireError};
+use warden_supervisor::{
+    supervise, HostCommander, HostHandle, HostState, Launch, Reaper, RestartPolicy, Spawner,
+};
+use warden_sys::{ChildCredentials, ChildSpec, PeerIdentity};
+
+/// The hosts' cgroup, below wardend's own: `warden-hosts-HASH`, HASH from
+/// the broker's socket path. Only one broker serves a socket at a time
+/// (the endpoint is locked), so two brokers sharing a cgroup (started
+/// from one shell) never share a hosts' cgroup, and a broker restarted on
+/// the same socket finds (and clears) what its killed predecessor left.
+fn hosts_cgroup_name(socket: &Path) -> String {
+    // FNV-1a: stable across builds, which a std hasher does not promise.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in socket.as_os_str().as_encoded_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("warden-hosts-{h:016x}")
+}
+
+/// The supervised hosts.
+pub struct Hosts {
+    hosts: Vec<(String, HostHandle)>,
+    cgroup: Option<PathBuf>,
+    _reaper: Option<Reaper>,
+}
+
+/// What `hosts.list` and `hosts.restart` reach: filled in once the hosts
+/// run (the handlers are registered before the broker is built).
+#[derive(Clone, Default)]
+pub struct HostsView(Arc<Mutex<Vec<(String, HostView)>>>);
+
+struct HostView {
+    status: tokio::sync::watch::Receiver<warden_supervisor::HostStatus>,
+    restart: HostCommander,
+    user: String,
+    modules: Vec<PathBuf>,
+}
+
+/// wardend's own cgroup v2 directory, from /proc/self/cgroup.
+fn own_cgroup() -> Option<PathBuf> {
+    let mount = warden_sys::cgroup2_mount()?;
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(mount.join(rel.trim_start_matches('/')))
+}
+
+/// Kills every process below `dir` and removes its leaves (what a broker
+/// killed earlier left there).
+fn clear_cgroup(dir: &Path) {
+    let _ = std::fs::write(dir.join("cgroup.kill"), b"1");
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let leaf = e.path();
+                // The kill is asynchronous: give the leaf a moment to empty.
+                for _ in 0..100 {
+                    if std::fs::remove_dir(&leaf).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+}
+
+impl Hosts {
+    /// Starts every configured host. `view` is what the handlers read.
+    ///
+    /// # Errors
+    /// A host's user cannot be resolved, `warden-host` is missing, or the
+    /// spawner thread cannot start.
+    pub fn start(
+        hosts: &[HostSection],
+        socket: &Path,
+        broker: &Broker,
+        view: &HostsView,
+    ) -> anyhow::Result<Hosts> {
+        let exe = std::env::current_exe().context("cannot find wardend's own path")?;
+        let host_exe = exe.with_file_name("warden-host");
+        anyhow::ensure!(
+            host_exe.is_file(),
+            "{} not found: child hosts need warden-host installed next to wardend",
+            host_exe.display()
+        );
+        let cgroup = match own_cgroup() {
+            Some(own) => {
+                let dir = own.join(hosts_cgroup_name(socket));
+                match std::fs::create_dir_all(&dir) {
+                    Ok(()) => {
+                        clear_cgroup(&dir);
+                        Some(dir)
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot create the hosts' cgroup {}: {e}; hosts run without one, \
+                             and what a module starts may outlive a killed broker",
+                            dir.display()
+                        );
+                        None
+                    }
+                }
+            }
+            None => {
+                tracing::warn!(
+                    "no cgroup v2 hierarchy: hosts run without a cgroup, and what a module \
+                     starts may outlive a killed broker"
+                );
+                None
+            }
+        };
+        let reaper = match &cgroup {
+            Some(dir) => Some(
+                Reaper::start(
+                    &exe,
+                    [std::ffi::OsStr::new("--reaper-for"), dir.as_os_str()],
+                )
+                .context("cannot start the hosts' reaper")?,
+            ),
+            None => None,
+        };
+        let spawner = Spawner::start().context("cannot start the spawner thread")?;
+        let mut started = Vec::new();
+        let mut views = Vec::new();
+        for h in hosts {
+            let user = warden_sys::user_by_name(&h.user)
+                .with_context(|| format!("looking up host {}'s user {}", h.name, h.user))?
+                .with_context(|| format!("host {}: user {} does not exist", h.name, h.user))?;
+            let groups = warden_sys::groups_of_user(&user.name, user.gid)
+                .with_context(|| format!("host {}: the groups of {}", h.name, h.user))?;
+            let leaf = match &cgroup {
+                Some(dir) => {
+                    let leaf = dir.join(&h.name);
+                    std::fs::create_dir_all(&leaf)
+                        .with_context(|| format!("creating {}", leaf.display()))?;
+                    Some(leaf)
+                }
+                None => None,
+            };
+            let launch = HostLaunch {
+                section: h.clone(),
+                program: host_exe.clone(),
+                credentials: ChildCredentials {
+                    uid: user.uid,
+                    gid: user.gid,
+                    groups,
+                },
+                leaf,
+                broker: broker.clone(),
+            };
+            let policy = RestartPolicy {
+                first_delay: Duration::from_millis(h.restart_delay_ms),
+                max_delay: Duration::from_millis(h.restart_max_delay_ms),
+                crash_limit: h.crash_limit,
+                crash_window: Duration::from_millis(h.crash_window_ms),
+                stable_after: Duration::from_millis(h.stable_after_ms),
+            };
+            let handle = supervise(
+                h.name.clone(),
+                launch,
+                spawner.clone(),
+                policy,
+                Duration::from_millis(h.stop_timeout_ms),
+            );
+            views.push((
+                h.name.clone(),
+                HostView {
+                    status: handle.watch(),
+                    restart: handle.commander(),
+                    user: h.user.clone(),
+                    modules: h.modules.clone(),
+                },
+            ));
+            started.push((h.name.clone(), handle));
+        }
+        if let Ok(mut v) = view.0.lock() {
+            *v = views;
+        }
+        Ok(Hosts {
+            hosts: started,
+            cgroup,
+            _reaper: reaper,
+        })
+    }
+
+    /// Stops every host and kills what is left in their cgroup.
+    pub async fn stop(self) {
+        let mut set = tokio::task::JoinSet::new();
+        for (_, h) in self.hosts {
+            set.spawn(h.stop());
+        }
+        while set.join_next().await.is_some() {}
+        if let Some(dir) = &self.cgroup {
+            let dir = dir.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                clear_cgroup(&dir);
+                let _ = std::fs::remove_dir(&dir);
+            })
+            .await;
+        }
+        tracing::info!("child hosts stopped");
+    }
+}
+
+/// One host's starts.
+struct HostLaunch {
+    section: HostSection,
+    program: PathBuf,
+    credentials: ChildCredentials,
+    leaf: Option<PathBuf>,
+    broker: Broker,
+}
+
+impl Launch for HostLaunch {
+    type Channel = (UnixStream, OwnedFd);
+
+    fn prepare(&mut self) -> std::io::Result<(ChildSpec, Self::Channel)> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let (err_r, err_w) = warden_sys::pipe_cloexec()?;
+        let cgroup_procs = match &self.leaf {
+            Some(leaf) => {
+                // Again at each start: an old reaper may have removed it.
+                std::fs::create_dir_all(leaf)?;
+                Some(OwnedFd::from(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(leaf.join("cgroup.procs"))?,
+                ))
+            }
+            None => None,
+        };
+        let env = self
+            .section
+            .env
+            .iter()
+            .filter_map(|k| std::env::var_os(k).map(|v| (k.into(), v)))
+            .collect();
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["--name".into(), self.section.name.clone().into()];
+        args.extend(
+            self.section
+                .modules
+                .iter()
+                .map(|m| m.clone().into_os_string()),
+        );
+        Ok((
+            ChildSpec {
+                program: self.program.clone(),
+                args,
+                env,
+                credentials: Some(self.credentials.clone()),
+                channel: OwnedFd::from(theirs),
+                stderr: Some(err_w),
+                cgroup_procs,
+                death_signal: libc_sigkill(),
+            },
+            (ours, err_r),
+        ))
+    }
+
+    fn started(&mut self, (ours, err_r): Self::Channel, pid: u32, pidfd: BorrowedFd<'_>) {
+        warden_supervisor::forward_stderr(self.section.name.clone(), pid, err_r);
+        let pidfd = match pidfd.try_clone_to_owned() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(host = %self.section.name, pid, "cannot keep the host's pidfd: {e}");
+                return;
+            }
+        };
+        let identity = PeerIdentity {
+            uid: self.credentials.uid,
+            gid: self.credentials.gid,
+            groups: self.credentials.groups.clone(),
+            pid,
+            pidfd: Some(pidfd),
+        };
+        let (broker, name) = (self.broker.clone(), self.section.name.clone());
+        tokio::spawn(async move {
+            if let Err(e) = broker.adopt(ours, identity, &name).await {
+                tracing::error!(host = %name, pid, "the broker cannot take the host's channel: {e}");
+            }
+        });
+    }
+
+    fn exited(&mut self, _pid: u32) {
+        // What the host's modules started goes with it.
+        if let Some(leaf) = &self.leaf {
+            let _ = std::fs::write(leaf.join("cgroup.kill"), b"1");
+        }
+    }
+}
+
+fn libc_sigkill() -> i32 {
+    9
+}
+
+/// `hosts.list`: every host with its state, pid, restarts and modules.
+struct ListHosts(HostsView);
+
+impl Handler for ListHosts {
+    fn call(&self, _ctx: HandlerContext, _params: Payload) -> HandlerFuture {
+        let rows: Vec<Value> = match self.0 .0.lock() {
+            Ok(v) => v
+                .iter()
+                .map(|(name, h)| {
+                    let s = h.status.borrow().clone();
+                    json!({
+                        "name": name,
+                        "user": h.user,
+                        "state": s.state.as_str(),
+                        "pid": s.pid,
+                        "restarts": s.restarts,
+                        "last_exit": s.last_exit,
+                        "next_start_in_ms": s.next_start_in.map(|d| d.as_millis() as u64),
+                        "modules": h.modules,
+                    })
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let answer = Payload::from_value(&json!({ "hosts": rows }))
+            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()));
+        Box::pin(async move { answer })
+    }
+}
+
+/// `hosts.restart {"name": NAME}`: starts a host again now (a failed one
+/// too), forgetting its crashes.
+struct RestartHost(HostsView);
+
+impl Handler for RestartHost {
+    fn call(&self, _ctx: HandlerContext, params: Payload) -> HandlerFuture {
+        #[derive(serde::Deserialize)]
+        struct P {
+            name: String,
+        }
+        let answer = (|| {
+            let p: P = params.parse().map_err(|e| {
+                WireError::new(
+                    ErrorCode::BadRequest,
+                    format!("params must be {{\"name\": HOST}}: {e}"),
+                )
+            })?;
+            let v = self
+                .0
+                 .0
+                .lock()
+                .map_err(|_| WireError::new(ErrorCode::Internal, "hosts state poisoned"))?;
+            let Some((_, h)) = v.iter().find(|(n, _)| *n == p.name) else {
+                let names: Vec<&str> = v.iter().map(|(n, _)| n.as_str()).collect();
+                return Err(WireError::new(
+                    ErrorCode::BadRequest,
+                    format!("no host is named {:?}; configured: {names:?}", p.name),
+                ));
+            };
+            if h.status.borrow().state == HostState::Stopped || !h.restart.restart() {
+                return Err(WireError::new(
+                    ErrorCode::Unavailable,
+                    "the host is stopped (the broker is shutting down) or a command is already pending",
+                ));
+            }
+            Payload::from_value(&json!({ "restarting": p.name }))
+                .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
+        })();
+        Box::pin(async move { answer })
+    }
+}
+
+/// Registers `hosts.list` and `hosts.restart`.
+pub fn register(builder: BrokerBuilder, view: &HostsView) -> anyhow::Result<BrokerBuilder> {
+    builder
+        .handler("hosts.list", ListHosts(view.clone()))
+        .context("registering hosts.list")?
+        .handler("hosts.restart", RestartHost(view.clone()))
+        .context("registering hosts.restart")
+}

@@ -1,0 +1,408 @@
+//! System child hosts under a real wardend: spawned as their user,
+//! sandboxed, serving `example.echo` from the Rust example module,
+//! restarted after a crash, failed after too many, and gone with the
+//! broker however it ends (SIGTERM, or SIGKILL with a grandchild a module
+//! started in its own session).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use warden_testkit::{
+    bin_path, config_text, test_users, BrokerProcess, RawConn, TestDir, TestUser,
+};
+
+const LIVENESS: Duration = Duration::from_secs(20);
+
+/// A C module whose `example.spawn` starts `sleep 300` in a session of its
+/// own (out of reach of the host's process group and of PR_SET_PDEATHSIG)
+/// and answers its pid: only the hosts' cgroup catches it.
+const SPAWN_C: &str = r#"
+#include <stdio.h>
+#include <unistd.h>
+#include "warden_module.h"
+
+static const warden_entry methods[] = {{"example.spawn", "Starts a detached sleep 300; answers its pid"}};
+
+static void call(void *s, warden_str m, warden_str p, const warden_caller *c, const warden_answer *a) {
+    char buf[64];
+    int n;
+    pid_t pid = fork();
+    (void)s; (void)m; (void)p; (void)c;
+    if (pid == 0) {
+        setsid();
+        execl("/bin/sleep", "sleep", "300", (char *)0);
+        _exit(127);
+    }
+    n = snprintf(buf, sizeof buf, "{\"pid\":%d}", (int)pid);
+    a->set(a->opaque, 0, buf, (size_t)n);
+}
+
+static const warden_module module = {
+    WARDEN_MODULE_ABI, "spawn", methods, 1, NULL, 0, NULL, call, NULL,
+};
+
+const warden_module *warden_module_v1(void) { return &module; }
+"#;
+
+/// The two modules, root's, in a directory only root can write.
+fn modules(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let mods = dir.join("modules");
+    std::fs::create_dir(&mods)?;
+    std::fs::set_permissions(&mods, std::fs::Permissions::from_mode(0o755))?;
+    let echo = mods.join("libwarden_example_echo.so");
+    let built = bin_path("wardend").with_file_name("libwarden_example_echo.so");
+    anyhow::ensure!(
+        built.is_file(),
+        "{} is missing: `cargo build --workspace` builds it",
+        built.display()
+    );
+    std::fs::copy(&built, &echo)?;
+    let src = mods.join("spawn.c");
+    std::fs::write(&src, SPAWN_C)?;
+    let spawn = mods.join("libspawn.so");
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../warden-module/include");
+    let out = std::process::Command::new("cc")
+        .args(["-Wall", "-Werror", "-shared", "-fPIC", "-I"])
+        .arg(&include)
+        .arg("-o")
+        .arg(&spawn)
+        .arg(&src)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for m in [&echo, &spawn] {
+        std::fs::set_permissions(m, std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok((echo, spawn))
+}
+
+fn config(dir: &TestDir, user: &TestUser, echo: &Path, spawn: &Path) -> String {
+    config_text(
+        dir,
+        &format!(
+            r#"
+[[host]]
+name = "agent"
+user = "{user}"
+modules = ["{echo}", "{spawn}"]
+env = ["WARDEN_T_ALLOWED"]
+restart_delay_ms = 100
+restart_max_delay_ms = 400
+crash_limit = 3
+stop_timeout_ms = 1000
+
+[[rule]]
+actions = ["provide"]
+names = ["example.**"]
+hosts = ["agent"]
+
+[[rule]]
+actions = ["call"]
+names = ["example.**"]
+everyone = true
+
+[[rule]]
+actions = ["call"]
+names = ["hosts.list", "hosts.restart"]
+admins = true
+"#,
+            user = user.name,
+            echo = echo.display(),
+            spawn = spawn.display()
+        ),
+    )
+}
+
+struct Setup {
+    broker: BrokerProcess,
+    user: TestUser,
+    _dir: TestDir,
+}
+
+fn start(tag: &str) -> anyhow::Result<Setup> {
+    let (a, _, _) = test_users()?;
+    let dir = TestDir::new(tag)?;
+    let (echo, spawn) = modules(dir.path())?;
+    let text = config(&dir, &a, &echo, &spawn);
+    let broker = BrokerProcess::start_env(
+        &dir,
+        &text,
+        &[
+            ("WARDEN_T_ALLOWED", "yes".as_ref()),
+            ("WARDEN_T_SECRET", "leaked".as_ref()),
+        ],
+    )?;
+    Ok(Setup {
+        broker,
+        user: a,
+        _dir: dir,
+    })
+}
+
+fn call(socket: &Path, method: &str, params: Value) -> anyhow::Result<Value> {
+    let mut c = RawConn::connect(socket)?;
+    c.hello()?;
+    c.call(1, method, params)
+}
+
+/// Calls `method` until the host serves it.
+fn call_served(socket: &Path, method: &str, params: Value) -> anyhow::Result<Value> {
+    let t = Instant::now();
+    loop {
+        let v = call(socket, method, params.clone())?;
+        let unserved =
+            v["error"]["code"] == "unknown_method" || v["error"]["code"] == "unavailable";
+        if !unserved {
+            anyhow::ensure!(v["kind"] == "reply", "{method}: {v}");
+            return Ok(v["result"].clone());
+        }
+        anyhow::ensure!(t.elapsed() < LIVENESS, "{method} never served: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn hosts_list(socket: &Path) -> anyhow::Result<Value> {
+    let v = call(socket, "hosts.list", Value::Null)?;
+    anyhow::ensure!(v["kind"] == "reply", "{v}");
+    Ok(v["result"]["hosts"][0].clone())
+}
+
+fn wait_host(socket: &Path, what: &str, f: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    let t = Instant::now();
+    loop {
+        let h = hosts_list(socket)?;
+        if f(&h) {
+            return Ok(h);
+        }
+        anyhow::ensure!(t.elapsed() < LIVENESS, "{what}: the host is {h}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Gone: no such process, or a zombie nobody reaps yet.
+fn gone(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
+        .unwrap_or("")
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_system_host_runs_as_its_user_sandboxed_and_serves_example_echo() -> anyhow::Result<()> {
+    let s = start("host-id")?;
+    let socket = s.broker.socket();
+    let v = call_served(socket, "example.echo", json!({"x": 1}))?;
+    assert_eq!(v["params"], json!({"x": 1}), "{v}");
+    // The caller's identity, as the broker saw it (this test runs as root).
+    assert_eq!(v["caller"]["uid"], 0, "{v}");
+    assert_eq!(v["caller"]["pid"], std::process::id(), "{v}");
+    assert_eq!(v["host"]["name"], "agent", "{v}");
+    assert_eq!(v["host"]["uid"], s.user.uid, "{v}");
+    let pid = v["host"]["pid"].as_u64().unwrap_or(0);
+    // The process: its user and groups, no_new_privs, not dumpable.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let uid = s.user.uid;
+    assert_eq!(
+        status_field(&status, "Uid:"),
+        format!("{uid}\t{uid}\t{uid}\t{uid}"),
+        "{status}"
+    );
+    let gid = s.user.gid;
+    assert_eq!(
+        status_field(&status, "Gid:"),
+        format!("{gid}\t{gid}\t{gid}\t{gid}"),
+        "{status}"
+    );
+    let mut want: Vec<u32> = warden_sys::groups_of_user(&s.user.name, gid)?;
+    want.sort_unstable();
+    want.dedup();
+    let mut got: Vec<u32> = status_field(&status, "Groups:")
+        .split_whitespace()
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, want, "{status}");
+    assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "{status}");
+    let mem_owner = std::fs::metadata(format!("/proc/{pid}/mem"))?.uid();
+    assert_eq!(
+        mem_owner, 0,
+        "the host is dumpable: its /proc entries are its user's"
+    );
+    // Only the allowlisted environment.
+    let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
+    let vars: Vec<String> = environ
+        .split(|&b| b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert_eq!(vars, ["WARDEN_T_ALLOWED=yes"], "the host's environment");
+    // Only the expected descriptors: /dev/null on 0 and 1, the stderr
+    // pipe on 2, sockets (the channel, the runtime's own), the runtime's
+    // epoll/eventfd, the module files; and none of them one of the
+    // broker's (the same open file in both processes), but the stderr
+    // pipe the broker reads.
+    let targets = |p: u32| -> anyhow::Result<Vec<(u32, String)>> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(format!("/proc/{p}/fd"))? {
+            let e = e?;
+            let Ok(t) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            let n: u32 = e.file_name().to_string_lossy().parse().unwrap_or(u32::MAX);
+            v.push((n, t.display().to_string()));
+        }
+        Ok(v)
+    };
+    let host_fds = targets(u32::try_from(pid)?)?;
+    let broker_fds: Vec<String> = targets(s.broker.pid())?
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    let stderr_pipe = host_fds
+        .iter()
+        .find(|(n, _)| *n == 2)
+        .map(|(_, t)| t.clone());
+    assert!(
+        stderr_pipe
+            .as_deref()
+            .is_some_and(|t| t.starts_with("pipe:")),
+        "{host_fds:?}"
+    );
+    let mut sockets = 0;
+    for (n, target) in &host_fds {
+        match target.as_str() {
+            "/dev/null" if *n <= 1 => {}
+            t if t.starts_with("pipe:") || t.starts_with("anon_inode:[event") => {}
+            t if t.starts_with("socket:") => sockets += 1,
+            t if t.ends_with(".so") && t.contains("/modules/") => {}
+            other => panic!("fd {n} of the host is {other}: {host_fds:?}"),
+        }
+        if Some(target) != stderr_pipe.as_ref()
+            && !target.starts_with("anon_inode:")
+            && target != "/dev/null"
+        {
+            assert!(
+                !broker_fds.contains(target),
+                "fd {n} of the host ({target}) is the broker's too: {host_fds:?}"
+            );
+        }
+    }
+    assert!(sockets >= 1, "the host has no channel: {host_fds:?}");
+    // In its own cgroup leaf.
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    assert!(
+        cgroup
+            .lines()
+            .any(|l| l.starts_with("0::") && l.contains("/warden-hosts-") && l.ends_with("/agent")),
+        "{cgroup}"
+    );
+    // The secret the broker had is not in the host: checked above; and
+    // hosts.list reports it running.
+    let h = hosts_list(socket)?;
+    assert_eq!(h["state"], "running", "{h}");
+    assert_eq!(h["pid"], pid, "{h}");
+    assert_eq!(h["user"], s.user.name, "{h}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_killed_host_restarts_and_too_many_crashes_mark_it_failed() -> anyhow::Result<()> {
+    let s = start("host-crash")?;
+    let socket = s.broker.socket();
+    call_served(socket, "example.echo", Value::Null)?;
+    for round in 1..=3u64 {
+        let h = wait_host(socket, "running", |h| h["state"] == "running")?;
+        let pid = h["pid"].as_u64().unwrap_or(0);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+            Signal::SIGKILL,
+        )?;
+        if round < 3 {
+            let h = wait_host(socket, "restarted", |h| {
+                h["state"] == "running" && h["pid"] != pid && h["restarts"] == round
+            })?;
+            assert_eq!(h["last_exit"], "killed by signal 9", "{h}");
+            // Served again by the new process.
+            call_served(socket, "example.echo", Value::Null)?;
+        }
+    }
+    let h = wait_host(socket, "failed", |h| h["state"] == "failed")?;
+    assert!(h["pid"].is_null(), "{h}");
+    // While failed, callers get an error rather than waiting forever.
+    let v = call(socket, "example.echo", Value::Null)?;
+    assert_eq!(v["kind"], "error", "{v}");
+    // Restarted by hand, it serves again.
+    let r = call(socket, "hosts.restart", json!({"name": "agent"}))?;
+    assert_eq!(r["kind"], "reply", "{r}");
+    call_served(socket, "example.echo", Value::Null)?;
+    let r = call(socket, "hosts.restart", json!({"name": "nosuch"}))?;
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn broker_sigkill_leaves_no_host_nor_a_grandchild_behind() -> anyhow::Result<()> {
+    let mut s = start("host-kill")?;
+    let socket = s.broker.socket().to_path_buf();
+    let v = call_served(&socket, "example.echo", Value::Null)?;
+    let host = v["host"]["pid"].as_u64().unwrap_or(0);
+    let v = call_served(&socket, "example.spawn", Value::Null)?;
+    let grandchild = v["pid"].as_u64().unwrap_or(0);
+    assert!(grandchild > 0 && !gone(grandchild), "{v}");
+    s.broker.signal(Signal::SIGKILL)?;
+    let _ = s.broker.wait_exit(LIVENESS);
+    let t = Instant::now();
+    while !(gone(host) && gone(grandchild)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "2 s after the broker's SIGKILL: host {host} gone: {}, grandchild {grandchild} gone: {}",
+            gone(host),
+            gone(grandchild)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn broker_sigterm_stops_the_hosts_and_exits_0() -> anyhow::Result<()> {
+    let mut s = start("host-term")?;
+    let socket = s.broker.socket().to_path_buf();
+    let v = call_served(&socket, "example.echo", Value::Null)?;
+    let host = v["host"]["pid"].as_u64().unwrap_or(0);
+    let v = call_served(&socket, "example.spawn", Value::Null)?;
+    let grandchild = v["pid"].as_u64().unwrap_or(0);
+    s.broker.signal(Signal::SIGTERM)?;
+    let status = s.broker.wait_exit(LIVENESS)?;
+    assert!(status.success(), "{status}: {}", s.broker.log());
+    assert!(gone(host), "the host outlived the broker's SIGTERM");
+    let t = Instant::now();
+    while !gone(grandchild) {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the module's grandchild outlived the broker"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
