@@ -190,6 +190,12 @@ pub enum Command {
     /// count, or the error (file:line:column: key) and exits 1; a file
     /// that does not load leaves the broker's policy as it was.
     Reload,
+    /// The broker's child hosts: name, state, pid, restarts, user, how the
+    /// last process ended, modules (administrators only by default).
+    Hosts {
+        #[command(subcommand)]
+        command: Option<HostsCommand>,
+    },
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completions {
         /// The shell.
@@ -248,6 +254,16 @@ pub enum Command {
         /// The command (empty: the whole manual).
         #[arg(value_name = "COMMAND")]
         command: Vec<String>,
+    },
+}
+
+/// `wardenctl hosts` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum HostsCommand {
+    /// Start a host again now (a failed one too), forgetting its crashes.
+    Restart {
+        /// The host's name, as in its [[host]] section.
+        name: String,
     },
 }
 

@@ -21,8 +21,8 @@ mod manual;
 mod output;
 mod term;
 
-use cli::{Cli, Command, PolicyCommand};
-use cmds::{basic, install, learn, metrics, monitor, policy, pubsub, reload, status, top};
+use cli::{Cli, Command, HostsCommand, PolicyCommand};
+use cmds::{basic, hosts, install, learn, metrics, monitor, policy, pubsub, reload, status, top};
 use error::{Error, EXIT_USAGE};
 use output::Output;
 use warden_proto::Payload;
@@ -136,6 +136,10 @@ async fn run(cli: &Cli, out: Output) -> Result<ExitCode, Error> {
         }
         Command::Status => status::status(c, out).await?,
         Command::Reload => reload::reload(c, out).await?,
+        Command::Hosts { command: None } => hosts::list(c, out).await?,
+        Command::Hosts {
+            command: Some(HostsCommand::Restart { name }),
+        } => hosts::restart(c, out, name).await?,
         Command::Monitor {
             method,
             topic,

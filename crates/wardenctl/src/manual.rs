@@ -22,6 +22,8 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("version", "wardenctl version"),
     ("status", "sudo wardenctl status\nwardenctl --json status | jq '.connection_list'"),
     ("reload", "sudo wardenctl reload\nsudo wardenctl --json reload"),
+    ("hosts", "sudo wardenctl hosts\nsudo wardenctl --json hosts"),
+    ("hosts restart", "sudo wardenctl hosts restart agent"),
     (
         "monitor",
         "sudo wardenctl monitor --method 'net.**'\nsudo wardenctl monitor --user alice --count 10 --json",

@@ -9,6 +9,7 @@ use crate::cli::Cli;
 use crate::error::Error;
 
 pub mod basic;
+pub mod hosts;
 pub mod install;
 pub mod learn;
 pub mod metrics;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use warden_testkit::{
-    bin_path, config_text, test_users, BrokerProcess, RawConn, TestDir, TestUser,
+    bin_path, config_text, test_users, wardenctl, BrokerProcess, RawConn, TestDir, TestUser,
 };
 
 const LIVENESS: Duration = Duration::from_secs(20);
@@ -24,13 +24,20 @@ const SPAWN_C: &str = r#"
 #include <unistd.h>
 #include "warden_module.h"
 
-static const warden_entry methods[] = {{"example.spawn", "Starts a detached sleep 300; answers its pid"}};
+static const warden_entry methods[] = {
+    {"example.spawn", "Starts a detached sleep 300; answers its pid"},
+    {"example.crash", "Dereferences NULL: the host dies of SIGSEGV"},
+};
 
 static void call(void *s, warden_str m, warden_str p, const warden_caller *c, const warden_answer *a) {
     char buf[64];
     int n;
-    pid_t pid = fork();
-    (void)s; (void)m; (void)p; (void)c;
+    pid_t pid;
+    (void)s; (void)p; (void)c;
+    if (m.len == 13 && m.ptr[8] == 'c') {
+        *(volatile int *)0 = 0;
+    }
+    pid = fork();
     if (pid == 0) {
         setsid();
         execl("/bin/sleep", "sleep", "300", (char *)0);
@@ -41,7 +48,7 @@ static void call(void *s, warden_str m, warden_str p, const warden_caller *c, co
 }
 
 static const warden_module module = {
-    WARDEN_MODULE_ABI, "spawn", methods, 1, NULL, 0, NULL, call, NULL,
+    WARDEN_MODULE_ABI, "spawn", methods, 2, NULL, 0, NULL, call, NULL,
 };
 
 const warden_module *warden_module_v1(void) { return &module; }
@@ -349,9 +356,20 @@ fn a_killed_host_restarts_and_too_many_crashes_mark_it_failed() -> anyhow::Resul
     // While failed, callers get an error rather than waiting forever.
     let v = call(socket, "example.echo", Value::Null)?;
     assert_eq!(v["kind"], "error", "{v}");
-    // Restarted by hand, it serves again.
-    let r = call(socket, "hosts.restart", json!({"name": "agent"}))?;
-    assert_eq!(r["kind"], "reply", "{r}");
+    // `wardenctl hosts` says so.
+    let out = wardenctl(None, socket, &["hosts"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let line = text.lines().find(|l| l.starts_with("agent")).unwrap_or("");
+    assert!(
+        line.contains("failed")
+            && line.contains("killed by signal 9")
+            && line.contains(&s.user.name),
+        "{text}"
+    );
+    // Restarted by hand (`wardenctl hosts restart`), it serves again.
+    let out = wardenctl(None, socket, &["hosts", "restart", "agent"])?;
+    assert!(out.status.success(), "{out:?}");
     call_served(socket, "example.echo", Value::Null)?;
     let r = call(socket, "hosts.restart", json!({"name": "nosuch"}))?;
     assert_eq!(r["error"]["code"], "bad_request", "{r}");
@@ -404,5 +422,30 @@ fn broker_sigterm_stops_the_hosts_and_exits_0() -> anyhow::Result<()> {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_segfaulting_module_takes_down_only_its_host() -> anyhow::Result<()> {
+    let s = start("host-segv")?;
+    let socket = s.broker.socket();
+    let v = call_served(socket, "example.echo", Value::Null)?;
+    let host = v["host"]["pid"].as_u64().unwrap_or(0);
+    // The call that crashes the host gets an error, not a hang.
+    let v = call(socket, "example.crash", Value::Null)?;
+    assert_eq!(v["kind"], "error", "{v}");
+    assert_eq!(v["error"]["code"], "unavailable", "{v}");
+    // The broker is up for everyone else.
+    let v = call(socket, "hosts.list", Value::Null)?;
+    assert_eq!(v["kind"], "reply", "{v}");
+    // The host was restarted, and serves again from a new process.
+    let h = wait_host(socket, "restarted after the crash", |h| {
+        h["state"] == "running" && h["pid"] != host
+    })?;
+    // Not dumpable: no core dump either.
+    assert_eq!(h["last_exit"], "killed by signal 11", "{h}");
+    let v = call_served(socket, "example.echo", Value::Null)?;
+    assert_ne!(v["host"]["pid"], host, "{v}");
     Ok(())
 }

@@ -1,0 +1,79 @@
+//! `wardenctl hosts [restart NAME]`: the broker's child hosts
+//! (`hosts.list`, `hosts.restart`).
+
+use serde_json::{json, Value};
+use warden_client::Client;
+
+use crate::error::Error;
+use crate::output::{cell, table, Align, Output};
+use crate::term;
+
+/// `wardenctl hosts`: one line per host: name, state, pid, restarts, user,
+/// how its last process ended, its modules.
+pub async fn list(client: &Client, out: Output) -> Result<(), Error> {
+    let r = client.call_json("hosts.list", Value::Null).await?;
+    out.emit(&r, |r| {
+        let hosts = r["hosts"].as_array().cloned().unwrap_or_default();
+        if hosts.is_empty() {
+            println!("no child hosts are configured");
+            return;
+        }
+        let rows: Vec<Vec<String>> = hosts
+            .iter()
+            .map(|h| {
+                let state = match h["next_start_in_ms"].as_u64() {
+                    Some(ms) if h["state"] == "waiting" => format!("waiting ({ms} ms)"),
+                    _ => h["state"].as_str().unwrap_or("?").to_owned(),
+                };
+                let modules: Vec<String> = h["modules"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                vec![
+                    cell(&h["name"]),
+                    term::escape(&state).into_owned(),
+                    h["pid"]
+                        .as_u64()
+                        .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                    cell(&h["restarts"]),
+                    cell(&h["user"]),
+                    h["last_exit"]
+                        .as_str()
+                        .map_or_else(|| "-".to_owned(), |s| term::escape(s).into_owned()),
+                    term::escape(&modules.join(",")).into_owned(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &[
+                    ("HOST", Align::Left),
+                    ("STATE", Align::Left),
+                    ("PID", Align::Right),
+                    ("RESTARTS", Align::Right),
+                    ("USER", Align::Left),
+                    ("LAST EXIT", Align::Left),
+                    ("MODULES", Align::Left),
+                ],
+                &rows,
+            )
+        );
+    });
+    Ok(())
+}
+
+/// `wardenctl hosts restart NAME`: starts the host again now, a failed one
+/// too, forgetting its crashes.
+pub async fn restart(client: &Client, out: Output, name: &str) -> Result<(), Error> {
+    let r = client
+        .call_json("hosts.restart", json!({ "name": name }))
+        .await?;
+    out.emit(&r, |_| println!("restarting {}", term::escape(name)));
+    Ok(())
+}
