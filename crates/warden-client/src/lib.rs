@@ -728,10 +728,26 @@ impl Client {
     /// # Errors
     /// As [`Client::call`].
     pub async fn provide(&self, method: &str) -> Result<(), CallError> {
+        self.provide_described(method, None).await
+    }
+
+    /// As [`Client::provide`], with a one-line description of what the
+    /// method does (shown to callers by `warden.introspect`): at most
+    /// 256 bytes, no control characters.
+    ///
+    /// # Errors
+    /// As [`Client::provide`]; the broker refuses a description that is
+    /// too long or has control characters (`bad_request`).
+    pub async fn provide_described(
+        &self,
+        method: &str,
+        description: Option<&str>,
+    ) -> Result<(), CallError> {
         let method = method_name(method)?;
         self.request(|id| Message::Provide {
             id,
             method: method.clone(),
+            description: description.map(str::to_owned),
         })
         .await
     }

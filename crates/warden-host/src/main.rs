@@ -144,9 +144,18 @@ async fn serve(args: Args, channel: std::os::unix::net::UnixStream) -> Result<()
         }
     }
     let by_method = Arc::new(by_method);
-    let names: Vec<&str> = by_method.keys().map(String::as_str).collect();
+    // Each method with the description its module declared (what
+    // `warden.introspect` shows callers).
+    for m in &modules {
+        for (method, description) in &m.methods {
+            client
+                .provide_described(method, Some(description))
+                .await
+                .map_err(|e| format!("providing {method} (module {}): {e}", m.name))?;
+        }
+    }
     client
-        .serve(&names, CONCURRENCY, |call: IncomingCall| {
+        .serve(&[], CONCURRENCY, |call: IncomingCall| {
             let by_method = Arc::clone(&by_method);
             async move {
                 let Some(module) = by_method.get(call.method.as_str()).cloned() else {

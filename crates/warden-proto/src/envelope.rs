@@ -17,7 +17,8 @@ use crate::depth::nesting_depth;
 use crate::error::{truncate_utf8, ErrorCode, WireError};
 use crate::handshake::{Hello, Identity, Welcome, WelcomeLimits};
 use crate::limits::{
-    FRAME_HEADER_LEN, MAX_GROUPS, MAX_NESTING_DEPTH, MAX_REQUEST_ID, MAX_TEXT_LEN,
+    FRAME_HEADER_LEN, MAX_DESCRIPTION_LEN, MAX_GROUPS, MAX_NESTING_DEPTH, MAX_REQUEST_ID,
+    MAX_TEXT_LEN,
 };
 use crate::name::{MethodName, TopicName};
 
@@ -236,6 +237,9 @@ pub enum Message {
         id: RequestId,
         /// The method this connection will serve.
         method: MethodName,
+        /// What it does, in one line (shown by `warden.introspect`): at
+        /// most [`MAX_DESCRIPTION_LEN`] bytes, no control characters.
+        description: Option<String>,
     },
     /// Cancel an outstanding call this side sent.
     Cancel {
@@ -305,6 +309,8 @@ struct RawEnvelope {
     identity: Option<Identity>,
     #[serde(default)]
     limits: Option<WelcomeLimits>,
+    #[serde(default)]
+    description: Option<String>,
 }
 
 impl RawEnvelope {
@@ -315,8 +321,23 @@ impl RawEnvelope {
             ($($f:ident),*) => { $( if self.$f.is_some() { v.push(stringify!($f)); } )* };
         }
         p!(
-            id, method, topic, params, result, data, error, caller, publisher, missed, version,
-            client, invitation, server, identity, limits
+            id,
+            method,
+            topic,
+            params,
+            result,
+            data,
+            error,
+            caller,
+            publisher,
+            missed,
+            version,
+            client,
+            invitation,
+            server,
+            identity,
+            limits,
+            description
         );
         v
     }
@@ -416,7 +437,7 @@ const KINDS: &[(&str, &[&str], &[&str])] = &[
     ("subscribe", &["id", "topic"], &[]),
     ("unsubscribe", &["id", "topic"], &[]),
     ("publish", &["id", "topic"], &["data"]),
-    ("provide", &["id", "method"], &[]),
+    ("provide", &["id", "method"], &["description"]),
     ("cancel", &["id"], &[]),
 ];
 
@@ -618,6 +639,25 @@ impl Message {
             "provide" => Message::Provide {
                 id: req_id()?,
                 method: method(raw.method)?,
+                description: match raw.description {
+                    None => None,
+                    Some(d) if d.len() > MAX_DESCRIPTION_LEN => {
+                        return Err(DecodeError::new(
+                            id,
+                            format!(
+                                "description too long ({} bytes, max {MAX_DESCRIPTION_LEN})",
+                                d.len()
+                            ),
+                        ))
+                    }
+                    Some(d) if d.chars().any(char::is_control) => {
+                        return Err(DecodeError::new(
+                            id,
+                            "description contains control characters; write one plain line",
+                        ))
+                    }
+                    Some(d) => Some(d),
+                },
             },
             "cancel" => Message::Cancel { id: req_id()? },
             other => {
@@ -711,7 +751,14 @@ impl Message {
                 r.topic = Some(topic.as_str());
                 r.data = Some(&data.0);
             }
-            Message::Provide { method, .. } => r.method = Some(method.as_str()),
+            Message::Provide {
+                method,
+                description,
+                ..
+            } => {
+                r.method = Some(method.as_str());
+                r.description = description.as_deref();
+            }
             Message::Cancel { .. } => {}
         }
         r
@@ -754,6 +801,8 @@ struct WireEnvelope<'a> {
     identity: Option<&'a Identity>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limits: Option<&'a WelcomeLimits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
 }
 
 #[cfg(test)]
@@ -830,8 +879,31 @@ mod tests {
         roundtrip(Message::Provide {
             id: id(6),
             method: "svc.m".parse().unwrap_or_else(|_| unreachable!()),
+            description: None,
+        });
+        roundtrip(Message::Provide {
+            id: id(8),
+            method: "svc.m".parse().unwrap_or_else(|_| unreachable!()),
+            description: Some("Does m, in one line".into()),
         });
         roundtrip(Message::Cancel { id: id(7) });
+    }
+
+    #[test]
+    fn a_provide_description_is_one_short_plain_line() {
+        let long = "x".repeat(MAX_DESCRIPTION_LEN + 1);
+        for (d, needle) in [
+            (long.as_str(), "too long"),
+            ("two\nlines", "control characters"),
+            ("\u{1b}[2J", "control characters"),
+        ] {
+            let body =
+                serde_json::json!({"kind": "provide", "id": 3, "method": "a.b", "description": d})
+                    .to_string();
+            let e = err(&body);
+            assert!(e.reason.contains(needle), "{d:?}: {}", e.reason);
+            assert_eq!(e.id.map(RequestId::get), Some(3));
+        }
     }
 
     fn err(body: &str) -> DecodeError {

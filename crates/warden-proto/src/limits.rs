@@ -36,5 +36,8 @@ pub const MAX_REQUEST_ID: u64 = (1 << 53) - 1;
 /// is truncated on encode and rejected on decode.
 pub const MAX_TEXT_LEN: usize = 4096;
 
+/// The longest `description` a `provide` may carry, in bytes.
+pub const MAX_DESCRIPTION_LEN: usize = 256;
+
 /// Maximum number of supplementary groups carried in an identity.
 pub const MAX_GROUPS: usize = 65536;

@@ -17,7 +17,7 @@ use crate::registry::Registry;
 use crate::view::CallerView;
 
 /// Names of the built-in methods.
-pub(crate) const BUILTINS: [&str; 8] = [
+pub(crate) const BUILTINS: [&str; 9] = [
     "warden.ping",
     "warden.whoami",
     "warden.version",
@@ -26,7 +26,28 @@ pub(crate) const BUILTINS: [&str; 8] = [
     "warden.explain",
     "warden.metrics",
     RELOAD,
+    INTROSPECT,
 ];
+
+/// The built-in that lists what the caller may call (served by the router,
+/// which knows the handlers).
+pub(crate) const INTROSPECT: &str = "warden.introspect";
+
+/// One line on what each built-in does, for `warden.introspect`.
+pub(crate) fn builtin_description(name: &str) -> &'static str {
+    match name {
+        "warden.ping" => "Answers {\"pong\": true}: is the broker there?",
+        "warden.whoami" => "The identity the broker attached to this connection",
+        "warden.version" => "The broker's software name and protocol version",
+        "warden.echo" => "Answers with its params",
+        "warden.status" => "Connections, calls and providers, for administrators",
+        "warden.explain" => "What the policy decides for a subject, an action and a name, and why",
+        "warden.metrics" => "Counters and latency histograms per method",
+        RELOAD => "Reads the configuration file again, as SIGHUP does",
+        INTROSPECT => "The methods this caller may call, what they do and who serves them",
+        _ => "",
+    }
+}
 
 /// Loads the configuration the broker was started with again, for the
 /// `warden.reload` built-in: the new configuration, or the error naming

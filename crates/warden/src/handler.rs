@@ -54,6 +54,11 @@ pub trait Handler: Send + Sync + 'static {
     /// Starts serving one call; the broker awaits the future in a task of
     /// its own. The error is sent to the caller as is.
     fn call(&self, ctx: HandlerContext, params: Payload) -> HandlerFuture;
+
+    /// What the method does, in one line, for `warden.introspect`.
+    fn description(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Polls a future, turning a panic into `Err(())`.

@@ -97,6 +97,9 @@ struct Entry {
 struct State {
     conns: HashMap<u64, Entry>,
     providers: HashMap<MethodName, PeerRef>,
+    /// What providers said their methods do (`provide`'s `description`);
+    /// an entry lives exactly as long as its `providers` entry.
+    descriptions: HashMap<MethodName, String>,
     topics: HashMap<TopicName, Vec<PeerRef>>,
     monitors: Vec<(PeerRef, bool)>,
 }
@@ -114,6 +117,7 @@ impl State {
     fn unprovide(&mut self, method: &MethodName, conn: u64) {
         if self.providers.get(method).is_some_and(|c| c.id == conn) {
             self.providers.remove(method);
+            self.descriptions.remove(method);
         }
     }
 }
@@ -329,7 +333,12 @@ impl Registry {
 
     /// Registers `conn` as the provider of `method` (idempotent for the
     /// same connection).
-    pub(crate) fn provide(&self, conn: u64, method: &MethodName) -> Result<(), ProvideRefused> {
+    pub(crate) fn provide(
+        &self,
+        conn: u64,
+        method: &MethodName,
+        description: Option<String>,
+    ) -> Result<(), ProvideRefused> {
         let max = self.settings.limits.max_provided_per_connection;
         let mut guard = lock(&self.state);
         let st = &mut *guard;
@@ -349,6 +358,9 @@ impl Registry {
             ));
         }
         st.providers.insert(method.clone(), Arc::clone(&entry.peer));
+        if let Some(d) = description {
+            st.descriptions.insert(method.clone(), d);
+        }
         entry.provided.insert(method.clone());
         Ok(())
     }
@@ -359,6 +371,22 @@ impl Registry {
 
     pub(crate) fn has_provider(&self, method: &str) -> bool {
         lock(&self.state).providers.contains_key(method)
+    }
+
+    /// Every provided method: its provider and what the provider said it
+    /// does.
+    pub(crate) fn providers_described(&self) -> Vec<(String, PeerRef, Option<String>)> {
+        let st = lock(&self.state);
+        st.providers
+            .iter()
+            .map(|(m, p)| {
+                (
+                    m.as_str().to_owned(),
+                    Arc::clone(p),
+                    st.descriptions.get(m).cloned(),
+                )
+            })
+            .collect()
     }
 
     pub(crate) fn provider_names(&self) -> Vec<String> {
@@ -769,29 +797,32 @@ mod tests {
     fn a_provider_is_registered_once_and_removed_with_its_connection() {
         let reg = registry();
         let (a, b) = (peer(&reg, 1), peer(&reg, 2));
-        assert!(reg.provide(a.id, &name("svc.x")).is_ok());
-        assert!(reg.provide(a.id, &name("svc.x")).is_ok(), "idempotent");
+        assert!(reg.provide(a.id, &name("svc.x"), None).is_ok());
+        assert!(
+            reg.provide(a.id, &name("svc.x"), None).is_ok(),
+            "idempotent"
+        );
         assert!(matches!(
-            reg.provide(b.id, &name("svc.x")),
+            reg.provide(b.id, &name("svc.x"), None),
             Err(ProvideRefused::Taken(1000, 1))
         ));
-        assert!(reg.provide(a.id, &name("svc.y")).is_ok());
+        assert!(reg.provide(a.id, &name("svc.y"), None).is_ok());
         assert!(matches!(
-            reg.provide(a.id, &name("svc.z")),
+            reg.provide(a.id, &name("svc.z"), None),
             Err(ProvideRefused::Limit(2))
         ));
         reg.remove_connection(a.id);
         assert!(reg.provider_names().is_empty());
         // The name is free again.
-        assert!(reg.provide(b.id, &name("svc.x")).is_ok());
+        assert!(reg.provide(b.id, &name("svc.x"), None).is_ok());
     }
 
     #[test]
     fn revoke_takes_exactly_what_is_no_longer_allowed() {
         let reg = registry();
         let a = peer(&reg, 1);
-        let _ = reg.provide(a.id, &name("svc.keep"));
-        let _ = reg.provide(a.id, &name("svc.lose"));
+        let _ = reg.provide(a.id, &name("svc.keep"), None);
+        let _ = reg.provide(a.id, &name("svc.lose"), None);
         let _ = reg.subscribe(a.id, &topic("t.keep"));
         let _ = reg.subscribe(a.id, &topic("t.lose"));
         let r = reg.revoke(a.id, |_, n| n.ends_with("keep"));

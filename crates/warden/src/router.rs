@@ -86,7 +86,11 @@ pub(crate) fn request(
             calls::cancel(&svc.reg, view.peer.id, id);
             Outcome::Later
         }
-        Message::Provide { id, method } => provide(svc, view, id, method),
+        Message::Provide {
+            id,
+            method,
+            description,
+        } => provide(svc, view, id, method, description),
         Message::Subscribe { id, topic } => crate::pubsub::subscribe(&svc.reg, view, id, topic),
         Message::Unsubscribe { id, topic } => crate::pubsub::unsubscribe(&svc.reg, view, id, topic),
         Message::Publish { id, topic, data } => {
@@ -214,6 +218,18 @@ fn call(
         ));
         return Outcome::Later;
     }
+    if method.as_str() == crate::builtins::INTROSPECT {
+        let answer = introspect(svc, &view);
+        return answered(
+            svc,
+            peer,
+            id,
+            method.as_str(),
+            started,
+            rule.as_deref(),
+            answer,
+        );
+    }
     if method.is_reserved() {
         let answer = crate::builtins::call(reg, &view, method.as_str(), params);
         return answered(
@@ -338,7 +354,64 @@ async fn run_handler(
     caller.send(frame);
 }
 
-fn provide(svc: &Services, view: CallerView<'_>, id: RequestId, method: MethodName) -> Outcome {
+/// The most methods `warden.introspect` lists (then `"truncated": true`).
+const INTROSPECT_MAX: usize = 4096;
+
+/// `warden.introspect`: the methods the caller may call (built-ins, the
+/// broker's own handlers, provided methods, modules' included), each with
+/// its description and who serves it; nothing the caller's policy does
+/// not let it call.
+fn introspect(svc: &Services, view: &CallerView<'_>) -> Result<Payload, WireError> {
+    use serde_json::json;
+    // The policy itself, not the connection's decision cache: listing
+    // thousands of names must not crowd out the names the caller uses.
+    let caller = warden_policy::Caller::from(&view.peer.identity);
+    let policy = view.policy.policy();
+    let may = |name: &str| policy.decide(&caller, Action::Call, name).allowed;
+    let mut methods = Vec::new();
+    for name in crate::builtins::BUILTINS {
+        if may(name) {
+            methods.push(json!({
+                "name": name,
+                "description": crate::builtins::builtin_description(name),
+                "served_by": {"kind": "builtin"},
+            }));
+        }
+    }
+    for (name, h) in &svc.handlers {
+        if may(name) {
+            methods.push(json!({
+                "name": name,
+                "description": h.description(),
+                "served_by": {"kind": "broker"},
+            }));
+        }
+    }
+    for (name, peer, description) in svc.reg.providers_described() {
+        if may(&name) {
+            let by = match &peer.identity.host {
+                Some(host) => json!({"kind": "host", "host": host}),
+                None => {
+                    json!({"kind": "provider", "uid": peer.identity.uid, "pid": peer.identity.pid})
+                }
+            };
+            methods.push(json!({"name": name, "description": description, "served_by": by}));
+        }
+    }
+    methods.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let truncated = methods.len() > INTROSPECT_MAX;
+    methods.truncate(INTROSPECT_MAX);
+    Payload::from_value(&json!({"methods": methods, "truncated": truncated}))
+        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
+}
+
+fn provide(
+    svc: &Services,
+    view: CallerView<'_>,
+    id: RequestId,
+    method: MethodName,
+    description: Option<String>,
+) -> Outcome {
     let peer = view.peer;
     let err = |code, text: String| Outcome::Answer(Message::error(Some(id), code, text));
     if method.is_reserved() {
@@ -365,7 +438,7 @@ fn provide(svc: &Services, view: CallerView<'_>, id: RequestId, method: MethodNa
             format!("{method} is served by the broker itself and cannot be provided"),
         );
     }
-    match svc.reg.provide(peer.id, &method) {
+    match svc.reg.provide(peer.id, &method, description) {
         Ok(()) => {}
         Err(ProvideRefused::Limit(max)) => {
             return err(

@@ -190,6 +190,9 @@ pub enum Command {
     /// count, or the error (file:line:column: key) and exits 1; a file
     /// that does not load leaves the broker's policy as it was.
     Reload,
+    /// The methods you may call, who serves each (a built-in, the broker,
+    /// a child host, a provider) and what it does.
+    List,
     /// The broker's child hosts: name, state, pid, restarts, user, how the
     /// last process ended, modules (administrators only by default).
     Hosts {

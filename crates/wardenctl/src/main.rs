@@ -22,7 +22,9 @@ mod output;
 mod term;
 
 use cli::{Cli, Command, HostsCommand, PolicyCommand};
-use cmds::{basic, hosts, install, learn, metrics, monitor, policy, pubsub, reload, status, top};
+use cmds::{
+    basic, hosts, install, learn, list, metrics, monitor, policy, pubsub, reload, status, top,
+};
 use error::{Error, EXIT_USAGE};
 use output::Output;
 use warden_proto::Payload;
@@ -136,6 +138,7 @@ async fn run(cli: &Cli, out: Output) -> Result<ExitCode, Error> {
         }
         Command::Status => status::status(c, out).await?,
         Command::Reload => reload::reload(c, out).await?,
+        Command::List => list::list(c, out).await?,
         Command::Hosts { command: None } => hosts::list(c, out).await?,
         Command::Hosts {
             command: Some(HostsCommand::Restart { name }),

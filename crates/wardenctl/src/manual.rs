@@ -23,6 +23,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("status", "sudo wardenctl status\nwardenctl --json status | jq '.connection_list'"),
     ("reload", "sudo wardenctl reload\nsudo wardenctl --json reload"),
     ("hosts", "sudo wardenctl hosts\nsudo wardenctl --json hosts"),
+    ("list", "wardenctl list\nwardenctl --json list | jq -r '.methods[].name'"),
     ("hosts restart", "sudo wardenctl hosts restart agent"),
     (
         "monitor",

@@ -12,6 +12,7 @@ pub mod basic;
 pub mod hosts;
 pub mod install;
 pub mod learn;
+pub mod list;
 pub mod metrics;
 pub mod monitor;
 pub mod policy;

@@ -89,7 +89,7 @@ fn modules(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((echo, spawn))
 }
 
-fn config(dir: &TestDir, user: &TestUser, echo: &Path, spawn: &Path) -> String {
+fn config(dir: &TestDir, user: &TestUser, denied: &TestUser, echo: &Path, spawn: &Path) -> String {
     config_text(
         dir,
         &format!(
@@ -110,8 +110,14 @@ names = ["example.**"]
 hosts = ["agent"]
 
 [[rule]]
+effect = "deny"
 actions = ["call"]
-names = ["example.**"]
+names = ["example.spawn", "example.crash"]
+users = ["{denied}"]
+
+[[rule]]
+actions = ["call"]
+names = ["example.**", "warden.introspect"]
 everyone = true
 
 [[rule]]
@@ -120,6 +126,7 @@ names = ["hosts.list", "hosts.restart"]
 admins = true
 "#,
             user = user.name,
+            denied = denied.name,
             echo = echo.display(),
             spawn = spawn.display()
         ),
@@ -129,14 +136,16 @@ admins = true
 struct Setup {
     broker: BrokerProcess,
     user: TestUser,
+    /// A user the config forbids example.spawn and example.crash.
+    denied: TestUser,
     _dir: TestDir,
 }
 
 fn start(tag: &str) -> anyhow::Result<Setup> {
-    let (a, _, _) = test_users()?;
+    let (a, b, _) = test_users()?;
     let dir = TestDir::new(tag)?;
     let (echo, spawn) = modules(dir.path())?;
-    let text = config(&dir, &a, &echo, &spawn);
+    let text = config(&dir, &a, &b, &echo, &spawn);
     let broker = BrokerProcess::start_env(
         &dir,
         &text,
@@ -148,6 +157,7 @@ fn start(tag: &str) -> anyhow::Result<Setup> {
     Ok(Setup {
         broker,
         user: a,
+        denied: b,
         _dir: dir,
     })
 }
@@ -447,5 +457,71 @@ fn a_segfaulting_module_takes_down_only_its_host() -> anyhow::Result<()> {
     assert_eq!(h["last_exit"], "killed by signal 11", "{h}");
     let v = call_served(socket, "example.echo", Value::Null)?;
     assert_ne!(v["host"]["pid"], host, "{v}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn introspection_lists_what_the_caller_may_call_and_nothing_else() -> anyhow::Result<()> {
+    let s = start("host-list")?;
+    let socket = s.broker.socket();
+    call_served(socket, "example.echo", Value::Null)?;
+    let list = |user: Option<&TestUser>| -> anyhow::Result<Vec<Value>> {
+        let out = wardenctl(user, socket, &["--json", "list"])?;
+        anyhow::ensure!(out.status.success(), "{out:?}");
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        Ok(v["methods"].as_array().cloned().unwrap_or_default())
+    };
+    let names = |m: &[Value]| -> Vec<String> {
+        m.iter()
+            .filter_map(|x| x["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let root = list(None)?;
+    let echo = root
+        .iter()
+        .find(|m| m["name"] == "example.echo")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        echo["served_by"],
+        json!({"kind": "host", "host": "agent"}),
+        "{echo}"
+    );
+    assert_eq!(
+        echo["description"], "Answers with its params, the caller's identity and the host",
+        "the module's own description: {echo}"
+    );
+    let all = names(&root);
+    for m in [
+        "example.spawn",
+        "example.crash",
+        "hosts.list",
+        "warden.introspect",
+    ] {
+        assert!(all.iter().any(|n| n == m), "root may call {m}: {all:?}");
+    }
+    // The denied user sees what it may call, and nothing else.
+    let theirs = names(&list(Some(&s.denied))?);
+    assert!(theirs.iter().any(|n| n == "example.echo"), "{theirs:?}");
+    for m in [
+        "example.spawn",
+        "example.crash",
+        "hosts.list",
+        "hosts.restart",
+    ] {
+        assert!(
+            !theirs.iter().any(|n| n == m),
+            "{m} listed to a caller who may not call it: {theirs:?}"
+        );
+    }
+    // The table form names the host.
+    let out = wardenctl(None, socket, &["list"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("example.echo") && l.contains("host agent")),
+        "{text}"
+    );
     Ok(())
 }
