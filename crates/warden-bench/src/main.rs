@@ -310,7 +310,8 @@ const USAGE: &str = "usage: warden-bench [--no-main] [--no-syscalls] [--no-learn
   --no-fanout     skip the 1 000-subscriber fan-out (wardend)
   --no-memory     skip wardend's memory per idle connection
   --wardend PATH  the wardend binary (default: $WARDEN_BENCH_WARDEND, else next to
-                  this binary; build it with `cargo build --release -p wardend`)";
+                  this binary; build it with `cargo build --release -p wardend`; the
+                  host-module rows also need -p warden-host -p warden-example-echo)";
 
 fn options(mut args: impl Iterator<Item = String>) -> anyhow::Result<Options> {
     let mut o = Options {

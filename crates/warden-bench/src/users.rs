@@ -160,7 +160,8 @@ pub fn client_child(mut args: impl Iterator<Item = String>) -> anyhow::Result<()
             let t = Instant::now();
             let answer = client.call(&method, &params).await?;
             times.push(t.elapsed());
-            anyhow::ensure!(answer.get().len() == params.get().len(), "short answer");
+            // Echoes answer the params (a host's example.echo wraps them).
+            anyhow::ensure!(answer.get().len() >= params.get().len(), "short answer");
         }
         let t = Instant::now();
         let mut pending = Vec::with_capacity(WINDOW);
@@ -293,9 +294,10 @@ fn start_wardend(
     dir: &Path,
     tag: &str,
     cpu: Option<usize>,
+    extra: &str,
 ) -> anyhow::Result<(Kill, PathBuf, PathBuf)> {
-    let config = dir.join("wardend.toml");
-    std::fs::write(&config, CONFIG)?;
+    let config = dir.join(format!("wardend-{tag}.toml"));
+    std::fs::write(&config, format!("{CONFIG}{extra}"))?;
     let socket = dir.join(format!("{tag}.sock"));
     let log = dir.join(format!("wardend-{tag}.log"));
     let child = spawn_on(
@@ -390,13 +392,61 @@ type DbusRow = (String, usize, Duration, Duration, f64);
 
 /// The measured paths: row name, method ("" = raw), runtime flavor of the
 /// client (and of the provider it reaches).
-const PATHS: [(&str, &str, &str); 5] = [
+const PATHS: [(&str, &str, &str); 7] = [
     ("raw", "", ""),
     ("echo, multi-thread rt", "warden.echo", "multi"),
     ("echo, current-thread rt", "warden.echo", "current"),
     ("routed, multi-thread rt", "bench.echo", "multi"),
     ("routed, current-thread rt", "bench.echo_ct", "current"),
+    ("host module, multi-thread rt", HOST_METHOD, "multi"),
+    ("host module, current-thread rt", HOST_METHOD, "current"),
 ];
+/// The method the child host's example module serves.
+const HOST_METHOD: &str = "example.echo";
+
+/// A `[[host]]` serving [`HOST_METHOD`] from the example module (copied,
+/// root's, into `dir`), running as `nobody`; or why there cannot be one:
+/// `warden-host` and `libwarden_example_echo.so` must sit next to
+/// `wardend` (`cargo build --release -p warden-host -p warden-example-echo`).
+fn host_section(wardend: &Path, dir: &Path) -> Result<String, String> {
+    let host = wardend.with_file_name("warden-host");
+    let module = wardend.with_file_name("libwarden_example_echo.so");
+    for f in [&host, &module] {
+        if !f.is_file() {
+            return Err(format!(
+                "{} not found: cargo build --release -p warden-host -p warden-example-echo",
+                f.display()
+            ));
+        }
+    }
+    if nix::unistd::geteuid().as_raw() != 0 {
+        return Err("a host needs a root broker (run the bench as root)".into());
+    }
+    let mods = dir.join("modules");
+    std::fs::create_dir_all(&mods).map_err(|e| e.to_string())?;
+    let copy = mods.join("libwarden_example_echo.so");
+    std::fs::copy(&module, &copy).map_err(|e| e.to_string())?;
+    Ok(format!(
+        r#"
+[[host]]
+name = "bench"
+user = "nobody"
+modules = ["{}"]
+
+[[rule]]
+actions = ["provide"]
+names = ["example.**"]
+hosts = ["bench"]
+
+[[rule]]
+actions = ["call"]
+names = ["example.**"]
+everyone = true
+"#,
+        copy.display()
+    ))
+}
+
 /// The provider processes: method served, runtime flavor.
 const PROVIDERS: [(&str, &str); 2] = [("bench.echo", "multi"), ("bench.echo_ct", "current")];
 /// The D-Bus rows, by flavor.
@@ -421,7 +471,17 @@ fn table_mode(
     } else {
         (None, None)
     };
-    let (_wardend, socket, _log) = start_wardend(wardend, dir, mode, broker_cpu)?;
+    let host = host_section(wardend, dir);
+    let (_wardend, socket, _log) = start_wardend(
+        wardend,
+        dir,
+        mode,
+        broker_cpu,
+        host.as_deref().unwrap_or(""),
+    )?;
+    if host.is_ok() {
+        await_provider(&socket, HOST_METHOD)?;
+    }
     let raw_socket = dir.join(format!("raw-{mode}.sock"));
     let mut raw = Kill(spawn_on(
         Command::new(me)
@@ -451,6 +511,9 @@ fn table_mode(
     for _ in 0..ROUNDS {
         for (si, size) in SIZES.iter().enumerate() {
             for (pi, (_, method, flavor)) in PATHS.iter().enumerate() {
+                if *method == HOST_METHOD && host.is_err() {
+                    continue;
+                }
                 let mut cmd = Command::new(me);
                 if method.is_empty() {
                     cmd.arg(RAW_CLIENT_ARG)
@@ -479,7 +542,19 @@ fn table_mode(
         Err("skipped (--no-dbus)".into())
     };
     for (si, &size) in SIZES.iter().enumerate() {
-        for (pi, (name, _, _)) in PATHS.iter().enumerate() {
+        for (pi, (name, method, _)) in PATHS.iter().enumerate() {
+            if let (true, Err(why)) = (*method == HOST_METHOD, &host) {
+                rows.push(URow {
+                    mode,
+                    name,
+                    size,
+                    p50: Duration::ZERO,
+                    p99: Duration::ZERO,
+                    rps: 0.0,
+                    missing: Some(why.clone()),
+                });
+                continue;
+            }
             let t = &mut times[si][pi];
             t.sort();
             rows.push(URow {
@@ -532,12 +607,16 @@ fn print_table(rows: &[URow], cpus: Option<(usize, usize)>) {
          warden-client, provider via serve(); client and provider on the tokio runtime the row \
          names: multi-thread = #[tokio::main], current-thread = flavor = \"current_thread\"); {ROUNDS} rounds \
          × {ROUND_TRIPS} calls one at a time + {PIPELINED} pipelined ({WINDOW} started together \
-         with start_call, then awaited); raw = blocking client → blocking echo-server process"
+         with start_call, then awaited); raw = blocking client → blocking echo-server process; \
+         host module = example.echo from the example module in a child host wardend started \
+         (warden-host, as nobody, on its own multi-thread runtime, the module called on a \
+         blocking thread; the row's flavor is the client's)"
     );
     if let Some((a, b)) = cpus {
         println!(
-            "  pinned: client and provider (and the zbus server) on CPU {a}; wardend, the raw \
-             echo server and dbus-daemon on CPU {b}. unpinned: the scheduler's choice"
+            "  pinned: client and provider (and the zbus server) on CPU {a}; wardend (and its \
+             child host), the raw echo server and dbus-daemon on CPU {b}. unpinned: the \
+             scheduler's choice"
         );
     }
     println!(
@@ -723,7 +802,7 @@ fn memory(wardend: &Path, dir: &Path) -> anyhow::Result<()> {
     );
     let mut missed = 0;
     for trial in 1..=MEM_TRIALS {
-        let (wd, socket, _log) = start_wardend(wardend, dir, &format!("memory{trial}"), None)?;
+        let (wd, socket, _log) = start_wardend(wardend, dir, &format!("memory{trial}"), None, "")?;
         let pid = wd.0.id();
         let mut warm = Peer::connect(&socket, true)?;
         warm.round_trip(&ping(1))?;
@@ -813,7 +892,7 @@ pub fn run(wardend: Option<&Path>, parts: Parts) -> anyhow::Result<Vec<&'static 
     }
     if parts.fanout {
         println!();
-        let r = start_wardend(&wardend, &dir, "fanout", None)
+        let r = start_wardend(&wardend, &dir, "fanout", None, "")
             .and_then(|(_w, socket, _)| fanout(&me, &socket, &dir));
         if let Err(e) = r {
             println!("fan-out: FAILED: {e:#}");
