@@ -158,6 +158,8 @@ async fn host(setup: &Setup, modules: &[PathBuf]) -> anyhow::Result<(Child, std:
         stderr: Some(err_w),
         cgroup_procs: None,
         death_signal: 9,
+        landlock: None,
+        seccomp: None,
     })?;
     let pid = spawned.child.id();
     setup

@@ -49,6 +49,8 @@ impl Launch for Script {
                 stderr: None,
                 cgroup_procs,
                 death_signal: libc_sigkill(),
+                landlock: None,
+                seccomp: None,
             },
             ours,
         ))

@@ -59,6 +59,9 @@ pub use imp::process::{
     pipe_cloexec, process_comm, process_comm_confirmed, raise_nofile_limit, release_free_heap,
     take_stdin_socket,
 };
+pub use imp::sandbox::{
+    landlock_ruleset, seccomp_deny_filter, syscall_number, FsAccess, SandboxError, SeccompProgram,
+};
 pub use imp::spawn::{
     cgroup2_mount, pidfd_signal, spawn_child, AsyncPidfd, ChildCredentials, ChildSpec, SpawnError,
     SpawnedChild,

@@ -266,6 +266,7 @@ impl Launch for HostLaunch {
             .iter()
             .filter_map(|k| std::env::var_os(k).map(|v| (k.into(), v)))
             .collect();
+        let (landlock, seccomp) = sandbox(&self.section, &self.program)?;
         let mut args: Vec<std::ffi::OsString> =
             vec!["--name".into(), self.section.name.clone().into()];
         args.extend(
@@ -284,6 +285,8 @@ impl Launch for HostLaunch {
                 stderr: Some(err_w),
                 cgroup_procs,
                 death_signal: libc_sigkill(),
+                landlock,
+                seccomp,
             },
             (ours, err_r),
         ))
@@ -323,6 +326,51 @@ impl Launch for HostLaunch {
 
 fn libc_sigkill() -> i32 {
     9
+}
+
+/// What a host needs to read to start at all, granted with its
+/// `read_paths` when Landlock is on (with its program and its modules):
+/// the dynamic loader and the C library, in the system library
+/// directories, the loader's cache, and `/dev/null` (the host puts it on
+/// its stdin).
+const HOST_NEEDS: [&str; 6] = [
+    "/lib",
+    "/lib64",
+    "/usr/lib",
+    "/usr/lib64",
+    "/etc/ld.so.cache",
+    "/dev/null",
+];
+
+/// The host's Landlock ruleset (with `read_paths` or `write_paths`) and
+/// seccomp filter (with `deny_syscalls`), built for one start.
+fn sandbox(
+    h: &HostSection,
+    program: &Path,
+) -> std::io::Result<(Option<OwnedFd>, Option<warden_sys::SeccompProgram>)> {
+    let landlock = if h.read_paths.is_empty() && h.write_paths.is_empty() {
+        None
+    } else {
+        let mut read: Vec<PathBuf> = h.read_paths.clone();
+        read.push(program.to_owned());
+        read.extend(h.modules.iter().cloned());
+        read.extend(HOST_NEEDS.iter().map(PathBuf::from).filter(|p| p.exists()));
+        let access = warden_sys::FsAccess {
+            read,
+            write: h.write_paths.clone(),
+        };
+        Some(warden_sys::landlock_ruleset(&access).map_err(std::io::Error::other)?)
+    };
+    let seccomp = if h.deny_syscalls.is_empty() {
+        None
+    } else {
+        let mut nrs = Vec::new();
+        for name in &h.deny_syscalls {
+            nrs.push(warden_sys::syscall_number(name).map_err(std::io::Error::other)?);
+        }
+        Some(warden_sys::seccomp_deny_filter(&nrs))
+    };
+    Ok((landlock, seccomp))
 }
 
 /// `hosts.list`: every host with its state, pid, restarts and modules.

@@ -49,6 +49,14 @@ pub struct HostSection {
     pub stable_after_ms: u64,
     /// Time between SIGTERM and SIGKILL when the host is stopped.
     pub stop_timeout_ms: u64,
+    /// Landlock: paths the host may read and execute beneath (with what it
+    /// needs to start: see docs/config.md). With `write_paths` empty too:
+    /// no Landlock.
+    pub read_paths: Vec<PathBuf>,
+    /// Landlock: paths the host may also write beneath.
+    pub write_paths: Vec<PathBuf>,
+    /// System calls refused with `EPERM` (seccomp), by x86-64 name.
+    pub deny_syscalls: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -73,6 +81,12 @@ pub(super) struct RawHost {
     stable_after_ms: Option<Spanned<u64>>,
     #[serde(default)]
     stop_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    read_paths: Vec<Spanned<String>>,
+    #[serde(default)]
+    write_paths: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny_syscalls: Vec<Spanned<String>>,
 }
 
 /// A valid name segment: what a host name must be.
@@ -145,23 +159,50 @@ pub(super) fn parse_hosts(
                 ),
             ));
         }
-        let mut modules = Vec::new();
-        for m in h.modules.get_ref() {
-            let p = PathBuf::from(m.get_ref());
-            let plain = p.is_absolute()
-                && p.components()
-                    .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-            if !plain {
+        let paths = |list: &[Spanned<String>], k: &str| -> Result<Vec<PathBuf>, ConfigError> {
+            let mut out = Vec::new();
+            for m in list {
+                let p = PathBuf::from(m.get_ref());
+                let plain = p.is_absolute()
+                    && p.components()
+                        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+                if !plain {
+                    return Err(ctx.err(
+                        Some(m.span()),
+                        key(k),
+                        format!(
+                            "{:?} is not an absolute path without `.` or `..`",
+                            m.get_ref()
+                        ),
+                    ));
+                }
+                out.push(p);
+            }
+            Ok(out)
+        };
+        let modules = paths(h.modules.get_ref(), "modules")?;
+        let read_paths = paths(&h.read_paths, "read_paths")?;
+        let write_paths = paths(&h.write_paths, "write_paths")?;
+        let mut deny_syscalls = Vec::new();
+        for d in &h.deny_syscalls {
+            let n = d.get_ref();
+            if n.parse::<syscalls::Sysno>().is_err() {
                 return Err(ctx.err(
-                    Some(m.span()),
-                    key("modules"),
+                    Some(d.span()),
+                    key("deny_syscalls"),
+                    format!("{n:?} is not an x86-64 system call name (as in syscall(2))"),
+                ));
+            }
+            if matches!(n.as_str(), "execve" | "execveat") {
+                return Err(ctx.err(
+                    Some(d.span()),
+                    key("deny_syscalls"),
                     format!(
-                        "{:?} is not an absolute path without `.` or `..`",
-                        m.get_ref()
+                        "{n} cannot be denied: the filter is installed before the host itself is started by exec"
                     ),
                 ));
             }
-            modules.push(p);
+            deny_syscalls.push(n.clone());
         }
         if modules.is_empty() {
             return Err(ctx.err(
@@ -242,6 +283,9 @@ pub(super) fn parse_hosts(
             )?,
             stable_after_ms: num(&h.stable_after_ms, 10_000, 0, 86_400_000, "stable_after_ms")?,
             stop_timeout_ms: num(&h.stop_timeout_ms, 5_000, 0, 600_000, "stop_timeout_ms")?,
+            read_paths,
+            write_paths,
+            deny_syscalls,
         });
     }
     Ok(hosts)
@@ -314,6 +358,18 @@ crash_limit = 3
                 "not implemented yet",
             ),
             (&format!("{HOST}seccomp = 1\n"), "unknown field"),
+            (
+                &format!("{HOST}deny_syscalls = [\"nosuchcall\"]\n"),
+                "not an x86-64 system call",
+            ),
+            (
+                &format!("{HOST}deny_syscalls = [\"execve\"]\n"),
+                "cannot be denied",
+            ),
+            (
+                &format!("{HOST}read_paths = [\"etc\"]\n"),
+                "not an absolute path",
+            ),
         ] {
             let e = err(text);
             assert!(

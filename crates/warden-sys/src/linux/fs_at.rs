@@ -634,61 +634,6 @@ impl Dir {
         })
     }
 
-    /// Opens the regular file `name` for reading, like [`Dir::read_file`]
-    /// (`O_NOFOLLOW|O_NONBLOCK`, checked with `fstat`), and returns the
-    /// descriptor and its [`Meta`]: what was checked is what the caller
-    /// then uses (loads, maps), with no second lookup by path.
-    ///
-    /// # Errors
-    /// As [`Dir::read_file`], less `TooLarge`; `Ok(None)` if nothing is
-    /// there.
-    pub fn open_file(&self, name: &OsStr) -> Result<Option<(OwnedFd, Meta)>, ReadFileError> {
-        if !plain_name(name) {
-            return Err(ReadFileError::BadName {
-                dir: self.path.clone(),
-                name: name.to_owned(),
-            });
-        }
-        let path = self.path.join(name);
-        let flags = OFlag::O_RDONLY
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_NONBLOCK
-            | OFlag::O_NOCTTY
-            | OFlag::O_CLOEXEC;
-        let fd = match openat(&self.fd, name, flags, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(Errno::ENOENT) => return Ok(None),
-            Err(Errno::ELOOP) => {
-                let owner = fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
-                    .map(|s| s.st_uid)
-                    .unwrap_or(u32::MAX);
-                return Err(ReadFileError::Symlink { path, owner });
-            }
-            Err(e) => {
-                return Err(ReadFileError::Io {
-                    op: "opening",
-                    path,
-                    source: errno_io(e),
-                })
-            }
-        };
-        let meta = fstat(&fd)
-            .map(|st| Meta::from_stat(&st))
-            .map_err(|e| ReadFileError::Io {
-                op: "checking",
-                path: path.clone(),
-                source: errno_io(e),
-            })?;
-        if meta.kind != FileKind::Regular {
-            return Err(ReadFileError::NotAFile {
-                path,
-                kind: meta.kind.describe(),
-                owner: meta.uid,
-            });
-        }
-        Ok(Some((fd, meta)))
-    }
-
     /// Reads the regular file `name` (at most `max` bytes), opened with
     /// `O_NOFOLLOW|O_NONBLOCK` (a FIFO planted at the name cannot block
     /// the reader) and checked with `fstat`. Returns its bytes and its

@@ -9,6 +9,7 @@ pub(crate) mod fs_at;
 pub(crate) mod identity;
 pub(crate) mod login_defs;
 pub(crate) mod process;
+pub(crate) mod sandbox;
 pub(crate) mod spawn;
 pub(crate) mod target;
 pub(crate) mod trusted;

@@ -58,7 +58,8 @@ pub fn take_stdin_socket() -> io::Result<std::os::unix::net::UnixStream> {
     // SAFETY: F_DUPFD_CLOEXEC just returned `moved` as a new descriptor
     // that nothing else owns.
     let socket = unsafe { OwnedFd::from_raw_fd(moved) };
-    let null = std::fs::File::open("/dev/null")?;
+    let null = std::fs::File::open("/dev/null")
+        .map_err(|e| io::Error::new(e.kind(), format!("opening /dev/null for stdin: {e}")))?;
     nix::unistd::dup2_stdin(&null).map_err(io::Error::from)?;
     Ok(std::os::unix::net::UnixStream::from(socket))
 }

@@ -79,6 +79,12 @@ pub struct ChildSpec {
     pub cgroup_procs: Option<OwnedFd>,
     /// The signal the child gets when the spawning thread exits.
     pub death_signal: i32,
+    /// A Landlock ruleset ([`crate::landlock_ruleset`]) the child restricts
+    /// itself to before the exec.
+    pub landlock: Option<OwnedFd>,
+    /// A seccomp filter ([`crate::seccomp_deny_filter`]) the child installs
+    /// last before the exec.
+    pub seccomp: Option<Vec<libc::sock_filter>>,
 }
 
 /// A started child: its pid and a pidfd for it (from before anyone could
@@ -145,6 +151,8 @@ pub fn spawn_child(spec: ChildSpec) -> Result<SpawnedChild, SpawnError> {
         cgroup_procs: spec.cgroup_procs.as_ref().map(AsRawFd::as_raw_fd),
         credentials: spec.credentials.clone(),
         death_signal: spec.death_signal,
+        landlock: spec.landlock.as_ref().map(AsRawFd::as_raw_fd),
+        seccomp: spec.seccomp.clone(),
     };
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
@@ -168,6 +176,7 @@ pub fn spawn_child(spec: ChildSpec) -> Result<SpawnedChild, SpawnError> {
     // The cgroup descriptor (moved into `plan`, copied as a raw number)
     // stays open in `spec.cgroup_procs` until here.
     drop(spec.cgroup_procs);
+    drop(spec.landlock);
     let pid = child.id();
     match super::target::pidfd_open(pid) {
         Ok(pidfd) => Ok(SpawnedChild { child, pidfd }),
@@ -187,6 +196,8 @@ struct ChildPlan {
     cgroup_procs: Option<RawFd>,
     credentials: Option<ChildCredentials>,
     death_signal: i32,
+    landlock: Option<RawFd>,
+    seccomp: Option<Vec<libc::sock_filter>>,
 }
 
 /// Returns the last OS error (no allocation: an `io::Error` of a raw
@@ -249,6 +260,34 @@ fn prepare_child(plan: &ChildPlan) -> io::Result<()> {
     };
     if rc != 0 {
         return Err(last_error());
+    }
+    if let Some(fd) = plan.landlock {
+        // SAFETY: a ruleset descriptor the parent keeps open across the
+        // fork, and a zero flags word.
+        if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) } != 0 {
+            return Err(last_error());
+        }
+    }
+    if let Some(filter) = &plan.seccomp {
+        let prog = libc::sock_fprog {
+            len: u16::try_from(filter.len())
+                .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+            filter: filter.as_ptr().cast_mut(),
+        };
+        // SAFETY: `prog` points to `len` instructions of a Vec that lives
+        // (unchanged) for the whole call; the kernel copies them.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                &prog as *const libc::sock_fprog,
+                0,
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(last_error());
+        }
     }
     Ok(())
 }
@@ -370,6 +409,8 @@ mod tests {
             stderr: Some(stderr),
             cgroup_procs: None,
             death_signal: libc::SIGKILL,
+            landlock: None,
+            seccomp: None,
         };
         (spec, ours)
     }

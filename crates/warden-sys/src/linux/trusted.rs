@@ -2,8 +2,7 @@
 //!
 //! The file and every directory on its path must be owned by root and
 //! writable by nobody else (no group or other write bit), checked
-//! component by component from `/` without following a symlink
-//! ([`Dir::walk`], then [`Dir::open_file`]). The caller gets the open
+//! component by component from `/` without following a symlink. The caller gets the open
 //! descriptor, so the file checked is the file used (loaded through
 //! `/proc/self/fd/N`), whatever is renamed over the path afterwards.
 
@@ -11,7 +10,7 @@ use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
-use super::fs_at::{Dir, Meta, OpenDirError, ReadFileError, WalkStep};
+use super::fs_at::{FileKind, Meta, OpenDirError, ReadFileError};
 
 /// Why a file was not trusted.
 #[derive(Debug, thiserror::Error)]
@@ -57,9 +56,17 @@ fn trusted(meta: &Meta) -> bool {
 /// Opens `path` for reading if it and every directory above it are
 /// root's and writable by nobody else (see the module docs).
 ///
+/// Directories are walked with `O_PATH` descriptors (no read access to
+/// them is needed: a host under Landlock may load a module it was granted
+/// without being allowed to list `/`), each checked with `fstat`; only the
+/// file itself is opened for reading.
+///
 /// # Errors
 /// [`TrustedFileError`], naming the component that failed.
 pub fn open_trusted_file(path: &Path) -> Result<OwnedFd, TrustedFileError> {
+    use nix::errno::Errno;
+    use nix::fcntl::{openat, OFlag, AT_FDCWD};
+    use nix::sys::stat::{fstat, Mode};
     let not_abs = || TrustedFileError::NotAbsolute(path.to_owned());
     if !path.is_absolute()
         || path
@@ -70,38 +77,71 @@ pub fn open_trusted_file(path: &Path) -> Result<OwnedFd, TrustedFileError> {
     }
     let name: &OsStr = path.file_name().ok_or_else(not_abs)?;
     let parent = path.parent().ok_or_else(not_abs)?;
-    let root = Dir::open(Path::new("/"))?;
-    let meta = root.meta().map_err(|e| OpenDirError::Io {
-        op: "checking",
-        path: PathBuf::from("/"),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    if !trusted(&meta) {
-        return Err(TrustedFileError::UntrustedDir {
-            path: PathBuf::from("/"),
-            uid: meta.uid,
-            mode: meta.mode,
-        });
-    }
-    let rel = parent.strip_prefix("/").map_err(|_| not_abs())?;
-    let dir = if rel.as_os_str().is_empty() {
-        root
-    } else {
-        root.walk(rel, None, |step: &WalkStep<'_>| {
-            if trusted(&step.meta) {
-                Ok(())
-            } else {
-                Err(TrustedFileError::UntrustedDir {
-                    path: step.dir.path().to_owned(),
-                    uid: step.meta.uid,
-                    mode: step.meta.mode,
-                })
-            }
-        })?
+    let io = |op: &'static str, at: &Path, e: Errno| {
+        TrustedFileError::Dir(OpenDirError::Io {
+            op,
+            path: at.to_owned(),
+            source: std::io::Error::from(e),
+        })
     };
-    let (fd, meta) = dir
-        .open_file(name)?
-        .ok_or_else(|| TrustedFileError::Missing(path.to_owned()))?;
+    let check_dir = |fd: &OwnedFd, at: &Path| -> Result<(), TrustedFileError> {
+        let st = fstat(fd).map_err(|e| io("checking", at, e))?;
+        let meta = Meta::from_stat(&st);
+        if trusted(&meta) {
+            Ok(())
+        } else {
+            Err(TrustedFileError::UntrustedDir {
+                path: at.to_owned(),
+                uid: meta.uid,
+                mode: meta.mode,
+            })
+        }
+    };
+    let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut at = PathBuf::from("/");
+    let mut dir =
+        openat(AT_FDCWD, "/", dir_flags, Mode::empty()).map_err(|e| io("opening", &at, e))?;
+    check_dir(&dir, &at)?;
+    for part in parent.components().skip(1) {
+        at.push(part);
+        dir = match openat(&dir, part.as_os_str(), dir_flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Err(TrustedFileError::Missing(path.to_owned())),
+            Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                return Err(TrustedFileError::File(ReadFileError::Symlink {
+                    path: at.clone(),
+                    owner: u32::MAX,
+                }))
+            }
+            Err(e) => return Err(io("opening", &at, e)),
+        };
+        check_dir(&dir, &at)?;
+    }
+    let file_flags = OFlag::O_RDONLY
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_NOCTTY
+        | OFlag::O_CLOEXEC;
+    let fd = match openat(&dir, name, file_flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Err(TrustedFileError::Missing(path.to_owned())),
+        Err(Errno::ELOOP) => {
+            return Err(TrustedFileError::File(ReadFileError::Symlink {
+                path: path.to_owned(),
+                owner: u32::MAX,
+            }))
+        }
+        Err(e) => return Err(io("opening", path, e)),
+    };
+    let st = fstat(&fd).map_err(|e| io("checking", path, e))?;
+    let meta = Meta::from_stat(&st);
+    if meta.kind != FileKind::Regular {
+        return Err(TrustedFileError::File(ReadFileError::NotAFile {
+            path: path.to_owned(),
+            kind: meta.kind.describe(),
+            owner: meta.uid,
+        }));
+    }
     if !trusted(&meta) {
         return Err(TrustedFileError::UntrustedFile {
             path: path.to_owned(),

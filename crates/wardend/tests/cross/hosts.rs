@@ -525,3 +525,133 @@ fn introspection_lists_what_the_caller_may_call_and_nothing_else() -> anyhow::Re
     );
     Ok(())
 }
+
+/// A C module whose `example.probe` (params: a directory, as a JSON
+/// string) tries what a sandbox decides: reading a file it was granted,
+/// reading one it was not, creating one where it may write, and the
+/// denied `getpgid`; it answers each errno (0: it worked).
+const PROBE_C: &str = r#"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include "warden_module.h"
+
+static const warden_entry methods[] = {{"example.probe", "Tries the sandbox; answers errnos"}};
+
+static int try_open(const char *path, int flags) {
+    int fd = open(path, flags, 0644);
+    if (fd < 0) return errno;
+    close(fd);
+    return 0;
+}
+
+static void call(void *s, warden_str m, warden_str p, const warden_caller *c, const warden_answer *a) {
+    char dir[256], path[320], buf[160];
+    size_t n = p.len >= 2 ? p.len - 2 : 0;
+    int readable, outside, write, pgid;
+    (void)s; (void)m; (void)c;
+    if (n >= sizeof dir) n = sizeof dir - 1;
+    memcpy(dir, p.ptr + 1, n);
+    dir[n] = 0;
+    snprintf(path, sizeof path, "%s/readable/f", dir);
+    readable = try_open(path, O_RDONLY);
+    outside = try_open("/etc/hostname", O_RDONLY);
+    snprintf(path, sizeof path, "%s/writable/new", dir);
+    write = try_open(path, O_WRONLY | O_CREAT);
+    pgid = syscall(SYS_getpgid, 0) < 0 ? errno : 0;
+    n = (size_t)snprintf(buf, sizeof buf,
+        "{\"readable\":%d,\"outside\":%d,\"write\":%d,\"getpgid\":%d}", readable, outside, write, pgid);
+    a->set(a->opaque, 0, buf, n);
+}
+
+static const warden_module module = {
+    WARDEN_MODULE_ABI, "probe", methods, 1, NULL, 0, NULL, call, NULL,
+};
+
+const warden_module *warden_module_v1(void) { return &module; }
+"#;
+
+#[test]
+#[ignore = "needs root"]
+fn a_hosts_landlock_and_seccomp_rules_hold_inside_its_modules() -> anyhow::Result<()> {
+    let (a, _, _) = test_users()?;
+    let dir = TestDir::new("host-sandbox")?;
+    let (echo, _) = modules(dir.path())?;
+    let mods = dir.path().join("modules");
+    let src = mods.join("probe.c");
+    std::fs::write(&src, PROBE_C)?;
+    let probe = mods.join("libprobe.so");
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../warden-module/include");
+    let out = std::process::Command::new("cc")
+        .args(["-Wall", "-Werror", "-shared", "-fPIC", "-I"])
+        .arg(&include)
+        .arg("-o")
+        .arg(&probe)
+        .arg(&src)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o644))?;
+    let readable = dir.path().join("readable");
+    std::fs::create_dir(&readable)?;
+    std::fs::write(readable.join("f"), "granted")?;
+    let writable = dir.path().join("writable");
+    std::fs::create_dir(&writable)?;
+    nix::unistd::chown(&writable, Some(nix::unistd::Uid::from_raw(a.uid)), None)?;
+    let text = config_text(
+        &dir,
+        &format!(
+            r#"
+[[host]]
+name = "agent"
+user = "{user}"
+modules = ["{echo}", "{probe}"]
+read_paths = ["{readable}"]
+write_paths = ["{writable}"]
+deny_syscalls = ["getpgid"]
+
+[[rule]]
+actions = ["provide"]
+names = ["example.**"]
+hosts = ["agent"]
+
+[[rule]]
+actions = ["call"]
+names = ["example.**"]
+everyone = true
+"#,
+            user = a.name,
+            echo = echo.display(),
+            probe = probe.display(),
+            readable = readable.display(),
+            writable = writable.display(),
+        ),
+    );
+    let broker = BrokerProcess::start(&dir, &text)?;
+    let socket = broker.socket();
+    // The host starts and serves under its sandbox...
+    if let Err(e) = call_served(socket, "example.echo", Value::Null) {
+        anyhow::bail!("{e}; wardend's log:\n{}", broker.log());
+    }
+    // ...and the rules hold in its modules.
+    let v = call_served(
+        socket,
+        "example.probe",
+        json!(dir.path().display().to_string()),
+    )?;
+    assert_eq!(v["readable"], 0, "a granted read path: {v}");
+    assert_eq!(v["write"], 0, "a granted write path: {v}");
+    assert_eq!(
+        v["outside"], 13,
+        "outside the read paths: EACCES expected: {v}"
+    );
+    assert_eq!(v["getpgid"], 1, "a denied system call: EPERM expected: {v}");
+    assert!(writable.join("new").exists());
+    Ok(())
+}
