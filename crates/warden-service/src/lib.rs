@@ -235,6 +235,20 @@ pub fn capabilities(config: &Config) -> Vec<Capability> {
             reason: "learning mode: read the traced process's executable and start time from /proc (processes of other uids)",
         });
     }
+    if !config.hosts.is_empty() {
+        caps.push(Capability {
+            name: "CAP_SETUID",
+            reason: "child hosts: start each host as its configured account",
+        });
+        caps.push(Capability {
+            name: "CAP_SETGID",
+            reason: "child hosts: give each host its account's group and supplementary groups",
+        });
+        caps.push(Capability {
+            name: "CAP_KILL",
+            reason: "child hosts: stop hosts running as other accounts (SIGTERM, then SIGKILL)",
+        });
+    }
     caps
 }
 
@@ -510,7 +524,7 @@ pub fn service_unit(config: &Config, wardend: &Path) -> String {
          ProtectKernelTunables=yes\n\
          ProtectKernelModules=yes\n\
          ProtectKernelLogs=yes\n\
-         ProtectControlGroups=yes\n\
+         {cgroups}\
          ProtectClock=yes\n\
          ProtectHostname=yes\n\
          RestrictNamespaces=yes\n\
@@ -530,13 +544,46 @@ pub fn service_unit(config: &Config, wardend: &Path) -> String {
          WantedBy=multi-user.target\n",
         source = config.source,
         wardend = wardend.display(),
-        syscalls = if config.learn.enabled {
-            "# Learning mode loads eBPF programs and opens perf events.\n\
-             SystemCallFilter=@system-service bpf perf_event_open\n"
+        cgroups = if config.hosts.is_empty() {
+            "ProtectControlGroups=yes\n"
         } else {
-            "SystemCallFilter=@system-service\nSystemCallFilter=~@privileged @resources\n"
+            "# Child hosts: each runs in a cgroup of its own below the service's,\n\
+             # which systemd delegates to the broker (and stops as a whole).\n\
+             Delegate=yes\n\
+             ProtectControlGroups=no\n"
         },
+        syscalls = syscall_filter(config),
     )
+}
+
+/// The unit's system call filter: the core's allow-list, plus what the
+/// enabled features call. Child hosts inherit it (on top of their own
+/// `deny_syscalls`).
+fn syscall_filter(config: &Config) -> String {
+    let mut allow = vec!["@system-service"];
+    let mut why = Vec::new();
+    if config.learn.enabled {
+        allow.extend(["bpf", "perf_event_open"]);
+        why.push("# Learning mode loads eBPF programs and opens perf events.\n");
+    }
+    if !config.hosts.is_empty() {
+        allow.extend([
+            "@setuid",
+            "landlock_create_ruleset",
+            "landlock_add_rule",
+            "landlock_restrict_self",
+        ]);
+        why.push(
+            "# Child hosts: the broker switches each to its account (setgroups,\n\
+             # setresgid, setresuid) and applies its Landlock ruleset.\n",
+        );
+    }
+    let mut out: String = why.concat();
+    out.push_str(&format!("SystemCallFilter={}\n", allow.join(" ")));
+    if !config.learn.enabled && config.hosts.is_empty() {
+        out.push_str("SystemCallFilter=~@privileged @resources\n");
+    }
+    out
 }
 
 /// The socket unit: systemd creates `/run/warden` (root, 0755) and the

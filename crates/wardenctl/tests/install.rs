@@ -506,6 +506,39 @@ fn learning_mode_adds_exactly_the_capabilities_it_needs() -> anyhow::Result<()> 
 }
 
 #[test]
+fn child_hosts_add_exactly_what_spawning_needs() -> anyhow::Result<()> {
+    let Some((score, caps, unit)) = install_config(
+        "hosts",
+        "[broker]\nsocket = \"/run/warden/warden.sock\"\n\n[learn]\nenabled = false\n\n\
+         [[host]]\nname = \"agent\"\nuser = \"nobody\"\n\
+         modules = [\"/usr/lib/warden/modules/libwarden_example_echo.so\"]\n\n\
+         [[rule]]\nactions = [\"provide\"]\nnames = [\"example.**\"]\nhosts = [\"agent\"]\n",
+    )?
+    else {
+        return Ok(());
+    };
+    assert_eq!(caps, ["CAP_SETUID", "CAP_SETGID", "CAP_KILL"]);
+    for line in [
+        "AmbientCapabilities=CAP_SETUID CAP_SETGID CAP_KILL",
+        "# CAP_SETUID: child hosts",
+        "Delegate=yes",
+        "ProtectControlGroups=no",
+        "SystemCallFilter=@system-service @setuid landlock_create_ruleset",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(unit.contains(line), "{line:?} missing: {unit}");
+    }
+    assert!(!unit.contains("ProtectControlGroups=yes"), "{unit}");
+    assert!(
+        !unit.contains("~@privileged"),
+        "setuid is in @privileged: {unit}"
+    );
+    // Reported, and kept from growing unnoticed.
+    assert!(score <= 2.0, "exposure {score} > 2.0");
+    Ok(())
+}
+
+#[test]
 fn completions_are_printed_for_each_shell() -> anyhow::Result<()> {
     for shell in ["bash", "zsh", "fish"] {
         let out = ctl(&["completions", shell])?;
