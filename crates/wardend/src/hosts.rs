@@ -67,6 +67,20 @@ struct HostView {
     modules: Vec<PathBuf>,
 }
 
+impl HostsView {
+    /// Starts every failed host again (a successful reload does, as
+    /// `wardenctl hosts restart` does for one).
+    pub fn restart_failed(&self) {
+        if let Ok(v) = self.0.lock() {
+            for (name, h) in v.iter() {
+                if h.status.borrow().state == HostState::Failed && h.restart.restart() {
+                    tracing::info!(host = %name, "reload: restarting the failed host");
+                }
+            }
+        }
+    }
+}
+
 /// wardend's own cgroup v2 directory, from /proc/self/cgroup.
 fn own_cgroup() -> Option<PathBuf> {
     let mount = warden_sys::cgroup2_mount()?;

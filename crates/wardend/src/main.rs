@@ -418,7 +418,15 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .context("cannot register the listener with the runtime")?;
         let for_builtin = std::sync::Arc::clone(&reloader);
-        let mut builder = Broker::builder(&config).reloader(move || for_builtin.load());
+        let hosts_view = hosts::HostsView::default();
+        let view = hosts_view.clone();
+        let mut builder = Broker::builder(&config).reloader(move || {
+            let loaded = for_builtin.load();
+            if loaded.is_ok() {
+                view.restart_failed();
+            }
+            loaded
+        });
         let learn = config.learn.enabled.then(|| {
             warden_learn::service::LearnService::new(warden_learn::service::LearnSettings {
                 max_sessions_per_uid: config.learn.max_sessions_per_uid,
@@ -437,7 +445,6 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
         if let Some(w) = watchdog {
             builder = builder.heartbeat_interval(w / 4);
         }
-        let hosts_view = hosts::HostsView::default();
         builder = hosts::register(builder, &hosts_view)?;
         #[cfg(feature = "test-hooks")]
         if test_hooks {
@@ -466,6 +473,7 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
         let mut usr1 =
             signal(SignalKind::user_defined1()).context("cannot install the SIGUSR1 handler")?;
         let signals_broker = broker.clone();
+        let signals_hosts = hosts_view.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -473,8 +481,9 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
                     _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
                     _ = hup.recv() => {
                         let (broker, reloader) = (signals_broker.clone(), std::sync::Arc::clone(&reloader));
+                        let hosts = signals_hosts.clone();
                         // Reading the file and resolving names block.
-                        let _ = tokio::task::spawn_blocking(move || reload(&broker, &reloader)).await;
+                        let _ = tokio::task::spawn_blocking(move || reload(&broker, &reloader, &hosts)).await;
                     }
                     _ = usr1.recv() => {
                         #[cfg(feature = "test-hooks")]
@@ -523,7 +532,7 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
 /// SIGHUP: load the configuration again and swap the policy in, or keep
 /// the old one if the new file is invalid (the same load as
 /// `warden.reload`).
-fn reload(broker: &Broker, reloader: &Reloader) {
+fn reload(broker: &Broker, reloader: &Reloader, hosts: &hosts::HostsView) {
     use warden::audit::{record, Actor, Record};
     match reloader.load() {
         Ok(c) => {
@@ -537,6 +546,7 @@ fn reload(broker: &Broker, reloader: &Reloader) {
                 extra: serde_json::json!({ "rules": c.policy.rule_count(), "warnings": c.warnings.len(), "signal": "SIGHUP" }),
             });
             broker.set_policy(c.policy);
+            hosts.restart_failed();
         }
         Err(e) => record(Record {
             actor: &Actor::none(),

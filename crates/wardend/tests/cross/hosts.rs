@@ -383,6 +383,22 @@ fn a_killed_host_restarts_and_too_many_crashes_mark_it_failed() -> anyhow::Resul
     call_served(socket, "example.echo", Value::Null)?;
     let r = call(socket, "hosts.restart", json!({"name": "nosuch"}))?;
     assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    // Failed again, a reload (SIGHUP) starts it too.
+    for _ in 0..3 {
+        let h = wait_host(socket, "running", |h| h["state"] == "running")?;
+        let pid = h["pid"].as_u64().unwrap_or(0);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+            Signal::SIGKILL,
+        )?;
+        wait_host(socket, "gone", |h| h["pid"] != pid)?;
+    }
+    wait_host(socket, "failed again", |h| h["state"] == "failed")?;
+    s.broker.signal(Signal::SIGHUP)?;
+    wait_host(socket, "running after the reload", |h| {
+        h["state"] == "running"
+    })?;
+    call_served(socket, "example.echo", Value::Null)?;
     Ok(())
 }
 
