@@ -276,6 +276,21 @@ struct URow {
     missing: Option<String>,
 }
 
+impl URow {
+    /// A row that could not be measured, and why.
+    fn missing(mode: &'static str, name: &'static str, size: usize, why: String) -> URow {
+        URow {
+            mode,
+            name,
+            size,
+            p50: Duration::ZERO,
+            p99: Duration::ZERO,
+            rps: 0.0,
+            missing: Some(why),
+        }
+    }
+}
+
 fn wait_for(path: &Path, what: &str, log: &Path) -> anyhow::Result<()> {
     let t = Instant::now();
     while !path.exists() {
@@ -544,15 +559,7 @@ fn table_mode(
     for (si, &size) in SIZES.iter().enumerate() {
         for (pi, (name, method, _)) in PATHS.iter().enumerate() {
             if let (true, Err(why)) = (*method == HOST_METHOD, &host) {
-                rows.push(URow {
-                    mode,
-                    name,
-                    size,
-                    p50: Duration::ZERO,
-                    p99: Duration::ZERO,
-                    rps: 0.0,
-                    missing: Some(why.clone()),
-                });
+                rows.push(URow::missing(mode, name, size, why.clone()));
                 continue;
             }
             let t = &mut times[si][pi];
@@ -586,15 +593,7 @@ fn table_mode(
                     rps: r,
                     missing: None,
                 },
-                Err(e) => URow {
-                    mode,
-                    name,
-                    size,
-                    p50: Duration::ZERO,
-                    p99: Duration::ZERO,
-                    rps: 0.0,
-                    missing: Some(e),
-                },
+                Err(e) => URow::missing(mode, name, size, e),
             });
         }
     }

@@ -67,26 +67,31 @@ fn modules(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         built.display()
     );
     std::fs::copy(&built, &echo)?;
-    let src = mods.join("spawn.c");
-    std::fs::write(&src, SPAWN_C)?;
-    let spawn = mods.join("libspawn.so");
+    std::fs::set_permissions(&echo, std::fs::Permissions::from_mode(0o644))?;
+    let spawn = compile_module(&mods, "spawn", SPAWN_C)?;
+    Ok((echo, spawn))
+}
+
+/// Builds the C module `source` as `dir/libNAME.so` (mode 0644).
+fn compile_module(dir: &Path, name: &str, source: &str) -> anyhow::Result<PathBuf> {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source)?;
+    let lib = dir.join(format!("lib{name}.so"));
     let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../warden-module/include");
     let out = std::process::Command::new("cc")
         .args(["-Wall", "-Werror", "-shared", "-fPIC", "-I"])
         .arg(&include)
         .arg("-o")
-        .arg(&spawn)
+        .arg(&lib)
         .arg(&src)
         .output()?;
     anyhow::ensure!(
         out.status.success(),
-        "cc: {}",
+        "cc {name}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for m in [&echo, &spawn] {
-        std::fs::set_permissions(m, std::fs::Permissions::from_mode(0o644))?;
-    }
-    Ok((echo, spawn))
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644))?;
+    Ok(lib)
 }
 
 fn config(dir: &TestDir, user: &TestUser, denied: &TestUser, echo: &Path, spawn: &Path) -> String {
@@ -596,24 +601,7 @@ fn a_hosts_landlock_and_seccomp_rules_hold_inside_its_modules() -> anyhow::Resul
     let (a, _, _) = test_users()?;
     let dir = TestDir::new("host-sandbox")?;
     let (echo, _) = modules(dir.path())?;
-    let mods = dir.path().join("modules");
-    let src = mods.join("probe.c");
-    std::fs::write(&src, PROBE_C)?;
-    let probe = mods.join("libprobe.so");
-    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../warden-module/include");
-    let out = std::process::Command::new("cc")
-        .args(["-Wall", "-Werror", "-shared", "-fPIC", "-I"])
-        .arg(&include)
-        .arg("-o")
-        .arg(&probe)
-        .arg(&src)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "cc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o644))?;
+    let probe = compile_module(&dir.path().join("modules"), "probe", PROBE_C)?;
     let readable = dir.path().join("readable");
     std::fs::create_dir(&readable)?;
     std::fs::write(readable.join("f"), "granted")?;
