@@ -367,6 +367,11 @@ class Client:
     def provide(self, method):
         return self._request({"kind": "provide", "method": method})
 
+    def unprovide(self, method):
+        """Stop providing `method` (new calls get unknown_method; calls
+        already routed here still take their answers)."""
+        return self._request({"kind": "unprovide", "method": method})
+
     def next_event(self):
         """The next event or lagged notice (blocks). Drops are reported in
         an event's "missed" or in a lagged frame's, never both: add them up

@@ -752,6 +752,21 @@ impl Client {
         .await
     }
 
+    /// Stops providing `method`: the broker routes no new call to it
+    /// (callers get `unknown_method`); calls already routed here still
+    /// take their answers. Idempotent.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn unprovide(&self, method: &str) -> Result<(), CallError> {
+        let method = method_name(method)?;
+        self.request(|id| Message::Unprovide {
+            id,
+            method: method.clone(),
+        })
+        .await
+    }
+
     /// The next event, or `None` once the connection is closed (and every
     /// event received before has been taken).
     pub async fn next_event(&self) -> Option<Event> {

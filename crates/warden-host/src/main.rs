@@ -15,7 +15,9 @@
 //!    file loaded; checks its ABI version; calls its `init`;
 //! 4. registers every method the modules declare (`provide`) and serves
 //!    them: each call runs the module's `call` on a blocking thread with
-//!    the caller's identity as the broker attached it.
+//!    the caller's identity as the broker attached it;
+//! 5. loads, unloads and reloads modules when the broker says so (see
+//!    [`modules`]).
 //!
 //! A module that crashes the process takes down only this host; the
 //! broker's supervisor restarts it and callers get `unavailable`
@@ -26,15 +28,16 @@
 )]
 
 mod module;
+mod modules;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use warden_client::{Client, ConnectOptions, ErrorCode, IncomingCall, WireError};
 
-use crate::module::{HostContext, Module};
+use crate::module::HostContext;
+use crate::modules::ModuleSet;
 
 /// Calls a host runs at once (each on a blocking thread).
 const CONCURRENCY: usize = 64;
@@ -118,56 +121,25 @@ async fn serve(args: Args, channel: std::os::unix::net::UnixStream) -> Result<()
         Arc::clone(&client),
         tokio::runtime::Handle::current(),
     );
-    let mut modules = Vec::new();
-    for path in &args.modules {
-        let ctx = Arc::clone(&ctx);
-        let p = path.clone();
-        let loaded = tokio::task::spawn_blocking(move || Module::load(&p, &ctx))
-            .await
-            .map_err(|e| format!("loading {}: {e}", path.display()))?
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        tracing::info!(
-            module = %loaded.name,
-            methods = loaded.methods.len(),
-            topics = loaded.topics.len(),
-            "loaded {}",
-            path.display()
-        );
-        modules.push(Arc::new(loaded));
-    }
-    let mut by_method: HashMap<String, Arc<Module>> = HashMap::new();
-    for m in &modules {
-        for (method, _) in &m.methods {
-            if by_method.insert(method.clone(), Arc::clone(m)).is_some() {
-                return Err(format!("two modules declare the method {method}"));
-            }
-        }
-    }
-    let by_method = Arc::new(by_method);
-    // Each method with the description its module declared (what
-    // `warden.introspect` shows callers).
-    for m in &modules {
-        for (method, description) in &m.methods {
-            client
-                .provide_described(method, Some(description))
-                .await
-                .map_err(|e| format!("providing {method} (module {}): {e}", m.name))?;
-        }
-    }
+    let modules = ModuleSet::new(ctx, Arc::clone(&client));
+    modules.load_initial(&args.modules).await?;
     client
         .serve(&[], CONCURRENCY, |call: IncomingCall| {
-            let by_method = Arc::clone(&by_method);
+            let modules = Arc::clone(&modules);
             async move {
-                let Some(module) = by_method.get(call.method.as_str()).cloned() else {
+                if call.method.as_str() == modules::CONTROL_METHOD {
+                    // Only the broker sends reserved names (see modules.rs).
+                    return modules.control(&call.params).await;
+                }
+                let Some(module) = modules.serving(call.method.as_str()) else {
                     return Err(WireError::new(
                         ErrorCode::UnknownMethod,
                         format!("no module of this host serves {}", call.method.as_str()),
                     ));
                 };
-                let answer = tokio::task::spawn_blocking(move || module.call(&call))
+                tokio::task::spawn_blocking(move || module.call(&call))
                     .await
-                    .map_err(|_| WireError::new(ErrorCode::Internal, "the module call failed"))?;
-                answer
+                    .map_err(|_| WireError::new(ErrorCode::Internal, "the module call failed"))?
             }
         })
         .await

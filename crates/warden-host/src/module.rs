@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use warden_client::{Client, ErrorCode, IncomingCall, Payload, WireError};
@@ -48,14 +48,33 @@ impl HostContext {
     }
 }
 
+impl HostContext {
+    /// The topics modules may publish on: exactly those the loaded
+    /// `modules` declare (after an unload or reload).
+    pub fn set_topics<'a>(&self, modules: impl Iterator<Item = &'a Module>) {
+        if let Ok(mut t) = self.topics.lock() {
+            *t = modules
+                .flat_map(|m| m.topics.iter().map(|(n, _)| n.clone()))
+                .collect();
+        }
+    }
+}
+
 fn nix_uid() -> u32 {
     warden_sys::effective_uid()
 }
 
-/// A module, loaded and initialised.
+/// A module, loaded and initialised. Dropping it calls the module's
+/// `fini` and unloads the library (where the loader can: see
+/// docs/modules.md, "Unloading").
 pub struct Module {
     /// Its declared name.
     pub name: String,
+    /// The path it was loaded from (as configured or as asked).
+    pub path: PathBuf,
+    /// How the loader's mappings name it in `/proc/self/maps` (the path,
+    /// or `/memfd:NAME` for a copy), to tell whether it was unmapped.
+    pub mapped_as: String,
     /// Its methods and their descriptions.
     pub methods: Vec<(String, String)>,
     /// Its topics and their descriptions.
@@ -134,9 +153,20 @@ fn entries(
 }
 
 impl Module {
-    /// Checks, loads and initialises the module at `path`.
-    pub fn load(path: &Path, ctx: &Arc<HostContext>) -> Result<Module, String> {
-        let fd = warden_sys::open_trusted_file(path).map_err(|e| e.to_string())?;
+    /// Checks, loads and initialises the module at `path`. With `copy`
+    /// (a load or reload at run time), the checked file is copied into a
+    /// sealed memfd named `copy` and that is loaded: a new object, even if
+    /// the loader still holds one made from the same file.
+    pub fn load(path: &Path, ctx: &Arc<HostContext>, copy: Option<&str>) -> Result<Module, String> {
+        let checked = warden_sys::open_trusted_file(path).map_err(|e| e.to_string())?;
+        let (fd, mapped_as) = match copy {
+            None => (checked, path.display().to_string()),
+            Some(name) => (
+                warden_sys::sealed_copy(&checked, name)
+                    .map_err(|e| format!("cannot copy it into memory: {e}"))?,
+                format!("/memfd:{name}"),
+            ),
+        };
         let by_fd = format!("/proc/self/fd/{}", fd.as_raw_fd());
         // SAFETY: loading a library runs its initialisers: this is the
         // module the configuration names, checked as root's and writable
@@ -189,6 +219,8 @@ impl Module {
         }
         Ok(Module {
             name,
+            path: path.to_owned(),
+            mapped_as,
             methods,
             topics,
             desc: ModulePtr(desc),
@@ -259,6 +291,19 @@ impl Module {
                 ErrorCode::Internal,
                 format!("the module {} returned without an answer", self.name),
             )),
+        }
+    }
+}
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        // SAFETY: the description stays valid until `_lib` is dropped,
+        // after this; `fini` gets the state `init` returned, once, with no
+        // call running (every call holds the `Arc` this was the last of).
+        let d = unsafe { *self.desc.0 };
+        if let Some(fini) = d.fini {
+            // SAFETY: as above.
+            unsafe { fini(self.state.0) };
         }
     }
 }

@@ -241,6 +241,15 @@ pub enum Message {
         /// most [`MAX_DESCRIPTION_LEN`] bytes, no control characters.
         description: Option<String>,
     },
+    /// Stop providing a method this connection provides: new calls to it
+    /// get `unknown_method`; calls already routed here still take their
+    /// answers.
+    Unprovide {
+        /// Request id.
+        id: RequestId,
+        /// The method.
+        method: MethodName,
+    },
     /// Cancel an outstanding call this side sent.
     Cancel {
         /// Id of the call to cancel.
@@ -438,6 +447,7 @@ const KINDS: &[(&str, &[&str], &[&str])] = &[
     ("unsubscribe", &["id", "topic"], &[]),
     ("publish", &["id", "topic"], &["data"]),
     ("provide", &["id", "method"], &["description"]),
+    ("unprovide", &["id", "method"], &[]),
     ("cancel", &["id"], &[]),
 ];
 
@@ -456,6 +466,7 @@ impl Message {
             Message::Unsubscribe { .. } => "unsubscribe",
             Message::Publish { .. } => "publish",
             Message::Provide { .. } => "provide",
+            Message::Unprovide { .. } => "unprovide",
             Message::Cancel { .. } => "cancel",
         }
     }
@@ -469,6 +480,7 @@ impl Message {
             | Message::Unsubscribe { id, .. }
             | Message::Publish { id, .. }
             | Message::Provide { id, .. }
+            | Message::Unprovide { id, .. }
             | Message::Cancel { id } => Some(*id),
             Message::Error { id, .. } => *id,
             _ => None,
@@ -636,6 +648,10 @@ impl Message {
                 topic: topic(raw.topic)?,
                 data: payload(raw.data),
             },
+            "unprovide" => Message::Unprovide {
+                id: req_id()?,
+                method: method(raw.method)?,
+            },
             "provide" => Message::Provide {
                 id: req_id()?,
                 method: method(raw.method)?,
@@ -759,6 +775,7 @@ impl Message {
                 r.method = Some(method.as_str());
                 r.description = description.as_deref();
             }
+            Message::Unprovide { method, .. } => r.method = Some(method.as_str()),
             Message::Cancel { .. } => {}
         }
         r
@@ -885,6 +902,10 @@ mod tests {
             id: id(8),
             method: "svc.m".parse().unwrap_or_else(|_| unreachable!()),
             description: Some("Does m, in one line".into()),
+        });
+        roundtrip(Message::Unprovide {
+            id: id(9),
+            method: "svc.m".parse().unwrap_or_else(|_| unreachable!()),
         });
         roundtrip(Message::Cancel { id: id(7) });
     }

@@ -35,3 +35,10 @@ pub use frame::{encode_frame, FrameDecoder, FrameError};
 pub use handshake::{Hello, Identity, Welcome, WelcomeLimits};
 pub use limits::*;
 pub use name::{MethodName, NameError, TopicName};
+
+/// The method the broker calls on a child host's connection to load,
+/// unload or reload one of its modules (params `{"op": "load" | "unload" |
+/// "reload", "module": PATH_OR_NAME}`). It is in the reserved `warden.*`
+/// namespace, which no connection can provide: a host receives it only
+/// from the broker.
+pub const HOST_MODULE_METHOD: &str = "warden.host.module";

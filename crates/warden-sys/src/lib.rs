@@ -70,7 +70,7 @@ pub use imp::target::{
     confirm_same_process, gate_pipe, open_gate, pid_namespace_inode, pid_ns_levels, pidfd_alive,
     pidfd_open, process_facts, wait_for_gate, ProcessFacts,
 };
-pub use imp::trusted::{open_trusted_file, TrustedFileError};
+pub use imp::trusted::{open_trusted_file, sealed_copy, TrustedFileError};
 pub use imp::users::{
     group_by_name, group_name, groups_of_user, user_by_name, user_by_uid, UserInfo,
 };

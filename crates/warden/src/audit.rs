@@ -130,7 +130,8 @@ pub struct Record<'a> {
     /// Who.
     pub actor: &'a Actor,
     /// What: `call`, `provide`, `subscribe`, `publish`, `monitor`,
-    /// `policy.reload`, `policy.revoke`, `learn.start`, `learn.stop`.
+    /// `policy.reload`, `policy.revoke`, `learn.start`, `learn.stop`,
+    /// `module.load`, `module.unload`, `module.reload`.
     pub action: &'a str,
     /// On what: a name, an array of names, or `null`.
     pub target: Value,

@@ -114,12 +114,56 @@ impl BrokerHandle {
                 format!("no connection provides {method}"),
             ));
         };
+        self.call_peer(&provider, method, params, opts).await
+    }
+
+    /// Calls `method` on the connection of the child host `host` (the name
+    /// [`crate::Broker::adopt`] gave it), whether or not it provides the
+    /// method: this is how the broker commands its hosts. `method` may be
+    /// in the reserved `warden.*` namespace, which no other connection can
+    /// provide, so a host knows such a call comes from the broker.
+    /// Cancel-safe, like [`BrokerHandle::call`].
+    ///
+    /// # Errors
+    /// As [`BrokerHandle::call`]; `unavailable` when the host is not
+    /// connected (not started yet, restarting, or failed).
+    pub async fn call_host(
+        &self,
+        host: &str,
+        method: &str,
+        params: Payload,
+        opts: CallOptions,
+    ) -> Result<Payload, WireError> {
+        let method = MethodName::try_from(method)
+            .map_err(|e| WireError::new(ErrorCode::BadRequest, format!("{method:?}: {e}")))?;
+        if self.reg.is_draining() {
+            return Err(WireError::new(
+                ErrorCode::ShuttingDown,
+                "the broker is shutting down and takes no new calls",
+            ));
+        }
+        let Some(conn) = self.reg.host_connection(host) else {
+            return Err(WireError::new(
+                ErrorCode::Unavailable,
+                format!("the host {host} is not connected (starting, restarting or failed: see wardenctl hosts)"),
+            ));
+        };
+        self.call_peer(&conn, method, params, opts).await
+    }
+
+    async fn call_peer(
+        &self,
+        provider: &crate::peer::PeerRef,
+        method: MethodName,
+        params: Payload,
+        opts: CallOptions,
+    ) -> Result<Payload, WireError> {
         let started = Instant::now();
         let timeout = opts.timeout.unwrap_or(self.reg.settings.call_timeout);
         let (tx, rx) = oneshot::channel();
         let key = calls::forward(
             &self.reg,
-            &provider,
+            provider,
             Forward {
                 answerer: Answerer::Local(tx),
                 method,

@@ -365,6 +365,28 @@ impl Registry {
         Ok(())
     }
 
+    /// Withdraws `conn` as the provider of `method`; false if it was not.
+    pub(crate) fn unprovide(&self, conn: u64, method: &MethodName) -> bool {
+        let mut st = lock(&self.state);
+        let was = st
+            .conns
+            .get_mut(&conn)
+            .is_some_and(|e| e.provided.remove(method));
+        if was {
+            st.unprovide(method, conn);
+        }
+        was
+    }
+
+    /// The connection adopted as the child host `name`, if it is connected.
+    pub(crate) fn host_connection(&self, name: &str) -> Option<PeerRef> {
+        lock(&self.state)
+            .conns
+            .values()
+            .find(|e| e.peer.identity.host.as_deref() == Some(name))
+            .map(|e| Arc::clone(&e.peer))
+    }
+
     pub(crate) fn provider(&self, method: &MethodName) -> Option<PeerRef> {
         lock(&self.state).providers.get(method).cloned()
     }

@@ -91,6 +91,18 @@ pub(crate) fn request(
             method,
             description,
         } => provide(svc, view, id, method, description),
+        Message::Unprovide { id, method } => {
+            // Idempotent, like unsubscribe: afterwards the connection does
+            // not provide it. Calls already routed here keep their answers.
+            if svc.reg.unprovide(view.peer.id, &method) {
+                tracing::info!(conn = view.peer.id, method = %method, "provider withdrawn");
+            }
+            Outcome::Answer(Message::Reply {
+                id,
+                result: Payload::from_value(&serde_json::json!({ "method": method.as_str() }))
+                    .unwrap_or_default(),
+            })
+        }
         Message::Subscribe { id, topic } => crate::pubsub::subscribe(&svc.reg, view, id, topic),
         Message::Unsubscribe { id, topic } => crate::pubsub::unsubscribe(&svc.reg, view, id, topic),
         Message::Publish { id, topic, data } => {

@@ -259,6 +259,55 @@ async fn providing_is_exclusive_and_reserved_names_are_refused() -> anyhow::Resu
     r.stop().await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprovide_stops_new_calls_and_the_call_in_flight_still_gets_its_answer(
+) -> anyhow::Result<()> {
+    let r = start(OPEN_RULES).await?;
+    let (mut prov, _) = Raw::open(&r.socket).await?;
+    prov.request(json!({"kind":"provide","id":1,"method":"test.svc"}))
+        .await?;
+    let (mut caller, _) = Raw::open(&r.socket).await?;
+    caller
+        .send(&json!({"kind":"call","id":7,"method":"test.svc","params":1}))
+        .await?;
+    let routed = prov.recv_some().await?;
+    assert_eq!(routed["kind"], "call", "{routed}");
+    let v = prov
+        .request(json!({"kind":"unprovide","id":2,"method":"test.svc"}))
+        .await?;
+    assert_eq!(v["result"], json!({"method": "test.svc"}), "{v}");
+    // New calls: unknown_method; another connection may provide it now.
+    let v = caller.call(8, "test.svc", Value::Null).await?;
+    assert_eq!(err_code(&v), Some("unknown_method"), "{v}");
+    // The call routed before still takes its answer.
+    prov.send(&json!({"kind":"reply","id":routed["id"],"result":"late but valid"}))
+        .await?;
+    let v = caller.recv_some().await?;
+    assert_eq!(
+        (v["id"].clone(), v["result"].clone()),
+        (json!(7), json!("late but valid")),
+        "{v}"
+    );
+    let other = client(&r).await?;
+    other.provide("test.svc").await?;
+    // Idempotent, and it never takes another connection's method.
+    let v = prov
+        .request(json!({"kind":"unprovide","id":3,"method":"test.svc"}))
+        .await?;
+    assert_eq!(v["kind"], "reply", "{v}");
+    let third = client(&r).await?;
+    let e = third.provide("test.svc").await.err();
+    assert_eq!(
+        e.and_then(|e| e.code()),
+        Some(ErrorCode::Unavailable),
+        "still the other connection's"
+    );
+    other.unprovide("test.svc").await?;
+    let v = caller.call(9, "test.svc", Value::Null).await?;
+    assert_eq!(err_code(&v), Some("unknown_method"), "{v}");
+    r.stop().await
+}
+
 /// Waits for the gate, then answers `{"slow": true}`.
 struct Slow(Arc<tokio::sync::Notify>);
 impl Handler for Slow {

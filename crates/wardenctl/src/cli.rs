@@ -199,6 +199,13 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<HostsCommand>,
     },
+    /// Load, unload or reload a module in a running child host (needs the
+    /// `module` action on the host's name; audited). A module loaded or
+    /// unloaded stays so when the host restarts, until the broker restarts.
+    Module {
+        #[command(subcommand)]
+        command: ModuleCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completions {
         /// The shell.
@@ -270,6 +277,37 @@ pub enum HostsCommand {
     },
 }
 
+/// `wardenctl module` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ModuleCommand {
+    /// Load a module: one of the host's `modules`, or a file directly in
+    /// its `module_dir` (root's, writable by nobody else). Its methods are
+    /// served once this returns.
+    Load {
+        /// The host's name, as in its [[host]] section.
+        host: String,
+        /// The module file (absolute path).
+        module: String,
+    },
+    /// Unload a module: its methods stop taking calls at once; calls
+    /// already running finish first.
+    Unload {
+        /// The host's name.
+        host: String,
+        /// The module's path or its declared name.
+        module: String,
+    },
+    /// Load a module's file again (a rebuilt library) and move its methods
+    /// to the new code without a gap; the old code finishes its calls and
+    /// is unloaded.
+    Reload {
+        /// The host's name.
+        host: String,
+        /// The module's path or its declared name.
+        module: String,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Explain what the policy decides for a user, an action and a name,
@@ -283,7 +321,7 @@ pub enum PolicyCommand {
         /// An extra group (name or gid), as if the user were a member.
         #[arg(long = "group", value_name = "GROUP")]
         groups: Vec<String>,
-        /// The action: call, provide, subscribe, publish, learn or monitor.
+        /// The action: call, provide, subscribe, publish, learn, monitor or module.
         action: String,
         /// The method or topic name.
         name: String,

@@ -21,7 +21,7 @@ mod manual;
 mod output;
 mod term;
 
-use cli::{Cli, Command, HostsCommand, PolicyCommand};
+use cli::{Cli, Command, HostsCommand, ModuleCommand, PolicyCommand};
 use cmds::{
     basic, hosts, install, learn, list, metrics, monitor, policy, pubsub, reload, status, top,
 };
@@ -143,6 +143,14 @@ async fn run(cli: &Cli, out: Output) -> Result<ExitCode, Error> {
         Command::Hosts {
             command: Some(HostsCommand::Restart { name }),
         } => hosts::restart(c, out, name).await?,
+        Command::Module { command } => {
+            let (op, host, module) = match command {
+                ModuleCommand::Load { host, module } => ("load", host, module),
+                ModuleCommand::Unload { host, module } => ("unload", host, module),
+                ModuleCommand::Reload { host, module } => ("reload", host, module),
+            };
+            hosts::module(c, out, op, host, module).await?
+        }
         Command::Monitor {
             method,
             topic,

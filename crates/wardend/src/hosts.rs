@@ -64,7 +64,20 @@ struct HostView {
     status: tokio::sync::watch::Receiver<warden_supervisor::HostStatus>,
     restart: HostCommander,
     user: String,
-    modules: Vec<PathBuf>,
+    /// The modules it loads now (and at its next start): its `modules`,
+    /// changed by `wardenctl module load|unload`.
+    modules: CurrentModules,
+    /// What it may load: its configured `modules`, and the entries of its
+    /// `module_dir`.
+    configured: Vec<PathBuf>,
+    module_dir: Option<PathBuf>,
+}
+
+/// A host's current module list, shared by its view and its launches.
+type CurrentModules = Arc<Mutex<Vec<PathBuf>>>;
+
+fn current(m: &CurrentModules) -> Vec<PathBuf> {
+    m.lock().map(|v| v.clone()).unwrap_or_default()
 }
 
 impl HostsView {
@@ -182,8 +195,10 @@ impl Hosts {
                 }
                 None => None,
             };
+            let modules: CurrentModules = Arc::new(Mutex::new(h.modules.clone()));
             let launch = HostLaunch {
                 section: h.clone(),
+                modules: Arc::clone(&modules),
                 program: host_exe.clone(),
                 credentials: ChildCredentials {
                     uid: user.uid,
@@ -213,7 +228,9 @@ impl Hosts {
                     status: handle.watch(),
                     restart: handle.commander(),
                     user: h.user.clone(),
-                    modules: h.modules.clone(),
+                    modules,
+                    configured: h.modules.clone(),
+                    module_dir: h.module_dir.clone(),
                 },
             ));
             started.push((h.name.clone(), handle));
@@ -250,6 +267,7 @@ impl Hosts {
 /// One host's starts.
 struct HostLaunch {
     section: HostSection,
+    modules: CurrentModules,
     program: PathBuf,
     credentials: ChildCredentials,
     leaf: Option<PathBuf>,
@@ -280,15 +298,11 @@ impl Launch for HostLaunch {
             .iter()
             .filter_map(|k| std::env::var_os(k).map(|v| (k.into(), v)))
             .collect();
-        let (landlock, seccomp) = sandbox(&self.section, &self.program)?;
+        let modules = current(&self.modules);
+        let (landlock, seccomp) = sandbox(&self.section, &self.program, &modules)?;
         let mut args: Vec<std::ffi::OsString> =
             vec!["--name".into(), self.section.name.clone().into()];
-        args.extend(
-            self.section
-                .modules
-                .iter()
-                .map(|m| m.clone().into_os_string()),
-        );
+        args.extend(modules.into_iter().map(PathBuf::into_os_string));
         Ok((
             ChildSpec {
                 program: self.program.clone(),
@@ -361,13 +375,15 @@ const HOST_NEEDS: [&str; 6] = [
 fn sandbox(
     h: &HostSection,
     program: &Path,
+    modules: &[PathBuf],
 ) -> std::io::Result<(Option<OwnedFd>, Option<warden_sys::SeccompProgram>)> {
     let landlock = if h.read_paths.is_empty() && h.write_paths.is_empty() {
         None
     } else {
         let mut read: Vec<PathBuf> = h.read_paths.clone();
         read.push(program.to_owned());
-        read.extend(h.modules.iter().cloned());
+        read.extend(modules.iter().cloned());
+        read.extend(h.module_dir.iter().cloned());
         read.extend(HOST_NEEDS.iter().map(PathBuf::from).filter(|p| p.exists()));
         let access = warden_sys::FsAccess {
             read,
@@ -405,7 +421,8 @@ impl Handler for ListHosts {
                         "restarts": s.restarts,
                         "last_exit": s.last_exit,
                         "next_start_in_ms": s.next_start_in.map(|d| d.as_millis() as u64),
-                        "modules": h.modules,
+                        "modules": current(&h.modules),
+                        "module_dir": h.module_dir,
                     })
                 })
                 .collect(),
@@ -459,11 +476,205 @@ impl Handler for RestartHost {
     }
 }
 
-/// Registers `hosts.list` and `hosts.restart`.
+/// `hosts.module {"host": NAME, "op": "load" | "unload" | "reload",
+/// "module": PATH_OR_NAME}` (`wardenctl module`): changes the modules of
+/// a running host. Needs the `module` action on the host's name besides
+/// `call` on the method; every request is audited. A load names a file
+/// from the host's `modules` or directly in its `module_dir`; the host
+/// checks it again (root's, writable by nobody else, no symlink) and
+/// loads a sealed copy. The host's current list is what it starts with
+/// after a restart.
+struct ModuleOp(HostsView);
+
+impl Handler for ModuleOp {
+    fn call(&self, ctx: HandlerContext, params: Payload) -> HandlerFuture {
+        let view = self.0.clone();
+        Box::pin(async move { module_op(&view, &ctx, &params).await })
+    }
+
+    fn description(&self) -> Option<&str> {
+        Some("Loads, unloads or reloads a module in a child host (wardenctl module)")
+    }
+}
+
+fn wire(code: ErrorCode, text: impl Into<String>) -> WireError {
+    WireError::new(code, text)
+}
+
+async fn module_op(
+    view: &HostsView,
+    ctx: &HandlerContext,
+    params: &Payload,
+) -> Result<Payload, WireError> {
+    #[derive(serde::Deserialize)]
+    struct P {
+        host: String,
+        op: String,
+        module: String,
+    }
+    let p: P = params.parse().map_err(|e| {
+        wire(
+            ErrorCode::BadRequest,
+            format!("params must be {{\"host\": NAME, \"op\": \"load\"|\"unload\"|\"reload\", \"module\": PATH}}: {e}"),
+        )
+    })?;
+    if !matches!(p.op.as_str(), "load" | "unload" | "reload") {
+        return Err(wire(
+            ErrorCode::BadRequest,
+            format!("{:?} is not an operation: use load, unload or reload", p.op),
+        ));
+    }
+    let action = format!("module.{}", p.op);
+    let actor = warden::audit::Actor::of_caller(ctx);
+    let audit = |rule: Option<&str>, result: &str, message: &str, extra: Value| {
+        warden::audit::record(warden::audit::Record {
+            actor: &actor,
+            action: &action,
+            target: json!([p.host, p.module]),
+            rule,
+            result,
+            message,
+            extra,
+        });
+    };
+    let decision = ctx.decide(warden_policy::Action::Module, &p.host);
+    let rule = decision.reason();
+    if !decision.allowed {
+        audit(Some(&rule), "denied", "module change denied", json!({}));
+        return Err(wire(
+            ErrorCode::Denied,
+            format!(
+                "uid {} may not change the modules of host {:?} ({rule}); it needs the `module` action on that host's name",
+                ctx.caller.uid, p.host
+            ),
+        ));
+    }
+    let (modules, configured, module_dir) = {
+        let v = view
+            .0
+            .lock()
+            .map_err(|_| wire(ErrorCode::Internal, "hosts state poisoned"))?;
+        let Some((_, h)) = v.iter().find(|(n, _)| *n == p.host) else {
+            let names: Vec<&str> = v.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(wire(
+                ErrorCode::BadRequest,
+                format!("no host is named {:?}; configured: {names:?}", p.host),
+            ));
+        };
+        (
+            Arc::clone(&h.modules),
+            h.configured.clone(),
+            h.module_dir.clone(),
+        )
+    };
+    if p.op == "load" {
+        if let Err(why) = loadable(Path::new(&p.module), &configured, module_dir.as_deref()) {
+            audit(
+                Some(&rule),
+                "refused",
+                "module load refused",
+                json!({ "why": why }),
+            );
+            return Err(wire(ErrorCode::Denied, why));
+        }
+    }
+    let request = Payload::from_value(&json!({ "op": p.op, "module": p.module }))
+        .map_err(|e| wire(ErrorCode::Internal, e.to_string()))?;
+    let answer = ctx
+        .broker
+        .call_host(
+            &p.host,
+            warden_proto::HOST_MODULE_METHOD,
+            request,
+            warden::CallOptions::acting_for(ctx.caller.clone()),
+        )
+        .await;
+    match &answer {
+        Ok(result) => {
+            let r: Value = result.parse().unwrap_or(Value::Null);
+            if let (Some(path), Ok(mut list)) = (r["path"].as_str(), modules.lock()) {
+                let path = PathBuf::from(path);
+                match p.op.as_str() {
+                    "load" if !list.contains(&path) => list.push(path),
+                    "unload" => list.retain(|m| *m != path),
+                    _ => {}
+                }
+            }
+            audit(Some(&rule), "ok", "module changed", r);
+        }
+        Err(e) => audit(
+            Some(&rule),
+            "failed",
+            "module change failed",
+            json!({ "error": e.to_string() }),
+        ),
+    }
+    answer
+}
+
+/// Whether `path` may be loaded into a host with these `modules` and
+/// `module_dir`: one of the modules, or a file directly in the directory.
+fn loadable(path: &Path, modules: &[PathBuf], module_dir: Option<&Path>) -> Result<(), String> {
+    use std::path::Component;
+    let plain = path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if !plain {
+        return Err(format!(
+            "{} is not an absolute path without `.` or `..`",
+            path.display()
+        ));
+    }
+    if modules.iter().any(|m| m == path) || (module_dir.is_some() && path.parent() == module_dir) {
+        return Ok(());
+    }
+    Err(match module_dir {
+        Some(d) => format!(
+            "{} is neither one of the host's modules {modules:?} nor in its module_dir {}",
+            path.display(),
+            d.display()
+        ),
+        None => format!(
+            "{} is not one of the host's modules {modules:?}, and the host has no module_dir",
+            path.display()
+        ),
+    })
+}
+
+/// Registers `hosts.list`, `hosts.restart` and `hosts.module`.
 pub fn register(builder: BrokerBuilder, view: &HostsView) -> anyhow::Result<BrokerBuilder> {
     builder
         .handler("hosts.list", ListHosts(view.clone()))
         .context("registering hosts.list")?
         .handler("hosts.restart", RestartHost(view.clone()))
-        .context("registering hosts.restart")
+        .context("registering hosts.restart")?
+        .handler("hosts.module", ModuleOp(view.clone()))
+        .context("registering hosts.module")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_configured_modules_and_module_dir_entries_are_loadable() {
+        let mods = [PathBuf::from("/usr/lib/warden/modules/a.so")];
+        let dir = Some(Path::new("/usr/lib/warden/extra"));
+        assert!(loadable(&mods[0], &mods, None).is_ok());
+        assert!(loadable(Path::new("/usr/lib/warden/extra/b.so"), &mods, dir).is_ok());
+        for bad in [
+            "/usr/lib/warden/extra/sub/b.so",
+            "/usr/lib/warden/extra/../modules/x.so",
+            "/tmp/b.so",
+            "b.so",
+            "/usr/lib/warden/extra",
+        ] {
+            assert!(loadable(Path::new(bad), &mods, dir).is_err(), "{bad}");
+        }
+        let e = loadable(Path::new("/tmp/b.so"), &mods, None)
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("has no module_dir"), "{e}");
+    }
 }

@@ -35,6 +35,9 @@ pub struct HostSection {
     /// The module files it loads (absolute paths; each is checked again
     /// when loaded: root's, writable by nobody else).
     pub modules: Vec<PathBuf>,
+    /// A directory whose modules (its direct entries, each checked like
+    /// `modules`) may also be loaded at run time (`wardenctl module load`).
+    pub module_dir: Option<PathBuf>,
     /// Environment variables copied from the broker's environment.
     pub env: Vec<String>,
     /// The delay before the first restart after an exit.
@@ -67,6 +70,8 @@ pub(super) struct RawHost {
     scope: Option<Spanned<String>>,
     user: Spanned<String>,
     modules: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    module_dir: Option<Spanned<String>>,
     #[serde(default)]
     env: Vec<Spanned<String>>,
     #[serde(default)]
@@ -181,6 +186,10 @@ pub(super) fn parse_hosts(
             Ok(out)
         };
         let modules = paths(h.modules.get_ref(), "modules")?;
+        let module_dir = match &h.module_dir {
+            None => None,
+            Some(d) => paths(std::slice::from_ref(d), "module_dir")?.pop(),
+        };
         let read_paths = paths(&h.read_paths, "read_paths")?;
         let write_paths = paths(&h.write_paths, "write_paths")?;
         let mut deny_syscalls = Vec::new();
@@ -270,6 +279,7 @@ pub(super) fn parse_hosts(
             scope,
             user,
             modules,
+            module_dir,
             env,
             restart_delay_ms,
             restart_max_delay_ms,
@@ -328,6 +338,13 @@ crash_limit = 3
         assert_eq!(h.crash_limit, 3);
         assert_eq!(h.restart_delay_ms, 250);
         assert_eq!(h.stop_timeout_ms, 5_000);
+        assert_eq!(h.module_dir, None);
+        let c = parse(&format!("{HOST}module_dir = \"/usr/lib/warden/modules\"\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.hosts[0].module_dir.as_deref(),
+            Some(std::path::Path::new("/usr/lib/warden/modules"))
+        );
         assert!(parse("").unwrap_or_else(|e| panic!("{e}")).hosts.is_empty());
     }
 
@@ -368,6 +385,10 @@ crash_limit = 3
             ),
             (
                 &format!("{HOST}read_paths = [\"etc\"]\n"),
+                "not an absolute path",
+            ),
+            (
+                &format!("{HOST}module_dir = \"/usr/lib/../tmp\"\n"),
                 "not an absolute path",
             ),
         ] {

@@ -1,5 +1,6 @@
-//! `wardenctl hosts [restart NAME]`: the broker's child hosts
-//! (`hosts.list`, `hosts.restart`).
+//! `wardenctl hosts [restart NAME]` and `wardenctl module load|unload|reload
+//! HOST MODULE`: the broker's child hosts (`hosts.list`, `hosts.restart`,
+//! `hosts.module`).
 
 use serde_json::{json, Value};
 use warden_client::Client;
@@ -75,5 +76,58 @@ pub async fn restart(client: &Client, out: Output, name: &str) -> Result<(), Err
         .call_json("hosts.restart", json!({ "name": name }))
         .await?;
     out.emit(&r, |_| println!("restarting {}", term::escape(name)));
+    Ok(())
+}
+
+/// `wardenctl module load|unload|reload HOST MODULE`.
+pub async fn module(
+    client: &Client,
+    out: Output,
+    op: &str,
+    host: &str,
+    module: &str,
+) -> Result<(), Error> {
+    let r = client
+        .call_json(
+            "hosts.module",
+            json!({ "host": host, "op": op, "module": module }),
+        )
+        .await?;
+    out.emit(&r, |r| {
+        let names = |k: &str| -> String {
+            r[k].as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(|s| term::escape(s).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default()
+        };
+        let (name, path) = (cell(&r["module"]), cell(&r["path"]));
+        let host = term::escape(host);
+        match op {
+            "load" => println!("loaded {name} ({path}) in {host}: {}", names("methods")),
+            "unload" => {
+                println!("unloaded {name} ({path}) from {host}: {} no longer served", names("methods"));
+                if r["unmapped"] == false {
+                    println!("note: the library stays mapped in the host (it cannot be unloaded, e.g. thread-local destructors); it is gone when the host restarts");
+                }
+            }
+            _ => {
+                println!("reloaded {name} ({path}) in {host}: {}", names("methods"));
+                for (k, what) in [("added", "new"), ("removed", "no longer served")] {
+                    let n = names(k);
+                    if !n.is_empty() {
+                        println!("  {what}: {n}");
+                    }
+                }
+                if r["old_unmapped"] == false {
+                    println!("note: the old library stays mapped in the host (it cannot be unloaded, e.g. thread-local destructors); it is gone when the host restarts");
+                }
+            }
+        }
+    });
     Ok(())
 }

@@ -14,7 +14,7 @@ use warden_testkit::{
     bin_path, config_text, test_users, wardenctl, BrokerProcess, RawConn, TestDir, TestUser,
 };
 
-const LIVENESS: Duration = Duration::from_secs(20);
+pub(crate) const LIVENESS: Duration = Duration::from_secs(20);
 
 /// A C module whose `example.spawn` starts `sleep 300` in a session of its
 /// own (out of reach of the host's process group and of PR_SET_PDEATHSIG)
@@ -55,7 +55,7 @@ const warden_module *warden_module_v1(void) { return &module; }
 "#;
 
 /// The two modules, root's, in a directory only root can write.
-fn modules(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+pub(crate) fn modules(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let mods = dir.join("modules");
     std::fs::create_dir(&mods)?;
     std::fs::set_permissions(&mods, std::fs::Permissions::from_mode(0o755))?;
@@ -73,7 +73,7 @@ fn modules(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
 }
 
 /// Builds the C module `source` as `dir/libNAME.so` (mode 0644).
-fn compile_module(dir: &Path, name: &str, source: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn compile_module(dir: &Path, name: &str, source: &str) -> anyhow::Result<PathBuf> {
     let src = dir.join(format!("{name}.c"));
     std::fs::write(&src, source)?;
     let lib = dir.join(format!("lib{name}.so"));
@@ -167,14 +167,14 @@ fn start(tag: &str) -> anyhow::Result<Setup> {
     })
 }
 
-fn call(socket: &Path, method: &str, params: Value) -> anyhow::Result<Value> {
+pub(crate) fn call(socket: &Path, method: &str, params: Value) -> anyhow::Result<Value> {
     let mut c = RawConn::connect(socket)?;
     c.hello()?;
     c.call(1, method, params)
 }
 
 /// Calls `method` until the host serves it.
-fn call_served(socket: &Path, method: &str, params: Value) -> anyhow::Result<Value> {
+pub(crate) fn call_served(socket: &Path, method: &str, params: Value) -> anyhow::Result<Value> {
     let t = Instant::now();
     loop {
         let v = call(socket, method, params.clone())?;
@@ -189,13 +189,17 @@ fn call_served(socket: &Path, method: &str, params: Value) -> anyhow::Result<Val
     }
 }
 
-fn hosts_list(socket: &Path) -> anyhow::Result<Value> {
+pub(crate) fn hosts_list(socket: &Path) -> anyhow::Result<Value> {
     let v = call(socket, "hosts.list", Value::Null)?;
     anyhow::ensure!(v["kind"] == "reply", "{v}");
     Ok(v["result"]["hosts"][0].clone())
 }
 
-fn wait_host(socket: &Path, what: &str, f: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+pub(crate) fn wait_host(
+    socket: &Path,
+    what: &str,
+    f: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
     let t = Instant::now();
     loop {
         let h = hosts_list(socket)?;
@@ -629,6 +633,16 @@ hosts = ["agent"]
 actions = ["call"]
 names = ["example.**"]
 everyone = true
+
+[[rule]]
+actions = ["call"]
+names = ["hosts.module"]
+admins = true
+
+[[rule]]
+actions = ["module"]
+names = ["agent"]
+admins = true
 "#,
             user = a.name,
             echo = echo.display(),
@@ -657,5 +671,24 @@ everyone = true
     );
     assert_eq!(v["getpgid"], 1, "a denied system call: EPERM expected: {v}");
     assert!(writable.join("new").exists());
+    // A reload (a sealed in-memory copy of the module) loads and runs under
+    // the same sandbox.
+    let out = wardenctl(None, socket, &["module", "reload", "agent", "probe"])?;
+    assert!(
+        out.status.success(),
+        "reload under Landlock and seccomp: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        broker.log()
+    );
+    let again = call(
+        socket,
+        "example.probe",
+        json!(dir.path().display().to_string()),
+    )?;
+    assert_eq!(
+        again["result"], v,
+        "the reloaded module under the sandbox: {again}"
+    );
     Ok(())
 }

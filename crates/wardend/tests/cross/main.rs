@@ -9,6 +9,7 @@ mod duplex;
 mod explain;
 mod hardening;
 mod hardening2;
+mod host_modules;
 mod hosts;
 mod identity;
 mod learn;

@@ -126,3 +126,67 @@ fn python_client_talks_to_a_real_broker() -> anyhow::Result<()> {
     assert_eq!(lines[1]["publisher"]["uid"], alice.uid, "{lines:?}");
     Ok(())
 }
+
+#[test]
+#[ignore = "needs root"]
+fn python_client_provides_and_unprovides() -> anyhow::Result<()> {
+    let dir = TestDir::new("python-unprovide")?;
+    let text = config_text(&dir, &format!("[limits]\ncall_timeout_ms = 300\n{RULES}"));
+    let broker = BrokerProcess::start(&dir, &text)?;
+    let lib_dir = client_dir()?;
+    // Provides svc.py, says so, waits for one line, unprovides, says so.
+    let script = format!(
+        "import sys\n\
+         sys.path.insert(0, {lib_dir:?})\n\
+         import warden_client\n\
+         c = warden_client.Client({sock:?})\n\
+         print(c.provide('svc.py'), flush=True)\n\
+         sys.stdin.readline()\n\
+         print(c.unprovide('svc.py'), flush=True)\n\
+         sys.stdin.readline()\n",
+        sock = broker.socket_str(),
+    );
+    let mut py = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut stdin = py.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+    let mut lines = BufReader::new(
+        py.stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
+    )
+    .lines();
+    let mut next = || -> anyhow::Result<String> {
+        lines
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("python exited"))?
+            .map_err(Into::into)
+    };
+    assert!(next()?.contains("svc.py"));
+    // Provided: the call is routed to the Python side, which does not
+    // answer it: timeout.
+    let caller = call_svc_py(broker.socket())?;
+    assert_eq!(caller, "timeout", "while provided");
+    use std::io::Write;
+    stdin.write_all(b"\n")?;
+    assert!(next()?.contains("svc.py"));
+    let caller = call_svc_py(broker.socket())?;
+    assert_eq!(caller, "unknown_method", "after unprovide");
+    stdin.write_all(b"\n")?;
+    drop(stdin);
+    let _ = py.wait();
+    Ok(())
+}
+
+/// Calls svc.py (the broker's call timeout is 300 ms); the error code,
+/// or "reply".
+fn call_svc_py(socket: &Path) -> anyhow::Result<String> {
+    let mut c = warden_testkit::RawConn::connect(socket)?;
+    c.hello()?;
+    let v = c.call(1, "svc.py", serde_json::json!({}))?;
+    Ok(v["error"]["code"].as_str().unwrap_or("reply").to_owned())
+}
