@@ -26,6 +26,18 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("list", "wardenctl list\nwardenctl --json list | jq -r '.methods[].name'"),
     ("hosts restart", "sudo wardenctl hosts restart agent"),
     (
+        "module load",
+        "sudo wardenctl module load agent /usr/lib/warden/modules/libwarden_example_echo.so",
+    ),
+    (
+        "module unload",
+        "sudo wardenctl module unload agent example-echo\nsudo wardenctl module unload agent /usr/lib/warden/modules/libwarden_example_echo.so",
+    ),
+    (
+        "module reload",
+        "sudo wardenctl module reload agent example-echo\nsudo wardenctl --json module reload agent example-echo",
+    ),
+    (
         "monitor",
         "sudo wardenctl monitor --method 'net.**'\nsudo wardenctl monitor --user alice --count 10 --json",
     ),
