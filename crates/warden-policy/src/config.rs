@@ -12,7 +12,7 @@ use toml::Spanned;
 
 mod hosts;
 
-pub use hosts::{HostScope, HostSection};
+pub use hosts::{HostScope, HostSection, SessionsSection};
 
 use crate::action::{Action, Effect};
 use crate::pattern::NamePattern;
@@ -243,6 +243,8 @@ struct RawConfig {
     rules: Vec<Spanned<RawRule>>,
     #[serde(default, rename = "host")]
     hosts: Vec<Spanned<hosts::RawHost>>,
+    #[serde(default)]
+    sessions: hosts::SessionsSection,
 }
 
 /// A loaded, validated configuration.
@@ -258,6 +260,8 @@ pub struct Config {
     pub learn: LearnSection,
     /// The `[[host]]` sections: child hosts to start.
     pub hosts: Vec<HostSection>,
+    /// The `[sessions]` section (used when a host has `scope = "session"`).
+    pub sessions: hosts::SessionsSection,
     /// The compiled rules.
     pub policy: Arc<Policy>,
     /// Things that are valid but probably not what was meant (e.g. a user
@@ -490,6 +494,24 @@ impl Config {
 
         let source: Arc<str> = Arc::from(file);
         let host_sections = hosts::parse_hosts(raw.hosts, &ctx, resolver)?;
+        let sessions = raw.sessions;
+        if sessions.classes.is_empty() || sessions.classes.iter().any(String::is_empty) {
+            return Err(ctx.err(
+                key_span(text, "classes"),
+                "sessions.classes",
+                "list at least one session class (logind's Class: user, greeter, lock-screen, background...)",
+            ));
+        }
+        if !sessions.bus.starts_with("unix:") {
+            return Err(ctx.err(
+                key_span(text, "bus"),
+                "sessions.bus",
+                format!(
+                    "{:?} is not a local D-Bus address: use unix:path=... (the system bus is unix:path=/run/dbus/system_bus_socket)",
+                    sessions.bus
+                ),
+            ));
+        }
         let mut rules = Vec::with_capacity(raw.rules.len());
         for (i, spanned) in raw.rules.into_iter().enumerate() {
             let line = ctx.line(spanned.span().start);
@@ -624,6 +646,7 @@ impl Config {
             limits,
             learn: raw.learn,
             hosts: host_sections,
+            sessions,
             policy: Arc::new(Policy::new(rules, admin_gid, source)),
             warnings,
         })
@@ -675,7 +698,7 @@ mod tests {
         let c = c.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.broker.socket_mode, 0o666);
         assert_eq!(c.limits, Limits::default());
-        assert_eq!(c.policy.rule_count(), 6);
+        assert_eq!(c.policy.rule_count(), 7);
         // `wardenctl learn -- CMD` works out of the box, for one's own
         // processes only; root may learn any.
         assert!(c.learn.enabled);

@@ -28,7 +28,7 @@ mod policy;
 pub use action::{Action, Effect};
 pub use config::{
     BrokerSection, Config, ConfigError, HostScope, HostSection, LearnSection, Limits,
-    SlowSubscriber, DEFAULT_CONFIG, EMBEDDED_SOURCE, LEARN_TRACKING_TABLE,
+    SessionsSection, SlowSubscriber, DEFAULT_CONFIG, EMBEDDED_SOURCE, LEARN_TRACKING_TABLE,
 };
 pub use pattern::{NamePattern, PatternError};
 pub use policy::{Caller, CallerPolicy, Decision, Policy, Resolver, RuleRef, StaticResolver};

@@ -844,6 +844,7 @@ mod tests {
             groups: vec![1000, 27],
             pid: 42,
             host: None,
+            session: None,
         };
         let p = Payload::from_raw_json(r#"{"x":[1,2,"three"]}"#).unwrap_or_default();
         roundtrip(Message::Hello(Hello {

@@ -28,6 +28,11 @@ pub struct Identity {
     /// gave it at spawn). Absent for every other connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// For the connection of a per-session host: the logind session it
+    /// serves (its uid, gid and groups are that session's user's). Absent
+    /// for every other connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// The client's first frame.

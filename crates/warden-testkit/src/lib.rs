@@ -13,6 +13,8 @@
 //! [`HOOKS_WARDEND_ENV`]); the others run the plain build next to the test
 //! program ([`bin_path`]).
 
+pub mod logind;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

@@ -187,7 +187,7 @@ pub struct Broker {
 
 /// A connection handed to [`Broker::adopt`], with its assigned identity
 /// and the host's name.
-type Adopted = (UnixStream, PeerIdentity, String);
+type Adopted = (UnixStream, PeerIdentity, String, Option<String>);
 
 /// Connections handed to [`Broker::adopt`] that the accept loop has not
 /// taken yet.
@@ -246,10 +246,36 @@ impl Broker {
         assigned: PeerIdentity,
         host: &str,
     ) -> Result<(), AdoptError> {
+        self.adopt_as(stream, assigned, host, None).await
+    }
+
+    /// As [`Broker::adopt`], for the host `host` started for the logind
+    /// session `session` (a per-session host): its identity carries both.
+    ///
+    /// # Errors
+    /// [`AdoptError`]; the stream is dropped.
+    pub async fn adopt_session_host(
+        &self,
+        stream: std::os::unix::net::UnixStream,
+        assigned: PeerIdentity,
+        host: &str,
+        session: &str,
+    ) -> Result<(), AdoptError> {
+        self.adopt_as(stream, assigned, host, Some(session.to_owned()))
+            .await
+    }
+
+    async fn adopt_as(
+        &self,
+        stream: std::os::unix::net::UnixStream,
+        assigned: PeerIdentity,
+        host: &str,
+        session: Option<String>,
+    ) -> Result<(), AdoptError> {
         stream.set_nonblocking(true).map_err(AdoptError::Socket)?;
         let stream = UnixStream::from_std(stream).map_err(AdoptError::Socket)?;
         self.adopt_tx
-            .send((stream, assigned, host.to_owned()))
+            .send((stream, assigned, host.to_owned(), session))
             .await
             .map_err(|_| AdoptError::NotServing)
     }
@@ -340,9 +366,9 @@ impl Broker {
                     tracing::warn!(?d, "test hook: stalling the accept loop");
                     std::thread::sleep(d);
                 }
-                Some((stream, peer, host)) = async { match adopt_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                Some((stream, peer, host, session)) = async { match adopt_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     let svc = Arc::clone(&self.svc);
-                    tasks.spawn(crate::transport::connection::run(svc, stream, peer, Some(host)));
+                    tasks.spawn(crate::transport::connection::run(svc, stream, peer, Some((host, session))));
                 }
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Some(error) = done.err().and_then(|e| ServeError::from_join("a connection task", e)) {

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use warden_proto::{ErrorCode, Identity, MethodName, Payload, WireError};
 
 use crate::calls::{self, Forward};
-use crate::registry::{Answerer, CallKey, Registry};
+use crate::registry::{Answerer, CallKey, Registry, Route};
 
 /// A handle on a running broker for feature code (handlers get one in
 /// [`crate::HandlerContext::broker`]; [`crate::Broker::handle`] gives
@@ -108,11 +108,20 @@ impl BrokerHandle {
                 "the broker is shutting down and takes no new calls",
             ));
         }
-        let Some(provider) = self.reg.provider(&method) else {
-            return Err(WireError::new(
-                ErrorCode::UnknownMethod,
-                format!("no connection provides {method}"),
-            ));
+        let provider = match self.reg.route(&method, &opts.acting_for) {
+            Route::To(p) => p,
+            Route::Unknown => {
+                return Err(WireError::new(
+                    ErrorCode::UnknownMethod,
+                    format!("no connection provides {method}"),
+                ))
+            }
+            other => {
+                return Err(WireError::new(
+                    ErrorCode::Unavailable,
+                    crate::registry::unroutable(&method, opts.acting_for.uid, &other),
+                ))
+            }
         };
         self.call_peer(&provider, method, params, opts).await
     }

@@ -93,10 +93,61 @@ struct Entry {
     monitoring: Option<bool>,
 }
 
+/// Who provides a method.
+#[derive(Debug, Clone)]
+enum Providers {
+    /// One connection.
+    One(PeerRef),
+    /// The session instances of one per-session host: connections whose
+    /// identities carry the same `host` and each a `session`. A call goes
+    /// to the caller's own instance ([`Registry::route`]).
+    Sessions(Vec<PeerRef>),
+}
+
+impl Providers {
+    /// One of them (all of a `Sessions` share a host name).
+    fn any(&self) -> Option<&PeerRef> {
+        match self {
+            Providers::One(p) => Some(p),
+            Providers::Sessions(v) => v.first(),
+        }
+    }
+}
+
+/// Where a call to a method goes, for a given caller.
+#[derive(Debug)]
+pub(crate) enum Route {
+    /// Nobody provides it.
+    Unknown,
+    /// To this connection.
+    To(PeerRef),
+    /// A per-session host provides it, but no instance runs in a session
+    /// of the caller's user.
+    NoSession { host: String },
+    /// The caller's user has several sessions with an instance: which one
+    /// is not decided yet.
+    Several { host: String, sessions: Vec<String> },
+}
+
+/// Why a call to a per-session host's method could not be routed, in
+/// words for the caller.
+pub(crate) fn unroutable(method: &MethodName, uid: u32, route: &Route) -> String {
+    match route {
+        Route::NoSession { host } => format!(
+            "{method} is served by the per-session host {host}, and none runs in a session of uid {uid}: log in (a session of a class the broker's [sessions] lists) and try again"
+        ),
+        Route::Several { host, sessions } => format!(
+            "{method} is served by the per-session host {host}, which runs in several sessions of uid {uid} ({}); choosing among them is not implemented yet",
+            sessions.join(", ")
+        ),
+        Route::To(_) | Route::Unknown => format!("{method} cannot be routed"),
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     conns: HashMap<u64, Entry>,
-    providers: HashMap<MethodName, PeerRef>,
+    providers: HashMap<MethodName, Providers>,
     /// What providers said their methods do (`provide`'s `description`);
     /// an entry lives exactly as long as its `providers` entry.
     descriptions: HashMap<MethodName, String>,
@@ -115,7 +166,15 @@ impl State {
     }
 
     fn unprovide(&mut self, method: &MethodName, conn: u64) {
-        if self.providers.get(method).is_some_and(|c| c.id == conn) {
+        let gone = match self.providers.get_mut(method) {
+            Some(Providers::One(p)) => p.id == conn,
+            Some(Providers::Sessions(v)) => {
+                v.retain(|p| p.id != conn);
+                v.is_empty()
+            }
+            None => false,
+        };
+        if gone {
             self.providers.remove(method);
             self.descriptions.remove(method);
         }
@@ -351,13 +410,33 @@ impl Registry {
         if entry.provided.len() as u64 >= max {
             return Err(ProvideRefused::Limit(max));
         }
-        if let Some(other) = st.providers.get(method) {
-            return Err(ProvideRefused::Taken(
-                other.identity.uid,
-                other.identity.pid,
-            ));
+        let me = &entry.peer.identity;
+        let session_host = me.session.is_some() && me.host.is_some();
+        match st.providers.get_mut(method) {
+            None if session_host => {
+                st.providers.insert(
+                    method.clone(),
+                    Providers::Sessions(vec![Arc::clone(&entry.peer)]),
+                );
+            }
+            None => {
+                st.providers
+                    .insert(method.clone(), Providers::One(Arc::clone(&entry.peer)));
+            }
+            // Another session's instance of the same host: both serve it,
+            // each for its own session.
+            Some(Providers::Sessions(v))
+                if session_host && v.first().is_some_and(|p| p.identity.host == me.host) =>
+            {
+                v.push(Arc::clone(&entry.peer));
+            }
+            Some(other) => {
+                let (uid, pid) = other
+                    .any()
+                    .map_or((0, 0), |p| (p.identity.uid, p.identity.pid));
+                return Err(ProvideRefused::Taken(uid, pid));
+            }
         }
-        st.providers.insert(method.clone(), Arc::clone(&entry.peer));
         if let Some(d) = description {
             st.descriptions.insert(method.clone(), d);
         }
@@ -387,8 +466,34 @@ impl Registry {
             .map(|e| Arc::clone(&e.peer))
     }
 
-    pub(crate) fn provider(&self, method: &MethodName) -> Option<PeerRef> {
-        lock(&self.state).providers.get(method).cloned()
+    /// Where `caller`'s call to `method` goes: its provider, or for a
+    /// per-session host the instance in a session of the caller's user
+    /// (never another user's).
+    pub(crate) fn route(&self, method: &MethodName, caller: &warden_proto::Identity) -> Route {
+        let st = lock(&self.state);
+        match st.providers.get(method) {
+            None => Route::Unknown,
+            Some(Providers::One(p)) => Route::To(Arc::clone(p)),
+            Some(Providers::Sessions(v)) => {
+                let host = v
+                    .first()
+                    .and_then(|p| p.identity.host.clone())
+                    .unwrap_or_default();
+                let mine: Vec<&PeerRef> =
+                    v.iter().filter(|p| p.identity.uid == caller.uid).collect();
+                match mine.as_slice() {
+                    [] => Route::NoSession { host },
+                    [one] => Route::To(Arc::clone(one)),
+                    several => Route::Several {
+                        host,
+                        sessions: several
+                            .iter()
+                            .filter_map(|p| p.identity.session.clone())
+                            .collect(),
+                    },
+                }
+            }
+        }
     }
 
     pub(crate) fn has_provider(&self, method: &str) -> bool {
@@ -401,12 +506,12 @@ impl Registry {
         let st = lock(&self.state);
         st.providers
             .iter()
-            .map(|(m, p)| {
-                (
+            .filter_map(|(m, p)| {
+                Some((
                     m.as_str().to_owned(),
-                    Arc::clone(p),
+                    Arc::clone(p.any()?),
                     st.descriptions.get(m).cloned(),
-                )
+                ))
             })
             .collect()
     }
@@ -793,6 +898,7 @@ mod tests {
                 groups: vec![],
                 pid: 1,
                 host: None,
+                session: None,
             },
             pidfd: None,
             comm: None,

@@ -22,7 +22,7 @@ use warden_proto::{ErrorCode, Message, MethodName, Payload, RequestId, WireError
 use crate::calls::{self, answer_message, Dirty, Forward};
 use crate::handler::{CatchPanic, Handler, HandlerContext, HandlerFuture};
 use crate::peer::PeerRef;
-use crate::registry::{Answerer, ProvideRefused, Registry};
+use crate::registry::{Answerer, ProvideRefused, Registry, Route};
 use crate::view::{audit_denied, CallerView, Outcome};
 
 /// What the semantic layer works with: the registry and the handlers
@@ -273,12 +273,22 @@ fn call(
         ));
         return Outcome::Later;
     }
-    let Some(provider) = reg.provider(&method) else {
-        return fail(
-            ErrorCode::UnknownMethod,
-            rule.as_deref(),
-            format!("no built-in or provider serves {method}"),
-        );
+    let provider = match reg.route(&method, &peer.identity) {
+        Route::To(p) => p,
+        Route::Unknown => {
+            return fail(
+                ErrorCode::UnknownMethod,
+                rule.as_deref(),
+                format!("no built-in or provider serves {method}"),
+            )
+        }
+        other => {
+            return fail(
+                ErrorCode::Unavailable,
+                rule.as_deref(),
+                crate::registry::unroutable(&method, peer.identity.uid, &other),
+            )
+        }
     };
     if reg.caller_has_call(peer.id, id) {
         return Outcome::Answer(Message::error(
@@ -395,6 +405,9 @@ fn introspect(svc: &Services, view: &CallerView<'_>) -> Result<Payload, WireErro
     for (name, peer, description) in svc.reg.providers_described() {
         if may(&name) {
             let by = match &peer.identity.host {
+                Some(host) if peer.identity.session.is_some() => {
+                    json!({"kind": "host", "host": host, "scope": "session"})
+                }
                 Some(host) => json!({"kind": "host", "host": host}),
                 None => {
                     json!({"kind": "provider", "uid": peer.identity.uid, "pid": peer.identity.pid})

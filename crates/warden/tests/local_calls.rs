@@ -103,6 +103,7 @@ async fn an_in_process_call_reaches_the_provider_as_the_caller_and_gets_its_answ
                 groups: vec![],
                 pid: 1,
                 host: None,
+                session: None,
             }),
         )
         .await;

@@ -27,7 +27,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{json, Value};
 use warden::{Broker, BrokerBuilder, Handler, HandlerContext, HandlerFuture};
-use warden_policy::HostSection;
+use warden_policy::{HostScope, HostSection, SessionsSection};
 use warden_proto::{ErrorCode, Payload, WireError};
 use warden_supervisor::{
     supervise, HostCommander, HostHandle, HostState, Launch, Reaper, RestartPolicy, Spawner,
@@ -51,6 +51,7 @@ fn hosts_cgroup_name(socket: &Path) -> String {
 /// The supervised hosts.
 pub struct Hosts {
     hosts: Vec<(String, HostHandle)>,
+    sessions: Option<crate::sessions::SessionHosts>,
     cgroup: Option<PathBuf>,
     _reaper: Option<Reaper>,
 }
@@ -64,6 +65,8 @@ struct HostView {
     status: tokio::sync::watch::Receiver<warden_supervisor::HostStatus>,
     restart: HostCommander,
     user: String,
+    /// The logind session of a session host.
+    session: Option<String>,
     /// The modules it loads now (and at its next start): its `modules`,
     /// changed by `wardenctl module load|unload`.
     modules: CurrentModules,
@@ -130,6 +133,7 @@ impl Hosts {
     /// spawner thread cannot start.
     pub fn start(
         hosts: &[HostSection],
+        sessions: &SessionsSection,
         socket: &Path,
         broker: &Broker,
         view: &HostsView,
@@ -178,68 +182,31 @@ impl Hosts {
             None => None,
         };
         let spawner = Spawner::start().context("cannot start the spawner thread")?;
+        let launcher = Launcher {
+            host_exe,
+            cgroup: cgroup.clone(),
+            spawner,
+            broker: broker.clone(),
+            view: view.clone(),
+        };
         let mut started = Vec::new();
-        let mut views = Vec::new();
-        for h in hosts {
-            let user = warden_sys::user_by_name(&h.user)
-                .with_context(|| format!("looking up host {}'s user {}", h.name, h.user))?
-                .with_context(|| format!("host {}: user {} does not exist", h.name, h.user))?;
-            let groups = warden_sys::groups_of_user(&user.name, user.gid)
-                .with_context(|| format!("host {}: the groups of {}", h.name, h.user))?;
-            let leaf = match &cgroup {
-                Some(dir) => {
-                    let leaf = dir.join(&h.name);
-                    std::fs::create_dir_all(&leaf)
-                        .with_context(|| format!("creating {}", leaf.display()))?;
-                    Some(leaf)
-                }
-                None => None,
-            };
-            let modules: CurrentModules = Arc::new(Mutex::new(h.modules.clone()));
-            let launch = HostLaunch {
-                section: h.clone(),
-                modules: Arc::clone(&modules),
-                program: host_exe.clone(),
-                credentials: ChildCredentials {
-                    uid: user.uid,
-                    gid: user.gid,
-                    groups,
-                },
-                leaf,
-                broker: broker.clone(),
-            };
-            let policy = RestartPolicy {
-                first_delay: Duration::from_millis(h.restart_delay_ms),
-                max_delay: Duration::from_millis(h.restart_max_delay_ms),
-                crash_limit: h.crash_limit,
-                crash_window: Duration::from_millis(h.crash_window_ms),
-                stable_after: Duration::from_millis(h.stable_after_ms),
-            };
-            let handle = supervise(
-                h.name.clone(),
-                launch,
-                spawner.clone(),
-                policy,
-                Duration::from_millis(h.stop_timeout_ms),
-            );
-            views.push((
-                h.name.clone(),
-                HostView {
-                    status: handle.watch(),
-                    restart: handle.commander(),
-                    user: h.user.clone(),
-                    modules,
-                    configured: h.modules.clone(),
-                    module_dir: h.module_dir.clone(),
-                },
-            ));
-            started.push((h.name.clone(), handle));
+        for h in hosts.iter().filter(|h| h.scope == HostScope::System) {
+            let name = h.user.as_deref().unwrap_or("root");
+            let user = warden_sys::user_by_name(name)
+                .with_context(|| format!("looking up host {}'s user {name}", h.name))?
+                .with_context(|| format!("host {}: user {name} does not exist", h.name))?;
+            started.push((h.name.clone(), launcher.start(h, &user, None)?));
         }
-        if let Ok(mut v) = view.0.lock() {
-            *v = views;
-        }
+        let session_hosts: Vec<HostSection> = hosts
+            .iter()
+            .filter(|h| h.scope == HostScope::Session)
+            .cloned()
+            .collect();
+        let sessions = (!session_hosts.is_empty())
+            .then(|| crate::sessions::SessionHosts::start(sessions, session_hosts, launcher));
         Ok(Hosts {
             hosts: started,
+            sessions,
             cgroup,
             _reaper: reaper,
         })
@@ -250,6 +217,11 @@ impl Hosts {
         let mut set = tokio::task::JoinSet::new();
         for (_, h) in self.hosts {
             set.spawn(h.stop());
+        }
+        if let Some(sessions) = self.sessions {
+            for h in sessions.stop() {
+                set.spawn(h.stop());
+            }
         }
         while set.join_next().await.is_some() {}
         if let Some(dir) = &self.cgroup {
@@ -264,8 +236,123 @@ impl Hosts {
     }
 }
 
+/// What starting a host needs, shared by system hosts and the session
+/// hosts started as sessions come and go.
+#[derive(Clone)]
+pub struct Launcher {
+    host_exe: PathBuf,
+    cgroup: Option<PathBuf>,
+    spawner: Spawner,
+    broker: Broker,
+    view: HostsView,
+}
+
+/// The logind session a session host serves.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// logind's session id.
+    pub id: String,
+    /// The user's `XDG_RUNTIME_DIR` (logind's `RuntimePath`), if it exists.
+    pub runtime_path: Option<PathBuf>,
+}
+
+/// A session id as a cgroup leaf name part: letters and digits kept,
+/// every other byte as `_XX` (so no id can name `..` or a path).
+fn leaf_part(id: &str) -> String {
+    id.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("_{b:02x}")
+            }
+        })
+        .collect()
+}
+
+impl Launcher {
+    /// Starts supervising `h` as `user` (for `session` if it is a session
+    /// host) and adds it to the view.
+    ///
+    /// # Errors
+    /// The user's groups cannot be read, or its cgroup leaf not made.
+    pub fn start(
+        &self,
+        h: &HostSection,
+        user: &warden_sys::UserInfo,
+        session: Option<SessionInfo>,
+    ) -> anyhow::Result<HostHandle> {
+        let groups = warden_sys::groups_of_user(&user.name, user.gid)
+            .with_context(|| format!("host {}: the groups of {}", h.name, user.name))?;
+        let leaf_name = match &session {
+            None => h.name.clone(),
+            Some(s) => format!("{}@{}", h.name, leaf_part(&s.id)),
+        };
+        let leaf = match &self.cgroup {
+            Some(dir) => {
+                let leaf = dir.join(&leaf_name);
+                std::fs::create_dir_all(&leaf)
+                    .with_context(|| format!("creating {}", leaf.display()))?;
+                Some(leaf)
+            }
+            None => None,
+        };
+        let modules: CurrentModules = Arc::new(Mutex::new(h.modules.clone()));
+        let launch = HostLaunch {
+            section: h.clone(),
+            modules: Arc::clone(&modules),
+            program: self.host_exe.clone(),
+            credentials: ChildCredentials {
+                uid: user.uid,
+                gid: user.gid,
+                groups,
+            },
+            leaf,
+            session: session.clone(),
+            broker: self.broker.clone(),
+        };
+        let policy = RestartPolicy {
+            first_delay: Duration::from_millis(h.restart_delay_ms),
+            max_delay: Duration::from_millis(h.restart_max_delay_ms),
+            crash_limit: h.crash_limit,
+            crash_window: Duration::from_millis(h.crash_window_ms),
+            stable_after: Duration::from_millis(h.stable_after_ms),
+        };
+        let handle = supervise(
+            leaf_name,
+            launch,
+            self.spawner.clone(),
+            policy,
+            Duration::from_millis(h.stop_timeout_ms),
+        );
+        if let Ok(mut v) = self.view.0.lock() {
+            v.push((
+                h.name.clone(),
+                HostView {
+                    status: handle.watch(),
+                    restart: handle.commander(),
+                    user: user.name.clone(),
+                    session: session.map(|s| s.id),
+                    modules,
+                    configured: h.modules.clone(),
+                    module_dir: h.module_dir.clone(),
+                },
+            ));
+        }
+        Ok(handle)
+    }
+
+    /// Removes the view of host `name`'s instance for `session`.
+    pub fn forget_session(&self, name: &str, session: &str) {
+        if let Ok(mut v) = self.view.0.lock() {
+            v.retain(|(n, h)| !(n == name && h.session.as_deref() == Some(session)));
+        }
+    }
+}
+
 /// One host's starts.
 struct HostLaunch {
+    session: Option<SessionInfo>,
     section: HostSection,
     modules: CurrentModules,
     program: PathBuf,
@@ -292,12 +379,16 @@ impl Launch for HostLaunch {
             }
             None => None,
         };
-        let env = self
+        let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = self
             .section
             .env
             .iter()
+            .filter(|k| k.as_str() != "XDG_RUNTIME_DIR")
             .filter_map(|k| std::env::var_os(k).map(|v| (k.into(), v)))
             .collect();
+        if let Some(dir) = self.session.as_ref().and_then(|s| s.runtime_path.as_ref()) {
+            env.push(("XDG_RUNTIME_DIR".into(), dir.clone().into_os_string()));
+        }
         let modules = current(&self.modules);
         let (landlock, seccomp) = sandbox(&self.section, &self.program, &modules)?;
         let mut args: Vec<std::ffi::OsString> =
@@ -337,8 +428,13 @@ impl Launch for HostLaunch {
             pidfd: Some(pidfd),
         };
         let (broker, name) = (self.broker.clone(), self.section.name.clone());
+        let session = self.session.as_ref().map(|s| s.id.clone());
         tokio::spawn(async move {
-            if let Err(e) = broker.adopt(ours, identity, &name).await {
+            let adopted = match &session {
+                None => broker.adopt(ours, identity, &name).await,
+                Some(s) => broker.adopt_session_host(ours, identity, &name, s).await,
+            };
+            if let Err(e) = adopted {
                 tracing::error!(host = %name, pid, "the broker cannot take the host's channel: {e}");
             }
         });
@@ -415,6 +511,7 @@ impl Handler for ListHosts {
                     let s = h.status.borrow().clone();
                     json!({
                         "name": name,
+                        "session": h.session,
                         "user": h.user,
                         "state": s.state.as_str(),
                         "pid": s.pid,
@@ -456,14 +553,26 @@ impl Handler for RestartHost {
                  .0
                 .lock()
                 .map_err(|_| WireError::new(ErrorCode::Internal, "hosts state poisoned"))?;
-            let Some((_, h)) = v.iter().find(|(n, _)| *n == p.name) else {
+            let named: Vec<&HostView> = v
+                .iter()
+                .filter(|(n, _)| *n == p.name)
+                .map(|(_, h)| h)
+                .collect();
+            if named.is_empty() {
                 let names: Vec<&str> = v.iter().map(|(n, _)| n.as_str()).collect();
                 return Err(WireError::new(
                     ErrorCode::BadRequest,
-                    format!("no host is named {:?}; configured: {names:?}", p.name),
+                    format!("no host is named {:?}; running: {names:?}", p.name),
                 ));
-            };
-            if h.status.borrow().state == HostState::Stopped || !h.restart.restart() {
+            }
+            // Every instance (one per session for a per-session host).
+            let mut restarted = 0;
+            for h in named {
+                if h.status.borrow().state != HostState::Stopped && h.restart.restart() {
+                    restarted += 1;
+                }
+            }
+            if restarted == 0 {
                 return Err(WireError::new(
                     ErrorCode::Unavailable,
                     "the host is stopped (the broker is shutting down) or a command is already pending",
@@ -561,6 +670,15 @@ async fn module_op(
                 format!("no host is named {:?}; configured: {names:?}", p.host),
             ));
         };
+        if h.session.is_some() {
+            return Err(wire(
+                ErrorCode::Unavailable,
+                format!(
+                    "{} is a per-session host: changing its modules at run time is not implemented yet (edit its [[host]] modules and restart the broker)",
+                    p.host
+                ),
+            ));
+        }
         (
             Arc::clone(&h.modules),
             h.configured.clone(),

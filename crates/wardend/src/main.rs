@@ -15,6 +15,7 @@ use warden_service::SystemResolver;
 
 mod hosts;
 mod log;
+mod sessions;
 use log::LogSink;
 
 /// Writes a message for the person who started wardend, before logging
@@ -457,7 +458,7 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
         let hosts = if config.hosts.is_empty() {
             None
         } else {
-            Some(hosts::Hosts::start(&config.hosts, &socket, &broker, &hosts_view)?)
+            Some(hosts::Hosts::start(&config.hosts, &config.sessions, &socket, &broker, &hosts_view)?)
         };
         let (trigger, shutdown) = Shutdown::new();
         use tokio::signal::unix::{signal, SignalKind};

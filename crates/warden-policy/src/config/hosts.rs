@@ -21,6 +21,39 @@ use crate::policy::Resolver;
 pub enum HostScope {
     /// One instance for the whole system.
     System,
+    /// One instance per logind session of a class in `[sessions].classes`,
+    /// running as that session's user.
+    Session,
+}
+
+/// The `[sessions]` section: where logind is, and which sessions get
+/// session hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsSection {
+    /// The D-Bus address of the bus logind is on.
+    #[serde(default = "default_bus")]
+    pub bus: String,
+    /// Session classes (logind's `Class`) that get session hosts.
+    #[serde(default = "default_classes")]
+    pub classes: Vec<String>,
+}
+
+impl Default for SessionsSection {
+    fn default() -> Self {
+        SessionsSection {
+            bus: default_bus(),
+            classes: default_classes(),
+        }
+    }
+}
+
+fn default_bus() -> String {
+    "unix:path=/run/dbus/system_bus_socket".into()
+}
+
+fn default_classes() -> Vec<String> {
+    vec!["user".into()]
 }
 
 /// A validated `[[host]]`.
@@ -30,8 +63,9 @@ pub struct HostSection {
     pub name: String,
     /// Where it runs.
     pub scope: HostScope,
-    /// The account it runs as (`root` only when written so).
-    pub user: String,
+    /// The account a system host runs as (`root` only when written so);
+    /// `None` for a session host, which runs as its session's user.
+    pub user: Option<String>,
     /// The module files it loads (absolute paths; each is checked again
     /// when loaded: root's, writable by nobody else).
     pub modules: Vec<PathBuf>,
@@ -68,7 +102,8 @@ pub(super) struct RawHost {
     name: Spanned<String>,
     #[serde(default)]
     scope: Option<Spanned<String>>,
-    user: Spanned<String>,
+    #[serde(default)]
+    user: Option<Spanned<String>>,
     modules: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     module_dir: Option<Spanned<String>>,
@@ -138,32 +173,46 @@ pub(super) fn parse_hosts(
         }
         let scope = match h.scope.as_ref().map(|s| s.get_ref().as_str()) {
             None | Some("system") => HostScope::System,
-            Some("session") => {
-                return Err(ctx.err(
-                    h.scope.as_ref().map(|s| s.span()),
-                    key("scope"),
-                    "per-session hosts are not implemented yet; use scope = \"system\"",
-                ))
-            }
+            Some("session") => HostScope::Session,
             Some(other) => {
                 return Err(ctx.err(
                     h.scope.as_ref().map(|s| s.span()),
                     key("scope"),
-                    format!("{other:?} is not a scope; use \"system\""),
+                    format!("{other:?} is not a scope; use \"system\" or \"session\""),
                 ))
             }
         };
-        let user = h.user.get_ref().clone();
-        if resolver.user_uid(&user).is_none() {
-            return Err(ctx.err(
-                Some(h.user.span()),
-                key("user"),
-                format!(
-                    "user {user:?} does not exist; create the account the host runs as \
-                     (e.g. useradd --system --no-create-home --shell /usr/sbin/nologin {user})"
-                ),
-            ));
-        }
+        let user = match (scope, &h.user) {
+            (HostScope::System, None) => {
+                return Err(ctx.err(
+                    Some(h.name.span()),
+                    key("user"),
+                    "a system host needs `user`, the account it runs as",
+                ))
+            }
+            (HostScope::System, Some(u)) => {
+                let user = u.get_ref().clone();
+                if resolver.user_uid(&user).is_none() {
+                    return Err(ctx.err(
+                        Some(u.span()),
+                        key("user"),
+                        format!(
+                            "user {user:?} does not exist; create the account the host runs as \
+                             (e.g. useradd --system --no-create-home --shell /usr/sbin/nologin {user})"
+                        ),
+                    ));
+                }
+                Some(user)
+            }
+            (HostScope::Session, Some(u)) => {
+                return Err(ctx.err(
+                    Some(u.span()),
+                    key("user"),
+                    "a session host runs as its session's user: leave `user` out",
+                ))
+            }
+            (HostScope::Session, None) => None,
+        };
         let paths = |list: &[Spanned<String>], k: &str| -> Result<Vec<PathBuf>, ConfigError> {
             let mut out = Vec::new();
             for m in list {
@@ -333,12 +382,36 @@ crash_limit = 3
         let c = parse(HOST).unwrap_or_else(|e| panic!("{e}"));
         let h = &c.hosts[0];
         assert_eq!(h.name, "agent");
-        assert_eq!(h.user, "wdn-agent");
+        assert_eq!(h.user.as_deref(), Some("wdn-agent"));
         assert_eq!(h.env, ["LANG", "TZ"]);
         assert_eq!(h.crash_limit, 3);
         assert_eq!(h.restart_delay_ms, 250);
         assert_eq!(h.stop_timeout_ms, 5_000);
         assert_eq!(h.module_dir, None);
+        assert_eq!(h.scope, crate::HostScope::System);
+        assert_eq!(c.sessions, crate::SessionsSection::default());
+        let session = HOST.replace("user = \"wdn-agent\"\n", "scope = \"session\"\n");
+        let c = parse(&format!(
+            "{session}[sessions]\nbus = \"unix:path=/run/t.sock\"\nclasses = [\"user\", \"greeter\"]\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.hosts[0].scope, crate::HostScope::Session);
+        assert_eq!(c.hosts[0].user, None);
+        assert_eq!(c.sessions.classes, ["user", "greeter"]);
+        assert_eq!(c.sessions.bus, "unix:path=/run/t.sock");
+        for (bad, needle) in [
+            ("[sessions]\nclasses = []\n", "at least one session class"),
+            (
+                "[sessions]\nbus = \"tcp:host=x\"\n",
+                "not a local D-Bus address",
+            ),
+        ] {
+            let e = match parse(&format!("{session}{bad}")) {
+                Ok(_) => panic!("accepted {bad}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(needle), "{e}");
+        }
         let c = parse(&format!("{HOST}module_dir = \"/usr/lib/warden/modules\"\n"))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
@@ -370,10 +443,8 @@ crash_limit = 3
                 "not an absolute path",
             ),
             (&HOST.replace("/modules/", "/../"), "not an absolute path"),
-            (
-                &format!("{HOST}scope = \"session\"\n"),
-                "not implemented yet",
-            ),
+            (&format!("{HOST}scope = \"session\"\n"), "leave `user` out"),
+            (&HOST.replace("user = \"wdn-agent\"\n", ""), "needs `user`"),
             (&format!("{HOST}seccomp = 1\n"), "unknown field"),
             (
                 &format!("{HOST}deny_syscalls = [\"nosuchcall\"]\n"),

@@ -84,7 +84,7 @@ pub(crate) async fn run(
     svc: Arc<Services>,
     stream: UnixStream,
     mut peer: PeerIdentity,
-    host: Option<String>,
+    host: Option<(String, Option<String>)>,
 ) {
     let reg = &svc.reg;
     let limits = &reg.settings.limits;
@@ -137,7 +137,8 @@ pub(crate) async fn run(
         gid: peer.gid,
         groups: peer.groups.clone(),
         pid: peer.pid,
-        host,
+        session: host.as_ref().and_then(|(_, s)| s.clone()),
+        host: host.map(|(h, _)| h),
     };
     let ctl_cap = limits.max_in_flight_per_connection as usize + CTL_QUEUE_SLACK;
     let ev_cap = usize::try_from(limits.subscriber_queue_len).unwrap_or(1024);

@@ -25,6 +25,7 @@ mod protocol_conformance;
 mod python;
 mod reload;
 mod service;
+mod session_hosts;
 mod squatting;
 mod test_hooks;
 mod timeouts;

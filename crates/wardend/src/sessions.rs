@@ -1,0 +1,317 @@
+//! Per-session hosts: one instance of each `scope = "session"` host for
+//! every logind session of a class in `[sessions].classes`, running as
+//! that session's user.
+//!
+//! The sessions come from logind over D-Bus (`[sessions].bus`, the system
+//! bus by default): `ListSessions` when the bus is reached, then the
+//! `SessionNew` and `SessionRemoved` signals; each session's `Class`,
+//! `State` and `User` decide, and the user's `RuntimePath` becomes the
+//! host's `XDG_RUNTIME_DIR` when it exists. A host stops when its session
+//! is removed or its `State` becomes `closing` (read again every
+//! [`STATE_POLL`]: logind need not signal it). Losing the bus is logged
+//! and retried with backoff; the hosts already running keep running, and
+//! the sessions are listed again once the bus is back, so a broker (or a
+//! bus) restarted while sessions exist picks them up.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use warden_policy::{HostSection, SessionsSection};
+use warden_supervisor::HostHandle;
+use zbus::zvariant::OwnedObjectPath;
+
+use crate::hosts::{Launcher, SessionInfo};
+
+/// How often the state of each session with hosts is read again.
+const STATE_POLL: Duration = Duration::from_secs(2);
+/// The longest wait between two attempts to reach the bus.
+const MAX_RETRY: Duration = Duration::from_secs(10);
+
+#[zbus::proxy(
+    interface = "org.freedesktop.login1.Manager",
+    default_service = "org.freedesktop.login1",
+    default_path = "/org/freedesktop/login1"
+)]
+trait Manager {
+    fn list_sessions(&self) -> zbus::Result<Vec<(String, u32, String, String, OwnedObjectPath)>>;
+
+    #[zbus(signal)]
+    fn session_new(&self, id: String, path: OwnedObjectPath) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    fn session_removed(&self, id: String, path: OwnedObjectPath) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.login1.Session",
+    default_service = "org.freedesktop.login1"
+)]
+trait Session {
+    #[zbus(property)]
+    fn class(&self) -> zbus::Result<String>;
+
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<String>;
+
+    #[zbus(property)]
+    fn user(&self) -> zbus::Result<(u32, OwnedObjectPath)>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.login1.User",
+    default_service = "org.freedesktop.login1"
+)]
+trait User {
+    #[zbus(property)]
+    fn runtime_path(&self) -> zbus::Result<String>;
+}
+
+/// One session's hosts.
+struct Live {
+    path: OwnedObjectPath,
+    hosts: Vec<(String, HostHandle)>,
+}
+
+type LiveMap = Arc<Mutex<HashMap<String, Live>>>;
+
+/// The session hosts, following logind.
+pub struct SessionHosts {
+    live: LiveMap,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SessionHosts {
+    /// Starts following logind's sessions on `cfg.bus`.
+    pub fn start(
+        cfg: &SessionsSection,
+        sections: Vec<HostSection>,
+        launcher: Launcher,
+    ) -> SessionHosts {
+        let live: LiveMap = Arc::default();
+        let watcher = Watcher {
+            cfg: cfg.clone(),
+            sections,
+            launcher,
+            live: Arc::clone(&live),
+        };
+        let task = tokio::spawn(watcher.run());
+        SessionHosts { live, task }
+    }
+
+    /// Stops following logind and hands back every session host, to be
+    /// stopped.
+    pub fn stop(self) -> Vec<HostHandle> {
+        self.task.abort();
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.drain()
+            .flat_map(|(_, l)| l.hosts.into_iter().map(|(_, h)| h))
+            .collect()
+    }
+}
+
+struct Watcher {
+    cfg: SessionsSection,
+    sections: Vec<HostSection>,
+    launcher: Launcher,
+    live: LiveMap,
+}
+
+impl Watcher {
+    async fn run(self) {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match self.follow().await {
+                Ok(()) => tracing::warn!(
+                    bus = %self.cfg.bus,
+                    "lost the bus logind is on; session hosts keep running, retrying"
+                ),
+                Err(e) => tracing::warn!(
+                    bus = %self.cfg.bus,
+                    "cannot follow logind's sessions: {e}; session hosts keep running, retrying in {delay:?}"
+                ),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_RETRY);
+        }
+    }
+
+    /// Follows the sessions until the bus goes away.
+    async fn follow(&self) -> zbus::Result<()> {
+        let conn = zbus::connection::Builder::address(self.cfg.bus.as_str())?
+            .build()
+            .await?;
+        let manager = ManagerProxy::new(&conn).await?;
+        let mut new = manager.receive_session_new().await?;
+        let mut removed = manager.receive_session_removed().await?;
+        let listed = manager.list_sessions().await?;
+        tracing::info!(sessions = listed.len(), "following logind's sessions");
+        let listed_ids: Vec<String> = listed.iter().map(|s| s.0.clone()).collect();
+        for id in self.live_ids() {
+            if !listed_ids.contains(&id) {
+                self.stop_session(&id, "it is gone");
+            }
+        }
+        for (id, _, _, _, path) in listed {
+            self.consider(&conn, &id, path).await;
+        }
+        let mut poll = tokio::time::interval(STATE_POLL);
+        loop {
+            tokio::select! {
+                sig = new.next() => {
+                    let Some(sig) = sig else { return Ok(()) };
+                    if let Ok(args) = sig.args() {
+                        self.consider(&conn, &args.id, args.path.clone()).await;
+                    }
+                }
+                sig = removed.next() => {
+                    let Some(sig) = sig else { return Ok(()) };
+                    if let Ok(args) = sig.args() {
+                        self.stop_session(&args.id, "logind removed it");
+                    }
+                }
+                _ = poll.tick() => self.poll_states(&conn).await,
+            }
+        }
+    }
+
+    fn live_ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the session's hosts if its class matches and it is not
+    /// closing (and they do not run yet).
+    async fn consider(&self, conn: &zbus::Connection, id: &str, path: OwnedObjectPath) {
+        if self.lock().contains_key(id) {
+            return;
+        }
+        let session = match session_proxy(conn, &path).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(session = %id, "cannot read the session: {e}");
+                return;
+            }
+        };
+        let (class, state, user) = match (
+            session.class().await,
+            session.state().await,
+            session.user().await,
+        ) {
+            (Ok(c), Ok(s), Ok(u)) => (c, s, u),
+            (c, s, u) => {
+                let e = [c.err(), s.err(), u.err()]
+                    .into_iter()
+                    .flatten()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                tracing::warn!(session = %id, "cannot read the session's class, state and user: {e}");
+                return;
+            }
+        };
+        if !self.cfg.classes.contains(&class) || state == "closing" {
+            tracing::debug!(session = %id, %class, %state, "no session hosts for this session");
+            return;
+        }
+        let (uid, user_path) = user;
+        let runtime_path = match user_proxy(conn, &user_path).await {
+            Ok(u) => u.runtime_path().await.ok(),
+            Err(_) => None,
+        }
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir());
+        let account = match warden_sys::user_by_uid(uid) {
+            Ok(Some(u)) => u,
+            Ok(None) => {
+                tracing::warn!(session = %id, uid, "the session's user is not in the user database; no session hosts");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(session = %id, uid, "cannot look the session's user up: {e}");
+                return;
+            }
+        };
+        let info = SessionInfo {
+            id: id.to_owned(),
+            runtime_path,
+        };
+        let mut hosts = Vec::new();
+        for h in &self.sections {
+            match self.launcher.start(h, &account, Some(info.clone())) {
+                Ok(handle) => hosts.push((h.name.clone(), handle)),
+                Err(e) => {
+                    tracing::error!(host = %h.name, session = %id, "cannot start the session host: {e:#}")
+                }
+            }
+        }
+        tracing::info!(session = %id, uid, user = %account.name, %class, hosts = hosts.len(), "session hosts started");
+        self.lock().insert(id.to_owned(), Live { path, hosts });
+    }
+
+    fn stop_session(&self, id: &str, why: &str) {
+        let Some(live) = self.lock().remove(id) else {
+            return;
+        };
+        tracing::info!(session = %id, "stopping the session's hosts: {why}");
+        for (name, handle) in live.hosts {
+            self.launcher.forget_session(&name, id);
+            tokio::spawn(handle.stop());
+        }
+    }
+
+    async fn poll_states(&self, conn: &zbus::Connection) {
+        let sessions: Vec<(String, OwnedObjectPath)> = self
+            .lock()
+            .iter()
+            .map(|(id, l)| (id.clone(), l.path.clone()))
+            .collect();
+        for (id, path) in sessions {
+            let state = match session_proxy(conn, &path).await {
+                Ok(s) => s.state().await,
+                Err(e) => Err(e),
+            };
+            match state {
+                Ok(s) if s == "closing" => self.stop_session(&id, "its state is closing"),
+                Ok(_) => {}
+                // The object is gone: the session ended and the signal was
+                // missed (say, while the bus was away).
+                Err(zbus::Error::MethodError(name, _, _))
+                    if name.as_str().ends_with("UnknownObject")
+                        || name.as_str().ends_with("UnknownMethod")
+                        || name.as_str().ends_with("UnknownInterface") =>
+                {
+                    self.stop_session(&id, "logind no longer knows it")
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+async fn session_proxy<'a>(
+    conn: &zbus::Connection,
+    path: &'a OwnedObjectPath,
+) -> zbus::Result<SessionProxy<'a>> {
+    SessionProxy::builder(conn)
+        .path(path.as_ref())?
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+}
+
+async fn user_proxy<'a>(
+    conn: &zbus::Connection,
+    path: &'a OwnedObjectPath,
+) -> zbus::Result<UserProxy<'a>> {
+    UserProxy::builder(conn)
+        .path(path.as_ref())?
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+}

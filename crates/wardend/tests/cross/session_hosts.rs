@@ -1,0 +1,286 @@
+//! Per-session hosts against a real private `dbus-daemon` and a fake
+//! logind that speaks the real interface: a host per user-class session,
+//! running as that session's user with logind's RuntimePath, none for a
+//! greeter; stopped when the session is removed or closing; picked up by
+//! a broker started while sessions exist; and each user's calls reach
+//! their own session's host only.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use warden_testkit::logind::{FakeLogind, PrivateBus};
+use warden_testkit::{config_text, test_users, wardenctl, BrokerProcess, TestDir, TestUser};
+
+use crate::hosts::{call, modules, LIVENESS};
+
+fn config(dir: &TestDir, bus: &PrivateBus, echo: &Path) -> String {
+    config_text(
+        dir,
+        &format!(
+            r#"
+[sessions]
+bus = "{bus}"
+
+[[host]]
+name = "agent"
+scope = "session"
+modules = ["{echo}"]
+restart_delay_ms = 100
+
+[[rule]]
+actions = ["provide"]
+names = ["example.**"]
+hosts = ["agent"]
+
+[[rule]]
+actions = ["call"]
+names = ["example.**", "warden.introspect"]
+everyone = true
+
+[[rule]]
+actions = ["call"]
+names = ["hosts.list"]
+admins = true
+"#,
+            bus = bus.address(),
+            echo = echo.display()
+        ),
+    )
+}
+
+/// The session instances `hosts.list` shows: (session, user, state, pid).
+fn instances(socket: &Path) -> anyhow::Result<Vec<(String, String, String, u64)>> {
+    let v = call(socket, "hosts.list", Value::Null)?;
+    anyhow::ensure!(v["kind"] == "reply", "{v}");
+    let mut out: Vec<_> = v["result"]["hosts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|h| {
+            (
+                h["session"].as_str().unwrap_or("").to_owned(),
+                h["user"].as_str().unwrap_or("").to_owned(),
+                h["state"].as_str().unwrap_or("").to_owned(),
+                h["pid"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn wait_instances(
+    socket: &Path,
+    what: &str,
+    f: impl Fn(&[(String, String, String, u64)]) -> bool,
+) -> anyhow::Result<Vec<(String, String, String, u64)>> {
+    let t = Instant::now();
+    loop {
+        let i = instances(socket)?;
+        if f(&i) {
+            return Ok(i);
+        }
+        anyhow::ensure!(t.elapsed() < LIVENESS, "{what}: the hosts are {i:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// `example.echo` called by `user` through wardenctl: the answer, or the
+/// error object.
+fn echo_as(user: &TestUser, socket: &Path) -> anyhow::Result<Value> {
+    let out = wardenctl(Some(user), socket, &["--json", "call", "example.echo"])?;
+    let text = if out.stdout.is_empty() {
+        &out.stderr
+    } else {
+        &out.stdout
+    };
+    Ok(serde_json::from_slice(text)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(text).into_owned())))
+}
+
+/// Waits until `user`'s call is served (the host has provided its names).
+fn echo_served(user: &TestUser, socket: &Path) -> anyhow::Result<Value> {
+    let t = Instant::now();
+    loop {
+        let v = echo_as(user, socket)?;
+        if v["host"].is_object() {
+            return Ok(v);
+        }
+        anyhow::ensure!(
+            t.elapsed() < LIVENESS,
+            "example.echo as {} never served: {v}",
+            user.name
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn runtime_dir(dir: &TestDir, user: &TestUser) -> anyhow::Result<std::path::PathBuf> {
+    let d = dir.path().join(format!("run-{}", user.uid));
+    std::fs::create_dir(&d)?;
+    nix::unistd::chown(&d, Some(nix::unistd::Uid::from_raw(user.uid)), None)?;
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+    Ok(d)
+}
+
+fn gone(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+#[test]
+#[ignore = "needs root"]
+fn session_hosts_follow_logind_and_serve_only_their_own_user() -> anyhow::Result<()> {
+    let (a, b, _) = test_users()?;
+    let dir = TestDir::new("session-hosts")?;
+    let (echo, _) = modules(dir.path())?;
+    let bus = PrivateBus::start(dir.path())?;
+    let mut logind = FakeLogind::start(&bus)?;
+    let run_a = runtime_dir(&dir, &a)?;
+    let run_b = runtime_dir(&dir, &b)?;
+    // A session that exists before the broker starts.
+    logind.add("c1", a.uid, &a.name, "user", &run_a, &[])?;
+    let text = config(&dir, &bus, &echo);
+    let broker = BrokerProcess::start(&dir, &text)?;
+    let socket = broker.socket();
+    let i = wait_instances(socket, "a's host for the existing session", |i| {
+        i.len() == 1 && i[0].2 == "running"
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", broker.log()))?;
+    assert_eq!(
+        (i[0].0.as_str(), i[0].1.as_str()),
+        ("c1", a.name.as_str()),
+        "{i:?}"
+    );
+    let pid_a = i[0].3;
+
+    // It runs as a, with a's groups, and logind's RuntimePath.
+    let status = std::fs::read_to_string(format!("/proc/{pid_a}/status"))?;
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+    assert_eq!(
+        uid_line.split_whitespace().skip(1).collect::<Vec<_>>(),
+        vec![a.uid.to_string(); 4],
+        "{status}"
+    );
+    let mut want = warden_sys::groups_of_user(&a.name, a.gid)?;
+    want.sort_unstable();
+    want.dedup();
+    let mut got: Vec<u32> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, want, "{status}");
+    let environ = std::fs::read(format!("/proc/{pid_a}/environ"))?;
+    let want_env = format!("XDG_RUNTIME_DIR={}", run_a.display());
+    assert!(
+        environ.split(|&b| b == 0).any(|v| v == want_env.as_bytes()),
+        "{:?}",
+        String::from_utf8_lossy(&environ)
+    );
+
+    // a's call reaches a's host; b, with no session, gets unavailable.
+    let v = echo_served(&a, socket)?;
+    assert_eq!(
+        (v["host"]["uid"].clone(), v["caller"]["uid"].clone()),
+        (a.uid.into(), a.uid.into()),
+        "{v}"
+    );
+    let v = echo_as(&b, socket)?;
+    assert!(
+        v.to_string().contains("unavailable"),
+        "b without a session: {v}"
+    );
+
+    // A greeter session gets no host; a user session of b gets one as b.
+    logind.add("g1", b.uid, &b.name, "greeter", &run_b, &[])?;
+    logind.add("c2", b.uid, &b.name, "user", &run_b, &[])?;
+    let i = wait_instances(socket, "b's host", |i| {
+        i.len() == 2 && i.iter().all(|h| h.2 == "running")
+    })?;
+    assert!(i.iter().all(|h| h.0 != "g1"), "a greeter got a host: {i:?}");
+    assert_eq!(
+        (i[1].0.as_str(), i[1].1.as_str()),
+        ("c2", b.name.as_str()),
+        "{i:?}"
+    );
+    let pid_b = i[1].3;
+    let v = echo_served(&b, socket)?;
+    assert_eq!(
+        (v["host"]["uid"].clone(), v["caller"]["uid"].clone()),
+        (b.uid.into(), b.uid.into()),
+        "{v}"
+    );
+    assert_eq!(v["host"]["pid"], pid_b, "{v}");
+    let v = echo_served(&a, socket)?;
+    assert_eq!(
+        v["host"]["pid"], pid_a,
+        "a is still served by its own host: {v}"
+    );
+
+    // Introspection marks the method as session-scoped.
+    let out = wardenctl(Some(&a), socket, &["--json", "list"])?;
+    let list: Value = serde_json::from_slice(&out.stdout)?;
+    let echo_entry = list["methods"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "example.echo").cloned())
+        .unwrap_or(Value::Null);
+    assert_eq!(echo_entry["served_by"]["scope"], "session", "{list}");
+
+    // Removing a's session stops a's host; b's keeps serving.
+    logind.remove("c1")?;
+    wait_instances(socket, "a's host stopped", |i| {
+        i.len() == 1 && i[0].0 == "c2"
+    })?;
+    let t = Instant::now();
+    while !gone(pid_a) {
+        anyhow::ensure!(t.elapsed() < LIVENESS, "a's host {pid_a} still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let v = echo_as(&a, socket)?;
+    assert!(
+        v.to_string().contains("unavailable"),
+        "a after its session ended: {v}"
+    );
+    assert_eq!(echo_as(&b, socket)?["host"]["pid"], pid_b);
+
+    // A broker started while sessions exist picks them up.
+    drop(broker);
+    let t = Instant::now();
+    while !gone(pid_b) {
+        anyhow::ensure!(
+            t.elapsed() < LIVENESS,
+            "b's host {pid_b} outlived the broker"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dir2 = TestDir::new("session-hosts-again")?;
+    let broker = BrokerProcess::start(&dir2, &config(&dir2, &bus, &echo))?;
+    let socket = broker.socket();
+    let i = wait_instances(socket, "b's host after a broker restart", |i| {
+        i.len() == 1 && i[0].2 == "running"
+    })?;
+    assert_eq!(i[0].0, "c2", "{i:?}");
+    let pid_b = i[0].3;
+    assert_eq!(echo_served(&b, socket)?["host"]["uid"], b.uid);
+
+    // A session whose state becomes closing loses its host.
+    logind.set_state("c2", "closing")?;
+    wait_instances(socket, "b's host stopped at closing", |i| i.is_empty())?;
+    let t = Instant::now();
+    while !gone(pid_b) {
+        anyhow::ensure!(t.elapsed() < LIVENESS, "b's host {pid_b} still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
