@@ -329,10 +329,14 @@ class Client:
             raise ProtocolError(f"unexpected {env.get('kind')!r} answer")
 
     # -- API --------------------------------------------------------------
-    def call(self, method, params=None):
+    def call(self, method, params=None, target=None):
+        """Calls `method`. For a method of a per-session host, `target`
+        chooses the instance: {"session": "ID"} or {"uid": N}."""
         env = {"kind": "call", "method": method}
         if params is not None:
             env["params"] = params
+        if target is not None:
+            env["target"] = target
         return self._request(env)
 
     def status(self):

@@ -640,6 +640,7 @@ impl Shared {
                 method,
                 params,
                 caller,
+                ..
             }) => {
                 st.calls.push_back(IncomingCall {
                     id,

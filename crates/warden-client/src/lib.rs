@@ -122,7 +122,7 @@ use warden_proto::{FrameDecoder, Hello, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION}
 pub use conn::PendingCall;
 use conn::Shared;
 pub use warden_proto::{
-    ErrorCode, Identity, Message, MethodName, Payload, RequestId, TopicName, Welcome,
+    CallTarget, ErrorCode, Identity, Message, MethodName, Payload, RequestId, TopicName, Welcome,
     WelcomeLimits, WireError,
 };
 pub use warden_sys::ServerTrust;
@@ -596,6 +596,45 @@ impl Client {
         self.exchange(timeout, Kind::Call, |b, id| {
             write_call(b, id, method, |b| {
                 b.extend_from_slice(raw.as_bytes());
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Calls a method of a per-session host in a chosen session: `target`
+    /// names the session (`CallTarget::Session`) or its user
+    /// (`CallTarget::Uid`, when that user has one such session). Your own
+    /// sessions always; another user's only if the policy gives you the
+    /// `target` action on the method.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &warden_client::Client) -> Result<(), warden_client::CallError> {
+    /// use warden_client::{CallTarget, Payload};
+    /// let answer = client
+    ///     .call_targeted("example.echo", &Payload::null(), &CallTarget::Session("c2".into()))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::call`]; `denied` for another user's session without
+    /// the `target` action, `unavailable` when no instance serves the
+    /// target, `bad_request` when the method is not a per-session host's.
+    pub async fn call_targeted(
+        &self,
+        method: &str,
+        params: impl Borrow<Payload>,
+        target: &CallTarget,
+    ) -> Result<Payload, CallError> {
+        check_name(method)?;
+        let raw = params.borrow().get();
+        let target = serde_json::to_string(target).map_err(CallError::BadParams)?;
+        self.exchange(self.shared.call_timeout, Kind::Call, |b, id| {
+            write_call(b, id, method, |b| {
+                b.extend_from_slice(raw.as_bytes());
+                b.extend_from_slice(b",\"target\":");
+                b.extend_from_slice(target.as_bytes());
                 Ok(())
             })
         })

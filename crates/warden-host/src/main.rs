@@ -116,8 +116,10 @@ async fn serve(args: Args, channel: std::os::unix::net::UnixStream) -> Result<()
         .await
         .map_err(|e| format!("hello to the broker: {e}"))?;
     let client = Arc::new(client);
+    let session = client.welcome().identity.session.clone();
     let ctx = HostContext::new(
         &args.name,
+        session.as_deref(),
         Arc::clone(&client),
         tokio::runtime::Handle::current(),
     );

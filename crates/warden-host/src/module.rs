@@ -27,10 +27,12 @@ pub struct HostContext {
 impl HostContext {
     pub fn new(
         name: &str,
+        session: Option<&str>,
         client: Arc<Client>,
         handle: tokio::runtime::Handle,
     ) -> Arc<HostContext> {
         let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        let session: &'static str = Box::leak(session.unwrap_or("").to_owned().into_boxed_str());
         let info = Box::leak(Box::new(warden_module::Static(ffi::warden_host_info {
             name: ffi::warden_str {
                 ptr: name.as_ptr().cast(),
@@ -38,6 +40,10 @@ impl HostContext {
             },
             uid: nix_uid(),
             pid: std::process::id(),
+            session: ffi::warden_str {
+                ptr: session.as_ptr().cast(),
+                len: session.len(),
+            },
         })));
         Arc::new(HostContext {
             client,
@@ -187,10 +193,11 @@ impl Module {
         }
         // SAFETY: checked non-null; static data of the loaded library.
         let d = unsafe { *desc };
-        if d.abi != warden_module::ABI {
+        if !(warden_module::OLDEST_ABI..=warden_module::ABI).contains(&d.abi) {
             return Err(format!(
-                "it was built for module ABI {}, this host speaks {}: rebuild it against this warden-module",
+                "it was built for module ABI {}, this host speaks {} to {}: rebuild it against this warden-module",
                 d.abi,
+                warden_module::OLDEST_ABI,
                 warden_module::ABI
             ));
         }

@@ -1,5 +1,5 @@
 /*
- * warden_module.h: the module ABI of Warden child hosts, version 1.
+ * warden_module.h: the module ABI of Warden child hosts, version 2.
  *
  * A module is a shared library that exports one function,
  * warden_module_v1(), returning a pointer to a static warden_module.
@@ -23,7 +23,12 @@
 extern "C" {
 #endif
 
-#define WARDEN_MODULE_ABI 1u
+/*
+ * Version 2 added `session` to warden_host_info. A host loads modules
+ * built for version 1 or 2; a module reads `session` only when the host's
+ * api->abi is 2 or more.
+ */
+#define WARDEN_MODULE_ABI 2u
 
 typedef struct warden_str {
     const char *ptr;
@@ -50,6 +55,9 @@ typedef struct warden_host_info {
     warden_str name;
     uint32_t uid;
     uint32_t pid;
+    /* Since ABI 2: the logind session a per-session host serves; empty
+       (len 0) for a system host. */
+    warden_str session;
 } warden_host_info;
 
 /*

@@ -35,7 +35,12 @@ use std::ffi::c_void;
 use std::sync::OnceLock;
 
 /// The ABI version this crate speaks (`WARDEN_MODULE_ABI` in the header).
-pub const ABI: u32 = 1;
+/// Version 2 added the host's `session`; a host loads modules built for
+/// [`OLDEST_ABI`] up to this.
+pub const ABI: u32 = 2;
+
+/// The oldest module ABI a host of this version still loads.
+pub const OLDEST_ABI: u32 = 1;
 
 /// The C types of `include/warden_module.h`, field for field.
 pub mod ffi {
@@ -72,6 +77,8 @@ pub mod ffi {
         pub name: warden_str,
         pub uid: u32,
         pub pid: u32,
+        /// Since ABI 2.
+        pub session: warden_str,
     }
 
     #[repr(C)]
@@ -154,6 +161,9 @@ pub struct Host<'a> {
     pub uid: u32,
     /// Its pid.
     pub pid: u32,
+    /// The logind session a per-session host serves (`None` for a system
+    /// host, or a host older than ABI 2).
+    pub session: Option<&'a str>,
 }
 
 /// One call to the module.
@@ -236,10 +246,16 @@ pub fn host() -> Option<Host<'static>> {
     // SAFETY: the host keeps its info (and the name's bytes) alive and
     // unchanged while the module is loaded; the pointer was checked.
     let info = unsafe { &*api.0.host };
+    let session = if api.0.abi >= 2 {
+        str_of(info.session).filter(|s| !s.is_empty())
+    } else {
+        None
+    };
     Some(Host {
         name: str_of(info.name)?,
         uid: info.uid,
         pid: info.pid,
+        session,
     })
 }
 
@@ -298,7 +314,9 @@ pub unsafe extern "C" fn init_trampoline(
     }
     // SAFETY: the host passes a valid api table (checked non-null).
     let api = unsafe { *api };
-    if api.abi != ABI {
+    // Every host this crate knows of lays the API out the same way; what
+    // a later ABI added is read only when `api.abi` says it is there.
+    if api.abi < OLDEST_ABI {
         return 22;
     }
     let _ = HOST_API.set(HostApi(api));

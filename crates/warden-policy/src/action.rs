@@ -25,11 +25,14 @@ pub enum Action {
     /// Load, unload or reload modules in a child host (name: the host's
     /// configured name).
     Module,
+    /// Send a call to another user's session instance of a per-session
+    /// host, with the call's `target` (name: the method).
+    Target,
 }
 
 impl Action {
     /// Every action, in documentation order.
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 8] = [
         Action::Call,
         Action::Provide,
         Action::Subscribe,
@@ -37,6 +40,7 @@ impl Action {
         Action::Learn,
         Action::Monitor,
         Action::Module,
+        Action::Target,
     ];
 
     /// The name used in config files and on the command line.
@@ -49,6 +53,7 @@ impl Action {
             Action::Learn => "learn",
             Action::Monitor => "monitor",
             Action::Module => "module",
+            Action::Target => "target",
         }
     }
 

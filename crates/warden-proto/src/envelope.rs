@@ -173,6 +173,9 @@ pub enum Message {
         params: Payload,
         /// Set only by the broker on calls it routes to a provider.
         caller: Option<Identity>,
+        /// Client → broker only: which session instance of a per-session
+        /// host should serve the call.
+        target: Option<CallTarget>,
     },
     /// Successful answer to a request (`call`, `subscribe`, `unsubscribe`,
     /// `publish`, `provide`).
@@ -320,6 +323,8 @@ struct RawEnvelope {
     limits: Option<WelcomeLimits>,
     #[serde(default)]
     description: Option<String>,
+    #[serde(default)]
+    target: Option<serde_json::Value>,
 }
 
 impl RawEnvelope {
@@ -346,7 +351,8 @@ impl RawEnvelope {
             server,
             identity,
             limits,
-            description
+            description,
+            target
         );
         v
     }
@@ -438,7 +444,7 @@ pub fn top_level_id(body: &[u8]) -> Option<RequestId> {
 const KINDS: &[(&str, &[&str], &[&str])] = &[
     ("hello", &["version"], &["client", "invitation"]),
     ("welcome", &["version", "server", "identity", "limits"], &[]),
-    ("call", &["id", "method"], &["params", "caller"]),
+    ("call", &["id", "method"], &["params", "caller", "target"]),
     ("reply", &["id"], &["result"]),
     ("error", &["error"], &["id"]),
     ("event", &["topic"], &["data", "missed", "publisher"]),
@@ -617,6 +623,10 @@ impl Message {
                 method: method(raw.method)?,
                 params: payload(raw.params),
                 caller: raw.caller,
+                target: match raw.target {
+                    None => None,
+                    Some(t) => Some(call_target(t).map_err(|m| DecodeError::new(id, m))?),
+                },
             },
             "reply" => Message::Reply {
                 id: req_id()?,
@@ -740,11 +750,13 @@ impl Message {
                 method,
                 params,
                 caller,
+                target,
                 ..
             } => {
                 r.method = Some(method.as_str());
                 r.params = Some(&params.0);
                 r.caller = caller.as_ref();
+                r.target = target.as_ref();
             }
             Message::Reply { result, .. } => r.result = Some(&result.0),
             Message::Error { error, .. } => r.error = Some(error),
@@ -781,6 +793,20 @@ impl Message {
         r
     }
 }
+
+/// A call's `target`: which session instance of a per-session host serves
+/// it. On the wire `{"session": "ID"}` or `{"uid": N}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum CallTarget {
+    /// The instance of this logind session.
+    Session(String),
+    /// The instance in the one session of this user that has one.
+    Uid(u32),
+}
+
+/// The longest session id a `target` may name.
+pub const MAX_SESSION_ID_LEN: usize = 64;
 
 /// The encoding side of [`RawEnvelope`]: same fields, same order, borrowed.
 #[derive(Default, Serialize)]
@@ -820,6 +846,26 @@ struct WireEnvelope<'a> {
     limits: Option<&'a WelcomeLimits>,
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<&'a CallTarget>,
+}
+
+/// A `target` value, checked: one key, `session` (an id of at most
+/// [`MAX_SESSION_ID_LEN`] printable ASCII characters) or `uid`.
+fn call_target(v: serde_json::Value) -> Result<CallTarget, String> {
+    let usage = "target must be {\"session\": \"ID\"} or {\"uid\": N}";
+    let t: CallTarget = serde_json::from_value(v).map_err(|e| format!("{usage}: {e}"))?;
+    if let CallTarget::Session(id) = &t {
+        if id.is_empty()
+            || id.len() > MAX_SESSION_ID_LEN
+            || !id.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(format!(
+                "{usage}: a session id is 1 to {MAX_SESSION_ID_LEN} printable ASCII characters"
+            ));
+        }
+    }
+    Ok(t)
 }
 
 #[cfg(test)]
@@ -834,6 +880,41 @@ mod tests {
         let bytes = m.encode();
         let back = Message::decode(&bytes);
         assert_eq!(back, Ok(m), "{}", String::from_utf8_lossy(&bytes));
+    }
+
+    #[test]
+    fn a_call_target_is_one_session_or_one_uid() {
+        let call = |t: &str| {
+            Message::decode(
+                format!(r#"{{"kind":"call","id":1,"method":"a.b","target":{t}}}"#).as_bytes(),
+            )
+        };
+        assert!(matches!(
+            call(r#"{"session":"c2"}"#),
+            Ok(Message::Call { target: Some(CallTarget::Session(s)), .. }) if s == "c2"
+        ));
+        assert!(matches!(
+            call(r#"{"uid":1000}"#),
+            Ok(Message::Call {
+                target: Some(CallTarget::Uid(1000)),
+                ..
+            })
+        ));
+        for bad in [
+            r#"{"session":"c2","uid":1}"#,
+            r#"{"seat":"seat0"}"#,
+            r#"{"session":""}"#,
+            r#"{"session":"a\u001b[2J"}"#,
+            r#"{"uid":-1}"#,
+            r#""c2""#,
+        ] {
+            match call(bad) {
+                Err(e) => assert!(e.to_string().contains("target must be"), "{bad}: {e}"),
+                Ok(m) => panic!("{bad} accepted: {m:?}"),
+            }
+        }
+        let long = format!(r#"{{"session":"{}"}}"#, "x".repeat(MAX_SESSION_ID_LEN + 1));
+        assert!(call(&long).is_err());
     }
 
     #[test]
@@ -867,7 +948,17 @@ mod tests {
             method: "a.b".parse().unwrap_or_else(|_| unreachable!()),
             params: p.clone(),
             caller: Some(ident.clone()),
+            target: None,
         });
+        for target in [CallTarget::Session("c2".into()), CallTarget::Uid(1000)] {
+            roundtrip(Message::Call {
+                id: id(3),
+                method: "a.b".parse().unwrap_or_else(|_| unreachable!()),
+                params: p.clone(),
+                caller: None,
+                target: Some(target),
+            });
+        }
         roundtrip(Message::Reply {
             id: id(1),
             result: p.clone(),

@@ -29,7 +29,9 @@ pub mod handshake;
 pub mod limits;
 pub mod name;
 
-pub use envelope::{DecodeError, IdSequence, Message, Payload, RequestId};
+pub use envelope::{
+    CallTarget, DecodeError, IdSequence, Message, Payload, RequestId, MAX_SESSION_ID_LEN,
+};
 pub use error::{ErrorCode, WireError};
 pub use frame::{encode_frame, FrameDecoder, FrameError};
 pub use handshake::{Hello, Identity, Welcome, WelcomeLimits};

@@ -81,6 +81,7 @@ pub struct BrokerBuilder {
     heartbeat: Duration,
     test_hooks: bool,
     reloader: Option<crate::builtins::Reloader>,
+    sessions: Option<Arc<dyn crate::SessionLookup>>,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -125,6 +126,13 @@ impl BrokerBuilder {
         self
     }
 
+    /// How the broker learns a caller's login session, to route calls to
+    /// per-session hosts when the caller's user has several sessions.
+    pub fn session_lookup(mut self, lookup: Arc<dyn crate::SessionLookup>) -> Self {
+        self.sessions = Some(lookup);
+        self
+    }
+
     /// Turns on test hooks (see [`TEST_PANIC_METHOD`]). Never in
     /// production.
     pub fn test_hooks(mut self, on: bool) -> Self {
@@ -153,6 +161,7 @@ impl BrokerBuilder {
                 reg: Arc::new(Registry::new(settings, self.policy)),
                 handlers: self.handlers,
                 reloader: self.reloader,
+                sessions: self.sessions,
             }),
             heartbeat_ms: Arc::new(AtomicU64::new(0)),
             heartbeat: self.heartbeat,
@@ -224,6 +233,7 @@ impl Broker {
             heartbeat: Duration::from_secs(1),
             test_hooks: false,
             reloader: None,
+            sessions: None,
         }
     }
 

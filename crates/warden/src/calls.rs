@@ -141,6 +141,7 @@ pub(crate) fn forward(
         method: method.clone(),
         params,
         caller: Some(identity),
+        target: None,
     };
     let max = reg.settings.max_frame;
     let Some(bytes) = msg.to_frame(max) else {

@@ -35,7 +35,9 @@
 //!   calls and statistics, and of their invariants.
 //! - leaves: `peer` (a connection as others see it, reaching its socket
 //!   through the `Outbox` trait the transport implements), `channel`,
-//!   `queue` (byte accounting), `stats`, `shutdown`.
+//!   `queue` (byte accounting), `stats`, `shutdown`, `session_lookup`
+//!   ([`SessionLookup`], which login session a caller is in, supplied by
+//!   the embedding program).
 
 pub mod audit;
 pub mod broker;
@@ -50,6 +52,7 @@ mod pubsub;
 mod queue;
 mod registry;
 mod router;
+mod session_lookup;
 mod shutdown;
 mod stats;
 mod transport;
@@ -61,6 +64,7 @@ pub use channel::{CallerChannel, Pushed};
 pub use handler::{Handler, HandlerContext, HandlerFuture};
 pub use local::{BrokerHandle, CallOptions};
 pub use queue::Charge;
+pub use session_lookup::SessionLookup;
 pub use shutdown::{Shutdown, ShutdownTrigger};
 
 /// Software name reported in `welcome` and `warden.version`.

@@ -143,6 +143,37 @@ impl BrokerHandle {
         params: Payload,
         opts: CallOptions,
     ) -> Result<Payload, WireError> {
+        self.call_host_in(host, None, method, params, opts).await
+    }
+
+    /// As [`BrokerHandle::call_host`], on the instance of the per-session
+    /// host `host` that serves the logind session `session`: how the
+    /// broker calls into a particular user's session. The provider sees
+    /// `opts.acting_for` as the caller.
+    ///
+    /// # Errors
+    /// As [`BrokerHandle::call_host`]; `unavailable` when no instance of
+    /// `host` runs for `session`.
+    pub async fn call_session_host(
+        &self,
+        host: &str,
+        session: &str,
+        method: &str,
+        params: Payload,
+        opts: CallOptions,
+    ) -> Result<Payload, WireError> {
+        self.call_host_in(host, Some(session), method, params, opts)
+            .await
+    }
+
+    async fn call_host_in(
+        &self,
+        host: &str,
+        session: Option<&str>,
+        method: &str,
+        params: Payload,
+        opts: CallOptions,
+    ) -> Result<Payload, WireError> {
         let method = MethodName::try_from(method)
             .map_err(|e| WireError::new(ErrorCode::BadRequest, format!("{method:?}: {e}")))?;
         if self.reg.is_draining() {
@@ -151,10 +182,14 @@ impl BrokerHandle {
                 "the broker is shutting down and takes no new calls",
             ));
         }
-        let Some(conn) = self.reg.host_connection(host) else {
+        let Some(conn) = self.reg.host_connection(host, session) else {
+            let which = match session {
+                Some(s) => format!("the host {host} of session {s}"),
+                None => format!("the host {host}"),
+            };
             return Err(WireError::new(
                 ErrorCode::Unavailable,
-                format!("the host {host} is not connected (starting, restarting or failed: see wardenctl hosts)"),
+                format!("{which} is not connected (no such session, starting, restarting or failed: see wardenctl hosts)"),
             ));
         };
         self.call_peer(&conn, method, params, opts).await

@@ -91,6 +91,9 @@ pub(crate) struct Peer {
     broker_ids: IdSequence,
     pub(crate) kill: Arc<KillSwitch>,
     pub(crate) outbox: Arc<dyn Outbox>,
+    /// The login session the peer process is in, looked up once (on the
+    /// pinned pid) when a call first needs it.
+    pub(crate) session: tokio::sync::OnceCell<Option<String>>,
 }
 
 /// What [`Peer::new`] needs.
@@ -123,6 +126,7 @@ impl Peer {
             broker_ids: IdSequence::new(),
             kill: p.kill,
             outbox: p.outbox,
+            session: tokio::sync::OnceCell::new(),
         }
     }
 

@@ -127,6 +127,10 @@ pub(crate) enum Route {
     /// The caller's user has several sessions with an instance: which one
     /// is not decided yet.
     Several { host: String, sessions: Vec<String> },
+    /// A `target` was given, but the method is not a per-session host's.
+    NotScoped,
+    /// A `target` was given, and no instance matches it.
+    NoInstance { host: String, target: String },
 }
 
 /// Why a call to a per-session host's method could not be routed, in
@@ -137,8 +141,14 @@ pub(crate) fn unroutable(method: &MethodName, uid: u32, route: &Route) -> String
             "{method} is served by the per-session host {host}, and none runs in a session of uid {uid}: log in (a session of a class the broker's [sessions] lists) and try again"
         ),
         Route::Several { host, sessions } => format!(
-            "{method} is served by the per-session host {host}, which runs in several sessions of uid {uid} ({}); choosing among them is not implemented yet",
+            "{method} is served by the per-session host {host}, which runs in several sessions of uid {uid} ({}), and the session manager does not place your process in one of them: name one with the call's target, {{\"session\": ID}} (wardenctl call --session ID)",
             sessions.join(", ")
+        ),
+        Route::NoInstance { host, target } => format!(
+            "no instance of the per-session host {host} serves {target} (see wardenctl hosts)"
+        ),
+        Route::NotScoped => format!(
+            "{method} is not served by a per-session host: a call to it takes no target"
         ),
         Route::To(_) | Route::Unknown => format!("{method} cannot be routed"),
     }
@@ -457,13 +467,82 @@ impl Registry {
         was
     }
 
-    /// The connection adopted as the child host `name`, if it is connected.
-    pub(crate) fn host_connection(&self, name: &str) -> Option<PeerRef> {
+    /// The connection adopted as the child host `name` (for `session`,
+    /// if given: that per-session instance), if it is connected.
+    pub(crate) fn host_connection(&self, name: &str, session: Option<&str>) -> Option<PeerRef> {
         lock(&self.state)
             .conns
             .values()
-            .find(|e| e.peer.identity.host.as_deref() == Some(name))
+            .find(|e| {
+                e.peer.identity.host.as_deref() == Some(name)
+                    && (session.is_none() || e.peer.identity.session.as_deref() == session)
+            })
             .map(|e| Arc::clone(&e.peer))
+    }
+
+    /// For a caller whose user has several sessions with instances of a
+    /// per-session host: the instance in `session`, the caller's own (as
+    /// the session manager reported it for the caller's pid).
+    pub(crate) fn route_in_session(
+        &self,
+        method: &MethodName,
+        caller: &warden_proto::Identity,
+        session: Option<&str>,
+    ) -> Route {
+        if let (Some(sid), Some(Providers::Sessions(v))) =
+            (session, lock(&self.state).providers.get(method))
+        {
+            if let Some(p) = v.iter().find(|p| {
+                p.identity.uid == caller.uid && p.identity.session.as_deref() == Some(sid)
+            }) {
+                return Route::To(Arc::clone(p));
+            }
+        }
+        self.route(method, caller)
+    }
+
+    /// Where a call to `method` with an explicit `target` goes (who may
+    /// send it is the router's to decide).
+    pub(crate) fn route_target(
+        &self,
+        method: &MethodName,
+        target: &warden_proto::CallTarget,
+    ) -> Route {
+        use warden_proto::CallTarget;
+        let st = lock(&self.state);
+        let v = match st.providers.get(method) {
+            None => return Route::Unknown,
+            Some(Providers::One(_)) => return Route::NotScoped,
+            Some(Providers::Sessions(v)) => v,
+        };
+        let host = v
+            .first()
+            .and_then(|p| p.identity.host.clone())
+            .unwrap_or_default();
+        let matching: Vec<&PeerRef> = v
+            .iter()
+            .filter(|p| match target {
+                CallTarget::Session(id) => p.identity.session.as_deref() == Some(id.as_str()),
+                CallTarget::Uid(uid) => p.identity.uid == *uid,
+            })
+            .collect();
+        match matching.as_slice() {
+            [one] => Route::To(Arc::clone(one)),
+            [] => Route::NoInstance {
+                host,
+                target: match target {
+                    CallTarget::Session(id) => format!("session {id}"),
+                    CallTarget::Uid(uid) => format!("a session of uid {uid}"),
+                },
+            },
+            several => Route::Several {
+                host,
+                sessions: several
+                    .iter()
+                    .filter_map(|p| p.identity.session.clone())
+                    .collect(),
+            },
+        }
     }
 
     /// Where `caller`'s call to `method` goes: its provider, or for a

@@ -33,6 +33,8 @@ pub(crate) struct Services {
     /// Loads the configuration again, for `warden.reload` (`None`: the
     /// embedding program gave none, and the built-in is `unavailable`).
     pub(crate) reloader: Option<crate::builtins::Reloader>,
+    /// Which session a caller is in (per-session hosts).
+    pub(crate) sessions: Option<Arc<dyn crate::SessionLookup>>,
 }
 
 impl std::fmt::Debug for Services {
@@ -66,7 +68,19 @@ pub(crate) fn request(
             method,
             params,
             caller,
-        } => call(svc, view, id, method, params, caller.is_some(), dirty),
+            target,
+        } => call(
+            svc,
+            view,
+            Request {
+                id,
+                method,
+                params,
+                caller_field: caller.is_some(),
+                target,
+            },
+            dirty,
+        ),
         Message::Reply { id, result } => {
             calls::provider_answer(&svc.reg, view.peer, id, Ok(result), dirty);
             Outcome::Later
@@ -147,15 +161,24 @@ fn answered(
     Outcome::Answer(answer_message(id, answer))
 }
 
-fn call(
-    svc: &Services,
-    view: CallerView<'_>,
+/// One `call` as it arrived.
+struct Request {
     id: RequestId,
     method: MethodName,
     params: Payload,
+    /// The client sent `caller` (which only the broker may set).
     caller_field: bool,
-    dirty: &mut Dirty,
-) -> Outcome {
+    target: Option<warden_proto::CallTarget>,
+}
+
+fn call(svc: &Services, view: CallerView<'_>, req: Request, dirty: &mut Dirty) -> Outcome {
+    let Request {
+        id,
+        method,
+        params,
+        caller_field,
+        target,
+    } = req;
     let reg = &svc.reg;
     let peer = view.peer;
     let started = Instant::now();
@@ -177,6 +200,13 @@ fn call(
             None,
             "the \"caller\" field is set by the broker on routed calls; a client must not send it"
                 .into(),
+        );
+    }
+    if target.is_some() && (method.is_reserved() || svc.handlers.contains_key(method.as_str())) {
+        return fail(
+            ErrorCode::BadRequest,
+            None,
+            format!("{method} is served by the broker itself: a call to it takes no target"),
         );
     }
     if reg.is_draining() {
@@ -273,7 +303,37 @@ fn call(
         ));
         return Outcome::Later;
     }
-    let provider = match reg.route(&method, &peer.identity) {
+    let route = match &target {
+        None => reg.route(&method, &peer.identity),
+        Some(t) => match reg.route_target(&method, t) {
+            // Another user's session: only with the `target` action.
+            Route::To(p) if p.identity.uid != peer.identity.uid => {
+                let d = view.policy.decide(Action::Target, method.as_str());
+                if !d.allowed {
+                    let reason = d.reason();
+                    audit_denied(peer, "target", method.as_str(), &reason);
+                    return fail(
+                        ErrorCode::Denied,
+                        Some(&reason),
+                        format!(
+                            "uid {} may not call {method} in another user's session ({reason}); that needs the `target` action on {method}",
+                            peer.identity.uid
+                        ),
+                    );
+                }
+                Route::To(p)
+            }
+            Route::NotScoped => {
+                return fail(
+                    ErrorCode::BadRequest,
+                    rule.as_deref(),
+                    crate::registry::unroutable(&method, peer.identity.uid, &Route::NotScoped),
+                )
+            }
+            other => other,
+        },
+    };
+    let provider = match route {
         Route::To(p) => p,
         Route::Unknown => {
             return fail(
@@ -281,6 +341,25 @@ fn call(
                 rule.as_deref(),
                 format!("no built-in or provider serves {method}"),
             )
+        }
+        Route::Several { .. }
+            if target.is_none() && svc.sessions.is_some() && !reg.caller_has_call(peer.id, id) =>
+        {
+            // Which of the caller's sessions: ask the session manager
+            // (once per connection), off the read loop.
+            if let Some(lookup) = svc.sessions.clone() {
+                tokio::spawn(route_by_session(
+                    Arc::clone(reg),
+                    lookup,
+                    Arc::clone(peer),
+                    id,
+                    method,
+                    params,
+                    started,
+                    rule,
+                ));
+            }
+            return Outcome::Later;
         }
         other => {
             return fail(
@@ -326,6 +405,88 @@ fn call(
             Err(e),
         ),
     }
+}
+
+/// Routes a call to a per-session host's method for a caller whose user
+/// has several sessions with an instance: to the instance of the session
+/// the session manager reports for the caller's pinned pid (looked up
+/// once per connection; `None` if the process has exited since, so a
+/// reused pid is never asked about), else `unavailable` naming them.
+#[expect(clippy::too_many_arguments, reason = "one routed call's parts")]
+async fn route_by_session(
+    reg: Arc<Registry>,
+    lookup: Arc<dyn crate::SessionLookup>,
+    peer: PeerRef,
+    id: RequestId,
+    method: MethodName,
+    params: Payload,
+    started: Instant,
+    rule: Option<String>,
+) {
+    let session = peer
+        .session
+        .get_or_init(|| async {
+            let s = lookup.session_of(peer.identity.pid).await;
+            let alive = peer.pidfd.as_ref().is_some_and(|fd| {
+                matches!(
+                    warden_sys::pidfd_exited(std::os::fd::AsFd::as_fd(fd)),
+                    Ok(false)
+                )
+            });
+            s.filter(|_| alive)
+        })
+        .await
+        .clone();
+    let answer = match reg.route_in_session(&method, &peer.identity, session.as_deref()) {
+        Route::To(provider) => {
+            let forwarded = calls::forward(
+                &reg,
+                &provider,
+                Forward {
+                    answerer: Answerer::Peer {
+                        peer: Arc::clone(&peer),
+                        id,
+                    },
+                    identity: peer.identity.clone(),
+                    method: method.clone(),
+                    params,
+                    started,
+                    deadline: started + reg.settings.call_timeout,
+                    rule: rule.clone(),
+                },
+                None,
+            );
+            match forwarded {
+                Ok(_) => return,
+                Err(e) => Err(e),
+            }
+        }
+        Route::Unknown => Err(WireError::new(
+            ErrorCode::UnknownMethod,
+            format!("no built-in or provider serves {method}"),
+        )),
+        other => {
+            let why = crate::registry::unroutable(&method, peer.identity.uid, &other);
+            Err(WireError::new(
+                ErrorCode::Unavailable,
+                match &session {
+                    Some(s) => format!("{why} (your process is in session {s}, which has none)"),
+                    None => why,
+                },
+            ))
+        }
+    };
+    let call = calls::Answered {
+        peer: &peer,
+        id,
+        method: method.as_str(),
+        resolved: true,
+        started,
+        rule: rule.as_deref(),
+    };
+    call.record(&reg, &answer);
+    let frame = calls::answer_frame(&reg, &peer, id, &method, answer);
+    peer.send(frame);
 }
 
 /// Awaits a handler's answer in a task of its own and delivers it to the

@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["calls"],
     &["monitor"],
     &["registry"],
-    &["channel", "peer", "queue", "stats", "shutdown"],
+    &["channel", "peer", "queue", "stats", "shutdown", "session_lookup"],
 ];
 
 /// Names `lib.rs` re-exports, and the module each comes from.
@@ -40,6 +40,7 @@ const REEXPORTS: &[(&str, &str)] = &[
     ("Charge", "queue"),
     ("Shutdown", "shutdown"),
     ("ShutdownTrigger", "shutdown"),
+    ("SessionLookup", "session_lookup"),
 ];
 
 /// (layer, position in layer) of a module.

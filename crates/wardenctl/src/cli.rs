@@ -164,6 +164,14 @@ pub enum Command {
         /// Parameters as JSON (default: null); `-` reads them from standard
         /// input, `@FILE` from FILE.
         params: Option<String>,
+        /// For a method of a per-session host: the instance of this logind
+        /// session (another user's needs the `target` action).
+        #[arg(long, value_name = "ID", conflicts_with = "target_uid")]
+        session: Option<String>,
+        /// For a method of a per-session host: the instance in this user's
+        /// one session that has it.
+        #[arg(long = "target-uid", value_name = "UID")]
+        target_uid: Option<u32>,
     },
     /// Subscribe to a topic and print one JSON line per event.
     Subscribe {
@@ -321,7 +329,7 @@ pub enum PolicyCommand {
         /// An extra group (name or gid), as if the user were a member.
         #[arg(long = "group", value_name = "GROUP")]
         groups: Vec<String>,
-        /// The action: call, provide, subscribe, publish, learn, monitor or module.
+        /// The action: call, provide, subscribe, publish, learn, monitor, module or target.
         action: String,
         /// The method or topic name.
         name: String,

@@ -132,9 +132,19 @@ async fn run(cli: &Cli, out: Output) -> Result<ExitCode, Error> {
         Command::Ping => basic::ping(c, out).await?,
         Command::Whoami => basic::whoami(c, out).await?,
         Command::Version => basic::version(c, out).await?,
-        Command::Call { method, .. } => {
+        Command::Call {
+            method,
+            session,
+            target_uid,
+            ..
+        } => {
             let params = call_params.unwrap_or_else(Payload::null);
-            basic::call(c, out, method, params).await?;
+            let target = match (session, target_uid) {
+                (Some(s), _) => Some(warden_client::CallTarget::Session(s.clone())),
+                (None, Some(u)) => Some(warden_client::CallTarget::Uid(*u)),
+                (None, None) => None,
+            };
+            basic::call(c, out, method, params, target).await?;
         }
         Command::Status => status::status(c, out).await?,
         Command::Reload => reload::reload(c, out).await?,

@@ -45,7 +45,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("metrics", "sudo wardenctl metrics\nsudo wardenctl metrics --prometheus > /var/lib/node_exporter/warden.prom"),
     (
         "call",
-        "wardenctl call warden.echo '{\"hi\": 1}'\necho '{\"hi\": 1}' | wardenctl call warden.echo -\nwardenctl call net.vpn.connect @params.json",
+        "wardenctl call warden.echo '{\"hi\": 1}'\necho '{\"hi\": 1}' | wardenctl call warden.echo -\nwardenctl call net.vpn.connect @params.json\nwardenctl call --session c2 example.echo",
     ),
     ("subscribe", "wardenctl subscribe net.vpn.state\nwardenctl subscribe 'news.**' --count 1"),
     ("publish", "wardenctl publish news.local '{\"text\": \"hello\"}'"),

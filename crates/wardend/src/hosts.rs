@@ -760,7 +760,63 @@ fn loadable(path: &Path, modules: &[PathBuf], module_dir: Option<&Path>) -> Resu
     })
 }
 
-/// Registers `hosts.list`, `hosts.restart` and `hosts.module`.
+/// `hosts.session_call {"host": NAME, "session": ID, "method": M,
+/// "params": P}`: the broker calls `M` in that session's instance of the
+/// per-session host `NAME`, acting for the caller, and answers what the
+/// host answers (seed 003: the service calls into a user's session over
+/// the connection the session's process made, never an endpoint of the
+/// user's). Administrators only in the embedded default; audited.
+struct SessionCall;
+
+impl Handler for SessionCall {
+    fn call(&self, ctx: HandlerContext, params: Payload) -> HandlerFuture {
+        Box::pin(async move {
+            #[derive(serde::Deserialize)]
+            struct P {
+                host: String,
+                session: String,
+                method: String,
+                #[serde(default)]
+                params: Value,
+            }
+            let p: P = params.parse().map_err(|e| {
+                wire(
+                    ErrorCode::BadRequest,
+                    format!("params must be {{\"host\": NAME, \"session\": ID, \"method\": M, \"params\": P}}: {e}"),
+                )
+            })?;
+            let inner = Payload::from_value(&p.params)
+                .map_err(|e| wire(ErrorCode::BadRequest, e.to_string()))?;
+            let answer = ctx
+                .broker
+                .call_session_host(
+                    &p.host,
+                    &p.session,
+                    &p.method,
+                    inner,
+                    warden::CallOptions::acting_for(ctx.caller.clone()),
+                )
+                .await;
+            warden::audit::record(warden::audit::Record {
+                actor: &warden::audit::Actor::of_caller(&ctx),
+                action: "hosts.session_call",
+                target: json!([p.host, p.session, p.method]),
+                rule: None,
+                result: if answer.is_ok() { "ok" } else { "failed" },
+                message: "call into a user's session host",
+                extra: json!({}),
+            });
+            answer
+        })
+    }
+
+    fn description(&self) -> Option<&str> {
+        Some("Calls a method in one session's instance of a per-session host")
+    }
+}
+
+/// Registers `hosts.list`, `hosts.restart`, `hosts.module` and
+/// `hosts.session_call`.
 pub fn register(builder: BrokerBuilder, view: &HostsView) -> anyhow::Result<BrokerBuilder> {
     builder
         .handler("hosts.list", ListHosts(view.clone()))
@@ -768,7 +824,9 @@ pub fn register(builder: BrokerBuilder, view: &HostsView) -> anyhow::Result<Brok
         .handler("hosts.restart", RestartHost(view.clone()))
         .context("registering hosts.restart")?
         .handler("hosts.module", ModuleOp(view.clone()))
-        .context("registering hosts.module")
+        .context("registering hosts.module")?
+        .handler("hosts.session_call", SessionCall)
+        .context("registering hosts.session_call")
 }
 
 #[cfg(test)]

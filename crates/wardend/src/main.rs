@@ -447,6 +447,13 @@ fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
             builder = builder.heartbeat_interval(w / 4);
         }
         builder = hosts::register(builder, &hosts_view)?;
+        if config
+            .hosts
+            .iter()
+            .any(|h| h.scope == warden_policy::HostScope::Session)
+        {
+            builder = builder.session_lookup(sessions::LogindLookup::new(&config.sessions));
+        }
         #[cfg(feature = "test-hooks")]
         if test_hooks {
             builder = builder

@@ -38,6 +38,9 @@ const MAX_RETRY: Duration = Duration::from_secs(10);
 trait Manager {
     fn list_sessions(&self) -> zbus::Result<Vec<(String, u32, String, String, OwnedObjectPath)>>;
 
+    #[zbus(name = "GetSessionByPID")]
+    fn get_session_by_pid(&self, pid: u32) -> zbus::Result<OwnedObjectPath>;
+
     #[zbus(signal)]
     fn session_new(&self, id: String, path: OwnedObjectPath) -> zbus::Result<()>;
 
@@ -50,6 +53,9 @@ trait Manager {
     default_service = "org.freedesktop.login1"
 )]
 trait Session {
+    #[zbus(property)]
+    fn id(&self) -> zbus::Result<String>;
+
     #[zbus(property)]
     fn class(&self) -> zbus::Result<String>;
 
@@ -314,4 +320,79 @@ async fn user_proxy<'a>(
         .cache_properties(zbus::proxy::CacheProperties::No)
         .build()
         .await
+}
+
+/// How long asking logind for a caller's session may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The broker's [`warden::SessionLookup`]: `GetSessionByPID` on logind
+/// (`[sessions].bus`), over a connection made on first use and made again
+/// after an error.
+pub struct LogindLookup {
+    bus: String,
+    conn: tokio::sync::Mutex<Option<zbus::Connection>>,
+}
+
+impl LogindLookup {
+    /// A lookup on `cfg.bus`.
+    pub fn new(cfg: &SessionsSection) -> Arc<LogindLookup> {
+        Arc::new(LogindLookup {
+            bus: cfg.bus.clone(),
+            conn: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    async fn ask(&self, pid: u32) -> zbus::Result<Option<String>> {
+        let mut conn = self.conn.lock().await;
+        if conn.is_none() {
+            *conn = Some(
+                zbus::connection::Builder::address(self.bus.as_str())?
+                    .build()
+                    .await?,
+            );
+        }
+        let Some(c) = conn.as_ref() else {
+            return Ok(None);
+        };
+        let manager = ManagerProxy::new(c).await?;
+        let path = match manager.get_session_by_pid(pid).await {
+            Ok(p) => p,
+            // The real answer for a process in no session.
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str().ends_with("NoSessionForPID") =>
+            {
+                return Ok(None)
+            }
+            Err(e) => {
+                *conn = None;
+                return Err(e);
+            }
+        };
+        let id = session_proxy(c, &path).await?.id().await?;
+        Ok(Some(id))
+    }
+}
+
+impl warden::SessionLookup for LogindLookup {
+    fn session_of(
+        &self,
+        pid: u32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send + '_>> {
+        Box::pin(async move {
+            match tokio::time::timeout(LOOKUP_TIMEOUT, self.ask(pid)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::warn!(pid, "cannot ask logind for the caller's session: {e}");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        pid,
+                        "logind did not say the caller's session within {LOOKUP_TIMEOUT:?}"
+                    );
+                    None
+                }
+            }
+        })
+    }
 }

@@ -106,8 +106,12 @@ pub async fn call(
     out: Output,
     method: &str,
     params: Payload,
+    target: Option<warden_client::CallTarget>,
 ) -> Result<(), Error> {
-    let r = client.call(method, params).await?;
+    let r = match &target {
+        None => client.call(method, params).await?,
+        Some(t) => client.call_targeted(method, params, t).await?,
+    };
     let v: Value = r.parse().map_err(|e| Error::Usage(format!("reply: {e}")))?;
     out.emit_pretty(&v);
     Ok(())

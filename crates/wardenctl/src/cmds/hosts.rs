@@ -9,8 +9,9 @@ use crate::error::Error;
 use crate::output::{cell, table, Align, Output};
 use crate::term;
 
-/// `wardenctl hosts`: one line per host: name, state, pid, restarts, user,
-/// how its last process ended, its modules.
+/// `wardenctl hosts`: one line per host (per session instance for a
+/// per-session host): name, session, state, pid, restarts, user, how its
+/// last process ended, its modules.
 pub async fn list(client: &Client, out: Output) -> Result<(), Error> {
     let r = client.call_json("hosts.list", Value::Null).await?;
     out.emit(&r, |r| {
@@ -37,6 +38,7 @@ pub async fn list(client: &Client, out: Output) -> Result<(), Error> {
                     .unwrap_or_default();
                 vec![
                     cell(&h["name"]),
+                    cell(&h["session"]),
                     term::escape(&state).into_owned(),
                     h["pid"]
                         .as_u64()
@@ -55,6 +57,7 @@ pub async fn list(client: &Client, out: Output) -> Result<(), Error> {
             table(
                 &[
                     ("HOST", Align::Left),
+                    ("SESSION", Align::Left),
                     ("STATE", Align::Left),
                     ("PID", Align::Right),
                     ("RESTARTS", Align::Right),

@@ -15,7 +15,7 @@ use warden_testkit::{config_text, test_users, wardenctl, BrokerProcess, TestDir,
 
 use crate::hosts::{call, modules, LIVENESS};
 
-fn config(dir: &TestDir, bus: &PrivateBus, echo: &Path) -> String {
+fn config(dir: &TestDir, bus: &PrivateBus, echo: &Path, targeter: &TestUser) -> String {
     config_text(
         dir,
         &format!(
@@ -41,11 +41,17 @@ everyone = true
 
 [[rule]]
 actions = ["call"]
-names = ["hosts.list"]
+names = ["hosts.list", "hosts.session_call"]
 admins = true
+
+[[rule]]
+actions = ["target"]
+names = ["example.echo"]
+users = ["{targeter}"]
 "#,
             bus = bus.address(),
-            echo = echo.display()
+            echo = echo.display(),
+            targeter = targeter.name,
         ),
     )
 }
@@ -101,6 +107,23 @@ fn echo_as(user: &TestUser, socket: &Path) -> anyhow::Result<Value> {
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(text).into_owned())))
 }
 
+/// `example.echo` called by `user` with a target (`--session ID` or
+/// `--target-uid N`): the answer, or the error object.
+fn echo_targeted(user: &TestUser, socket: &Path, flag: &str, value: &str) -> anyhow::Result<Value> {
+    let out = wardenctl(
+        Some(user),
+        socket,
+        &["--json", "call", flag, value, "example.echo"],
+    )?;
+    let text = if out.stdout.is_empty() {
+        &out.stderr
+    } else {
+        &out.stdout
+    };
+    Ok(serde_json::from_slice(text)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(text).into_owned())))
+}
+
 /// Waits until `user`'s call is served (the host has provided its names).
 fn echo_served(user: &TestUser, socket: &Path) -> anyhow::Result<Value> {
     let t = Instant::now();
@@ -138,7 +161,7 @@ fn gone(pid: u64) -> bool {
 #[test]
 #[ignore = "needs root"]
 fn session_hosts_follow_logind_and_serve_only_their_own_user() -> anyhow::Result<()> {
-    let (a, b, _) = test_users()?;
+    let (a, b, c) = test_users()?;
     let dir = TestDir::new("session-hosts")?;
     let (echo, _) = modules(dir.path())?;
     let bus = PrivateBus::start(dir.path())?;
@@ -147,7 +170,7 @@ fn session_hosts_follow_logind_and_serve_only_their_own_user() -> anyhow::Result
     let run_b = runtime_dir(&dir, &b)?;
     // A session that exists before the broker starts.
     logind.add("c1", a.uid, &a.name, "user", &run_a, &[])?;
-    let text = config(&dir, &bus, &echo);
+    let text = config(&dir, &bus, &echo, &c);
     let broker = BrokerProcess::start(&dir, &text)?;
     let socket = broker.socket();
     let i = wait_instances(socket, "a's host for the existing session", |i| {
@@ -196,6 +219,10 @@ fn session_hosts_follow_logind_and_serve_only_their_own_user() -> anyhow::Result
         (a.uid.into(), a.uid.into()),
         "{v}"
     );
+    assert_eq!(
+        v["host"]["session"], "c1",
+        "the module sees its session: {v}"
+    );
     let v = echo_as(&b, socket)?;
     assert!(
         v.to_string().contains("unavailable"),
@@ -227,6 +254,112 @@ fn session_hosts_follow_logind_and_serve_only_their_own_user() -> anyhow::Result
         v["host"]["pid"], pid_a,
         "a is still served by its own host: {v}"
     );
+
+    // Targets: one's own session always; another user's only with the
+    // `target` action (c has it for example.echo, b does not).
+    let v = echo_targeted(&a, socket, "--session", "c1")?;
+    assert_eq!(v["host"]["pid"], pid_a, "a targets its own session: {v}");
+    let v = echo_targeted(&b, socket, "--session", "c1")?;
+    assert!(
+        v.to_string().contains("denied") && v.to_string().contains("`target` action"),
+        "b targets a's session: {v}"
+    );
+    let v = echo_targeted(&c, socket, "--session", "c2")?;
+    assert_eq!(
+        (v["host"]["pid"].clone(), v["caller"]["uid"].clone()),
+        (pid_b.into(), c.uid.into()),
+        "c targets b's session: {v}"
+    );
+    let v = echo_targeted(&c, socket, "--target-uid", &a.uid.to_string())?;
+    assert_eq!(v["host"]["pid"], pid_a, "c targets a by uid: {v}");
+    let v = echo_targeted(&a, socket, "--session", "nosuch")?;
+    assert!(
+        v.to_string().contains("unavailable"),
+        "no such session: {v}"
+    );
+    let out = wardenctl(
+        Some(&a),
+        socket,
+        &["--json", "call", "--session", "c1", "warden.introspect"],
+    )?;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("bad_request"),
+        "a target on a built-in: {out:?}"
+    );
+    let log = broker.log();
+    assert!(
+        log.contains("action=\"target\"") && log.contains("result=\"denied\""),
+        "the refused target is audited:\n{log}"
+    );
+
+    // A second session of a: a process logind places in it is served by
+    // that session's host; a's process in no session, with two to choose
+    // from, gets unavailable naming them.
+    let lib_dir = crate::python::client_dir()?;
+    let script = format!(
+        "import sys, os, json\n\
+         sys.path.insert(0, {lib_dir:?})\n\
+         import warden_client\n\
+         c = warden_client.Client({sock:?})\n\
+         print(os.getpid(), flush=True)\n\
+         sys.stdin.readline()\n\
+         print(json.dumps(c.call('example.echo')), flush=True)\n\
+         print(json.dumps(c.call('example.echo', target={{'session': 'c1'}})), flush=True)\n",
+        sock = broker.socket_str(),
+    );
+    let mut py = warden_testkit::command_as(&a, Path::new("/usr/bin/python3"))
+        .arg("-c")
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()?;
+    let mut py_in = py.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+    let mut py_out = std::io::BufReader::new(
+        py.stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut py_out, &mut line)?;
+    let py_pid: u32 = line.trim().parse()?;
+    logind.add("c3", a.uid, &a.name, "user", &run_a, &[py_pid])?;
+    let i = wait_instances(socket, "a's second host", |i| {
+        i.len() == 3 && i.iter().all(|h| h.2 == "running")
+    })?;
+    let pid_a3 = i.iter().find(|h| h.0 == "c3").map_or(0, |h| h.3);
+    // Wait until the new instance provides its names.
+    let t = Instant::now();
+    loop {
+        let v = echo_as(&a, socket)?;
+        if v.to_string().contains("several sessions") {
+            assert!(
+                v.to_string().contains("c1") && v.to_string().contains("c3"),
+                "{v}"
+            );
+            break;
+        }
+        anyhow::ensure!(t.elapsed() < LIVENESS, "a with two sessions: {v}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    std::io::Write::write_all(&mut py_in, b"\n")?;
+    line.clear();
+    std::io::BufRead::read_line(&mut py_out, &mut line)?;
+    let v: Value =
+        serde_json::from_str(line.trim()).map_err(|e| anyhow::anyhow!("{e}: {line:?}"))?;
+    assert_eq!(v["host"]["pid"], pid_a3, "the process in session c3: {v}");
+    assert_eq!(v["caller"]["pid"], py_pid, "{v}");
+    line.clear();
+    std::io::BufRead::read_line(&mut py_out, &mut line)?;
+    let v: Value =
+        serde_json::from_str(line.trim()).map_err(|e| anyhow::anyhow!("{e}: {line:?}"))?;
+    assert_eq!(
+        v["host"]["pid"], pid_a,
+        "Python with target session c1: {v}"
+    );
+    let _ = py.wait();
+    logind.remove("c3")?;
+    wait_instances(socket, "a's second host stopped", |i| i.len() == 2)?;
 
     // Introspection marks the method as session-scoped.
     let out = wardenctl(Some(&a), socket, &["--json", "list"])?;
@@ -265,7 +398,7 @@ fn session_hosts_follow_logind_and_serve_only_their_own_user() -> anyhow::Result
         std::thread::sleep(Duration::from_millis(20));
     }
     let dir2 = TestDir::new("session-hosts-again")?;
-    let broker = BrokerProcess::start(&dir2, &config(&dir2, &bus, &echo))?;
+    let broker = BrokerProcess::start(&dir2, &config(&dir2, &bus, &echo, &c))?;
     let socket = broker.socket();
     let i = wait_instances(socket, "b's host after a broker restart", |i| {
         i.len() == 1 && i[0].2 == "running"
