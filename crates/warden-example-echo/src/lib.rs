@@ -38,4 +38,6 @@ warden_module::module! {
     methods: { "example.echo" => "Answers with its params, the caller's identity and the host" },
     topics: {},
     call: echo,
+    // It formats a string and returns: no thread handoff needed.
+    quick: true,
 }

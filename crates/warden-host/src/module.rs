@@ -85,7 +85,9 @@ pub struct Module {
     pub methods: Vec<(String, String)>,
     /// Its topics and their descriptions.
     pub topics: Vec<(String, String)>,
-    desc: ModulePtr,
+    /// It declared `WARDEN_MODULE_QUICK`: its calls run on the I/O thread.
+    pub quick: bool,
+    desc: ModuleFns,
     state: StatePtr,
     _ctx: Arc<HostContext>,
     // Unloaded after everything that points into it.
@@ -98,13 +100,15 @@ pub struct Module {
     _fd: std::os::fd::OwnedFd,
 }
 
-/// The module's description (static data inside the loaded library).
-struct ModulePtr(*const ffi::warden_module);
-// SAFETY: the description is immutable static data of the library, which
-// stays loaded as long as the `Module` holding this pointer.
-unsafe impl Send for ModulePtr {}
-// SAFETY: as above: only read.
-unsafe impl Sync for ModulePtr {}
+/// The module's description, read once at load (as its ABI version lays
+/// it out): its function pointers point into the library, which stays
+/// loaded as long as the `Module` holding them.
+struct ModuleFns(ffi::warden_module_v1);
+// SAFETY: function pointers and pointers to immutable static data of the
+// library, which stays loaded as long as the `Module`; only read.
+unsafe impl Send for ModuleFns {}
+// SAFETY: as above.
+unsafe impl Sync for ModuleFns {}
 
 /// The module's own state pointer, passed back to it; the ABI says calls
 /// may come from several threads at once.
@@ -191,16 +195,40 @@ impl Module {
         if desc.is_null() {
             return Err("warden_module_v1 returned NULL".into());
         }
-        // SAFETY: checked non-null; static data of the loaded library.
-        let d = unsafe { *desc };
-        if !(warden_module::OLDEST_ABI..=warden_module::ABI).contains(&d.abi) {
+        // SAFETY: checked non-null; `abi` is the first field of every
+        // version of the description, so reading it alone is in bounds.
+        let abi = unsafe { std::ptr::addr_of!((*desc).abi).read() };
+        if !(warden_module::OLDEST_ABI..=warden_module::ABI).contains(&abi) {
             return Err(format!(
-                "it was built for module ABI {}, this host speaks {} to {}: rebuild it against this warden-module",
-                d.abi,
+                "it was built for module ABI {abi}, this host speaks {} to {}: rebuild it against this warden-module",
                 warden_module::OLDEST_ABI,
                 warden_module::ABI
             ));
         }
+        // Read the description at the size its version has: an ABI 1
+        // module's static ends before `flags`.
+        let (d, flags) = if abi == 1 {
+            // SAFETY: a version 1 description is a `warden_module_v1`.
+            let v1 = unsafe { desc.cast::<ffi::warden_module_v1>().read() };
+            (v1, 0)
+        } else {
+            // SAFETY: a version 2 description is a whole `warden_module`.
+            let v2 = unsafe { desc.read() };
+            (
+                ffi::warden_module_v1 {
+                    abi: v2.abi,
+                    name: v2.name,
+                    methods: v2.methods,
+                    n_methods: v2.n_methods,
+                    topics: v2.topics,
+                    n_topics: v2.n_topics,
+                    init: v2.init,
+                    call: v2.call,
+                    fini: v2.fini,
+                },
+                v2.flags,
+            )
+        };
         if d.name.is_null() || d.call.is_none() {
             return Err("its description has no name or no call function".into());
         }
@@ -224,13 +252,15 @@ impl Module {
                 return Err(format!("its init refused to load (code {rc})"));
             }
         }
+        let quick = flags & warden_module::QUICK != 0;
         Ok(Module {
             name,
+            quick,
             path: path.to_owned(),
             mapped_as,
             methods,
             topics,
-            desc: ModulePtr(desc),
+            desc: ModuleFns(d),
             state: StatePtr(state),
             _ctx: Arc::clone(ctx),
             _lib: lib,
@@ -240,9 +270,7 @@ impl Module {
 
     /// Runs one call (blocking: on a blocking thread).
     pub fn call(&self, call: &IncomingCall) -> Result<Payload, WireError> {
-        // SAFETY: the description stays valid while the library is loaded,
-        // which `self` guarantees.
-        let d = unsafe { *self.desc.0 };
+        let d = self.desc.0;
         let Some(f) = d.call else {
             return Err(WireError::new(
                 ErrorCode::Internal,
@@ -304,12 +332,11 @@ impl Module {
 
 impl Drop for Module {
     fn drop(&mut self) {
-        // SAFETY: the description stays valid until `_lib` is dropped,
-        // after this; `fini` gets the state `init` returned, once, with no
-        // call running (every call holds the `Arc` this was the last of).
-        let d = unsafe { *self.desc.0 };
-        if let Some(fini) = d.fini {
-            // SAFETY: as above.
+        if let Some(fini) = self.desc.0.fini {
+            // SAFETY: `fini` points into the library, loaded until `_lib`
+            // is dropped after this; it gets the state `init` returned,
+            // once, with no call running (every call holds the `Arc` this
+            // was the last of).
             unsafe { fini(self.state.0) };
         }
     }

@@ -96,7 +96,20 @@ typedef struct warden_module {
                  const warden_caller *caller, const warden_answer *answer);
     /* Before unloading, once no call is running. May be NULL. */
     void (*fini)(void *state);
+    /* Since ABI 2 (a host reads it only from modules built for 2 or
+       more): WARDEN_MODULE_QUICK, or 0. */
+    uint32_t flags;
 } warden_module;
+
+/*
+ * Every call of this module returns within microseconds and never blocks
+ * (no I/O, no locks held by others, no sleeping): the host may run it on
+ * its I/O thread instead of handing it to a worker thread, which saves a
+ * thread handoff per call. A call that does block stalls every other call
+ * of the host while it runs; without the flag, calls run on worker
+ * threads, up to 64 at once.
+ */
+#define WARDEN_MODULE_QUICK 1u
 
 /* The one symbol a module exports. */
 const warden_module *warden_module_v1(void);

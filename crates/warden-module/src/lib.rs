@@ -42,6 +42,12 @@ pub const ABI: u32 = 2;
 /// The oldest module ABI a host of this version still loads.
 pub const OLDEST_ABI: u32 = 1;
 
+/// `flags` bit (`WARDEN_MODULE_QUICK`): every call returns within
+/// microseconds and never blocks, so the host may run it on its I/O
+/// thread (no thread handoff). A blocking call then stalls the host's
+/// other calls: set it only for calls that compute and return.
+pub const QUICK: u32 = 1;
+
 /// The C types of `include/warden_module.h`, field for field.
 pub mod ffi {
     #![allow(non_camel_case_types, missing_docs)]
@@ -101,6 +107,33 @@ pub mod ffi {
     #[repr(C)]
     #[derive(Debug, Clone, Copy)]
     pub struct warden_module {
+        pub abi: u32,
+        pub name: *const c_char,
+        pub methods: *const warden_entry,
+        pub n_methods: usize,
+        pub topics: *const warden_entry,
+        pub n_topics: usize,
+        pub init: Option<unsafe extern "C" fn(*const warden_host_api, *mut *mut c_void) -> c_int>,
+        pub call: Option<
+            unsafe extern "C" fn(
+                *mut c_void,
+                warden_str,
+                warden_str,
+                *const warden_caller,
+                *const warden_answer,
+            ),
+        >,
+        pub fini: Option<unsafe extern "C" fn(*mut c_void)>,
+        /// Since ABI 2: [`super::QUICK`] or 0.
+        pub flags: u32,
+    }
+
+    /// A module description as ABI 1 laid it out (no `flags`): what a
+    /// host reads from a module built for ABI 1, whose static is this
+    /// size.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct warden_module_v1 {
         pub abi: u32,
         pub name: *const c_char,
         pub methods: *const warden_entry,
@@ -396,15 +429,17 @@ pub unsafe fn call_trampoline(
 }
 
 /// Declares a module: its name, methods and topics (each with a one-line
-/// description) and the function that answers its calls. See the crate
-/// docs for an example.
+/// description) and the function that answers its calls; `quick: true`
+/// after `call` sets [`QUICK`] (calls that never block run on the host's
+/// I/O thread). See the crate docs for an example.
 #[macro_export]
 macro_rules! module {
     (
         name: $name:literal,
         methods: { $($m:literal => $md:literal),* $(,)? },
         topics: { $($t:literal => $td:literal),* $(,)? },
-        call: $handler:path $(,)?
+        call: $handler:path
+        $(, quick: $quick:literal)? $(,)?
     ) => {
         const _: () = {
             static METHODS: $crate::Static<&[$crate::ffi::warden_entry]> = $crate::Static(&[
@@ -442,6 +477,7 @@ macro_rules! module {
                     init: Some($crate::init_trampoline),
                     call: Some(call),
                     fini: None,
+                    flags: if false $(|| $quick)? { $crate::QUICK } else { 0 },
                 });
             #[allow(unsafe_code)]
             #[no_mangle]

@@ -513,7 +513,7 @@ pub fn service_unit(config: &Config, wardend: &Path) -> String {
          {cap_lines}\
          NoNewPrivileges=yes\n\
          ProtectSystem=strict\n\
-         ProtectHome=yes\n\
+         {home}\
          PrivateTmp=yes\n\
          PrivateDevices=yes\n\
          # AF_UNIX only: the broker opens no network socket.\n\
@@ -553,6 +553,19 @@ pub fn service_unit(config: &Config, wardend: &Path) -> String {
              ProtectControlGroups=no\n"
         },
         syscalls = syscall_filter(config),
+        home = if config
+            .hosts
+            .iter()
+            .any(|h| h.scope == warden_policy::HostScope::Session)
+        {
+            "# Per-session hosts get their user's XDG_RUNTIME_DIR (/run/user/UID),\n\
+             # which ProtectHome=yes would hide: homes stay hidden (an empty\n\
+             # tmpfs), /run/user is bound back in.\n\
+             ProtectHome=tmpfs\n\
+             BindPaths=-/run/user\n"
+        } else {
+            "ProtectHome=yes\n"
+        },
     )
 }
 

@@ -19,7 +19,14 @@ const LAYERS: &[&[&str]] = &[
     &["calls"],
     &["monitor"],
     &["registry"],
-    &["channel", "peer", "queue", "stats", "shutdown", "session_lookup"],
+    &[
+        "channel",
+        "peer",
+        "queue",
+        "stats",
+        "shutdown",
+        "session_lookup",
+    ],
 ];
 
 /// Names `lib.rs` re-exports, and the module each comes from.

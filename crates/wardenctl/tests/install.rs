@@ -535,6 +535,33 @@ fn child_hosts_add_exactly_what_spawning_needs() -> anyhow::Result<()> {
     );
     // Reported, and kept from growing unnoticed.
     assert!(score <= 2.0, "exposure {score} > 2.0");
+    assert!(unit.contains("ProtectHome=yes\n"), "{unit}");
+    eprintln!("exposure with a system host: {score}");
+    Ok(())
+}
+
+#[test]
+fn session_hosts_see_run_user_and_nothing_of_the_homes() -> anyhow::Result<()> {
+    let Some((score, _, unit)) = install_config(
+        "session-hosts",
+        "[broker]\nsocket = \"/run/warden/warden.sock\"\n\n[learn]\nenabled = false\n\n\
+         [[host]]\nname = \"agent\"\nscope = \"session\"\n\
+         modules = [\"/usr/lib/warden/modules/libwarden_example_echo.so\"]\n\n\
+         [[rule]]\nactions = [\"provide\"]\nnames = [\"example.**\"]\nhosts = [\"agent\"]\n",
+    )?
+    else {
+        return Ok(());
+    };
+    for line in [
+        "ProtectHome=tmpfs\n",
+        "BindPaths=-/run/user\n",
+        "Delegate=yes",
+    ] {
+        assert!(unit.contains(line), "{line:?} missing: {unit}");
+    }
+    assert!(!unit.contains("ProtectHome=yes\n"), "{unit}");
+    eprintln!("exposure with a session host: {score}");
+    assert!(score <= 2.0, "exposure {score} > 2.0");
     Ok(())
 }
 

@@ -252,7 +252,8 @@ pub struct Launcher {
 pub struct SessionInfo {
     /// logind's session id.
     pub id: String,
-    /// The user's `XDG_RUNTIME_DIR` (logind's `RuntimePath`), if it exists.
+    /// The user's `XDG_RUNTIME_DIR` (logind's `RuntimePath`), passed at
+    /// each start if the directory exists then.
     pub runtime_path: Option<PathBuf>,
 }
 
@@ -386,7 +387,13 @@ impl Launch for HostLaunch {
             .filter(|k| k.as_str() != "XDG_RUNTIME_DIR")
             .filter_map(|k| std::env::var_os(k).map(|v| (k.into(), v)))
             .collect();
-        if let Some(dir) = self.session.as_ref().and_then(|s| s.runtime_path.as_ref()) {
+        // At each start: only a directory that exists now.
+        if let Some(dir) = self
+            .session
+            .as_ref()
+            .and_then(|s| s.runtime_path.as_ref())
+            .filter(|d| d.is_dir())
+        {
             env.push(("XDG_RUNTIME_DIR".into(), dir.clone().into_os_string()));
         }
         let modules = current(&self.modules);

@@ -27,6 +27,9 @@ use crate::hosts::{Launcher, SessionInfo};
 
 /// How often the state of each session with hosts is read again.
 const STATE_POLL: Duration = Duration::from_secs(2);
+/// How long (in 100 ms steps) a new session's runtime directory is waited
+/// for before its hosts start.
+const RUNTIME_DIR_WAIT_STEPS: u32 = 30;
 /// The longest wait between two attempts to reach the bus.
 const MAX_RETRY: Duration = Duration::from_secs(10);
 
@@ -230,8 +233,19 @@ impl Watcher {
             Ok(u) => u.runtime_path().await.ok(),
             Err(_) => None,
         }
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir());
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+        // logind announces the session while systemd still creates the
+        // user's runtime directory (user-runtime-dir@UID): give it a
+        // moment, so the first start already gets XDG_RUNTIME_DIR.
+        if let Some(dir) = &runtime_path {
+            for _ in 0..RUNTIME_DIR_WAIT_STEPS {
+                if dir.is_dir() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         let account = match warden_sys::user_by_uid(uid) {
             Ok(Some(u)) => u,
             Ok(None) => {
