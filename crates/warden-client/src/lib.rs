@@ -468,7 +468,10 @@ impl Client {
             }
             return Err(caused("sending hello", e.into()));
         }
-        let first = read_frame(&mut stream, &mut decoder)
+        // Exactly the welcome's bytes: the broker may send the next frame
+        // right behind it (a call to a host it just adopted), and that one
+        // belongs to the background reader.
+        let first = read_one_frame(&mut stream, DEFAULT_MAX_FRAME_LEN)
             .await
             .map_err(|e| caused("reading welcome", e.into()))?;
         let Some(body) = first else {
@@ -1093,6 +1096,27 @@ fn topic_name(topic: &str) -> Result<TopicName, CallError> {
 }
 
 /// Reads one frame during the handshake.
+/// Reads one frame and not a byte more (`None` at a clean end of stream
+/// before it).
+async fn read_one_frame(read: &mut UnixStream, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match read.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let n = u32::from_be_bytes(len) as usize;
+    if n > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a frame of {n} bytes exceeds the limit of {max}"),
+        ));
+    }
+    let mut body = vec![0u8; n];
+    read.read_exact(&mut body).await?;
+    Ok(Some(body))
+}
+
 async fn read_frame(
     read: &mut UnixStream,
     decoder: &mut FrameDecoder,

@@ -555,3 +555,38 @@ async fn a_panicking_handler_answers_internal_and_serving_goes_on() -> anyhow::R
     assert!(!serving.is_finished(), "serve stopped after a panic");
     Ok(())
 }
+
+/// A frame the broker sends right behind its welcome, in the same write
+/// (a command to a host it just adopted), reaches the client: the
+/// handshake reads the welcome and not a byte more.
+#[tokio::test(flavor = "current_thread")]
+async fn a_frame_right_behind_the_welcome_is_not_lost() -> anyhow::Result<()> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let fake = tokio::spawn(async move {
+        theirs.set_nonblocking(true)?;
+        let mut s = tokio::net::UnixStream::from_std(theirs)?;
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await?;
+        let mut hello = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut hello).await?;
+        let welcome = br#"{"kind":"welcome","version":1,"server":"fake","identity":{"uid":1,"gid":1,"groups":[],"pid":1},"limits":{"max_frame":1048576,"max_in_flight":64,"call_timeout_ms":30000}}"#;
+        let call = br#"{"kind":"call","id":5,"method":"warden.host.module","params":{"op":"unload","module":"m"}}"#;
+        let mut both = Vec::new();
+        for body in [&welcome[..], &call[..]] {
+            both.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            both.extend_from_slice(body);
+        }
+        s.write_all(&both).await?;
+        // Keep the socket open until the client has read.
+        let mut rest = [0u8; 1];
+        let _ = s.read(&mut rest).await;
+        anyhow::Ok(())
+    });
+    let client = Client::over_stream(ours, ConnectOptions::new("a socketpair")).await?;
+    let call = within("the call behind the welcome", client.next_call()).await?;
+    let call = call.ok_or_else(|| anyhow::anyhow!("the connection closed without the call"))?;
+    assert_eq!(call.method.as_str(), "warden.host.module");
+    drop(client);
+    fake.await??;
+    Ok(())
+}

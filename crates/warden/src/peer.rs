@@ -94,6 +94,9 @@ pub(crate) struct Peer {
     /// The login session the peer process is in, looked up once (on the
     /// pinned pid) when a call first needs it.
     pub(crate) session: tokio::sync::OnceCell<Option<String>>,
+    /// Its welcome has been sent: only then may the broker send it frames
+    /// of its own accord (a command to a host it adopted).
+    pub(crate) greeted: std::sync::atomic::AtomicBool,
 }
 
 /// What [`Peer::new`] needs.
@@ -127,6 +130,7 @@ impl Peer {
             kill: p.kill,
             outbox: p.outbox,
             session: tokio::sync::OnceCell::new(),
+            greeted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

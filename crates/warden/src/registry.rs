@@ -476,6 +476,9 @@ impl Registry {
             .find(|e| {
                 e.peer.identity.host.as_deref() == Some(name)
                     && (session.is_none() || e.peer.identity.session.as_deref() == session)
+                    // Not before its welcome: a frame ahead of it would
+                    // break the host's handshake.
+                    && e.peer.greeted.load(std::sync::atomic::Ordering::Acquire)
             })
             .map(|e| Arc::clone(&e.peer))
     }

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,9 +83,79 @@ trait User {
 struct Live {
     path: OwnedObjectPath,
     hosts: Vec<(String, HostHandle)>,
+    /// Which sighting of the session this is (a start that finds another
+    /// generation, or none, was cancelled by a removal).
+    generation: u64,
+}
+
+/// Starts a session's hosts once its runtime directory exists (or after a
+/// short wait): logind announces the session while systemd still creates
+/// the user's runtime directory (user-runtime-dir@UID), and the first
+/// start should already get XDG_RUNTIME_DIR.
+async fn start_when_ready(
+    sections: Vec<HostSection>,
+    launcher: Launcher,
+    live: LiveMap,
+    generation: u64,
+    info: SessionInfo,
+    account: warden_sys::UserInfo,
+    class: String,
+) {
+    if let Some(dir) = &info.runtime_path {
+        for _ in 0..RUNTIME_DIR_WAIT_STEPS {
+            if dir.is_dir() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let still_wanted = |live: &HashMap<String, Live>| {
+        live.get(&info.id)
+            .is_some_and(|l| l.generation == generation)
+    };
+    if !still_wanted(&live.lock().unwrap_or_else(|p| p.into_inner())) {
+        return;
+    }
+    let mut hosts = Vec::new();
+    for h in &sections {
+        match launcher.start(h, &account, Some(info.clone())) {
+            Ok(handle) => hosts.push((h.name.clone(), handle)),
+            Err(e) => {
+                tracing::error!(host = %h.name, session = %info.id, "cannot start the session host: {e:#}")
+            }
+        }
+    }
+    tracing::info!(session = %info.id, uid = account.uid, user = %account.name, %class, hosts = hosts.len(), "session hosts started");
+    let mut map = live.lock().unwrap_or_else(|p| p.into_inner());
+    match map.get_mut(&info.id) {
+        Some(l) if l.generation == generation => l.hosts = hosts,
+        // Removed while starting: stop what was just started.
+        _ => {
+            drop(map);
+            for (name, handle) in hosts {
+                launcher.forget_session(&name, &info.id);
+                tokio::spawn(handle.stop());
+            }
+        }
+    }
 }
 
 type LiveMap = Arc<Mutex<HashMap<String, Live>>>;
+
+/// A logind signal, as the pump task hands it on.
+enum SessionEvent {
+    New(String, OwnedObjectPath),
+    Removed(String),
+}
+
+/// Aborts a task when dropped (the signal pump of one bus connection).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// The session hosts, following logind.
 pub struct SessionHosts {
@@ -105,6 +176,7 @@ impl SessionHosts {
             sections,
             launcher,
             live: Arc::clone(&live),
+            generation: AtomicU64::new(0),
         };
         let task = tokio::spawn(watcher.run());
         SessionHosts { live, task }
@@ -126,6 +198,7 @@ struct Watcher {
     sections: Vec<HostSection>,
     launcher: Launcher,
     live: LiveMap,
+    generation: AtomicU64,
 }
 
 impl Watcher {
@@ -155,6 +228,30 @@ impl Watcher {
         let manager = ManagerProxy::new(&conn).await?;
         let mut new = manager.receive_session_new().await?;
         let mut removed = manager.receive_session_removed().await?;
+        // The signal streams are drained by a task of their own, always:
+        // zbus stops reading the socket while a stream's queue is full,
+        // and the method replies `consider` awaits would then never come.
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let pump = tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    sig = new.next() => match sig {
+                        Some(sig) => sig.args().ok().map(|a| SessionEvent::New(a.id.clone(), a.path.clone())),
+                        None => break,
+                    },
+                    sig = removed.next() => match sig {
+                        Some(sig) => sig.args().ok().map(|a| SessionEvent::Removed(a.id.clone())),
+                        None => break,
+                    },
+                };
+                if let Some(e) = event {
+                    if tx.send(e).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let _abort_pump = AbortOnDrop(pump);
         let listed = manager.list_sessions().await?;
         tracing::info!(sessions = listed.len(), "following logind's sessions");
         let listed_ids: Vec<String> = listed.iter().map(|s| s.0.clone()).collect();
@@ -169,18 +266,12 @@ impl Watcher {
         let mut poll = tokio::time::interval(STATE_POLL);
         loop {
             tokio::select! {
-                sig = new.next() => {
-                    let Some(sig) = sig else { return Ok(()) };
-                    if let Ok(args) = sig.args() {
-                        self.consider(&conn, &args.id, args.path.clone()).await;
-                    }
-                }
-                sig = removed.next() => {
-                    let Some(sig) = sig else { return Ok(()) };
-                    if let Ok(args) = sig.args() {
-                        self.stop_session(&args.id, "logind removed it");
-                    }
-                }
+                event = events.recv() => match event {
+                    // The streams ended: the bus is gone.
+                    None => return Ok(()),
+                    Some(SessionEvent::New(id, path)) => self.consider(&conn, &id, path).await,
+                    Some(SessionEvent::Removed(id)) => self.stop_session(&id, "logind removed it"),
+                },
                 _ = poll.tick() => self.poll_states(&conn).await,
             }
         }
@@ -235,17 +326,6 @@ impl Watcher {
         }
         .filter(|p| !p.is_empty())
         .map(PathBuf::from);
-        // logind announces the session while systemd still creates the
-        // user's runtime directory (user-runtime-dir@UID): give it a
-        // moment, so the first start already gets XDG_RUNTIME_DIR.
-        if let Some(dir) = &runtime_path {
-            for _ in 0..RUNTIME_DIR_WAIT_STEPS {
-                if dir.is_dir() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
         let account = match warden_sys::user_by_uid(uid) {
             Ok(Some(u)) => u,
             Ok(None) => {
@@ -257,21 +337,32 @@ impl Watcher {
                 return;
             }
         };
+        // Known from now on (a second SessionNew changes nothing; a
+        // removal before the start below cancels it).
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(
+            id.to_owned(),
+            Live {
+                path,
+                hosts: Vec::new(),
+                generation,
+            },
+        );
         let info = SessionInfo {
             id: id.to_owned(),
             runtime_path,
         };
-        let mut hosts = Vec::new();
-        for h in &self.sections {
-            match self.launcher.start(h, &account, Some(info.clone())) {
-                Ok(handle) => hosts.push((h.name.clone(), handle)),
-                Err(e) => {
-                    tracing::error!(host = %h.name, session = %id, "cannot start the session host: {e:#}")
-                }
-            }
-        }
-        tracing::info!(session = %id, uid, user = %account.name, %class, hosts = hosts.len(), "session hosts started");
-        self.lock().insert(id.to_owned(), Live { path, hosts });
+        // Off the watcher's loop: the wait below must not hold up other
+        // sessions' signals.
+        tokio::spawn(start_when_ready(
+            self.sections.clone(),
+            self.launcher.clone(),
+            Arc::clone(&self.live),
+            generation,
+            info,
+            account,
+            class,
+        ));
     }
 
     fn stop_session(&self, id: &str, why: &str) {

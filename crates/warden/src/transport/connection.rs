@@ -610,7 +610,12 @@ impl ConnState {
             "hello"
         );
         match self.send(welcome).await {
-            Ok(()) => Flow::Continue,
+            Ok(()) => {
+                self.peer
+                    .greeted
+                    .store(true, std::sync::atomic::Ordering::Release);
+                Flow::Continue
+            }
             Err(()) => Flow::Close,
         }
     }
