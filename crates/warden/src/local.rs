@@ -100,14 +100,7 @@ impl BrokerHandle {
         params: Payload,
         opts: CallOptions,
     ) -> Result<Payload, WireError> {
-        let method = MethodName::try_from(method)
-            .map_err(|e| WireError::new(ErrorCode::BadRequest, format!("{method:?}: {e}")))?;
-        if self.reg.is_draining() {
-            return Err(WireError::new(
-                ErrorCode::ShuttingDown,
-                "the broker is shutting down and takes no new calls",
-            ));
-        }
+        let method = self.accepting(method)?;
         let provider = match self.reg.route(&method, &opts.acting_for) {
             Route::To(p) => p,
             Route::Unknown => {
@@ -166,6 +159,19 @@ impl BrokerHandle {
             .await
     }
 
+    /// `method` as a name, if the broker takes new calls.
+    fn accepting(&self, method: &str) -> Result<MethodName, WireError> {
+        let name = MethodName::try_from(method)
+            .map_err(|e| WireError::new(ErrorCode::BadRequest, format!("{method:?}: {e}")))?;
+        if self.reg.is_draining() {
+            return Err(WireError::new(
+                ErrorCode::ShuttingDown,
+                "the broker is shutting down and takes no new calls",
+            ));
+        }
+        Ok(name)
+    }
+
     async fn call_host_in(
         &self,
         host: &str,
@@ -174,14 +180,7 @@ impl BrokerHandle {
         params: Payload,
         opts: CallOptions,
     ) -> Result<Payload, WireError> {
-        let method = MethodName::try_from(method)
-            .map_err(|e| WireError::new(ErrorCode::BadRequest, format!("{method:?}: {e}")))?;
-        if self.reg.is_draining() {
-            return Err(WireError::new(
-                ErrorCode::ShuttingDown,
-                "the broker is shutting down and takes no new calls",
-            ));
-        }
+        let method = self.accepting(method)?;
         let Some(conn) = self.reg.host_connection(host, session) else {
             let which = match session {
                 Some(s) => format!("the host {host} of session {s}"),

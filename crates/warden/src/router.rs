@@ -376,21 +376,13 @@ fn call(svc: &Services, view: CallerView<'_>, req: Request, dirty: &mut Dirty) -
             format!("call id {id} is already in flight on this connection; use a new id"),
         ));
     }
-    let forwarded = calls::forward(
+    let forwarded = forward_for(
         reg,
+        peer,
         &provider,
-        Forward {
-            answerer: Answerer::Peer {
-                peer: Arc::clone(peer),
-                id,
-            },
-            identity: peer.identity.clone(),
-            method: method.clone(),
-            params,
-            started,
-            deadline: started + reg.settings.call_timeout,
-            rule: rule.clone(),
-        },
+        (id, method.clone(), params),
+        started,
+        rule.clone(),
         Some(dirty),
     );
     match forwarded {
@@ -405,6 +397,36 @@ fn call(svc: &Services, view: CallerView<'_>, req: Request, dirty: &mut Dirty) -
             Err(e),
         ),
     }
+}
+
+/// Forwards `peer`'s call `(id, method, params)` to `provider`, acting
+/// for `peer`, with the broker's call deadline.
+fn forward_for(
+    reg: &Registry,
+    peer: &PeerRef,
+    provider: &PeerRef,
+    (id, method, params): (RequestId, MethodName, Payload),
+    started: Instant,
+    rule: Option<String>,
+    dirty: Option<&mut Dirty>,
+) -> Result<crate::registry::CallKey, WireError> {
+    calls::forward(
+        reg,
+        provider,
+        Forward {
+            answerer: Answerer::Peer {
+                peer: Arc::clone(peer),
+                id,
+            },
+            identity: peer.identity.clone(),
+            method,
+            params,
+            started,
+            deadline: started + reg.settings.call_timeout,
+            rule,
+        },
+        dirty,
+    )
 }
 
 /// Routes a call to a per-session host's method for a caller whose user
@@ -439,21 +461,13 @@ async fn route_by_session(
         .clone();
     let answer = match reg.route_in_session(&method, &peer.identity, session.as_deref()) {
         Route::To(provider) => {
-            let forwarded = calls::forward(
+            let forwarded = forward_for(
                 &reg,
+                &peer,
                 &provider,
-                Forward {
-                    answerer: Answerer::Peer {
-                        peer: Arc::clone(&peer),
-                        id,
-                    },
-                    identity: peer.identity.clone(),
-                    method: method.clone(),
-                    params,
-                    started,
-                    deadline: started + reg.settings.call_timeout,
-                    rule: rule.clone(),
-                },
+                (id, method.clone(), params),
+                started,
+                rule.clone(),
                 None,
             );
             match forwarded {

@@ -97,24 +97,21 @@ fn wait_instances(
 /// `example.echo` called by `user` through wardenctl: the answer, or the
 /// error object.
 fn echo_as(user: &TestUser, socket: &Path) -> anyhow::Result<Value> {
-    let out = wardenctl(Some(user), socket, &["--json", "call", "example.echo"])?;
-    let text = if out.stdout.is_empty() {
-        &out.stderr
-    } else {
-        &out.stdout
-    };
-    Ok(serde_json::from_slice(text)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(text).into_owned())))
+    echo_with(user, socket, &[])
 }
 
 /// `example.echo` called by `user` with a target (`--session ID` or
 /// `--target-uid N`): the answer, or the error object.
 fn echo_targeted(user: &TestUser, socket: &Path, flag: &str, value: &str) -> anyhow::Result<Value> {
-    let out = wardenctl(
-        Some(user),
-        socket,
-        &["--json", "call", flag, value, "example.echo"],
-    )?;
+    echo_with(user, socket, &[flag, value])
+}
+
+/// `wardenctl --json call [FLAGS] example.echo` as `user`.
+fn echo_with(user: &TestUser, socket: &Path, flags: &[&str]) -> anyhow::Result<Value> {
+    let mut args = vec!["--json", "call"];
+    args.extend_from_slice(flags);
+    args.push("example.echo");
+    let out = wardenctl(Some(user), socket, &args)?;
     let text = if out.stdout.is_empty() {
         &out.stderr
     } else {
