@@ -2,7 +2,9 @@
 //! logind that speaks the real interface: a host per user-class session,
 //! running as that session's user with logind's RuntimePath, none for a
 //! greeter; stopped when the session is removed or closing; picked up by
-//! a broker started while sessions exist; and each user's calls reach
+//! a broker started while sessions exist; restarted when killed, gone
+//! (with what its modules started) within 2 s of a broker SIGKILL; and
+//! each user's calls reach
 //! their own session's host only.
 
 use std::os::unix::fs::PermissionsExt;
@@ -15,7 +17,12 @@ use warden_testkit::{config_text, test_users, wardenctl, BrokerProcess, TestDir,
 
 use crate::hosts::{call, modules, LIVENESS};
 
-fn config(dir: &TestDir, bus: &PrivateBus, echo: &Path, targeter: &TestUser) -> String {
+fn config(
+    dir: &TestDir,
+    bus: &PrivateBus,
+    (echo, spawn): (&Path, &Path),
+    targeter: &TestUser,
+) -> String {
     config_text(
         dir,
         &format!(
@@ -26,7 +33,7 @@ bus = "{bus}"
 [[host]]
 name = "agent"
 scope = "session"
-modules = ["{echo}"]
+modules = ["{echo}", "{spawn}"]
 restart_delay_ms = 100
 
 [[rule]]
@@ -51,6 +58,7 @@ users = ["{targeter}"]
 "#,
             bus = bus.address(),
             echo = echo.display(),
+            spawn = spawn.display(),
             targeter = targeter.name,
         ),
     )
@@ -160,14 +168,14 @@ fn gone(pid: u64) -> bool {
 fn session_hosts_follow_logind_and_serve_only_their_own_user() -> anyhow::Result<()> {
     let (a, b, c) = test_users()?;
     let dir = TestDir::new("session-hosts")?;
-    let (echo, _) = modules(dir.path())?;
+    let (echo, spawn) = modules(dir.path())?;
     let bus = PrivateBus::start(dir.path())?;
     let mut logind = FakeLogind::start(&bus)?;
     let run_a = runtime_dir(&dir, &a)?;
     let run_b = runtime_dir(&dir, &b)?;
     // A session that exists before the broker starts.
     logind.add("c1", a.uid, &a.name, "user", &run_a, &[])?;
-    let text = config(&dir, &bus, &echo, &c);
+    let text = config(&dir, &bus, (&echo, &spawn), &c);
     let broker = BrokerProcess::start(&dir, &text)?;
     let socket = broker.socket();
     let i = wait_instances(socket, "a's host for the existing session", |i| {
@@ -384,18 +392,38 @@ fn session_hosts_follow_logind_and_serve_only_their_own_user() -> anyhow::Result
     );
     assert_eq!(echo_as(&b, socket)?["host"]["pid"], pid_b);
 
-    // A broker started while sessions exist picks them up.
+    // A killed session host is restarted for its session.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid_b)?),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let i = wait_instances(socket, "b's host restarted", |i| {
+        i.len() == 1 && i[0].2 == "running" && i[0].3 != pid_b && i[0].3 != 0
+    })?;
+    assert_eq!(i[0].0, "c2", "{i:?}");
+    let pid_b = i[0].3;
+    let v = echo_served(&b, socket)?;
+    assert_eq!(v["host"]["pid"], pid_b, "{v}");
+
+    // A grandchild a module of b's host starts in a session of its own.
+    let out = wardenctl(Some(&b), socket, &["--json", "call", "example.spawn"])?;
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let grandchild = v["pid"].as_u64().unwrap_or(0);
+    assert!(grandchild > 0 && !gone(grandchild), "example.spawn: {v}");
+
+    // A SIGKILLed broker leaves neither within 2 s; a broker started while
+    // sessions exist picks them up.
     drop(broker);
     let t = Instant::now();
-    while !gone(pid_b) {
+    while !(gone(pid_b) && gone(grandchild)) {
         anyhow::ensure!(
-            t.elapsed() < LIVENESS,
-            "b's host {pid_b} outlived the broker"
+            t.elapsed() < Duration::from_secs(2),
+            "b's host {pid_b} or its grandchild {grandchild} outlived the broker's SIGKILL by 2 s"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
     let dir2 = TestDir::new("session-hosts-again")?;
-    let broker = BrokerProcess::start(&dir2, &config(&dir2, &bus, &echo, &c))?;
+    let broker = BrokerProcess::start(&dir2, &config(&dir2, &bus, (&echo, &spawn), &c))?;
     let socket = broker.socket();
     let i = wait_instances(socket, "b's host after a broker restart", |i| {
         i.len() == 1 && i[0].2 == "running"
