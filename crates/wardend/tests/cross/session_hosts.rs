@@ -4,8 +4,7 @@
 //! greeter; stopped when the session is removed or closing; picked up by
 //! a broker started while sessions exist; restarted when killed, gone
 //! (with what its modules started) within 2 s of a broker SIGKILL; and
-//! each user's calls reach
-//! their own session's host only.
+//! each user's calls reach their own session's host only.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
