@@ -441,3 +441,54 @@ fn session_hosts_follow_logind_and_serve_only_their_own_user() -> anyhow::Result
     }
     Ok(())
 }
+
+#[test]
+#[ignore = "needs root"]
+fn losing_the_bus_keeps_session_hosts_and_they_are_followed_again() -> anyhow::Result<()> {
+    let (a, b, c) = test_users()?;
+    let dir = TestDir::new("session-bus-loss")?;
+    let (echo, spawn) = modules(dir.path())?;
+    let run_a = runtime_dir(&dir, &a)?;
+    let run_b = runtime_dir(&dir, &b)?;
+    let mut bus = PrivateBus::start(dir.path())?;
+    let mut logind = FakeLogind::start(&bus)?;
+    logind.add("c1", a.uid, &a.name, "user", &run_a, &[])?;
+    let broker = BrokerProcess::start(&dir, &config(&dir, &bus, (&echo, &spawn), &c))?;
+    let socket = broker.socket();
+    let i = wait_instances(socket, "a's host", |i| i.len() == 1 && i[0].2 == "running")?;
+    let pid_a = i[0].3;
+
+    // The bus goes away: logged, and a's host keeps running and serving.
+    drop(logind);
+    bus.kill();
+    let t = Instant::now();
+    while !broker.log().contains("session hosts keep running") {
+        anyhow::ensure!(
+            t.elapsed() < LIVENESS,
+            "the loss is not logged:\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!gone(pid_a), "a's host died with the bus");
+    assert_eq!(echo_served(&a, socket)?["host"]["pid"], pid_a);
+
+    // The bus is back (same address): the broker lists the sessions
+    // again; b's new session gets a host, a's old one (gone from logind
+    // meanwhile) is stopped.
+    let bus = PrivateBus::start(dir.path())?;
+    let mut logind = FakeLogind::start(&bus)?;
+    logind.add("c2", b.uid, &b.name, "user", &run_b, &[])?;
+    let i = wait_instances(socket, "followed again", |i| {
+        i.len() == 1 && i[0].0 == "c2" && i[0].2 == "running"
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", broker.log()))?;
+    assert_eq!(i[0].1, b.name, "{i:?}");
+    let t = Instant::now();
+    while !gone(pid_a) {
+        anyhow::ensure!(t.elapsed() < LIVENESS, "a's host outlived its session");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(echo_served(&b, socket)?["host"]["uid"], b.uid);
+    Ok(())
+}
