@@ -233,16 +233,7 @@ pub(crate) fn finish(
     match answerer {
         Answerer::Peer { peer, id } => {
             // It reached a provider, so the name resolved when it arrived.
-            let call = Answered {
-                peer: &peer,
-                id,
-                method: method.as_str(),
-                resolved: true,
-                started,
-                rule: rule.as_deref(),
-            };
-            call.record(reg, &answer);
-            let frame = answer_frame(reg, &peer, id, &method, answer);
+            let frame = resolved_answer(reg, &peer, id, &method, started, rule.as_deref(), answer);
             // The slot is free before the answer can arrive: a caller
             // that sends its next call on seeing the answer finds it free.
             reg.call_finished(Some(&peer));
@@ -256,6 +247,29 @@ pub(crate) fn finish(
             reg.call_finished(None);
         }
     }
+}
+
+/// Counts the answered call `id` of `peer`, whose method resolved when it
+/// arrived (statistics, monitors), and makes the frame that answers it.
+pub(crate) fn resolved_answer(
+    reg: &Registry,
+    peer: &Peer,
+    id: RequestId,
+    method: &MethodName,
+    started: Instant,
+    rule: Option<&str>,
+    answer: Result<Payload, WireError>,
+) -> QueuedFrame {
+    let call = Answered {
+        peer,
+        id,
+        method: method.as_str(),
+        resolved: true,
+        started,
+        rule,
+    };
+    call.record(reg, &answer);
+    answer_frame(reg, peer, id, method, answer)
 }
 
 /// A call of a connection, as it is answered.

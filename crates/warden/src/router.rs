@@ -342,9 +342,10 @@ fn call(svc: &Services, view: CallerView<'_>, req: Request, dirty: &mut Dirty) -
                 format!("no built-in or provider serves {method}"),
             )
         }
-        Route::Several { .. }
-            if target.is_none() && svc.sessions.is_some() && !reg.caller_has_call(peer.id, id) =>
-        {
+        Route::Several { .. } if target.is_none() && svc.sessions.is_some() => {
+            if reg.caller_has_call(peer.id, id) {
+                return id_in_flight(id);
+            }
             // Which of the caller's sessions: ask the session manager
             // (once per connection), off the read loop.
             if let Some(lookup) = svc.sessions.clone() {
@@ -370,11 +371,7 @@ fn call(svc: &Services, view: CallerView<'_>, req: Request, dirty: &mut Dirty) -
         }
     };
     if reg.caller_has_call(peer.id, id) {
-        return Outcome::Answer(Message::error(
-            Some(id),
-            ErrorCode::BadRequest,
-            format!("call id {id} is already in flight on this connection; use a new id"),
-        ));
+        return id_in_flight(id);
     }
     let forwarded = forward_for(
         reg,
@@ -397,6 +394,15 @@ fn call(svc: &Services, view: CallerView<'_>, req: Request, dirty: &mut Dirty) -
             Err(e),
         ),
     }
+}
+
+/// The answer to a call whose id is already in flight on its connection.
+fn id_in_flight(id: RequestId) -> Outcome {
+    Outcome::Answer(Message::error(
+        Some(id),
+        ErrorCode::BadRequest,
+        format!("call id {id} is already in flight on this connection; use a new id"),
+    ))
 }
 
 /// Forwards `peer`'s call `(id, method, params)` to `provider`, acting
@@ -490,16 +496,7 @@ async fn route_by_session(
             ))
         }
     };
-    let call = calls::Answered {
-        peer: &peer,
-        id,
-        method: method.as_str(),
-        resolved: true,
-        started,
-        rule: rule.as_deref(),
-    };
-    call.record(&reg, &answer);
-    let frame = calls::answer_frame(&reg, &peer, id, &method, answer);
+    let frame = calls::resolved_answer(&reg, &peer, id, &method, started, rule.as_deref(), answer);
     peer.send(frame);
 }
 
@@ -529,16 +526,8 @@ async fn run_handler(
             "the broker is shutting down and the call did not finish within the drain timeout",
         )),
     };
-    let call = calls::Answered {
-        peer: &caller,
-        id,
-        method: method.as_str(),
-        resolved: true,
-        started,
-        rule: rule.as_deref(),
-    };
-    call.record(&reg, &answer);
-    let frame = calls::answer_frame(&reg, &caller, id, &method, answer);
+    let frame =
+        calls::resolved_answer(&reg, &caller, id, &method, started, rule.as_deref(), answer);
     // The slot is free before the answer can arrive.
     reg.call_finished(Some(&caller));
     caller.send(frame);

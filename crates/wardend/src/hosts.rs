@@ -191,7 +191,12 @@ impl Hosts {
         };
         let mut started = Vec::new();
         for h in hosts.iter().filter(|h| h.scope == HostScope::System) {
-            let name = h.user.as_deref().unwrap_or("root");
+            // The configuration refuses a system host without `user`;
+            // never fall back to an account nobody named.
+            let name = h
+                .user
+                .as_deref()
+                .with_context(|| format!("host {}: a system host needs `user`", h.name))?;
             let user = warden_sys::user_by_name(name)
                 .with_context(|| format!("looking up host {}'s user {name}", h.name))?
                 .with_context(|| format!("host {}: user {name} does not exist", h.name))?;
