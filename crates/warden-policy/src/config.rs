@@ -709,12 +709,14 @@ mod tests {
             gid: 1000,
             groups: vec![],
             host: None,
+            role: None,
         };
         let root = crate::Caller {
             uid: 0,
             gid: 0,
             groups: vec![],
             host: None,
+            role: None,
         };
         assert!(c.policy.decide(&user, crate::Action::Learn, "own").allowed);
         assert!(!c.policy.decide(&user, crate::Action::Learn, "any").allowed);
@@ -759,12 +761,14 @@ mod tests {
             gid: 1000,
             groups: vec![],
             host: None,
+            role: None,
         };
         let other = crate::Caller {
             uid: 1001,
             gid: 1001,
             groups: vec![],
             host: None,
+            role: None,
         };
         let c = Config::embedded_default(&StaticResolver::default())
             .unwrap_or_else(|e| panic!("{e}"))

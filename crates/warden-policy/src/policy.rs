@@ -64,6 +64,10 @@ pub struct Caller {
     /// rules for `everyone` or naming it in `hosts`, never by its uid, gid
     /// or as an administrator.
     pub host: Option<String>,
+    /// The role the connection holds because it joined by invitation
+    /// (`None` for every other connection): rules naming it in `roles`
+    /// add to what the caller's own identity is allowed.
+    pub role: Option<String>,
 }
 
 impl From<&warden_proto::Identity> for Caller {
@@ -74,6 +78,7 @@ impl From<&warden_proto::Identity> for Caller {
             gid: id.gid,
             groups: id.groups.clone(),
             host: id.host.clone(),
+            role: None,
         }
     }
 }
@@ -369,6 +374,7 @@ admins = true
             gid: uid,
             groups: groups.to_vec(),
             host: None,
+            role: None,
         }
     }
 

@@ -294,6 +294,7 @@ fn explain(reg: &Registry, view: &CallerView<'_>, params: &Payload) -> Result<Pa
         gid: p.gid,
         groups: p.groups,
         host: None,
+        role: None,
     };
     let d = reg.current_policy().decide(&caller, action, &p.name);
     payload(d.to_json())

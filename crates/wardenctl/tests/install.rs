@@ -268,6 +268,7 @@ fn the_installed_config_gives_the_service_account_no_admin_rights() -> anyhow::R
         gid: 999,
         groups: vec![],
         host: None,
+        role: None,
     };
     assert!(!config.policy.is_admin(&service));
     let _ = std::fs::remove_dir_all(&root);

@@ -500,12 +500,14 @@ uids = [0]
             gid: 0,
             groups: vec![],
             host: Some("agent".into()),
+            role: None,
         };
         let root = Caller {
             uid: 0,
             gid: 0,
             groups: vec![],
             host: None,
+            role: None,
         };
         assert!(
             c.policy

@@ -74,6 +74,7 @@ pub fn explain_offline(out: Output, q: &Question<'_>, path: &Path) -> Result<(),
         gid: who.gid,
         groups: who.groups.clone(),
         host: None,
+        role: None,
     };
     // The same rendering as the broker's `warden.explain`.
     let v = config.policy.decide(&caller, act, q.name).to_json();
