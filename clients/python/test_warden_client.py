@@ -25,6 +25,37 @@ def doc_examples():
     return [(j, bytes.fromhex(h.replace("\n", " "))) for j, h in pairs]
 
 
+class InvitationTest(unittest.TestCase):
+    def doc_token(self):
+        text = open(DOC, encoding="utf-8").read()
+        return next(l for l in text.splitlines() if l.startswith("wdn_inv_"))
+
+    def test_the_documented_token_is_accepted_and_typos_are_not(self):
+        t = self.doc_token()
+        self.assertEqual(wc.check_invitation(t + "\n"), t)
+        bad = {
+            "x": "does not start",
+            t[:-1]: "75 characters",
+            t.replace("wdn_inv_1", "wdn_inv_2"): "version",
+            t[:30] + ("b" if t[30] == "a" else "a") + t[31:]: "checksum",
+            t[:20] + "1" + t[21:]: "character",
+        }
+        for token, why in bad.items():
+            with self.assertRaises(ValueError) as cm:
+                wc.check_invitation(token)
+            msg = str(cm.exception)
+            self.assertTrue(msg.startswith("malformed invitation"), msg)
+            self.assertIn(why, msg)
+            self.assertNotIn(t[17:40], msg)
+
+    def test_the_environment_helper_removes_the_variable(self):
+        t = self.doc_token()
+        with mock.patch.dict(os.environ, {wc.INVITATION_ENV: t}):
+            self.assertEqual(wc.take_invitation_from_env(), t)
+            self.assertNotIn(wc.INVITATION_ENV, os.environ)
+            self.assertIsNone(wc.take_invitation_from_env())
+
+
 class FramingTest(unittest.TestCase):
     def test_doc_examples_encode_and_decode(self):
         examples = doc_examples()

@@ -13,6 +13,7 @@ on the socket (docs/protocol.md, Transport): see trusted_uids().
 """
 
 import argparse
+import base64
 import collections
 import json
 import os
@@ -20,6 +21,7 @@ import socket
 import stat
 import struct
 import sys
+import zlib
 
 PROTOCOL_VERSION = 1
 MAX_VERSION = 2**64 - 1  # a hello may ask for any version 1 ..= 2^64-1
@@ -198,6 +200,59 @@ def trusted_uids(socket_path, server_uid=None, login_defs=LOGIN_DEFS):
     return trusted
 
 
+INVITATION_ENV = "WARDEN_INVITATION"
+_TOKEN_PREFIX = "wdn_inv_"
+_TOKEN_LEN = 76
+_B32 = "abcdefghijklmnopqrstuvwxyz234567"
+
+
+def _b32_field(text, nbytes):
+    """Decodes a lowercase, unpadded base32 field of exactly nbytes, with
+    its unused bits zero (one spelling per value), or None."""
+    if any(c not in _B32 for c in text):
+        return None
+    padded = text.upper() + "=" * (-len(text) % 8)
+    try:
+        raw = base64.b32decode(padded)
+    except ValueError:
+        return None
+    if len(raw) != nbytes or base64.b32encode(raw).decode().lower().rstrip("=") != text:
+        return None
+    return raw
+
+
+def check_invitation(token):
+    """Checks an invitation token's form (docs/protocol.md, "The token")
+    and returns it without surrounding whitespace; raises ValueError
+    ("malformed invitation: ...", never containing the token) otherwise.
+    A mistyped token is caught here, before anything is sent."""
+    t = token.strip(" \t\r\n")
+    if not t.startswith(_TOKEN_PREFIX):
+        raise ValueError(f"malformed invitation: it does not start with {_TOKEN_PREFIX}")
+    if len(t) != _TOKEN_LEN:
+        raise ValueError(f"malformed invitation: it has {len(t)} characters, a token has {_TOKEN_LEN}")
+    if t[8] != "1":
+        raise ValueError("malformed invitation: unknown token version; this client reads version 1")
+    fields = [(t[9:17], 5), (t[17:69], 32), (t[69:], 4)]
+    decoded = [_b32_field(text, n) for text, n in fields]
+    if any(d is None for d in decoded):
+        raise ValueError("malformed invitation: a character is not part of a token (a-z, 2-7)")
+    if struct.unpack(">I", decoded[2])[0] != zlib.crc32(t[:69].encode()):
+        raise ValueError("malformed invitation: the checksum does not match (a mistyped or altered token)")
+    return t
+
+
+def take_invitation_from_env():
+    """Removes WARDEN_INVITATION from os.environ (so child processes do
+    not inherit it) and returns its checked token, or None. Unlike the Rust
+    library's helper it cannot overwrite the bytes of the process's initial
+    environment, so /proc/PID/environ keeps showing the token to its own
+    user and root: pass the token to Python programs by file
+    (Client(..., invitation=open(f).read())) where that matters."""
+    token = os.environ.pop(INVITATION_ENV, None)
+    return None if token is None else check_invitation(token)
+
+
 class Client:
     """One connection to the broker.
 
@@ -212,12 +267,20 @@ class Client:
 
     Events dropped for this connection are reported once each, either in an
     event's "missed" or in a "lagged" frame; self.missed_total adds up both
-    as frames arrive."""
+    as frames arrive.
+
+    invitation is an invitation token to join with (docs/protocol.md,
+    "Joining by invitation"); its form is checked first (ValueError). If
+    the broker accepts it, self.role is the role the connection holds
+    (else None); a refused one raises WardenError (bad_request, denied or
+    limit_exceeded)."""
 
     def __init__(self, socket_path, server_uid=None, client_name="warden-client.py/0.1", timeout=30.0,
-                 version=PROTOCOL_VERSION):
+                 version=PROTOCOL_VERSION, invitation=None):
         if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
             raise ValueError(f"protocol version must be an integer from 1 to {MAX_VERSION}, not {version!r}")
+        if invitation is not None:
+            invitation = check_invitation(invitation)
         self.path = socket_path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
@@ -243,7 +306,10 @@ class Client:
         self._next_id = 1
         self.last_error = None
         self.missed_total = 0
-        self._send({"kind": "hello", "version": version, "client": client_name})
+        hello = {"kind": "hello", "version": version, "client": client_name}
+        if invitation is not None:
+            hello["invitation"] = invitation
+        self._send(hello)
         first = self._recv()
         if first.get("kind") == "error":
             err = first.get("error", {})
@@ -255,6 +321,7 @@ class Client:
             raise ProtocolError(f"the welcome's version {v!r} is not an integer from 1 to {version}")
         self.version = v
         self.welcome = first
+        self.role = first.get("role")
         self.max_frame = min(int(first["limits"]["max_frame"]), ABSOLUTE_MAX_FRAME)
 
     def close(self):
@@ -411,6 +478,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Talk to the Warden broker (Python client).")
     p.add_argument("--socket", default=os.environ.get("WARDEN_SOCKET", "/run/warden/warden.sock"))
     p.add_argument("--server-uid", type=int, default=None)
+    p.add_argument("--invite-file", default=None,
+                   help="join with the invitation token in this file (else $WARDEN_INVITATION, removed from the environment)")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("ping")
     sub.add_parser("whoami")
@@ -426,7 +495,15 @@ def main(argv=None):
     pb.add_argument("data")
     a = p.parse_args(argv)
     try:
-        client = Client(a.socket, a.server_uid)
+        if a.invite_file is not None:
+            with open(a.invite_file, encoding="ascii", errors="replace") as f:
+                invitation = f.read()
+        else:
+            invitation = take_invitation_from_env()
+        client = Client(a.socket, a.server_uid, invitation=invitation)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (OSError, ServerIdentityError, ProtocolError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONNECT

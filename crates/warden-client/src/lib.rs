@@ -147,6 +147,72 @@ pub struct ConnectOptions {
     /// Bound on each request/reply; `None` waits as long as the broker
     /// keeps the connection open.
     pub call_timeout: Option<Duration>,
+    /// An invitation to join with (see [`ConnectOptions::invitation`]).
+    pub invitation: Option<Invitation>,
+}
+
+/// The environment variable a process may be handed its invitation in
+/// (`wardenctl` reads it; so does [`take_invitation_from_env`]).
+pub const INVITATION_ENV: &str = "WARDEN_INVITATION";
+
+/// An invitation token, checked for form (prefix, length, characters,
+/// version, checksum) before anything is sent. Printed as `[REDACTED]`;
+/// its text is zeroized when dropped.
+#[derive(Clone)]
+pub struct Invitation(warden_proto::invitation::InvitationText);
+
+impl Invitation {
+    /// Checks a token's form. A mistyped or truncated token is refused
+    /// here, without asking the broker.
+    ///
+    /// # Errors
+    /// [`TokenError`](warden_proto::invitation::TokenError), which never
+    /// contains the token.
+    pub fn parse(token: &str) -> Result<Invitation, warden_proto::invitation::TokenError> {
+        let t = warden_proto::invitation::Token::parse(token)?;
+        Ok(Invitation(warden_proto::invitation::InvitationText::new(
+            t.expose().to_string(),
+        )))
+    }
+
+    /// Reads a token from a file (surrounding whitespace ignored), the way
+    /// `wardenctl --invite-file` does.
+    ///
+    /// # Errors
+    /// A message naming the file: it cannot be read, or is not a token.
+    pub fn from_file(path: &std::path::Path) -> Result<Invitation, String> {
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the invitation file {}: {e}", path.display()))?,
+        );
+        Invitation::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+impl std::fmt::Debug for Invitation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Invitation([REDACTED])")
+    }
+}
+
+/// Takes the invitation out of [`INVITATION_ENV`]: reads it, removes the
+/// variable, and overwrites its bytes where they lie, so
+/// `/proc/PID/environ` no longer shows it (children started later do not
+/// inherit it either). `Ok(None)` if the variable is not set.
+///
+/// **Call before starting threads** (first thing in `main`, before a
+/// tokio runtime is built): the environment is process-wide, and another
+/// thread reading it meanwhile is undefined behaviour in the C library.
+///
+/// # Errors
+/// The token's form is wrong (it is removed all the same).
+pub fn take_invitation_from_env() -> Result<Option<Invitation>, warden_proto::invitation::TokenError>
+{
+    let Some(text) = warden_sys::take_env_scrubbed(INVITATION_ENV) else {
+        return Ok(None);
+    };
+    let text = zeroize::Zeroizing::new(text);
+    Invitation::parse(&text).map(Some)
 }
 
 impl ConnectOptions {
@@ -158,7 +224,19 @@ impl ConnectOptions {
             client_name: concat!("warden-client/", env!("CARGO_PKG_VERSION")).to_owned(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             call_timeout: Some(DEFAULT_CALL_TIMEOUT),
+            invitation: None,
         }
+    }
+
+    /// Joins with this invitation: the connection holds its role (see
+    /// [`Welcome::role`](warden_proto::Welcome::role)) for its lifetime. A
+    /// refused invitation fails the connect with
+    /// [`ConnectError::Refused`]: `bad_request` for a malformed token,
+    /// `denied` for one that is unknown, revoked, expired, used up or not
+    /// for this user.
+    pub fn invitation(mut self, invitation: Invitation) -> Self {
+        self.invitation = Some(invitation);
+        self
     }
 
     /// Bounds connecting plus the hello (default [`DEFAULT_CONNECT_TIMEOUT`]).
@@ -440,7 +518,7 @@ impl Client {
         let hello = Message::Hello(Hello {
             version: PROTOCOL_VERSION,
             client: Some(opts.client_name.clone()),
-            invitation: None,
+            invitation: opts.invitation.as_ref().map(|i| i.0.clone()),
         });
         let handshake_err = |reason: String| ConnectError::Handshake {
             path: path.clone(),
@@ -453,11 +531,15 @@ impl Client {
                 reason: format!("{what}: {e}"),
                 source: Some(e),
             };
-        let frame = hello
-            .to_frame(DEFAULT_MAX_FRAME_LEN)
-            .ok_or_else(|| handshake_err("hello does not fit in a frame".into()))?;
+        // The hello may carry a secret: its bytes are zeroized when sent.
+        let frame = zeroize::Zeroizing::new(
+            hello
+                .to_frame(DEFAULT_MAX_FRAME_LEN)
+                .ok_or_else(|| handshake_err("hello does not fit in a frame".into()))?,
+        );
+        drop(hello);
         let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
-        if let Err(e) = stream.write_all(&frame).await {
+        if let Err(e) = stream.write_all(&frame[..]).await {
             // A broker that refuses a connection (connection limits,
             // shutdown) sends its reason and closes before reading the
             // hello: the reason waits in the receive buffer.

@@ -28,11 +28,13 @@ pub enum Action {
     /// Send a call to another user's session instance of a per-session
     /// host, with the call's `target` (name: the method).
     Target,
+    /// Create invitations for a role (name: the role's name).
+    Invite,
 }
 
 impl Action {
     /// Every action, in documentation order.
-    pub const ALL: [Action; 8] = [
+    pub const ALL: [Action; 9] = [
         Action::Call,
         Action::Provide,
         Action::Subscribe,
@@ -41,6 +43,7 @@ impl Action {
         Action::Monitor,
         Action::Module,
         Action::Target,
+        Action::Invite,
     ];
 
     /// The name used in config files and on the command line.
@@ -54,13 +57,20 @@ impl Action {
             Action::Monitor => "monitor",
             Action::Module => "module",
             Action::Target => "target",
+            Action::Invite => "invite",
         }
     }
 
-    pub(crate) fn bit(self) -> u8 {
-        1 << (self as u8)
+    /// The action's bit in a rule's action set (one bit per entry of
+    /// [`Action::ALL`], so the set's type must have at least that many).
+    pub(crate) fn bit(self) -> u16 {
+        1 << (self as u16)
     }
 }
+
+// A rule's action set is a u16 with one bit per action: adding a 17th
+// action must widen it (this stops the build until then).
+const _: () = assert!(Action::ALL.len() <= u16::BITS as usize);
 
 impl std::str::FromStr for Action {
     type Err = String;

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use toml::Spanned;
 
 mod hosts;
+mod invitations;
 
 pub use hosts::{HostScope, HostSection, SessionsSection};
+pub use invitations::InvitationsSection;
 
 use crate::action::{Action, Effect};
 use crate::pattern::NamePattern;
@@ -228,6 +230,8 @@ struct RawRule {
     gids: Vec<u32>,
     #[serde(default)]
     hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    roles: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -245,6 +249,10 @@ struct RawConfig {
     hosts: Vec<Spanned<hosts::RawHost>>,
     #[serde(default)]
     sessions: hosts::SessionsSection,
+    #[serde(default, rename = "role")]
+    roles: Vec<Spanned<invitations::RawRole>>,
+    #[serde(default)]
+    invitations: invitations::RawInvitations,
 }
 
 /// A loaded, validated configuration.
@@ -262,6 +270,9 @@ pub struct Config {
     pub hosts: Vec<HostSection>,
     /// The `[sessions]` section (used when a host has `scope = "session"`).
     pub sessions: hosts::SessionsSection,
+    /// The `[invitations]` section. (The `[[role]]`s are in the policy,
+    /// so that a reload carries them with the rules that name them.)
+    pub invitations: InvitationsSection,
     /// The compiled rules.
     pub policy: Arc<Policy>,
     /// Things that are valid but probably not what was meant (e.g. a user
@@ -512,12 +523,14 @@ impl Config {
                 ),
             ));
         }
+        let roles = invitations::parse_roles(raw.roles, &ctx)?;
+        let invitations = invitations::parse_invitations(raw.invitations, &ctx)?;
         let mut rules = Vec::with_capacity(raw.rules.len());
         for (i, spanned) in raw.rules.into_iter().enumerate() {
             let line = ctx.line(spanned.span().start);
             let r = spanned.into_inner();
             let key = |k: &str| format!("rule[{}].{k}", i + 1);
-            let mut actions = 0u8;
+            let mut actions = 0u16;
             if r.actions.is_empty() {
                 return Err(ctx.err(
                     Some(line_span(text, line)),
@@ -529,6 +542,16 @@ impl Config {
                 let action: Action = a.get_ref().parse().map_err(|m: String| {
                     ctx.err(Some(a.span()), key(&format!("actions[{j}]")), m)
                 })?;
+                // An invitation's holder minting invitations would let a
+                // role outlive and outgrow the one its inviter checked.
+                if action == Action::Invite && !r.roles.is_empty() {
+                    return Err(ctx.err(
+                        Some(a.span()),
+                        key(&format!("actions[{j}]")),
+                        "a connection that joined by invitation cannot invite; remove invite \
+                         from this rule or its roles",
+                    ));
+                }
                 actions |= action.bit();
             }
             if r.names.is_empty() {
@@ -609,6 +632,20 @@ impl Config {
                 }
                 rule_hosts.push(h.get_ref().clone());
             }
+            let mut rule_roles = Vec::new();
+            for role in &r.roles {
+                if !roles.iter().any(|d| &d.name == role.get_ref()) {
+                    return Err(ctx.err(
+                        Some(role.span()),
+                        key("roles"),
+                        format!(
+                            "no [[role]] is named {:?}; name a configured role (a rule for a role that does not exist would match nothing)",
+                            role.get_ref()
+                        ),
+                    ));
+                }
+                rule_roles.push(role.get_ref().clone());
+            }
             if !r.everyone
                 && !r.admins
                 && r.users.is_empty()
@@ -616,11 +653,12 @@ impl Config {
                 && r.groups.is_empty()
                 && r.gids.is_empty()
                 && r.hosts.is_empty()
+                && r.roles.is_empty()
             {
                 return Err(ctx.err(
                     Some(line_span(text, line)),
                     format!("rule[{}]", i + 1),
-                    "the rule names nobody; add everyone = true, admins = true, users, uids, groups, gids or hosts",
+                    "the rule names nobody; add everyone = true, admins = true, users, uids, groups, gids, hosts or roles",
                 ));
             }
             rules.push(Rule {
@@ -636,6 +674,7 @@ impl Config {
                     uids,
                     gids,
                     hosts: rule_hosts,
+                    roles: rule_roles,
                 },
             });
         }
@@ -647,7 +686,8 @@ impl Config {
             learn: raw.learn,
             hosts: host_sections,
             sessions,
-            policy: Arc::new(Policy::new(rules, admin_gid, source)),
+            invitations,
+            policy: Arc::new(Policy::new(rules, roles, admin_gid, source)),
             warnings,
         })
     }
@@ -726,6 +766,20 @@ mod tests {
                 .decide(&user, crate::Action::Call, "learn.start")
                 .allowed
         );
+        // The invitation methods are open; with no role, nobody can invite.
+        for m in [
+            "warden.invite.create",
+            "warden.invite.list",
+            "warden.invite.revoke",
+        ] {
+            assert!(
+                c.policy.decide(&user, crate::Action::Call, m).allowed,
+                "{m}"
+            );
+        }
+        assert!(c.policy.roles().is_empty());
+        assert!(!c.policy.decide(&root, crate::Action::Invite, "any").allowed);
+        assert_eq!(c.invitations, InvitationsSection::default());
     }
 
     /// The block under "## The embedded default" in docs/config.md.
@@ -889,6 +943,71 @@ mod tests {
         let e = e.unwrap_or_else(|| panic!("accepted"));
         assert_eq!(e.line, 1, "{e}");
         assert!(e.message.contains("names nobody"));
+        assert!(e.message.contains("hosts or roles"), "{e}");
+    }
+
+    const ROLE: &str = "[[role]]\nname = \"vpn-helper\"\n\n";
+
+    #[test]
+    fn a_rule_may_name_only_roles() {
+        let c = parse(&format!(
+            "{ROLE}[[rule]]\nactions = [\"call\"]\nnames = [\"net.vpn.*\"]\nroles = [\"vpn-helper\"]\n\n\
+             [[rule]]\nactions = [\"invite\"]\nnames = [\"vpn-helper\"]\nusers = [\"alice\"]\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.policy.rule_count(), 2);
+        let alice = crate::Caller {
+            uid: 1001,
+            gid: 1001,
+            groups: vec![],
+            host: None,
+            role: None,
+        };
+        // Only the role's holders: not alice's identity.
+        assert!(!c.policy.decide(&alice, Action::Call, "net.vpn.up").allowed);
+        assert!(
+            c.policy
+                .decide(&alice, Action::Invite, "vpn-helper")
+                .allowed
+        );
+        let holder = crate::Caller {
+            role: Some("vpn-helper".into()),
+            ..alice
+        };
+        assert!(c.policy.decide(&holder, Action::Call, "net.vpn.up").allowed);
+        assert_eq!("invite".parse::<Action>(), Ok(Action::Invite));
+        assert_eq!(Action::ALL.last(), Some(&Action::Invite));
+    }
+
+    #[test]
+    fn a_rule_naming_a_role_nobody_configured_is_an_error() {
+        let e = parse(&format!(
+            "{ROLE}[[rule]]\nactions = [\"call\"]\nnames = [\"a\"]\nroles = [\"vpn-helper\",\n  \"vpn-helpr\"]\n"
+        ))
+        .err()
+        .unwrap_or_else(|| panic!("accepted"));
+        assert_eq!((e.line, e.key.as_str()), (8, "rule[1].roles"), "{e}");
+        assert!(
+            e.message
+                .starts_with("no [[role]] is named \"vpn-helpr\"; "),
+            "{e}"
+        );
+        let e = parse("[[rule]]\nactions = [\"call\"]\nnames = [\"a\"]\nroles = [\"x\"]\n").err();
+        assert_eq!(e.map(|e| e.line), Some(4));
+    }
+
+    #[test]
+    fn a_role_cannot_be_given_the_invite_action() {
+        let e = parse(&format!(
+            "{ROLE}[[rule]]\nactions = [\"call\",\n  \"invite\"]\nnames = [\"**\"]\nroles = [\"vpn-helper\"]\nuids = [1]\n"
+        ))
+        .err()
+        .unwrap_or_else(|| panic!("accepted"));
+        assert_eq!((e.line, e.key.as_str()), (6, "rule[1].actions[1]"), "{e}");
+        assert_eq!(
+            e.message,
+            "a connection that joined by invitation cannot invite; remove invite from this rule or its roles"
+        );
     }
 
     #[test]

@@ -12,6 +12,12 @@
 //! the name decides (allow or deny). No match is a denial: the default is
 //! deny. The decision names the rule (file and line) that made it.
 //!
+//! A connection that joined by invitation also holds a role: the rules
+//! naming that role can add to what its identity is allowed, never take
+//! away (`policy.rs`), and [`Policy::role_fits`] decides whether an inviter
+//! may hand a role out at all: only if everything the role allows is
+//! allowed to the inviter too (`containment.rs`).
+//!
 //! # Attacker model
 //! The config file is trusted (it is root's); callers are not. The caller's
 //! identity comes from the kernel, never from a payload. User and group
@@ -22,13 +28,17 @@
 
 mod action;
 mod config;
+mod containment;
 mod pattern;
 mod policy;
 
 pub use action::{Action, Effect};
 pub use config::{
-    BrokerSection, Config, ConfigError, HostScope, HostSection, LearnSection, Limits,
-    SessionsSection, SlowSubscriber, DEFAULT_CONFIG, EMBEDDED_SOURCE, LEARN_TRACKING_TABLE,
+    BrokerSection, Config, ConfigError, HostScope, HostSection, InvitationsSection, LearnSection,
+    Limits, SessionsSection, SlowSubscriber, DEFAULT_CONFIG, EMBEDDED_SOURCE, LEARN_TRACKING_TABLE,
 };
+pub use containment::{ContainmentError, RoleOverreach};
 pub use pattern::{NamePattern, PatternError};
-pub use policy::{Caller, CallerPolicy, Decision, Policy, Resolver, RuleRef, StaticResolver};
+pub use policy::{
+    Caller, CallerPolicy, Decision, Policy, Resolver, RoleDef, RuleRef, StaticResolver,
+};

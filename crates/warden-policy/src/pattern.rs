@@ -23,10 +23,14 @@ pub enum PatternError {
     BadSegment(String),
 }
 
+/// One segment of a pattern. Containment (`containment.rs`) walks them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
+pub(crate) enum Segment {
+    /// Exactly this name segment.
     Literal(String),
+    /// `*`: any one segment.
     One,
+    /// `**` (last only): one or more segments.
     Rest,
 }
 
@@ -84,6 +88,11 @@ impl NamePattern {
             }
         }
         parts.next().is_none()
+    }
+
+    /// The parsed segments.
+    pub(crate) fn segments(&self) -> &[Segment] {
+        &self.segments
     }
 
     /// The pattern text.

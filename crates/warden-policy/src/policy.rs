@@ -4,6 +4,19 @@
 //! function with the principal test done once, at connect time: it keeps
 //! only the rules that name the caller, so each later check is a walk over
 //! a few patterns, and it caches decisions per (action, name).
+//!
+//! # Roles
+//! A connection that joined by invitation holds a role ([`Caller::role`])
+//! besides its identity. Its decision is made twice: once over the rules
+//! that name its identity (as for any connection), once over only the
+//! rules that name its role in `roles`, and the first allow of the two
+//! wins. So a role only ever adds to what the identity may do, and what it
+//! adds is exactly what its own rules say: `everyone` rules are the
+//! identity's, not the role's, which keeps a role's reach readable from its
+//! rules alone and lets [`Policy::role_fits`] (see `containment.rs`) check
+//! it against an inviter. The `invite` action is never granted by a role,
+//! so an invitation cannot be used to mint further invitations. A child
+//! host's connection never holds a role.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -151,6 +164,20 @@ pub(crate) struct Principals {
     pub(crate) gids: Vec<u32>,
     /// Child hosts (by configured name) whose connections the rule names.
     pub(crate) hosts: Vec<String>,
+    /// Roles (by `[[role]]` name) whose holders the rule names; see the
+    /// module docs for how that combines with the identity's rules.
+    pub(crate) roles: Vec<String>,
+}
+
+/// A configured `[[role]]`: what an invitation can hand out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleDef {
+    /// Its name (one name segment), unique among roles.
+    pub name: String,
+    /// Free text, shown by tools.
+    pub description: Option<String>,
+    /// Line of its `[[role]]` header.
+    pub line: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -159,7 +186,7 @@ pub(crate) struct Rule {
     pub(crate) line: usize,
     pub(crate) effect: Effect,
     pub(crate) description: Option<String>,
-    pub(crate) actions: u8,
+    pub(crate) actions: u16,
     pub(crate) patterns: Vec<NamePattern>,
     pub(crate) principals: Principals,
 }
@@ -168,6 +195,7 @@ pub(crate) struct Rule {
 #[derive(Debug)]
 pub struct Policy {
     rules: Vec<Rule>,
+    roles: Vec<RoleDef>,
     admin_gid: Option<u32>,
     /// The broker's own uid, when `broker.owner_is_admin` makes it an
     /// administrator (see [`crate::Config::admit_owner`]).
@@ -176,9 +204,15 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub(crate) fn new(rules: Vec<Rule>, admin_gid: Option<u32>, source: Arc<str>) -> Policy {
+    pub(crate) fn new(
+        rules: Vec<Rule>,
+        roles: Vec<RoleDef>,
+        admin_gid: Option<u32>,
+        source: Arc<str>,
+    ) -> Policy {
         Policy {
             rules,
+            roles,
             admin_gid,
             owner: None,
             source,
@@ -189,6 +223,7 @@ impl Policy {
     pub(crate) fn with_owner(&self, uid: u32) -> Policy {
         Policy {
             rules: self.rules.clone(),
+            roles: self.roles.clone(),
             admin_gid: self.admin_gid,
             owner: Some(uid),
             source: Arc::clone(&self.source),
@@ -205,6 +240,21 @@ impl Policy {
         self.rules.len()
     }
 
+    /// The configured `[[role]]`s, in file order.
+    pub fn roles(&self) -> &[RoleDef] {
+        &self.roles
+    }
+
+    /// The `[[role]]` named `name`, if there is one.
+    pub fn role(&self, name: &str) -> Option<&RoleDef> {
+        self.roles.iter().find(|r| r.name == name)
+    }
+
+    /// The rules, in file order (for `containment.rs`).
+    pub(crate) fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
     /// True if the caller is an administrator: root, a member of the
     /// configured admin group, or the broker's own uid when
     /// `broker.owner_is_admin` is on.
@@ -217,7 +267,8 @@ impl Policy {
             || self.admin_gid.is_some_and(|g| caller.in_group(g))
     }
 
-    fn names_caller(&self, rule: &Rule, caller: &Caller) -> bool {
+    /// True if `rule` names the caller's identity (never its role).
+    pub(crate) fn names_caller(&self, rule: &Rule, caller: &Caller) -> bool {
         let p = &rule.principals;
         if let Some(host) = &caller.host {
             return p.everyone || p.hosts.iter().any(|h| h == host);
@@ -228,7 +279,31 @@ impl Policy {
             || p.gids.iter().any(|&g| caller.in_group(g))
     }
 
-    fn evaluate<'a>(
+    /// True if `rule` names `role` in `roles`.
+    pub(crate) fn names_role(rule: &Rule, role: &str) -> bool {
+        rule.principals.roles.iter().any(|r| r == role)
+    }
+
+    /// The role whose rules count for `caller`, if any: a child host's
+    /// connection is only the host, whatever it claims.
+    fn role_of(caller: &Caller) -> Option<&str> {
+        match caller.host {
+            Some(_) => None,
+            None => caller.role.as_deref(),
+        }
+    }
+
+    /// The reference to `rule` that a decision carries.
+    pub(crate) fn rule_ref(&self, rule: &Rule) -> RuleRef {
+        RuleRef {
+            file: self.source.clone(),
+            line: rule.line,
+            index: rule.index,
+        }
+    }
+
+    /// First match over `rules`; no match is the default deny.
+    pub(crate) fn evaluate<'a>(
         &self,
         rules: impl Iterator<Item = &'a Rule>,
         action: Action,
@@ -238,11 +313,7 @@ impl Policy {
             if rule.actions & action.bit() != 0 && rule.patterns.iter().any(|p| p.matches(name)) {
                 return Decision {
                     allowed: rule.effect == Effect::Allow,
-                    rule: Some(RuleRef {
-                        file: self.source.clone(),
-                        line: rule.line,
-                        index: rule.index,
-                    }),
+                    rule: Some(self.rule_ref(rule)),
                 };
             }
         }
@@ -252,13 +323,30 @@ impl Policy {
         }
     }
 
-    /// Decides whether `caller` may perform `action` on `name`.
-    pub fn decide(&self, caller: &Caller, action: Action, name: &str) -> Decision {
+    /// The decision over only the rules that name `role` (`everyone`
+    /// rules are not among them).
+    pub(crate) fn decide_for_role(&self, role: &str, action: Action, name: &str) -> Decision {
         self.evaluate(
-            self.rules.iter().filter(|r| self.names_caller(r, caller)),
+            self.rules.iter().filter(|r| Policy::names_role(r, role)),
             action,
             name,
         )
+    }
+
+    /// Decides whether `caller` may perform `action` on `name`: by its
+    /// identity's rules, or else by its role's (see the module docs).
+    pub fn decide(&self, caller: &Caller, action: Action, name: &str) -> Decision {
+        let by_identity = self.evaluate(
+            self.rules.iter().filter(|r| self.names_caller(r, caller)),
+            action,
+            name,
+        );
+        match Policy::role_of(caller) {
+            Some(role) if !by_identity.allowed && action != Action::Invite => {
+                either_allows(by_identity, self.decide_for_role(role, action, name))
+            }
+            _ => by_identity,
+        }
     }
 
     /// The description of rule `index` (1-based), if it has one.
@@ -273,13 +361,30 @@ impl Policy {
         let rules = (0..self.rules.len())
             .filter(|&i| self.names_caller(&self.rules[i], caller))
             .collect();
+        let role_rules = match Policy::role_of(caller) {
+            Some(role) => (0..self.rules.len())
+                .filter(|&i| Policy::names_role(&self.rules[i], role))
+                .collect(),
+            None => Vec::new(),
+        };
         CallerPolicy {
             policy: Arc::clone(self),
             rules,
+            role_rules,
             admin: self.is_admin(caller),
             cache: Default::default(),
             cached: 0,
         }
+    }
+}
+
+/// The identity's decision if it allows, else the role's if that allows,
+/// else the identity's (whose deny names the rule an operator looks at).
+fn either_allows(by_identity: Decision, by_role: Decision) -> Decision {
+    if !by_identity.allowed && by_role.allowed {
+        by_role
+    } else {
+        by_identity
     }
 }
 
@@ -291,7 +396,10 @@ const CALLER_CACHE_MAX: usize = 1024;
 #[derive(Debug)]
 pub struct CallerPolicy {
     policy: Arc<Policy>,
+    /// Indices of the rules that name the caller's identity.
     rules: Vec<usize>,
+    /// Indices of the rules that name its role (empty without one).
+    role_rules: Vec<usize>,
     admin: bool,
     /// One map per action, so a lookup borrows the name (no allocation).
     cache: [HashMap<String, Decision>; Action::ALL.len()],
@@ -306,7 +414,18 @@ impl CallerPolicy {
             return d.clone();
         }
         let policy = &self.policy;
-        let d = policy.evaluate(self.rules.iter().map(|&i| &policy.rules[i]), action, name);
+        let by_identity =
+            policy.evaluate(self.rules.iter().map(|&i| &policy.rules[i]), action, name);
+        let d = if by_identity.allowed || action == Action::Invite || self.role_rules.is_empty() {
+            by_identity
+        } else {
+            let by_role = policy.evaluate(
+                self.role_rules.iter().map(|&i| &policy.rules[i]),
+                action,
+                name,
+            );
+            either_allows(by_identity, by_role)
+        };
         if self.cached < CALLER_CACHE_MAX {
             self.cached += 1;
             self.cache[slot].insert(name.to_owned(), d.clone());
@@ -354,6 +473,36 @@ uids = [1001]
 actions = ["call"]
 names = ["admin.*"]
 admins = true
+
+[[role]]
+name = "helper"
+
+[[rule]]
+effect = "deny"
+actions = ["call"]
+names = ["helper.blocked"]
+everyone = true
+
+[[rule]]
+effect = "deny"
+actions = ["call"]
+names = ["helper.no"]
+roles = ["helper"]
+
+[[rule]]
+actions = ["call"]
+names = ["svc.secret.**", "helper.*"]
+roles = ["helper"]
+
+[[rule]]
+actions = ["subscribe"]
+names = ["pub.*"]
+everyone = true
+
+[[rule]]
+actions = ["invite"]
+names = ["helper"]
+uids = [1001]
 "#;
 
     fn policy() -> Arc<Policy> {
@@ -441,17 +590,113 @@ admins = true
         assert!(!p.decide(&who(9, &[]), Action::Call, "admin.x").allowed);
     }
 
+    fn holding(role: &str, caller: Caller) -> Caller {
+        Caller {
+            role: Some(role.into()),
+            ..caller
+        }
+    }
+
+    #[test]
+    fn a_role_adds_what_its_own_rules_allow() {
+        let p = policy();
+        let eve = holding("helper", who(1003, &[]));
+        let d = p.decide(&eve, Action::Call, "helper.x");
+        assert!(d.allowed);
+        assert_eq!(d.rule.as_ref().map(|r| (r.index, r.line)), Some((7, 41)));
+        assert!(!p.decide(&who(1003, &[]), Action::Call, "helper.x").allowed);
+        // What the identity allows stays allowed, decided by its rule.
+        let d = p.decide(&eve, Action::Subscribe, "pub.x");
+        assert_eq!(d.rule.as_ref().map(|r| r.index), Some(8));
+        // The role's deny refuses only the role: the answer is the
+        // identity's (here the default).
+        let d = p.decide(&eve, Action::Call, "helper.no");
+        assert_eq!(
+            d,
+            Decision {
+                allowed: false,
+                rule: None
+            }
+        );
+        // Nothing beyond the role's rules, for any action.
+        assert!(!p.decide(&eve, Action::Call, "helper.x.y").allowed);
+        assert!(!p.decide(&eve, Action::Provide, "helper.x").allowed);
+    }
+
+    #[test]
+    fn an_identitys_denials_do_not_take_away_what_the_role_allows() {
+        let p = policy();
+        // bob's own deny rule (rule 1) and an everyone deny (rule 5) stop
+        // bob and eve, not the role they hold: `everyone` rules are not
+        // part of the role's evaluation.
+        let bob = holding("helper", who(1002, &[500]));
+        assert!(
+            !p.decide(&who(1002, &[500]), Action::Call, "svc.secret.get")
+                .allowed
+        );
+        let d = p.decide(&bob, Action::Call, "svc.secret.get");
+        assert!(d.allowed);
+        assert_eq!(d.rule.as_ref().map(|r| r.index), Some(7));
+        let eve = holding("helper", who(1003, &[]));
+        assert!(
+            !p.decide(&who(1003, &[]), Action::Call, "helper.blocked")
+                .allowed
+        );
+        assert!(p.decide(&eve, Action::Call, "helper.blocked").allowed);
+    }
+
+    #[test]
+    fn a_role_never_invites_and_a_host_never_holds_one() {
+        let p = policy();
+        assert!(p.decide(&who(1001, &[]), Action::Invite, "helper").allowed);
+        assert!(!p.decide(&who(1003, &[]), Action::Invite, "helper").allowed);
+        let eve = holding("helper", who(1003, &[]));
+        assert!(!p.decide(&eve, Action::Invite, "helper").allowed);
+        let host = Caller {
+            host: Some("agent".into()),
+            ..eve.clone()
+        };
+        assert!(!p.decide(&host, Action::Call, "helper.x").allowed);
+        assert!(p.decide(&host, Action::Subscribe, "pub.x").allowed);
+        // A role no `[[role]]` has (any more, after a reload) adds nothing.
+        let gone = holding("gone", who(1003, &[]));
+        assert!(!p.decide(&gone, Action::Call, "helper.x").allowed);
+        assert_eq!(p.role("helper").map(|r| r.line), Some(26));
+        assert_eq!(p.roles().len(), 1);
+    }
+
     #[test]
     fn caller_snapshot_agrees_with_decide() {
         let p = policy();
+        let host = Caller {
+            host: Some("agent".into()),
+            ..who(1001, &[500])
+        };
         let callers = [
             who(0, &[]),
             who(1001, &[500]),
             who(1002, &[500]),
             who(5, &[600]),
             who(6, &[]),
+            holding("helper", who(6, &[])),
+            holding("helper", who(1002, &[500])),
+            holding("helper", who(0, &[])),
+            holding("gone", who(1001, &[500])),
+            holding("helper", host.clone()),
+            host,
         ];
-        let names = ["svc.a", "svc.secret.b", "admin.x", "other", "svc.a.b"];
+        let names = [
+            "svc.a",
+            "svc.secret.b",
+            "admin.x",
+            "other",
+            "svc.a.b",
+            "helper",
+            "helper.x",
+            "helper.no",
+            "helper.blocked",
+            "pub.x",
+        ];
         for c in &callers {
             let mut snap = p.for_caller(c);
             for a in Action::ALL {

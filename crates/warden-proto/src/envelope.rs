@@ -314,7 +314,9 @@ struct RawEnvelope {
     #[serde(default)]
     client: Option<String>,
     #[serde(default)]
-    invitation: Option<String>,
+    invitation: Option<crate::invitation::InvitationText>,
+    #[serde(default)]
+    role: Option<String>,
     #[serde(default)]
     server: Option<String>,
     #[serde(default)]
@@ -348,6 +350,7 @@ impl RawEnvelope {
             version,
             client,
             invitation,
+            role,
             server,
             identity,
             limits,
@@ -443,7 +446,11 @@ pub fn top_level_id(body: &[u8]) -> Option<RequestId> {
 /// Every kind, with its required and optional fields.
 const KINDS: &[(&str, &[&str], &[&str])] = &[
     ("hello", &["version"], &["client", "invitation"]),
-    ("welcome", &["version", "server", "identity", "limits"], &[]),
+    (
+        "welcome",
+        &["version", "server", "identity", "limits"],
+        &["role"],
+    ),
     ("call", &["id", "method"], &["params", "caller", "target"]),
     ("reply", &["id"], &["result"]),
     ("error", &["error"], &["id"]),
@@ -574,9 +581,15 @@ impl Message {
                 return Err(DecodeError::new(id, "identity lists too many groups"));
             }
         }
-        for text in [&raw.client, &raw.server, &raw.invitation]
-            .into_iter()
-            .flatten()
+        let invitation = raw.invitation.as_ref().map(|t| t.expose());
+        for text in [
+            raw.client.as_deref(),
+            raw.server.as_deref(),
+            invitation,
+            raw.role.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
         {
             if text.len() > MAX_TEXT_LEN {
                 return Err(DecodeError::new(
@@ -617,6 +630,7 @@ impl Message {
                 server: raw.server.ok_or_else(|| missing("server"))?,
                 identity: raw.identity.ok_or_else(|| missing("identity"))?,
                 limits: raw.limits.ok_or_else(|| missing("limits"))?,
+                role: raw.role,
             }),
             "call" => Message::Call {
                 id: req_id()?,
@@ -738,13 +752,14 @@ impl Message {
             Message::Hello(h) => {
                 r.version = Some(h.version);
                 r.client = h.client.as_deref();
-                r.invitation = h.invitation.as_deref();
+                r.invitation = h.invitation.as_ref().map(|t| t.expose());
             }
             Message::Welcome(w) => {
                 r.version = Some(w.version);
                 r.server = Some(&w.server);
                 r.identity = Some(&w.identity);
                 r.limits = Some(&w.limits);
+                r.role = w.role.as_deref();
             }
             Message::Call {
                 method,
@@ -845,6 +860,8 @@ struct WireEnvelope<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     limits: Option<&'a WelcomeLimits>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<&'a CallTarget>,
@@ -933,16 +950,24 @@ mod tests {
             client: Some("t/1".into()),
             invitation: None,
         }));
-        roundtrip(Message::Welcome(Welcome {
+        roundtrip(Message::Hello(Hello {
             version: 1,
-            server: "wardend/0.1.0".into(),
-            identity: ident.clone(),
-            limits: WelcomeLimits {
-                max_frame: 1 << 20,
-                max_in_flight: 64,
-                call_timeout_ms: 30_000,
-            },
+            client: None,
+            invitation: Some(crate::invitation::InvitationText::new("wdn_inv_1x".into())),
         }));
+        for role in [None, Some("vpn-helper".to_owned())] {
+            roundtrip(Message::Welcome(Welcome {
+                version: 1,
+                server: "wardend/0.1.0".into(),
+                identity: ident.clone(),
+                limits: WelcomeLimits {
+                    max_frame: 1 << 20,
+                    max_in_flight: 64,
+                    call_timeout_ms: 30_000,
+                },
+                role,
+            }));
+        }
         roundtrip(Message::Call {
             id: id(1),
             method: "a.b".parse().unwrap_or_else(|_| unreachable!()),

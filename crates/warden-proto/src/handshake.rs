@@ -44,10 +44,11 @@ pub struct Hello {
     /// Free-form client software name, for logs (e.g. `"wardenctl/0.1.0"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
-    /// An invitation token, for processes that join by invitation. Reserved:
-    /// this broker answers `unavailable` ("not implemented yet") if present.
+    /// An invitation token (see [`crate::invitation`]), for a process that
+    /// joins by invitation: the connection then holds the invitation's
+    /// role. Printed as `[REDACTED]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub invitation: Option<String>,
+    pub invitation: Option<crate::invitation::InvitationText>,
 }
 
 /// Limits the broker enforces on this connection, so a client can stay
@@ -75,4 +76,8 @@ pub struct Welcome {
     pub identity: Identity,
     /// Limits in force on this connection.
     pub limits: WelcomeLimits,
+    /// The role this connection holds because it joined by invitation;
+    /// sent only then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }

@@ -26,6 +26,7 @@ pub mod envelope;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod invitation;
 pub mod limits;
 pub mod name;
 

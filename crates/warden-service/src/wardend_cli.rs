@@ -30,7 +30,13 @@ pub struct Args {
     #[arg(long, value_name = "CGROUP", hide = true)]
     pub reaper_for: Option<PathBuf>,
     /// Log level: error, warn, info, debug or trace (or a tracing filter).
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    /// Given twice, the last one counts.
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        default_value = "info",
+        overrides_with = "log_level"
+    )]
     pub log_level: String,
     /// Log format: `text` for people, `json` (one object per line) for
     /// machines. Audit records (denials, reloads) have the target

@@ -17,7 +17,7 @@
 //! # Unsafe code
 //! The workspace denies `unsafe_code`; this crate alone expects it (crate
 //! attribute below). The modules that use it are `linux::activation`,
-//! `linux::fds`, `linux::identity`, `linux::process` (`malloc_trim`), `linux::spawn`
+//! `linux::env` (scrubbing a secret from the environment block), `linux::fds`, `linux::identity`, `linux::process` (`malloc_trim`), `linux::spawn`
 //! (the child's steps between fork and exec) and `linux::target`, and every `unsafe`
 //! block carries a `SAFETY:` comment (clippy's `undocumented_unsafe_blocks`
 //! is denied).
@@ -46,7 +46,10 @@ compile_error!("warden-sys has no backend for this target (only Linux; see docs/
 
 pub use imp::activation::{inherited_listener, ActivationError, InheritedListener};
 pub use imp::client::{connect_unix, verify_server, ServerCheckError, ServerTrust};
-pub use imp::endpoint::{bind_secure, BoundEndpoint, EndpointError, EndpointSpec};
+pub use imp::endpoint::{
+    bind_secure, open_private_dir, BoundEndpoint, EndpointError, EndpointSpec,
+};
+pub use imp::env::take_env_scrubbed;
 pub use imp::fds::recv_reject_fds;
 pub use imp::fs_at::{
     Dir, FileKind, Meta, OpenDirError, ReadFileError, RemoveDirOutcome, RemoveError, StatError,

@@ -522,9 +522,11 @@ impl BrokerProcess {
             Some(u) => command_as(u, program),
             None => Command::new(program),
         };
+        // Debug logs unless the arguments ask for another level (the last
+        // --log-level counts).
         let child = cmd
-            .args(args)
             .arg("--log-level=debug")
+            .args(args)
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -689,7 +691,9 @@ impl RawConn {
     }
 }
 
-/// Runs a command with a timeout, collecting its output.
+/// Runs a command with a timeout, collecting its output. Its stdout and
+/// stderr are read while it runs (a child writing more than a pipe holds
+/// would otherwise block until the timeout).
 pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> anyhow::Result<Output> {
     let mut child = cmd
         .stdin(Stdio::null())
@@ -697,21 +701,48 @@ pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> anyhow::Resu
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("spawning {cmd:?}"))?;
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
     let deadline = Instant::now() + timeout;
-    loop {
-        if child.try_wait()?.is_some() {
-            return Ok(child.wait_with_output()?);
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            let out = child.wait_with_output()?;
+            let _ = child.wait();
+            let stderr = err.join().unwrap_or_default();
             bail!(
                 "{cmd:?} did not finish within {timeout:?}; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&stderr)
             );
         }
         std::thread::sleep(Duration::from_millis(5));
-    }
+    };
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
 }
 
 /// Runs `wardenctl` with `args` against `socket`, as `user` (or as the

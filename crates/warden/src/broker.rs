@@ -82,6 +82,7 @@ pub struct BrokerBuilder {
     test_hooks: bool,
     reloader: Option<crate::builtins::Reloader>,
     sessions: Option<Arc<dyn crate::SessionLookup>>,
+    invitations: warden_policy::InvitationsSection,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -153,6 +154,7 @@ impl BrokerBuilder {
             max_frame,
             call_timeout,
             test_hooks: self.test_hooks,
+            invitations: self.invitations,
         };
         let (stall_tx, stall_rx) = tokio::sync::mpsc::channel(1);
         let (adopt_tx, adopt_rx) = tokio::sync::mpsc::channel(ADOPT_QUEUE);
@@ -213,6 +215,40 @@ pub enum AdoptError {
     NotServing,
 }
 
+/// How often expiry is checked.
+const INVITATION_EXPIRY_TICK: Duration = Duration::from_secs(1);
+
+/// Announces expired invitations on [`TOPIC`] and forgets them, until the
+/// broker closes.
+async fn invitation_expiry(reg: Arc<Registry>, mut close: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(INVITATION_EXPIRY_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = close.wait_for(|v| *v) => return,
+            _ = tick.tick() => {
+                let due = reg
+                    .invitations
+                    .next_expiry()
+                    .is_some_and(|t| t <= std::time::SystemTime::now());
+                if due || reg.invitations.has_expired_unheld() {
+                    let events = reg.invitations.sweep();
+                    crate::pubsub::publish_invitation_events(&reg, events);
+                }
+            }
+        }
+    }
+}
+
+/// Aborts a task of the broker's when `serve` returns, however it does.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Pause after `accept` fails because the process or system is out of
 /// file descriptors, so the loop backs off instead of spinning.
 const ACCEPT_BACKOFF_FD_EXHAUSTED: Duration = Duration::from_millis(100);
@@ -234,6 +270,7 @@ impl Broker {
             test_hooks: false,
             reloader: None,
             sessions: None,
+            invitations: config.invitations.clone(),
         }
     }
 
@@ -295,7 +332,7 @@ impl Broker {
     /// dropped, and the client is told with an event on
     /// `warden.policy.revoked`. Connections stay open.
     pub fn set_policy(&self, policy: Arc<Policy>) {
-        self.svc.reg.policy_tx.send_replace(policy);
+        crate::pubsub::set_policy(&self.svc.reg, policy);
     }
 
     /// Time since the accept loop last turned. The service watchdog pings
@@ -353,6 +390,10 @@ impl Broker {
             Arc::clone(reg),
             reg.close_tx.subscribe(),
         ));
+        let _expiry = AbortOnDrop(tokio::spawn(invitation_expiry(
+            Arc::clone(reg),
+            reg.close_tx.subscribe(),
+        )));
         loop {
             tokio::select! {
                 biased;

@@ -17,7 +17,7 @@ use crate::registry::Registry;
 use crate::view::CallerView;
 
 /// Names of the built-in methods.
-pub(crate) const BUILTINS: [&str; 9] = [
+pub(crate) const BUILTINS: [&str; 12] = [
     "warden.ping",
     "warden.whoami",
     "warden.version",
@@ -27,6 +27,9 @@ pub(crate) const BUILTINS: [&str; 9] = [
     "warden.metrics",
     RELOAD,
     INTROSPECT,
+    crate::invite_methods::CREATE,
+    crate::invite_methods::LIST,
+    crate::invite_methods::REVOKE,
 ];
 
 /// The built-in that lists what the caller may call (served by the router,
@@ -45,7 +48,7 @@ pub(crate) fn builtin_description(name: &str) -> &'static str {
         "warden.metrics" => "Counters and latency histograms per method",
         RELOAD => "Reads the configuration file again, as SIGHUP does",
         INTROSPECT => "The methods this caller may call, what they do and who serves them",
-        _ => "",
+        other => crate::invite_methods::description(other),
     }
 }
 
@@ -150,6 +153,10 @@ pub(crate) fn call(
             if let Some(host) = &i.host {
                 who["host"] = json!(host);
             }
+            if let Some(g) = view.peer.grant() {
+                who["role"] = json!(g.role);
+                who["invitation"] = json!(g.id);
+            }
             payload(who)
         }
         "warden.version" => payload(json!({
@@ -202,8 +209,7 @@ pub(crate) fn reload(
         match loaded {
             Ok(config) => {
                 let rules = config.policy.rule_count();
-                reg.policy_tx
-                    .send_replace(std::sync::Arc::clone(&config.policy));
+                crate::pubsub::set_policy(&reg, std::sync::Arc::clone(&config.policy));
                 crate::audit::record(crate::audit::Record {
                     actor: &actor,
                     action: "policy.reload",
@@ -358,7 +364,7 @@ fn status(reg: &Registry) -> Result<Payload, WireError> {
                 .elapsed()
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
-            json!({
+            let mut entry = json!({
                 "id": c.id,
                 "uid": c.identity.uid,
                 "pid": c.identity.pid,
@@ -369,7 +375,13 @@ fn status(reg: &Registry) -> Result<Payload, WireError> {
                 "calls": c.calls.load(Ordering::Relaxed),
                 "queued_events": c.queued_events(),
                 "missed": c.missed.load(Ordering::Relaxed),
-            })
+            });
+            // Only for connections that joined by invitation.
+            if let Some(g) = c.grant() {
+                entry["role"] = json!(g.role);
+                entry["invitation"] = json!(g.id);
+            }
+            entry
         })
         .collect();
     let (methods, unresolved) =

@@ -25,6 +25,8 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Payload, WireError>>
 pub struct HandlerContext {
     /// The caller's identity, as the kernel reported it at connect.
     pub caller: Identity,
+    /// The role the caller holds because it joined by invitation.
+    pub role: Option<String>,
     /// The caller's connection id.
     pub connection: u64,
     /// True if the caller is an administrator under the current policy.
@@ -41,10 +43,11 @@ pub struct HandlerContext {
 
 impl HandlerContext {
     /// Decides `action` on `name` for the caller under [`Self::policy`],
-    /// with the identity the kernel reported at connect.
+    /// with the identity the kernel reported at connect and its role.
     pub fn decide(&self, action: warden_policy::Action, name: &str) -> warden_policy::Decision {
-        self.policy
-            .decide(&warden_policy::Caller::from(&self.caller), action, name)
+        let mut caller = warden_policy::Caller::from(&self.caller);
+        caller.role = self.role.clone();
+        self.policy.decide(&caller, action, name)
     }
 }
 

@@ -24,7 +24,8 @@
 //!   connect) and its `wire` (the writer, its queues, vectored writes).
 //!   The only layer that touches sockets.
 //! - semantics: `router` (what a request means: authorization, built-ins,
-//!   handlers, routing), `pubsub`, `builtins`, over a narrow view of the
+//!   handlers, routing), `builtins`, `invite_methods` (the
+//!   `warden.invite.*` built-ins), `pubsub`, over a narrow view of the
 //!   caller (`view`); they return what to send and never await.
 //! - [`audit`]: the audit log's records and their rate limit.
 //! - `handler` ([`Handler`], [`HandlerContext`]) and `local`
@@ -37,7 +38,8 @@
 //!   through the `Outbox` trait the transport implements), `channel`,
 //!   `queue` (byte accounting), `stats`, `shutdown`, `session_lookup`
 //!   ([`SessionLookup`], which login session a caller is in, supplied by
-//!   the embedding program).
+//!   the embedding program), `invitations` (the invitation table, the
+//!   grants connections hold, the throttle of failed joins).
 
 pub mod audit;
 pub mod broker;
@@ -45,6 +47,8 @@ mod builtins;
 mod calls;
 mod channel;
 mod handler;
+mod invitations;
+mod invite_methods;
 mod local;
 mod monitor;
 mod peer;

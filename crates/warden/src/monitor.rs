@@ -118,7 +118,15 @@ pub(crate) fn answer(reg: &Registry, r: &CallRecord<'_>) {
                 }),
             )
         },
-        || json!({ "result": payload_value(r.result) }),
+        || {
+            // An invitation's token is shown once, to its creator: never to
+            // a monitor.
+            if r.method.starts_with(crate::invitations::METHOD_PREFIX) {
+                json!({ "result": "[REDACTED]" })
+            } else {
+                json!({ "result": payload_value(r.result) })
+            }
+        },
     );
 }
 

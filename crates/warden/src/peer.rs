@@ -97,6 +97,9 @@ pub(crate) struct Peer {
     /// Its welcome has been sent: only then may the broker send it frames
     /// of its own accord (a command to a host it adopted).
     pub(crate) greeted: std::sync::atomic::AtomicBool,
+    /// The invitation it joined with, while it holds the role (set once,
+    /// at the hello; cleared when the role is dropped).
+    grant: std::sync::Mutex<Option<Arc<crate::invitations::Grant>>>,
 }
 
 /// What [`Peer::new`] needs.
@@ -131,7 +134,30 @@ impl Peer {
             outbox: p.outbox,
             session: tokio::sync::OnceCell::new(),
             greeted: std::sync::atomic::AtomicBool::new(false),
+            grant: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The invitation this connection joined with, while it holds its role.
+    pub(crate) fn grant(&self) -> Option<Arc<crate::invitations::Grant>> {
+        self.grant.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets (at the hello) or clears (the role was dropped) the grant.
+    pub(crate) fn set_grant(&self, grant: Option<Arc<crate::invitations::Grant>>) {
+        *self.grant.lock().unwrap_or_else(|p| p.into_inner()) = grant;
+    }
+
+    /// The role this connection holds, if it joined by invitation.
+    pub(crate) fn role(&self) -> Option<String> {
+        self.grant().map(|g| g.role.clone())
+    }
+
+    /// The caller as the policy sees it: its identity and its role.
+    pub(crate) fn caller(&self) -> warden_policy::Caller {
+        let mut c = warden_policy::Caller::from(&self.identity);
+        c.role = self.role();
+        c
     }
 
     /// Allocates the broker's next request id on this connection (for

@@ -160,6 +160,42 @@ pub(crate) fn publish_request(
     })
 }
 
+/// Replaces the policy: invitations whose role no longer fits their
+/// creator are revoked first (their connections drop the role when they
+/// recompile), then every connection recompiles its snapshot, and the
+/// revocations are announced.
+pub(crate) fn set_policy(reg: &Registry, policy: std::sync::Arc<warden_policy::Policy>) {
+    let events = reg.invitations.revalidate(&policy);
+    reg.policy_tx.send_replace(policy);
+    publish_invitation_events(reg, events);
+}
+
+/// Publishes invitation events on `warden.invitations`, each only to
+/// subscribers that are its invitation's creator (by uid, not itself
+/// invited) or administrators.
+pub(crate) fn publish_invitation_events(
+    reg: &Registry,
+    events: Vec<crate::invitations::InvitationEvent>,
+) {
+    if events.is_empty() {
+        return;
+    }
+    let Ok(topic) = TopicName::try_from(crate::invitations::TOPIC) else {
+        return;
+    };
+    let policy = reg.current_policy();
+    for (data, creator) in events {
+        let Ok(data) = Payload::from_value(&data) else {
+            continue;
+        };
+        publish_to(reg, &topic, data, None, |sub| {
+            sub.identity.host.is_none()
+                && ((sub.identity.uid == creator && sub.grant().is_none())
+                    || policy.is_admin(&warden_policy::Caller::from(&sub.identity)))
+        });
+    }
+}
+
 /// Offers an event to every subscriber of `topic`. Returns (delivered,
 /// dropped).
 pub(crate) fn publish(
@@ -168,7 +204,19 @@ pub(crate) fn publish(
     data: Payload,
     publisher: Option<Identity>,
 ) -> (u64, u64) {
-    let subs = reg.subscribers(topic);
+    publish_to(reg, topic, data, publisher, |_| true)
+}
+
+/// [`publish`], to the subscribers `to` admits.
+fn publish_to(
+    reg: &Registry,
+    topic: &TopicName,
+    data: Payload,
+    publisher: Option<Identity>,
+    to: impl Fn(&crate::peer::Peer) -> bool,
+) -> (u64, u64) {
+    let mut subs = reg.subscribers(topic);
+    subs.retain(|s| to(s));
     if subs.is_empty() {
         return (0, 0);
     }

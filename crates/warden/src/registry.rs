@@ -46,6 +46,8 @@ pub(crate) struct Settings {
     /// Test hooks: a call to [`crate::broker::TEST_PANIC_METHOD`] panics
     /// in the connection task.
     pub(crate) test_hooks: bool,
+    /// The `[invitations]` section.
+    pub(crate) invitations: warden_policy::InvitationsSection,
 }
 
 /// Who waits for the answer of a routed call.
@@ -242,6 +244,8 @@ pub(crate) struct Registry {
     idle: Notify,
     /// An earlier deadline than the sweeper sleeps for was added.
     pub(crate) deadline_added: Notify,
+    /// Invitations and the throttle of failed joins.
+    pub(crate) invitations: crate::invitations::Invitations,
 }
 
 impl std::fmt::Debug for Registry {
@@ -269,7 +273,9 @@ impl Drop for Slot {
 
 impl Registry {
     pub(crate) fn new(settings: Settings, policy: Arc<Policy>) -> Registry {
+        let invitations = crate::invitations::Invitations::new(settings.invitations.clone());
         Registry {
+            invitations,
             settings,
             started: Instant::now(),
             policy_tx: watch::channel(policy).0,
@@ -291,6 +297,13 @@ impl Registry {
 
     pub(crate) fn current_policy(&self) -> Arc<Policy> {
         Arc::clone(&self.policy_tx.borrow())
+    }
+
+    /// Has every connection recompile its policy snapshot under the same
+    /// policy (after an invitation was revoked: those holding it drop the
+    /// role).
+    pub(crate) fn reapply_policy(&self) {
+        self.policy_tx.send_modify(|_| {});
     }
 
     pub(crate) fn is_draining(&self) -> bool {
@@ -964,6 +977,7 @@ mod tests {
             max_frame: 65536,
             call_timeout: Duration::from_secs(1),
             test_hooks: false,
+            invitations: config.invitations.clone(),
         };
         Arc::new(Registry::new(settings, Arc::clone(&config.policy)))
     }

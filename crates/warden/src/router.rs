@@ -260,6 +260,29 @@ fn call(svc: &Services, view: CallerView<'_>, req: Request, dirty: &mut Dirty) -
         ));
         return Outcome::Later;
     }
+    if method.as_str().starts_with(crate::invite_methods::PREFIX)
+        && crate::builtins::BUILTINS.contains(&method.as_str())
+    {
+        // Saving the invitation table blocks: a task of its own.
+        let fut = crate::invite_methods::call(
+            Arc::clone(reg),
+            Arc::clone(peer),
+            method.as_str().to_owned(),
+            params,
+            decision.reason(),
+        );
+        reg.handler_call_started(peer);
+        tokio::spawn(run_handler(
+            Arc::clone(reg),
+            Arc::clone(peer),
+            id,
+            method,
+            started,
+            rule,
+            fut,
+        ));
+        return Outcome::Later;
+    }
     if method.is_reserved() {
         // Introspection needs the handlers, which the router has.
         let answer = if method.as_str() == crate::builtins::INTROSPECT {
@@ -280,6 +303,7 @@ fn call(svc: &Services, view: CallerView<'_>, req: Request, dirty: &mut Dirty) -
     if let Some(h) = svc.handlers.get(method.as_str()) {
         let ctx = HandlerContext {
             caller: peer.identity.clone(),
+            role: peer.role(),
             connection: peer.id,
             is_admin: view.policy.is_admin(),
             policy: Arc::clone(view.policy.policy()),
@@ -544,7 +568,7 @@ fn introspect(svc: &Services, view: &CallerView<'_>) -> Result<Payload, WireErro
     use serde_json::json;
     // The policy itself, not the connection's decision cache: listing
     // thousands of names must not crowd out the names the caller uses.
-    let caller = warden_policy::Caller::from(&view.peer.identity);
+    let caller = view.peer.caller();
     let policy = view.policy.policy();
     let may = |name: &str| policy.decide(&caller, Action::Call, name).allowed;
     let mut methods = Vec::new();

@@ -12,7 +12,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["broker"],
     &["transport"],
-    &["router", "pubsub", "builtins", "view"],
+    &["router", "builtins", "invite_methods", "pubsub", "view"],
     &["audit"],
     &["handler"],
     &["local"],
@@ -26,6 +26,7 @@ const LAYERS: &[&[&str]] = &[
         "stats",
         "shutdown",
         "session_lookup",
+        "invitations",
     ],
 ];
 

@@ -51,6 +51,12 @@ pub struct Cli {
     /// refreshes, or the run of a command under learn). Exit status 4.
     #[arg(long, global = true, value_name = "DURATION", default_value = DEFAULT_TIMEOUT, value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Join with the invitation token in FILE (from `wardenctl invite
+    /// create`): the connection then holds the invitation's role. Without
+    /// it, the token in $WARDEN_INVITATION is used (and removed from this
+    /// process's environment). Never pass a token as an argument.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub invite_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -214,6 +220,13 @@ pub enum Command {
         #[command(subcommand)]
         command: ModuleCommand,
     },
+    /// Create, list and revoke invitations: tokens with which an
+    /// already-running process joins the broker with a role, for a while
+    /// (see `invite create --help`).
+    Invite {
+        #[command(subcommand)]
+        command: InviteCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completions {
         /// The shell.
@@ -272,6 +285,49 @@ pub enum Command {
         /// The command (empty: the whole manual).
         #[arg(value_name = "COMMAND")]
         command: Vec<String>,
+    },
+}
+
+/// `wardenctl invite` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum InviteCommand {
+    /// Create an invitation for a role and print its token once (needs the
+    /// `invite` action on the role, and the role must be within your own
+    /// permissions). The joiner passes it with --invite-file or
+    /// $WARDEN_INVITATION, or through the client library.
+    Create {
+        /// The role, as in a [[role]] section.
+        #[arg(long, value_name = "ROLE")]
+        role: String,
+        /// How long the invitation can be used to join (e.g. 10m, 2h);
+        /// connections that joined keep the role after it expires.
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+        expires: Duration,
+        /// How many times it can be used to join.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        uses: u64,
+        /// Only this user may join with it (name or uid).
+        #[arg(long, value_name = "USER", conflicts_with = "for_group")]
+        for_user: Option<String>,
+        /// Only members of this group may join with it (name or gid).
+        #[arg(long, value_name = "GROUP")]
+        for_group: Option<String>,
+        /// A note for `invite list` and the events (at most 128 characters).
+        #[arg(long, value_name = "TEXT")]
+        label: Option<String>,
+        /// Write the token to FILE (created, mode 0600, never over an
+        /// existing file or through a symlink, in a directory only you or
+        /// root can write) instead of printing it; `-` prints it.
+        #[arg(long, short = 'o', value_name = "FILE|-")]
+        output: Option<PathBuf>,
+    },
+    /// List your invitations (an administrator: all). No secrets are shown.
+    List,
+    /// Revoke an invitation: it can no longer be used, and connections that
+    /// joined with it lose its role at once.
+    Revoke {
+        /// The invitation's id (from `invite list` or `invite create`).
+        id: String,
     },
 }
 

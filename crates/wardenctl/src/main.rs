@@ -21,15 +21,19 @@ mod manual;
 mod output;
 mod term;
 
-use cli::{Cli, Command, HostsCommand, ModuleCommand, PolicyCommand};
+use cli::{Cli, Command, HostsCommand, InviteCommand, ModuleCommand, PolicyCommand};
 use cmds::{
-    basic, hosts, install, learn, list, metrics, monitor, policy, pubsub, reload, status, top,
+    basic, hosts, install, invite, learn, list, metrics, monitor, policy, pubsub, reload, status,
+    top,
 };
 use error::{Error, EXIT_USAGE};
 use output::Output;
 use warden_proto::Payload;
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: the secret leaves the
+    // environment (and /proc/PID/environ) before anything could copy it.
+    cmds::take_env_invitation();
     // The clap definition plus the examples and headings of the manual.
     let cli = match Cli::from_arg_matches(&manual::command().get_matches()) {
         Ok(cli) => cli,
@@ -178,6 +182,30 @@ async fn run(cli: &Cli, out: Output) -> Result<ExitCode, Error> {
             monitor::monitor(c, out, &filter).await?;
         }
         Command::Top { interval } => top::top(c, out, *interval).await?,
+        Command::Invite { command } => match command {
+            InviteCommand::Create {
+                role,
+                expires,
+                uses,
+                for_user,
+                for_group,
+                label,
+                output,
+            } => {
+                let args = invite::CreateArgs {
+                    role,
+                    expires: *expires,
+                    uses: *uses,
+                    for_user: for_user.as_deref(),
+                    for_group: for_group.as_deref(),
+                    label: label.as_deref(),
+                    output: output.as_deref(),
+                };
+                invite::create(c, out, &args).await?
+            }
+            InviteCommand::List => invite::list(c, out).await?,
+            InviteCommand::Revoke { id } => invite::revoke(c, out, id).await?,
+        },
         Command::Metrics { prometheus } => metrics::metrics(c, out, *prometheus).await?,
         Command::Subscribe { topic, count } => pubsub::subscribe(c, topic, *count).await?,
         Command::Publish { topic, data } => pubsub::publish(c, out, topic, data).await?,

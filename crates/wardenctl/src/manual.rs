@@ -61,6 +61,12 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("uninstall", "sudo wardenctl uninstall\nsudo wardenctl uninstall --purge"),
     ("dump", "sudo wardenctl dump\nwardenctl dump --root /srv/image --json"),
     ("man", "wardenctl man | man -l -\nwardenctl man call | man -l -"),
+    (
+        "invite create",
+        "wardenctl invite create --role vpn-helper --expires 15m --output ~/vpn.token\nwardenctl invite create --role vpn-helper --for-user bob --uses 3 --label 'bob, laptop'",
+    ),
+    ("invite list", "wardenctl invite list\nsudo wardenctl --json invite list"),
+    ("invite revoke", "wardenctl invite revoke dr7fka5j"),
 ];
 
 /// The heading the global options are listed under, after a subcommand's
@@ -72,6 +78,10 @@ const ENVIRONMENT: &[(&str, &str)] = &[
     (
         "WARDEN_SOCKET",
         "The broker socket, as --socket (which wins over it).",
+    ),
+    (
+        "WARDEN_INVITATION",
+        "An invitation token to join with (as --invite-file, which wins over it). wardenctl removes it from its environment first thing and overwrites its bytes, so /proc/PID/environ no longer shows it.",
     ),
     (
         "XDG_RUNTIME_DIR",

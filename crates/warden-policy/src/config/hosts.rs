@@ -129,8 +129,8 @@ pub(super) struct RawHost {
     deny_syscalls: Vec<Spanned<String>>,
 }
 
-/// A valid name segment: what a host name must be.
-fn is_segment(s: &str) -> bool {
+/// A valid name segment: what a host (or role) name must be.
+pub(super) fn is_segment(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars()

@@ -306,6 +306,51 @@ fn check_dir(path: &Path, meta: &Meta, me: u32, is_socket_dir: bool) -> Result<(
     Ok(())
 }
 
+/// Opens (or, with `create`, creates 0700) the directory `path` the way
+/// the socket's directory is reached: walked from `/` one component at a
+/// time without following a symlink, every ancestor owned by root or the
+/// caller and writable by nobody else (a root-owned group-writable
+/// ancestor excepted, as for the socket), and `path` itself owned by root
+/// or the caller and writable by neither group nor others. For files that
+/// hold secrets: the invitation store, a token written by `wardenctl
+/// invite create --output`. `/tmp` and other shared directories are
+/// refused.
+///
+/// # Errors
+/// [`EndpointError`], naming the path that failed the check and its owner.
+pub fn open_private_dir(path: &Path, create: bool) -> Result<Dir, EndpointError> {
+    let me = nix::unistd::geteuid().as_raw();
+    let not_absolute = || EndpointError::NotAbsolute {
+        path: path.to_owned(),
+    };
+    let mut parts = Vec::new();
+    let mut comps = path.components();
+    if comps.next() != Some(Component::RootDir) {
+        return Err(not_absolute());
+    }
+    for c in comps {
+        match c {
+            Component::Normal(n) => parts.push(n.to_owned()),
+            _ => return Err(not_absolute()),
+        }
+    }
+    let Some((dir_name, ancestors)) = parts.split_last() else {
+        return Err(not_absolute());
+    };
+    let ancestors: PathBuf = ancestors.iter().collect();
+    let root = Path::new("/");
+    let top = Dir::open(root)?;
+    check_dir(root, &top.meta()?, me, false)?;
+    let parent = top.walk(&ancestors, None, |s: &WalkStep<'_>| {
+        check_dir(s.dir.path(), &s.meta, me, false)
+    })?;
+    parent.walk(
+        Path::new(dir_name),
+        create.then_some(0o700),
+        |s: &WalkStep<'_>| check_dir(s.dir.path(), &s.meta, me, true),
+    )
+}
+
 /// Creates the broker's listening socket at `spec.path`, refusing any path
 /// another user could interfere with. See the module docs for the rules.
 ///

@@ -4,6 +4,7 @@
 pub(crate) mod activation;
 pub(crate) mod client;
 pub(crate) mod endpoint;
+pub(crate) mod env;
 pub(crate) mod fds;
 pub(crate) mod fs_at;
 pub(crate) mod identity;

@@ -388,13 +388,34 @@ impl ConnState {
     /// drops the subscriptions and provided names it no longer permits,
     /// telling the client with an event on `warden.policy.revoked`.
     async fn apply_policy(&mut self, policy: Arc<warden_policy::Policy>) -> Result<(), ()> {
-        self.policy = policy.for_caller(&Caller::from(&self.peer.identity));
+        // A role whose invitation was revoked (or whose role the reload
+        // removed) is dropped before anything is decided.
+        let dropped_role = match self.peer.grant() {
+            Some(g) if g.is_revoked() || policy.role(&g.role).is_none() => {
+                self.peer.set_grant(None);
+                Some(g.role.clone())
+            }
+            _ => None,
+        };
+        self.policy = policy.for_caller(&self.peer.caller());
+        if let Some(role) = &dropped_role {
+            tracing::info!(conn = self.peer.id, uid = self.peer.identity.uid, role = %role, "dropped the role of a revoked invitation");
+            crate::audit::record(crate::audit::Record {
+                actor: &crate::audit::Actor::of_peer(&self.peer),
+                action: "invitation.drop",
+                target: role.as_str().into(),
+                rule: None,
+                result: "revoked",
+                message: "the connection's invitation was revoked or its role no longer fits: it lost the role",
+                extra: serde_json::Value::Null,
+            });
+        }
         let policy = &mut self.policy;
         let revoked = self.svc.reg.revoke(self.peer.id, |action, name| {
             policy.decide(action, name).allowed
         });
         let (lost_topics, lost_methods) = (revoked.topics, revoked.methods);
-        if lost_topics.is_empty() && lost_methods.is_empty() {
+        if lost_topics.is_empty() && lost_methods.is_empty() && dropped_role.is_none() {
             return Ok(());
         }
         let lost: Vec<&str> = lost_topics
@@ -402,19 +423,24 @@ impl ConnState {
             .map(TopicName::as_str)
             .chain(lost_methods.iter().map(MethodName::as_str))
             .collect();
-        crate::audit::record(crate::audit::Record {
-            actor: &crate::audit::Actor::of_peer(&self.peer),
-            action: "policy.revoke",
-            target: serde_json::json!(lost),
-            rule: None,
-            result: "revoked",
-            message: "policy reload revoked subscriptions or provided methods",
-            extra: serde_json::Value::Null,
-        });
-        let data = serde_json::json!({
+        if !lost.is_empty() {
+            crate::audit::record(crate::audit::Record {
+                actor: &crate::audit::Actor::of_peer(&self.peer),
+                action: "policy.revoke",
+                target: serde_json::json!(lost),
+                rule: None,
+                result: "revoked",
+                message: "policy reload revoked subscriptions or provided methods",
+                extra: serde_json::Value::Null,
+            });
+        }
+        let mut data = serde_json::json!({
             "subscriptions": lost_topics.iter().map(TopicName::as_str).collect::<Vec<_>>(),
             "provided": lost_methods.iter().map(MethodName::as_str).collect::<Vec<_>>(),
         });
+        if let Some(role) = dropped_role {
+            data["role"] = role.into();
+        }
         let Ok(topic) = TopicName::try_from(REVOKED_TOPIC) else {
             return Ok(());
         };
@@ -568,16 +594,6 @@ impl ConnState {
                 return Flow::Close;
             }
         };
-        if hello.invitation.is_some() {
-            let _ = self
-                .send(Message::error(
-                    None,
-                    ErrorCode::Unavailable,
-                    "joining by invitation is not implemented yet; connect without an invitation",
-                ))
-                .await;
-            return Flow::Close;
-        }
         if hello.version < 1 {
             let _ = self
                 .send(Message::error(
@@ -591,6 +607,13 @@ impl ConnState {
                 .await;
             return Flow::Close;
         }
+        let role = match &hello.invitation {
+            None => None,
+            Some(text) => match self.join(text).await {
+                Some(role) => Some(role),
+                None => return Flow::Close,
+            },
+        };
         let limits = &self.svc.reg.settings.limits;
         let welcome = Message::Welcome(Welcome {
             version: hello.version.min(PROTOCOL_VERSION),
@@ -602,6 +625,7 @@ impl ConnState {
                     .unwrap_or(u32::MAX),
                 call_timeout_ms: limits.call_timeout_ms,
             },
+            role,
         });
         self.hello_done = true;
         tracing::debug!(
@@ -617,6 +641,123 @@ impl ConnState {
                 Flow::Continue
             }
             Err(()) => Flow::Close,
+        }
+    }
+}
+
+impl ConnState {
+    /// Joins by invitation (see [`crate::invitations`]): on success the
+    /// connection holds the role and its policy is recompiled with it;
+    /// the role's name is returned. On failure the refusal is sent and
+    /// `None` returned (the caller closes): `bad_request` for a malformed
+    /// token, `limit_exceeded` while the uid is throttled, and one
+    /// identical `denied` for everything else.
+    async fn join(&mut self, text: &warden_proto::invitation::InvitationText) -> Option<String> {
+        use warden_proto::invitation::Token;
+        let reg = Arc::clone(&self.svc.reg);
+        let who = self.peer.identity.clone();
+        let actor = crate::audit::Actor::of_peer(&self.peer);
+        let audit = |target: serde_json::Value, result: &str, message: &str, extra| {
+            crate::audit::record(crate::audit::Record {
+                actor: &actor,
+                action: "invitation.join",
+                target,
+                rule: None,
+                result,
+                message,
+                extra,
+            });
+        };
+        let refuse = |code: ErrorCode, text: String| Message::error(None, code, text);
+        if who.host.is_some() {
+            let _ = self
+                .send(refuse(
+                    ErrorCode::BadRequest,
+                    "a child host's connection cannot join by invitation".into(),
+                ))
+                .await;
+            return None;
+        }
+        let token = match Token::parse(text.expose()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::info!(
+                    conn = self.peer.id,
+                    uid = who.uid,
+                    pid = who.pid,
+                    "refused a malformed invitation"
+                );
+                audit(
+                    serde_json::Value::Null,
+                    "malformed",
+                    "malformed invitation",
+                    serde_json::Value::Null,
+                );
+                let _ = self
+                    .send(refuse(ErrorCode::BadRequest, e.to_string()))
+                    .await;
+                return None;
+            }
+        };
+        if let Err(wait) = reg.invitations.attempt(who.uid) {
+            audit(
+                token.id.to_string().into(),
+                "throttled",
+                "invitation attempt refused unchecked: too many failed attempts from this uid",
+                serde_json::Value::Null,
+            );
+            let secs = wait.as_secs().max(1);
+            let _ = self
+                .send(refuse(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "too many failed invitation attempts from uid {}; try again in {secs} s",
+                        who.uid
+                    ),
+                ))
+                .await;
+            return None;
+        }
+        let policy = reg.current_policy();
+        match reg.invitations.redeem(&policy, &token, &who) {
+            Ok((grant, events)) => {
+                reg.invitations.succeeded(who.uid);
+                let role = grant.role.clone();
+                tracing::info!(conn = self.peer.id, uid = who.uid, pid = who.pid, id = %grant.id, role = %role, "joined by invitation");
+                audit(
+                    grant.id.to_string().into(),
+                    "ok",
+                    "joined by invitation",
+                    serde_json::json!({"role": role, "creator_uid": grant.creator_uid}),
+                );
+                self.peer.set_grant(Some(grant));
+                self.policy = policy.for_caller(&self.peer.caller());
+                crate::pubsub::publish_invitation_events(&reg, events);
+                Some(role)
+            }
+            Err((why, id)) => {
+                tracing::warn!(
+                    conn = self.peer.id,
+                    uid = who.uid,
+                    pid = who.pid,
+                    id = %id.map(|i| i.to_string()).unwrap_or_else(|| "unknown".into()),
+                    reason = why.as_str(),
+                    "refused an invitation"
+                );
+                audit(
+                    id.map_or(serde_json::Value::Null, |i| i.to_string().into()),
+                    "denied",
+                    "invitation refused",
+                    serde_json::json!({"reason": why.as_str()}),
+                );
+                let _ = self
+                    .send(refuse(
+                        ErrorCode::Denied,
+                        crate::invitations::REFUSED.to_owned(),
+                    ))
+                    .await;
+                None
+            }
         }
     }
 }

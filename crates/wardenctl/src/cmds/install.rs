@@ -199,7 +199,7 @@ pub fn completions(shell: clap_complete::Shell) {
 /// answers.
 pub fn dump(cli: &Cli, out: Output, root: &Path) -> Result<(), Error> {
     let state = warden_service::installed_state(root, &SystemResolver)?;
-    let opts = connect_options(cli);
+    let opts = connect_options(cli)?;
     let status = std::thread::scope(|_| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

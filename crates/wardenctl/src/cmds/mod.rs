@@ -11,6 +11,7 @@ use crate::error::Error;
 pub mod basic;
 pub mod hosts;
 pub mod install;
+pub mod invite;
 pub mod learn;
 pub mod list;
 pub mod metrics;
@@ -28,8 +29,39 @@ fn default_socket() -> String {
         .into_owned()
 }
 
-/// How to reach the broker: `--socket`, `--timeout`, `--server-uid`.
-pub fn connect_options(cli: &Cli) -> ConnectOptions {
+/// The invitation `main` took out of `$WARDEN_INVITATION` before
+/// anything else ran (see [`take_env_invitation`]).
+static ENV_INVITATION: std::sync::OnceLock<
+    Result<Option<warden_client::Invitation>, warden_proto::invitation::TokenError>,
+> = std::sync::OnceLock::new();
+
+/// Takes the invitation out of `$WARDEN_INVITATION` (removing it from the
+/// environment and overwriting its bytes, so `/proc/PID/environ` no longer
+/// shows it). `main` calls it first, before any thread exists.
+pub fn take_env_invitation() {
+    let _ = ENV_INVITATION.set(warden_client::take_invitation_from_env());
+}
+
+/// The invitation to join with: `--invite-file`, else the environment's.
+fn invitation(cli: &Cli) -> Result<Option<warden_client::Invitation>, Error> {
+    if let Some(path) = &cli.invite_file {
+        return warden_client::Invitation::from_file(path)
+            .map(Some)
+            .map_err(Error::Usage);
+    }
+    match ENV_INVITATION.get() {
+        None | Some(Ok(None)) => Ok(None),
+        Some(Ok(Some(i))) => Ok(Some(i.clone())),
+        Some(Err(e)) => Err(Error::Usage(format!(
+            "${}: {e}",
+            warden_client::INVITATION_ENV
+        ))),
+    }
+}
+
+/// How to reach the broker: `--socket`, `--timeout`, `--server-uid`, and
+/// the invitation to join with (`--invite-file`, `$WARDEN_INVITATION`).
+pub fn connect_options(cli: &Cli) -> Result<ConnectOptions, Error> {
     let socket = cli.socket.clone().unwrap_or_else(default_socket);
     let mut opts = ConnectOptions::new(socket)
         .connect_timeout(cli.timeout)
@@ -38,12 +70,15 @@ pub fn connect_options(cli: &Cli) -> ConnectOptions {
     if let Some(uid) = cli.server_uid {
         opts.trust = ServerTrust::Pin(uid);
     }
-    opts
+    if let Some(i) = invitation(cli)? {
+        opts = opts.invitation(i);
+    }
+    Ok(opts)
 }
 
 /// Connects to the broker.
 pub async fn connect(cli: &Cli) -> Result<Client, Error> {
-    Ok(Client::connect(connect_options(cli)).await?)
+    Ok(Client::connect(connect_options(cli)?).await?)
 }
 
 /// The failure of a stream whose connection closed.

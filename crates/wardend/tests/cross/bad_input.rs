@@ -138,7 +138,7 @@ fn hostile_frames_get_documented_errors_and_bystanders_are_unaffected() -> anyho
     assert!(c.closed());
     by.check();
 
-    // Unsupported version and invitations (not implemented yet).
+    // Unsupported version, and a malformed invitation.
     let mut c = RawConn::connect(broker.socket())?;
     c.send_json(&json!({"kind": "hello", "version": 0}))?;
     assert_eq!(error_of(&c.recv_some()?).0, "bad_request");
@@ -146,14 +146,15 @@ fn hostile_frames_get_documented_errors_and_bystanders_are_unaffected() -> anyho
     let mut c = RawConn::connect(broker.socket())?;
     c.send_json(&json!({"kind": "hello", "version": 1, "invitation": "x"}))?;
     let v = c.recv_some()?;
-    assert_eq!(error_of(&v).0, "unavailable");
+    assert_eq!(error_of(&v).0, "bad_request");
     assert!(
         v["error"]["message"]
             .as_str()
             .unwrap_or("")
-            .contains("not implemented yet"),
+            .starts_with("malformed invitation"),
         "{v}"
     );
+    assert!(c.closed());
 
     // Truncated frame (slow-loris): closed after frame_timeout_ms.
     let mut c = RawConn::connect(broker.socket())?;

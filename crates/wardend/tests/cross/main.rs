@@ -12,6 +12,7 @@ mod hardening2;
 mod host_modules;
 mod hosts;
 mod identity;
+mod invitations;
 mod learn;
 mod learn_limits;
 mod learn_liveness;

@@ -168,10 +168,10 @@ fn errors_before_the_hello_close_the_connection_even_with_an_id() -> anyhow::Res
     c.send_json(&json!({"kind": "call", "id": 3, "method": "a..b"}))?;
     assert_error(&c.recv_some()?, Some(3), "bad_request");
     assert!(c.closed());
-    // An invitation.
+    // A malformed invitation.
     let mut c = RawConn::connect(broker.socket())?;
     c.send_json(&json!({"kind": "hello", "version": 1, "invitation": "x"}))?;
-    assert_error(&c.recv_some()?, None, "unavailable");
+    assert_error(&c.recv_some()?, None, "bad_request");
     assert!(c.closed());
     Ok(())
 }
