@@ -160,15 +160,25 @@ pub async fn create(client: &Client, out: Output, a: &CreateArgs<'_>) -> Result<
         Some(d) => {
             let mut bytes = Zeroizing::new(token.as_bytes().to_vec());
             bytes.push(b'\n');
-            d.dir
-                .create_file_atomic(d.name, &bytes, 0o600)
-                .map_err(|e| {
-                    Error::Operation(format!(
-                        "{e}; the invitation {} was created but its token is lost: revoke it with `wardenctl invite revoke {}`",
-                        answer["id"].as_str().unwrap_or("?"),
-                        answer["id"].as_str().unwrap_or("ID")
-                    ))
-                })?;
+            if let Err(e) = d.dir.create_file_atomic(d.name, &bytes, 0o600) {
+                // Something appeared at the name since it was checked, or
+                // the write failed: the token is not kept anywhere, so the
+                // invitation is revoked rather than left usable by nobody.
+                let id = answer["id"].as_str().unwrap_or("?").to_owned();
+                let revoked = client
+                    .call_json("warden.invite.revoke", json!({ "id": id }))
+                    .await
+                    .is_ok();
+                return Err(Error::Operation(format!(
+                    "--output {}: {e}; {}",
+                    d.path.display(),
+                    if revoked {
+                        format!("the invitation {id} was revoked again, nothing is usable")
+                    } else {
+                        format!("revoke the invitation with `wardenctl invite revoke {id}`")
+                    }
+                )));
+            }
             answer["file"] = json!(d.path.display().to_string());
             out.emit(&answer, |r| {
                 println!(
