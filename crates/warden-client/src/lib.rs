@@ -116,7 +116,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::oneshot;
 use warden_proto::{FrameDecoder, Hello, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION};
 
 pub use conn::PendingCall;
@@ -129,6 +128,9 @@ pub use warden_sys::ServerTrust;
 
 /// Default time for connecting and the hello/welcome exchange.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connect is retried while the broker's listen queue is full
+/// (at most half the connect timeout) before [`ConnectError::NotAccepting`].
+const QUEUE_FULL_PATIENCE: Duration = Duration::from_secs(1);
 /// Default time a request waits for its answer: the broker's default call
 /// deadline (30 s) plus 5 s, so the broker's `timeout` answer arrives first.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(35);
@@ -270,6 +272,14 @@ pub enum ConnectError {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// The broker's listen queue is full: it is not accepting connections
+    /// (overloaded or stuck). Reported after a short retry, well within
+    /// [`ConnectOptions::connect_timeout`]; nothing was sent.
+    #[error("the broker at {path} is not accepting connections (its listen queue is full): it is overloaded or stuck; try again later")]
+    NotAccepting {
+        /// The socket.
+        path: String,
     },
     /// The server is not who it should be. Nothing was sent to it.
     #[error(transparent)]
@@ -442,32 +452,46 @@ impl Client {
 
     async fn connect_unbounded(opts: ConnectOptions) -> Result<Client, ConnectError> {
         let path = opts.socket.clone();
-        // A Unix connect blocks while the listener's backlog is full: do it
-        // on a thread of its own, which the caller's timeout can abandon
-        // (a runtime blocking task would hold up the runtime's shutdown).
-        let (tx, rx) = oneshot::channel();
-        let target = path.clone();
-        std::thread::Builder::new()
-            .name("warden-connect".into())
-            .spawn(move || {
-                let _ = tx.send(warden_sys::connect_unix(&target));
-            })
-            .map_err(|source| ConnectError::Connect {
-                path: path.clone(),
-                source,
-            })?;
-        let connected = rx
-            .await
-            .unwrap_or_else(|_| Err(std::io::Error::other("the connecting thread ended early")));
-        let std_stream = connected.map_err(|source| ConnectError::Connect {
-            path: path.clone(),
-            source,
-        })?;
+        let std_stream = Self::connect_socket(&path, opts.connect_timeout).await?;
         let server_uid = {
             use std::os::fd::AsFd;
             warden_sys::verify_server(std_stream.as_fd(), &path, opts.trust)?
         };
         Self::handshake(std_stream, server_uid, opts).await
+    }
+
+    /// Connects without blocking. While the broker's listen queue is full
+    /// (it is not accepting as fast as clients come, or not at all) the
+    /// connect fails at once with `EAGAIN`; it is retried for a moment, to
+    /// ride out a burst, then reported as [`ConnectError::NotAccepting`]
+    /// (a blocking connect would wait there, silently, until the timeout).
+    async fn connect_socket(
+        path: &str,
+        connect_timeout: Duration,
+    ) -> Result<std::os::unix::net::UnixStream, ConnectError> {
+        let patience = (connect_timeout / 2).min(QUEUE_FULL_PATIENCE);
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match warden_sys::connect_unix_nonblocking(path) {
+                Ok(s) => return Ok(s),
+                Err(e) if warden_sys::is_listen_queue_full(&e) => {
+                    if started.elapsed() + pause > patience {
+                        return Err(ConnectError::NotAccepting {
+                            path: path.to_owned(),
+                        });
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(source) => {
+                    return Err(ConnectError::Connect {
+                        path: path.to_owned(),
+                        source,
+                    })
+                }
+            }
+        }
     }
 
     /// Speaks the protocol over a socket that is already connected and

@@ -12,7 +12,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warden::{Broker, Shutdown, ShutdownTrigger};
 use warden_client::{
-    CallError, Client, ConnectOptions, ErrorCode, Event, IncomingCall, Payload, WireError,
+    CallError, Client, ConnectError, ConnectOptions, ErrorCode, Event, IncomingCall, Payload,
+    WireError,
 };
 use warden_policy::{Config, StaticResolver};
 
@@ -588,5 +589,63 @@ async fn a_frame_right_behind_the_welcome_is_not_lost() -> anyhow::Result<()> {
     assert_eq!(call.method.as_str(), "warden.host.module");
     drop(client);
     fake.await??;
+    Ok(())
+}
+
+/// A server whose listen queue is full (it does not accept) fails the
+/// connect promptly with an error that says so, instead of leaving the
+/// caller waiting until its connect timeout; once the queue has room, the
+/// connect goes through to the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_listen_queue_fails_the_connect_with_a_clear_error() -> anyhow::Result<()> {
+    let dir = temp_dir()?;
+    let socket = dir.join("full.sock");
+    let path = socket.display().to_string();
+    let listener = std::os::unix::net::UnixListener::bind(&socket)?;
+    // listen(2) again with a backlog of 0 (Linux updates a listening
+    // socket's backlog): one connection fits in the queue.
+    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::new(0)?)?;
+    let mut queued = Vec::new();
+    loop {
+        match warden_sys::connect_unix_nonblocking(&path) {
+            Ok(s) => queued.push(s),
+            Err(e) if warden_sys::is_listen_queue_full(&e) => break,
+            Err(e) => return Err(e.into()),
+        }
+        anyhow::ensure!(queued.len() < 64, "the listen queue never filled");
+    }
+    anyhow::ensure!(!queued.is_empty(), "the queue was full before any connect");
+
+    // A connect timeout far beyond the liveness bound: an answer within
+    // the bound is not the timeout's.
+    let opts = ConnectOptions::new(path.clone()).connect_timeout(LIVENESS * 3);
+    let e = match within("connecting to a full queue", Client::connect(opts)).await? {
+        Err(e) => e,
+        Ok(_) => anyhow::bail!("connected to a server that never accepts"),
+    };
+    assert!(
+        matches!(&e, ConnectError::NotAccepting { path: p } if *p == path),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains(&path)
+            && text.contains("not accepting connections")
+            && text.contains("listen queue is full")
+            && text.contains("try again later"),
+        "{text}"
+    );
+
+    // Room again: the connect reaches the server, which never welcomes.
+    for _ in &queued {
+        let _ = listener.accept()?;
+    }
+    let opts = ConnectOptions::new(path.clone()).connect_timeout(Duration::from_millis(300));
+    let e = match within("connecting with room in the queue", Client::connect(opts)).await? {
+        Err(e) => e,
+        Ok(_) => anyhow::bail!("a server that never welcomes let the client in"),
+    };
+    assert!(matches!(e, ConnectError::Timeout { .. }), "{e:?}");
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

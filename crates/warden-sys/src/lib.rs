@@ -45,7 +45,10 @@ use linux as imp;
 compile_error!("warden-sys has no backend for this target (only Linux; see docs/windows.md)");
 
 pub use imp::activation::{inherited_listener, ActivationError, InheritedListener};
-pub use imp::client::{connect_unix, verify_server, ServerCheckError, ServerTrust};
+pub use imp::client::{
+    connect_unix, connect_unix_nonblocking, is_listen_queue_full, verify_server, ServerCheckError,
+    ServerTrust,
+};
 pub use imp::endpoint::{
     bind_secure, open_private_dir, BoundEndpoint, EndpointError, EndpointSpec,
 };
@@ -58,9 +61,9 @@ pub use imp::fs_at::{
 pub use imp::identity::{peer_identity, server_uid, PeerIdentity, PeerIdentityError};
 pub use imp::login_defs::{SystemAccounts, DEFAULT_SYS_UID_MAX, LOGIN_DEFS, NOBODY_UID};
 pub use imp::process::{
-    effective_gid, effective_uid, is_dumpable, is_fd_exhaustion, make_non_dumpable, pidfd_exited,
-    pipe_cloexec, process_comm, process_comm_confirmed, raise_nofile_limit, release_free_heap,
-    take_stdin_socket,
+    effective_gid, effective_uid, is_dumpable, is_fd_exhaustion, make_non_dumpable,
+    open_reserve_fd, pidfd_exited, pipe_cloexec, process_comm, process_comm_confirmed,
+    raise_nofile_limit, release_free_heap, take_stdin_socket,
 };
 pub use imp::sandbox::{
     landlock_ruleset, seccomp_deny_filter, syscall_number, FsAccess, SandboxError, SeccompProgram,

@@ -1,7 +1,7 @@
 //! The broker: builder, accept loop, deadlines, shutdown and drain.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 use warden_policy::{Config, Limits, Policy, SlowSubscriber};
-use warden_proto::{ErrorCode, MethodName, WireError};
+use warden_proto::{ErrorCode, Message, MethodName, WireError};
 use warden_sys::PeerIdentity;
 
 use crate::handler::Handler;
@@ -257,6 +257,190 @@ const ACCEPT_BACKOFF_OTHER: Duration = Duration::from_millis(10);
 /// Time connection tasks get to say goodbye after the drain, before they
 /// are aborted.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// At most one log line per this long about connections refused for want
+/// of file descriptors; the refusals in between are counted in it.
+const FD_REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// What a client refused for want of file descriptors is told.
+const OUT_OF_FDS_MESSAGE: &str = "the broker is out of file descriptors; try again later, \
+     or ask its administrator to raise its open-file limit (LimitNOFILE)";
+
+/// What [`FdReserve::shed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shed {
+    /// Accepted a queued connection and told it why it is refused.
+    Answered,
+    /// Nothing was waiting in the listen queue.
+    Empty,
+    /// No descriptor could be had, even with the spare closed (or there
+    /// was no spare): whoever waits in the queue stays there for now.
+    Failed,
+}
+
+/// One descriptor held in reserve (`/dev/null`), so that a broker out of
+/// file descriptors can still accept a queued connection, tell its client
+/// why it is refused (`limit_exceeded`) and close it, instead of leaving it
+/// in the listen queue until the client's own timeout; and the counts
+/// behind the rate-limited log of those refusals.
+struct FdReserve {
+    spare: Option<OwnedFd>,
+    /// The error frame sent to each refused client.
+    frame: Vec<u8>,
+    /// Connections refused (and answered) since the last log line.
+    refused: u64,
+    /// Times a queued connection could not be answered since the last log
+    /// line.
+    unanswered: u64,
+    /// Connections refused since the broker started.
+    refused_total: u64,
+    /// The last OS error behind an unanswered connection.
+    last_error: Option<std::io::Error>,
+    last_log: Option<tokio::time::Instant>,
+    /// The spare could not be reopened and that was logged (logged once
+    /// until it is back).
+    missing_logged: bool,
+}
+
+impl FdReserve {
+    fn new() -> FdReserve {
+        let frame = Message::error(None, ErrorCode::LimitExceeded, OUT_OF_FDS_MESSAGE)
+            .to_frame(usize::MAX)
+            .unwrap_or_default();
+        let mut reserve = FdReserve {
+            spare: None,
+            frame,
+            refused: 0,
+            unanswered: 0,
+            refused_total: 0,
+            last_error: None,
+            last_log: None,
+            missing_logged: false,
+        };
+        reserve.refill();
+        reserve
+    }
+
+    /// Holds the spare again if it is not held; true if it is held.
+    fn refill(&mut self) -> bool {
+        if self.spare.is_some() {
+            return true;
+        }
+        match warden_sys::open_reserve_fd() {
+            Ok(fd) => {
+                self.spare = Some(fd);
+                if self.missing_logged {
+                    tracing::info!("the reserve file descriptor is held again");
+                    self.missing_logged = false;
+                }
+                true
+            }
+            Err(e) => {
+                if !self.missing_logged {
+                    tracing::warn!(
+                        error = %e,
+                        "cannot open the reserve file descriptor: until it can be, a client refused \
+                         for want of descriptors may get no answer; trying again"
+                    );
+                    self.missing_logged = true;
+                }
+                false
+            }
+        }
+    }
+
+    /// After `accept` failed for want of file descriptors: closes the
+    /// spare, accepts one queued connection (without waiting), sends it the
+    /// `limit_exceeded` frame, closes it, and opens the spare again.
+    async fn shed(&mut self, listener: &UnixListener) -> Shed {
+        let outcome = if self.spare.take().is_some() {
+            let accepted = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(match listener.poll_accept(cx) {
+                    std::task::Poll::Ready(r) => Some(r),
+                    std::task::Poll::Pending => None,
+                })
+            })
+            .await;
+            match accepted {
+                Some(Ok((stream, _))) => {
+                    self.refuse(&stream);
+                    Shed::Answered
+                }
+                Some(Err(e)) => {
+                    self.last_error = Some(e);
+                    self.unanswered += 1;
+                    Shed::Failed
+                }
+                None => Shed::Empty,
+            }
+        } else {
+            // No spare to close: accepting would fail the same way.
+            self.unanswered += 1;
+            Shed::Failed
+        };
+        self.refill();
+        self.log_if_due();
+        outcome
+    }
+
+    /// Tells the client on `stream` that the broker is out of descriptors;
+    /// the caller drops (closes) the stream.
+    fn refuse(&mut self, stream: &UnixStream) {
+        // Best effort: a fresh socket's send buffer has room for one frame.
+        let _ = stream.try_write(&self.frame);
+        self.refused += 1;
+        self.refused_total += 1;
+        self.log_if_due();
+    }
+
+    /// Logs what was counted, at most once per [`FD_REFUSAL_LOG_EVERY`]
+    /// (at once the first time).
+    fn log_if_due(&mut self) {
+        if self.refused == 0 && self.unanswered == 0 {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if self
+            .last_log
+            .is_some_and(|t| now.duration_since(t) < FD_REFUSAL_LOG_EVERY)
+        {
+            return;
+        }
+        let since = self.last_log.map(|t| now.duration_since(t));
+        if self.unanswered > 0 {
+            let error = self
+                .last_error
+                .take()
+                .map_or_else(|| "no reserve descriptor".to_owned(), |e| e.to_string());
+            tracing::warn!(
+                refused = self.refused,
+                unanswered = self.unanswered,
+                refused_total = self.refused_total,
+                ?since,
+                summary_every = ?FD_REFUSAL_LOG_EVERY,
+                %error,
+                "out of file descriptors: refused connections with limit_exceeded, and could not \
+                 accept some to answer them (backing off); raise LimitNOFILE"
+            );
+        } else {
+            tracing::warn!(
+                refused = self.refused,
+                refused_total = self.refused_total,
+                ?since,
+                summary_every = ?FD_REFUSAL_LOG_EVERY,
+                "out of file descriptors: refused connections with limit_exceeded; raise LimitNOFILE"
+            );
+        }
+        self.refused = 0;
+        self.unanswered = 0;
+        self.last_log = Some(now);
+    }
+
+    /// The accept loop's regular turn: takes the spare back if it could not
+    /// be reopened, and logs what was counted when a log line is due.
+    fn tick(&mut self) {
+        self.refill();
+        self.log_if_due();
+    }
+}
 
 impl Broker {
     /// A builder from a loaded configuration.
@@ -384,6 +568,7 @@ impl Broker {
         let mut tasks = JoinSet::new();
         let mut stall_rx = lock(&self.stall_rx).take();
         let mut adopt_rx = lock(&self.adopt_rx).take();
+        let mut reserve = FdReserve::new();
         let mut heartbeat = tokio::time::interval(self.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweeper = tokio::spawn(crate::calls::deadline_sweeper(
@@ -412,6 +597,7 @@ impl Broker {
                 }
                 _ = heartbeat.tick() => {
                     self.heartbeat_ms.store(reg.started.elapsed().as_millis() as u64, Ordering::Release);
+                    reserve.tick();
                 }
                 Some(d) = async { match stall_rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     tracing::warn!(?d, "test hook: stalling the accept loop");
@@ -436,12 +622,11 @@ impl Broker {
                             }
                             Err(e) if e.is_fd_exhaustion() => {
                                 // Fail closed (no identity, no connection),
-                                // and give descriptors time to come back.
-                                tracing::warn!(error = %e, "refused a connection: out of file descriptors; backing off");
-                                tokio::select! {
-                                    _ = shutdown.requested() => break,
-                                    _ = tokio::time::sleep(ACCEPT_BACKOFF_FD_EXHAUSTED) => {}
-                                }
+                                // but say why (the write needs no
+                                // descriptor; counted, logged in summary).
+                                // No pause: each turn takes one client off
+                                // the queue.
+                                reserve.refuse(&stream);
                             }
                             Err(e) => {
                                 // Fail closed: no identity, no connection.
@@ -451,7 +636,12 @@ impl Broker {
                     }
                     Err(e) => {
                         let pause = if warden_sys::is_fd_exhaustion(&e) {
-                            tracing::warn!(error = %e, "accept: out of file descriptors; backing off");
+                            // Answer the queued clients one by one with the
+                            // spare descriptor; back off once the queue is
+                            // drained or no descriptor can be had.
+                            if reserve.shed(&listener).await == Shed::Answered {
+                                continue;
+                            }
                             ACCEPT_BACKOFF_FD_EXHAUSTED
                         } else {
                             tracing::warn!(error = %e, "accept failed");

@@ -9,7 +9,7 @@
 //! client refuses any uid it has no reason to trust.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
@@ -70,6 +70,40 @@ pub fn connect_unix(path: &str) -> io::Result<UnixStream> {
         Some(name) => UnixStream::connect_addr(&SocketAddr::from_abstract_name(name.as_bytes())?),
         None => UnixStream::connect(path),
     }
+}
+
+/// Connects to `path`, or to the abstract name after `@`, without
+/// waiting: the socket is non-blocking and close-on-exec. A Unix stream
+/// connect completes at once or fails; when the listener's queue of
+/// connections it has not accepted yet is full, it fails with `EAGAIN`
+/// (see [`is_listen_queue_full`]) where a blocking one would wait.
+///
+/// # Errors
+/// The `socket` or `connect` error.
+pub fn connect_unix_nonblocking(path: &str) -> io::Result<UnixStream> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let addr = match path.strip_prefix('@') {
+        Some(name) => UnixAddr::new_abstract(name.as_bytes()),
+        None => UnixAddr::new(path),
+    }
+    .map_err(io::Error::from)?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    // Never sleeps (non-blocking), so never EINTR.
+    connect(fd.as_raw_fd(), &addr).map_err(io::Error::from)?;
+    Ok(UnixStream::from(fd))
+}
+
+/// True for the error [`connect_unix_nonblocking`] returns when the
+/// listener's queue is full (`EAGAIN`): the server is not accepting
+/// connections as fast as they come, or not at all.
+pub fn is_listen_queue_full(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EAGAIN)
 }
 
 /// The owner of `dir` if `dir` and each of its ancestors is owned by root

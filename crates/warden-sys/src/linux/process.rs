@@ -98,6 +98,19 @@ pub fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
+/// Opens a descriptor to hold in reserve: `/dev/null`, read-only and
+/// close-on-exec. A process that runs out of descriptors closes it to get
+/// one back for a moment (the broker, to accept a connection and tell its
+/// client why it is refused), then opens it again.
+///
+/// # Errors
+/// The `open` error (`EMFILE`/`ENFILE` while descriptors are still short:
+/// see [`is_fd_exhaustion`]).
+pub fn open_reserve_fd() -> io::Result<std::os::fd::OwnedFd> {
+    // std opens with O_CLOEXEC.
+    std::fs::File::open("/dev/null").map(std::os::fd::OwnedFd::from)
+}
+
 /// The effective uid of this process.
 pub fn effective_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
