@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     match Token::parse(text) {
         Ok(t) => {
             let again = t.expose();
-            assert_eq!(again.as_str(), text.trim_matches(|c: char| c.is_ascii_whitespace()));
+            assert_eq!(
+                again.as_str(),
+                text.trim_matches(|c: char| c.is_ascii_whitespace())
+            );
             let back = Token::parse(&again).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(back.id, t.id);
             assert!(back.secret.ct_eq(&t.secret));

@@ -582,11 +582,13 @@ impl Message {
             }
         }
         let invitation = raw.invitation.as_ref().map(|t| t.expose());
+        let error_message = raw.error.as_ref().map(|e| e.message.as_str());
         for text in [
             raw.client.as_deref(),
             raw.server.as_deref(),
             invitation,
             raw.role.as_deref(),
+            error_message,
         ]
         .into_iter()
         .flatten()
@@ -1189,5 +1191,24 @@ mod tests {
         assert!(Payload::from_raw_json("{").is_err());
         assert!(Payload::from_raw_json(&"[".repeat(100)).is_err());
         assert!(Payload::null().is_null());
+    }
+
+    /// Found by the `decode` fuzz target's check: an `error.message`
+    /// longer than the documented 4096 bytes decoded.
+    #[test]
+    fn an_error_message_over_the_text_limit_is_refused() {
+        let frame = |n: usize| {
+            format!(
+                r#"{{"kind":"error","id":1,"error":{{"code":"internal","message":"{}"}}}}"#,
+                "x".repeat(n)
+            )
+        };
+        assert!(Message::decode(frame(MAX_TEXT_LEN).as_bytes()).is_ok());
+        let e = Message::decode(frame(MAX_TEXT_LEN + 1).as_bytes()).err();
+        assert!(
+            e.as_ref()
+                .is_some_and(|e| e.to_string().contains("text field too long")),
+            "{e:?}"
+        );
     }
 }
