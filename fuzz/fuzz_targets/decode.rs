@@ -15,6 +15,9 @@
 //!   names, are both exactly what the fast pre-parse scan
 //!   (`envelope::top_level_id`, used to name the failed request when the
 //!   body cannot be parsed) reads: the serde path and the scan agree;
+//! - a decoded body is a JSON object, and so is each `error`, `caller`,
+//!   `publisher`, `identity` and `limits` in it (one spelling: serde's
+//!   derived structs would also take an array of the fields in order);
 //! - every decode error is `bad_request` with a reason of at most
 //!   `MAX_TEXT_LEN` bytes;
 //! - what a decoded message holds is within the documented limits: text
@@ -57,6 +60,7 @@ fuzz_target!(|data: &[u8]| {
 fn check_body(body: &[u8]) {
     match Message::decode(body) {
         Ok(msg) => {
+            check_objects(body);
             let bytes = msg.encode();
             let again = Message::decode(&bytes);
             assert_eq!(
@@ -89,6 +93,19 @@ fn check_body(body: &[u8]) {
             );
             assert!(e.reason.len() <= MAX_TEXT_LEN);
             assert_eq!(e.to_wire().code, ErrorCode::BadRequest);
+        }
+    }
+}
+
+/// The envelope, and each identity, error and limits in it, is a JSON
+/// object: serde's derived structs also take an array of their fields in
+/// order, which is not the protocol.
+fn check_objects(body: &[u8]) {
+    let v: serde_json::Value = serde_json::from_slice(body).expect("a decoded body is JSON");
+    let map = v.as_object().expect("an envelope is a JSON object");
+    for key in ["error", "caller", "publisher", "identity", "limits"] {
+        if let Some(field) = map.get(key) {
+            assert!(field.is_object() || field.is_null(), "{key} is {field}");
         }
     }
 }

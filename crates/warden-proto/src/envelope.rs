@@ -283,6 +283,43 @@ impl DecodeError {
     }
 }
 
+/// A struct that must be spelled as a JSON object. serde's derived structs
+/// also accept a JSON array of their fields in declaration order
+/// (`["cancel",5]` would be a cancel of request 5); the protocol has one
+/// spelling, an object, so the envelope and every struct inside it are read
+/// through this (found by the `decode` fuzz target's checks).
+struct ObjectOnly<T>(T);
+
+impl<T> ObjectOnly<T> {
+    fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for ObjectOnly<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+            .map(ObjectOnly)
+    }
+}
+
 /// The flat wire shape of every envelope. Every field is optional here; the
 /// per-kind rules are applied in [`Message::decode`].
 #[derive(Deserialize)]
@@ -302,11 +339,11 @@ struct RawEnvelope {
     #[serde(default)]
     data: Option<Box<RawValue>>,
     #[serde(default)]
-    error: Option<WireError>,
+    error: Option<ObjectOnly<WireError>>,
     #[serde(default)]
-    caller: Option<Identity>,
+    caller: Option<ObjectOnly<Identity>>,
     #[serde(default)]
-    publisher: Option<Identity>,
+    publisher: Option<ObjectOnly<Identity>>,
     #[serde(default)]
     missed: Option<u64>,
     #[serde(default)]
@@ -320,9 +357,9 @@ struct RawEnvelope {
     #[serde(default)]
     server: Option<String>,
     #[serde(default)]
-    identity: Option<Identity>,
+    identity: Option<ObjectOnly<Identity>>,
     #[serde(default)]
-    limits: Option<WelcomeLimits>,
+    limits: Option<ObjectOnly<WelcomeLimits>>,
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
@@ -522,8 +559,8 @@ impl Message {
                 format!("envelope nested deeper than {MAX_NESTING_DEPTH} levels"),
             ));
         }
-        let raw: RawEnvelope = match serde_json::from_slice(body) {
-            Ok(raw) => raw,
+        let raw: RawEnvelope = match serde_json::from_slice::<ObjectOnly<RawEnvelope>>(body) {
+            Ok(raw) => raw.into_inner(),
             Err(e) => {
                 return Err(DecodeError::new(
                     top_level_id(body),
@@ -630,15 +667,21 @@ impl Message {
             "welcome" => Message::Welcome(Welcome {
                 version: raw.version.ok_or_else(|| missing("version"))?,
                 server: raw.server.ok_or_else(|| missing("server"))?,
-                identity: raw.identity.ok_or_else(|| missing("identity"))?,
-                limits: raw.limits.ok_or_else(|| missing("limits"))?,
+                identity: raw
+                    .identity
+                    .map(ObjectOnly::into_inner)
+                    .ok_or_else(|| missing("identity"))?,
+                limits: raw
+                    .limits
+                    .map(ObjectOnly::into_inner)
+                    .ok_or_else(|| missing("limits"))?,
                 role: raw.role,
             }),
             "call" => Message::Call {
                 id: req_id()?,
                 method: method(raw.method)?,
                 params: payload(raw.params),
-                caller: raw.caller,
+                caller: raw.caller.map(ObjectOnly::into_inner),
                 target: match raw.target {
                     None => None,
                     Some(t) => Some(call_target(t).map_err(|m| DecodeError::new(id, m))?),
@@ -650,13 +693,16 @@ impl Message {
             },
             "error" => Message::Error {
                 id,
-                error: raw.error.ok_or_else(|| missing("error"))?,
+                error: raw
+                    .error
+                    .map(ObjectOnly::into_inner)
+                    .ok_or_else(|| missing("error"))?,
             },
             "event" => Message::Event {
                 topic: topic(raw.topic)?,
                 data: payload(raw.data),
                 missed: raw.missed.unwrap_or(0),
-                publisher: raw.publisher,
+                publisher: raw.publisher.map(ObjectOnly::into_inner),
             },
             "lagged" => Message::Lagged {
                 missed: raw.missed.ok_or_else(|| missing("missed"))?,
@@ -1210,5 +1256,34 @@ mod tests {
                 .is_some_and(|e| e.to_string().contains("text field too long")),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn only_a_json_object_spells_an_envelope_or_a_struct_in_it() {
+        // serde's derived structs take an array of their fields in order;
+        // the protocol does not.
+        for body in [
+            r#"["cancel",5]"#,
+            r#"{"kind":"error","id":1,"error":["denied","no"]}"#,
+            r#"{"kind":"event","topic":"a.b","publisher":[0,0,[],1]}"#,
+            r#"{"kind":"call","id":1,"method":"a.b","caller":[0,0,[],1]}"#,
+            r#"{"kind":"welcome","version":1,"server":"s","identity":[0,0,[],1],"limits":{"max_frame":1,"max_in_flight":1,"call_timeout_ms":1}}"#,
+            r#"{"kind":"welcome","version":1,"server":"s","identity":{"uid":0,"gid":0,"groups":[],"pid":1},"limits":[1,1,1]}"#,
+        ] {
+            let e = Message::decode(body.as_bytes()).err();
+            assert!(
+                e.as_ref()
+                    .is_some_and(|e| e.to_string().contains("expected a JSON object")),
+                "{body}: {e:?}"
+            );
+        }
+        // The object spellings of the same messages decode.
+        for body in [
+            r#"{"kind":"cancel","id":5}"#,
+            r#"{"kind":"error","id":1,"error":{"code":"denied","message":"no"}}"#,
+            r#"{"kind":"welcome","version":1,"server":"s","identity":{"uid":0,"gid":0,"groups":[],"pid":1},"limits":{"max_frame":1,"max_in_flight":1,"call_timeout_ms":1}}"#,
+        ] {
+            assert!(Message::decode(body.as_bytes()).is_ok(), "{body}");
+        }
     }
 }
