@@ -17,7 +17,7 @@
 //! # Unsafe code
 //! The workspace denies `unsafe_code`; this crate alone expects it (crate
 //! attribute below). The modules that use it are `linux::activation`,
-//! `linux::env` (scrubbing a secret from the environment block), `linux::fds`, `linux::identity`, `linux::process` (`malloc_trim`), `linux::spawn`
+//! `linux::env` (scrubbing a secret from the environment block), `linux::fds`, `linux::identity`, `linux::process` (`malloc_trim`, `mallopt`), `linux::spawn`
 //! (the child's steps between fork and exec) and `linux::target`, and every `unsafe`
 //! block carries a `SAFETY:` comment (clippy's `undocumented_unsafe_blocks`
 //! is denied).
@@ -61,9 +61,9 @@ pub use imp::fs_at::{
 pub use imp::identity::{peer_identity, server_uid, PeerIdentity, PeerIdentityError};
 pub use imp::login_defs::{SystemAccounts, DEFAULT_SYS_UID_MAX, LOGIN_DEFS, NOBODY_UID};
 pub use imp::process::{
-    effective_gid, effective_uid, is_dumpable, is_fd_exhaustion, make_non_dumpable,
-    open_reserve_fd, pidfd_exited, pipe_cloexec, process_comm, process_comm_confirmed,
-    raise_nofile_limit, release_free_heap, take_stdin_socket,
+    effective_gid, effective_uid, fix_heap_thresholds, is_dumpable, is_fd_exhaustion,
+    make_non_dumpable, open_reserve_fd, pidfd_exited, pipe_cloexec, process_comm,
+    process_comm_confirmed, raise_nofile_limit, release_free_heap, take_stdin_socket,
 };
 pub use imp::sandbox::{
     landlock_ruleset, seccomp_deny_filter, syscall_number, FsAccess, SandboxError, SeccompProgram,

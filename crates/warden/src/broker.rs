@@ -538,6 +538,12 @@ impl Broker {
         self.svc.reg.connection_count()
     }
 
+    /// Gives the registry's high-water table capacity back (wardend calls
+    /// it before its heap trim).
+    pub fn compact(&self) {
+        self.svc.reg.compact();
+    }
+
     /// Connections closed since the broker started (refused ones
     /// included), counted after each one's memory was freed.
     pub fn connections_closed(&self) -> u64 {

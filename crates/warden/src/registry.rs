@@ -352,6 +352,23 @@ impl Registry {
         );
     }
 
+    /// Gives the tables' high-water capacity back (a table that grew for
+    /// many connections keeps it after they leave, out of malloc_trim's
+    /// reach): called before the heap trim, after closures.
+    pub(crate) fn compact(&self) {
+        let mut st = lock(&self.state);
+        if st.conns.capacity() > 256 && st.conns.len() * 4 < st.conns.capacity() {
+            let keep = st.conns.len() * 2;
+            st.conns.shrink_to(keep);
+        }
+        st.topics.shrink_to_fit();
+        drop(st);
+        let mut c = lock(&self.calls);
+        c.pending.shrink_to_fit();
+        c.at_provider.shrink_to_fit();
+        c.of_caller.shrink_to_fit();
+    }
+
     /// Removes a connection with everything it registered: its provided
     /// methods, subscriptions, monitoring, and the routed calls to it and
     /// from it (returned, to be answered or withdrawn by the caller).

@@ -345,6 +345,7 @@ async fn give_back_memory(broker: Broker) {
         settle_pending |= closing;
         let storm = closing && closed >= TRIM_AFTER_CLOSED;
         if storm || (!closing && settle_pending) {
+            broker.compact();
             // malloc_trim walks every arena: a blocking thread's job.
             let _ = tokio::task::spawn_blocking(warden_sys::release_free_heap).await;
             tracing::debug!(closed, "connections closed; gave free memory back");
@@ -355,6 +356,12 @@ async fn give_back_memory(broker: Broker) {
 }
 
 fn run(args: Args, config: Config, log: Option<LogSink>) -> anyhow::Result<()> {
+    // Before threads: keeps glibc from raising its thresholds after a
+    // burst of connections, so their memory goes back (with the trims of
+    // `give_back_memory`) instead of staying resident.
+    if !warden_sys::fix_heap_thresholds() {
+        tracing::debug!("allocator thresholds left as they are (not glibc)");
+    }
     match warden_sys::raise_nofile_limit() {
         Ok((old, new)) => {
             if old != new {
