@@ -248,17 +248,7 @@ fn call(svc: &Services, view: CallerView<'_>, req: Request, dirty: &mut Dirty) -
             svc.reloader.clone(),
             decision.reason(),
         );
-        reg.handler_call_started(peer);
-        tokio::spawn(run_handler(
-            Arc::clone(reg),
-            Arc::clone(peer),
-            id,
-            method,
-            started,
-            rule,
-            fut,
-        ));
-        return Outcome::Later;
+        return spawn_call(reg, peer, id, method, started, rule, fut);
     }
     if method.as_str().starts_with(crate::invite_methods::PREFIX)
         && crate::builtins::BUILTINS.contains(&method.as_str())
@@ -271,17 +261,7 @@ fn call(svc: &Services, view: CallerView<'_>, req: Request, dirty: &mut Dirty) -
             params,
             decision.reason(),
         );
-        reg.handler_call_started(peer);
-        tokio::spawn(run_handler(
-            Arc::clone(reg),
-            Arc::clone(peer),
-            id,
-            method,
-            started,
-            rule,
-            fut,
-        ));
-        return Outcome::Later;
+        return spawn_call(reg, peer, id, method, started, rule, fut);
     }
     if method.is_reserved() {
         // Introspection needs the handlers, which the router has.
@@ -314,18 +294,8 @@ fn call(svc: &Services, view: CallerView<'_>, req: Request, dirty: &mut Dirty) -
             ),
             broker: crate::BrokerHandle::new(Arc::clone(reg)),
         };
-        reg.handler_call_started(peer);
         let fut = h.call(ctx, params);
-        tokio::spawn(run_handler(
-            Arc::clone(reg),
-            Arc::clone(peer),
-            id,
-            method,
-            started,
-            rule,
-            fut,
-        ));
-        return Outcome::Later;
+        return spawn_call(reg, peer, id, method, started, rule, fut);
     }
     let route = match &target {
         None => reg.route(&method, &peer.identity),
@@ -527,6 +497,30 @@ async fn route_by_session(
 /// Awaits a handler's answer in a task of its own and delivers it to the
 /// caller; a panic becomes `internal`, and at shutdown past the drain
 /// timeout the call is answered `shutting_down`.
+/// Runs a call answered by the broker as a task of its own (a handler's,
+/// or a built-in that blocks), counted in the caller's calls in flight.
+fn spawn_call(
+    reg: &Arc<Registry>,
+    peer: &PeerRef,
+    id: RequestId,
+    method: MethodName,
+    started: Instant,
+    rule: Option<String>,
+    fut: HandlerFuture,
+) -> Outcome {
+    reg.handler_call_started(peer);
+    tokio::spawn(run_handler(
+        Arc::clone(reg),
+        Arc::clone(peer),
+        id,
+        method,
+        started,
+        rule,
+        fut,
+    ));
+    Outcome::Later
+}
+
 async fn run_handler(
     reg: Arc<Registry>,
     caller: PeerRef,

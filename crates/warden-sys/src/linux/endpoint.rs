@@ -338,17 +338,30 @@ pub fn open_private_dir(path: &Path, create: bool) -> Result<Dir, EndpointError>
         return Err(not_absolute());
     };
     let ancestors: PathBuf = ancestors.iter().collect();
+    walk_to_own_dir(&ancestors, Path::new(dir_name), create.then_some(0o700), me)
+}
+
+/// Opens `/ancestors/dir_name` one component at a time from `/`, each
+/// directory checked as it is opened ([`check_dir`]: root's or ours, not
+/// writable by others, nor by a group other than root's; `dir_name` not
+/// by its group at all). `dir_name` is created with exactly the mode
+/// `create` (the walk fchmods what it makes, whatever the umask) if it is
+/// missing and `create` is given.
+fn walk_to_own_dir(
+    ancestors: &Path,
+    dir_name: &Path,
+    create: Option<u32>,
+    me: u32,
+) -> Result<Dir, EndpointError> {
     let root = Path::new("/");
     let top = Dir::open(root)?;
     check_dir(root, &top.meta()?, me, false)?;
-    let parent = top.walk(&ancestors, None, |s: &WalkStep<'_>| {
+    let parent = top.walk(ancestors, None, |s: &WalkStep<'_>| {
         check_dir(s.dir.path(), &s.meta, me, false)
     })?;
-    parent.walk(
-        Path::new(dir_name),
-        create.then_some(0o700),
-        |s: &WalkStep<'_>| check_dir(s.dir.path(), &s.meta, me, true),
-    )
+    parent.walk(dir_name, create, |s: &WalkStep<'_>| {
+        check_dir(s.dir.path(), &s.meta, me, true)
+    })
 }
 
 /// Creates the broker's listening socket at `spec.path`, refusing any path
@@ -450,20 +463,13 @@ fn open_socket_dir(
     create_dir: bool,
     me: u32,
 ) -> Result<(PathBuf, OwnedFd), EndpointError> {
-    // 1. Walk the ancestors, each checked as it is opened.
-    let root = Path::new("/");
-    let top = Dir::open(root)?;
-    check_dir(root, &top.meta()?, me, false)?;
-    let parent = top.walk(&parts.ancestors, None, |s: &WalkStep<'_>| {
-        check_dir(s.dir.path(), &s.meta, me, false)
-    })?;
-
-    // 2. The socket's directory: created 0755 (exactly: the walk fchmods
-    // what it creates, whatever the umask) if missing and allowed.
-    let dir = parent.walk(
+    // 1. Walk the ancestors, each checked as it is opened; 2. the socket's
+    // directory: created 0755 if missing and allowed.
+    let dir = walk_to_own_dir(
+        &parts.ancestors,
         Path::new(&parts.dir_name),
         create_dir.then_some(0o755),
-        |s: &WalkStep<'_>| check_dir(s.dir.path(), &s.meta, me, true),
+        me,
     )?;
     let at = dir.path().to_owned();
     Ok((at, dir.into_fd()))
