@@ -159,6 +159,10 @@ pub(crate) fn unroutable(method: &MethodName, uid: u32, route: &Route) -> String
 #[derive(Debug, Default)]
 struct State {
     conns: HashMap<u64, Entry>,
+    /// The most connections `conns` held since it was last compacted:
+    /// what its allocation was sized for (`HashMap::capacity` is no
+    /// measure of that: removals leave tombstones that lower it).
+    conns_high_water: usize,
     providers: HashMap<MethodName, Providers>,
     /// What providers said their methods do (`provide`'s `description`);
     /// an entry lives exactly as long as its `providers` entry.
@@ -341,7 +345,8 @@ impl Registry {
     }
 
     pub(crate) fn add_connection(&self, peer: PeerRef) {
-        lock(&self.state).conns.insert(
+        let mut st = lock(&self.state);
+        st.conns.insert(
             peer.id,
             Entry {
                 peer,
@@ -350,16 +355,20 @@ impl Registry {
                 monitoring: None,
             },
         );
+        st.conns_high_water = st.conns_high_water.max(st.conns.len());
     }
 
     /// Gives the tables' high-water capacity back (a table that grew for
-    /// many connections keeps it after they leave, out of malloc_trim's
-    /// reach): called before the heap trim, after closures.
+    /// many connections keeps its allocation after they leave, out of
+    /// malloc_trim's reach): called before the heap trim, after closures.
     pub(crate) fn compact(&self) {
         let mut st = lock(&self.state);
-        if st.conns.capacity() > 256 && st.conns.len() * 4 < st.conns.capacity() {
+        // Only once under a quarter of the high-water mark, so a table that
+        // breathes with its load is not rehashed at every trim.
+        if st.conns_high_water > 256 && st.conns.len() * 4 < st.conns_high_water {
             let keep = st.conns.len() * 2;
             st.conns.shrink_to(keep);
+            st.conns_high_water = st.conns.len();
         }
         st.topics.shrink_to_fit();
         drop(st);
@@ -1032,6 +1041,36 @@ mod tests {
 
     fn topic(s: &str) -> TopicName {
         TopicName::try_from(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn compact_gives_back_the_capacity_of_connections_that_left() {
+        let reg = registry();
+        let capacity = || lock(&reg.state).conns.capacity();
+        let peers: Vec<PeerRef> = (1..=3000).map(|id| peer(&reg, id)).collect();
+        let grown = capacity();
+        assert!(grown >= 3000, "{grown}");
+        // A table still a third full keeps its allocation (no rehash
+        // churn): compacting changes nothing, not even the tombstones'
+        // share of `capacity()`.
+        for p in &peers[1000..] {
+            reg.remove_connection(p.id);
+        }
+        let before = capacity();
+        reg.compact();
+        assert_eq!(capacity(), before);
+        assert_eq!(lock(&reg.state).conns_high_water, 3000);
+        // Under a quarter full: shrunk to about twice what is left.
+        for p in &peers[10..1000] {
+            reg.remove_connection(p.id);
+        }
+        reg.compact();
+        let shrunk = capacity();
+        assert!(shrunk < 64, "capacity {shrunk} after compacting 10 entries");
+        for p in &peers[..10] {
+            assert!(reg.peer(p.id).is_some(), "connection {} kept", p.id);
+        }
+        assert!(reg.peer(peers[10].id).is_none());
     }
 
     #[test]
