@@ -221,12 +221,7 @@ fuzz_target!(|data: &[u8]| {
         fed += n;
         check_memory(&d, max, fed, use_read_space);
         loop {
-            let next = if use_ref {
-                d.next_frame_ref().map(|f| f.map(<[u8]>::to_vec))
-            } else {
-                d.next_frame()
-            };
-            match next {
+            match next_frame(&mut d, use_ref) {
                 Ok(Some(body)) => {
                     consumed += FRAME_HEADER_LEN + body.len();
                     frames.push(body);
@@ -263,15 +258,20 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
+/// The next frame, through `next_frame_ref` (the borrowed body, copied)
+/// or `next_frame` (the input picks which, so both are exercised).
+fn next_frame(d: &mut FrameDecoder, use_ref: bool) -> Result<Option<Vec<u8>>, FrameError> {
+    if use_ref {
+        d.next_frame_ref().map(|f| f.map(<[u8]>::to_vec))
+    } else {
+        d.next_frame()
+    }
+}
+
 fn drain_all(d: &mut FrameDecoder, use_ref: bool, len: usize) -> Outcome {
     let mut frames = Vec::new();
     loop {
-        let next = if use_ref {
-            d.next_frame_ref().map(|f| f.map(<[u8]>::to_vec))
-        } else {
-            d.next_frame()
-        };
-        match next {
+        match next_frame(d, use_ref) {
             Ok(Some(f)) => frames.push(f),
             Ok(None) => {
                 let consumed: usize = frames.iter().map(|f| f.len() + FRAME_HEADER_LEN).sum();

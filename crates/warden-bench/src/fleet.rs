@@ -1,19 +1,97 @@
 //! Shared by `load-bench` and `soak-bench` (included by path): a real
 //! `wardend` in its own process, this binary re-executed as worker
 //! processes (as the test users) that talk to the orchestrator in JSON
-//! lines, wardend's RSS and descriptor count from `/proc`, and small
-//! helpers (durations, percentiles, a seeded PRNG).
+//! lines, wardend's RSS and descriptor count from `/proc`, the workers'
+//! error and event counts, and small helpers (durations, percentiles, a
+//! seeded PRNG).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{json, Value};
-use warden_client::{Client, ConnectOptions, IncomingCall, Payload, WireError};
+use warden_client::{CallError, Client, ConnectOptions, Event, IncomingCall, Payload, WireError};
 use warden_testkit::{BrokerProcess, RawConn, TestDir};
+
+/// Locks a worker's counts; a holder that panicked left counts that are
+/// still worth reporting.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A worker's errors: a count per kind, and the first `KEEP` in full.
+#[derive(Debug, Default)]
+pub struct ErrorLog<const KEEP: usize> {
+    pub counts: BTreeMap<String, u64>,
+    pub first: Vec<String>,
+}
+
+impl<const KEEP: usize> ErrorLog<KEEP> {
+    pub fn record(&mut self, kind: &str, detail: impl std::fmt::Display) {
+        *self.counts.entry(kind.to_owned()).or_default() += 1;
+        if self.first.len() < KEEP {
+            self.first.push(format!("{kind}: {detail}"));
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+}
+
+/// The kind of a failed call, for [`ErrorLog::record`].
+pub fn call_error_kind(e: &CallError) -> String {
+    match e {
+        CallError::Remote(w) => format!("answered {}", w.code),
+        CallError::Disconnected { .. } => "disconnected".into(),
+        CallError::Timeout { .. } => "client timeout".into(),
+        _ => "other".into(),
+    }
+}
+
+/// A worker's events: those received on the measured topic (strictly
+/// accounted), those missed (`missed` and `lagged`), and event streams
+/// that ended while the worker was not exiting.
+#[derive(Debug, Default)]
+pub struct EventCount {
+    pub received: AtomicU64,
+    pub missed: AtomicU64,
+    pub ended: AtomicU64,
+}
+
+/// Consumes a connection's events until it closes, counting into `ev`
+/// those on `topic`.
+pub fn count_events(
+    c: Arc<Client>,
+    topic: &'static str,
+    ev: Arc<EventCount>,
+    quitting: Arc<AtomicBool>,
+) {
+    tokio::spawn(async move {
+        while let Some(e) = c.next_event().await {
+            let missed = match e {
+                Event::Event {
+                    topic: t, missed, ..
+                } => {
+                    if t.as_str() == topic {
+                        ev.received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    missed
+                }
+                Event::Lagged { missed } => missed,
+            };
+            ev.missed.fetch_add(missed, Ordering::Relaxed);
+        }
+        if !quitting.load(Ordering::Relaxed) {
+            ev.ended.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+}
 
 /// wardend's resident set (`VmRSS`), KiB.
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {

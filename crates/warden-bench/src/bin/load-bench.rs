@@ -33,20 +33,23 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{json, Value};
-use warden_client::{CallError, Client, ConnectOptions, Event, Payload};
+use warden_client::{Client, ConnectOptions, Payload};
 use warden_testkit::{command_as, config_text, service_user, test_users, TestDir, TestUser};
 
 #[path = "../fleet.rs"]
 #[allow(dead_code)] // some helpers are soak-bench's
 mod fleet;
 
-use fleet::{emit, pct, u64s, Footprint, Rng, Worker};
+use fleet::{
+    call_error_kind, count_events, emit, lock, pct, u64s, ErrorLog, EventCount, Footprint, Rng,
+    Worker,
+};
 
 const WORKER_ARG: &str = "--load-worker";
 const PROVIDER_ARG: &str = "--load-provider";
@@ -185,35 +188,15 @@ fn main() -> anyhow::Result<()> {
 #[derive(Debug, Default)]
 struct Tally {
     calls: BTreeMap<&'static str, u64>,
-    errors: BTreeMap<String, u64>,
-    first_errors: Vec<String>,
+    errors: ErrorLog<5>,
     lat_echo: Vec<u64>,
     lat_routed: Vec<u64>,
 }
 
 impl Tally {
-    fn error(&mut self, kind: &str, detail: String) {
-        *self.errors.entry(kind.to_owned()).or_default() += 1;
-        if self.first_errors.len() < 5 {
-            self.first_errors.push(format!("{kind}: {detail}"));
-        }
+    fn error(&mut self, kind: &str, detail: impl std::fmt::Display) {
+        self.errors.record(kind, detail);
     }
-}
-
-fn call_error_kind(e: &CallError) -> String {
-    match e {
-        CallError::Remote(w) => format!("call answered {}", w.code),
-        CallError::Disconnected { .. } => "call: disconnected".into(),
-        CallError::Timeout { .. } => "call: client timeout".into(),
-        _ => "call: other".into(),
-    }
-}
-
-#[derive(Debug, Default)]
-struct EventCount {
-    received: AtomicU64,
-    missed: AtomicU64,
-    ended: AtomicU64,
 }
 
 /// `SOCKET N INTERVAL_MS DURATION_MS SEED`: opens N connections (each
@@ -261,22 +244,7 @@ fn worker_child(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
             }
         }
         for c in &clients {
-            let (c, events, exiting) = (c.clone(), events.clone(), exiting.clone());
-            tokio::spawn(async move {
-                while let Some(e) = c.next_event().await {
-                    let missed = match e {
-                        Event::Event { missed, .. } => {
-                            events.received.fetch_add(1, Ordering::Relaxed);
-                            missed
-                        }
-                        Event::Lagged { missed } => missed,
-                    };
-                    events.missed.fetch_add(missed, Ordering::Relaxed);
-                }
-                if !exiting.load(Ordering::Relaxed) {
-                    events.ended.fetch_add(1, Ordering::Relaxed);
-                }
-            });
+            count_events(c.clone(), TOPIC, events.clone(), exiting.clone());
         }
         emit(&json!({"kind": "ready", "connected": clients.len()}))?;
         fleet::await_command(&mut cmds, "go").await?;
@@ -316,8 +284,8 @@ fn worker_child(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
             json!({
                 "kind": "report",
                 "calls": t.calls,
-                "errors": t.errors,
-                "first_errors": t.first_errors,
+                "errors": t.errors.counts,
+                "first_errors": t.errors.first,
                 "events": events.received.load(Ordering::Relaxed),
                 "missed": events.missed.load(Ordering::Relaxed),
                 "lat_echo": t.lat_echo,
@@ -329,10 +297,6 @@ fn worker_child(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
         exiting.store(true, Ordering::Relaxed);
         Ok(())
     })
-}
-
-fn lock(t: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
-    t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One connection's calls: from a random offset within the first
@@ -386,7 +350,10 @@ async fn caller(
                     tally.error("wrong answer", format!("{method}: {}", answer.get()));
                 }
             }
-            Err(e) => tally.error(&call_error_kind(&e), format!("{method}: {e}")),
+            Err(e) => tally.error(
+                &format!("call {}", call_error_kind(&e)),
+                format!("{method}: {e}"),
+            ),
         }
     }
 }

@@ -42,20 +42,22 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{json, Value};
-use warden_client::{CallError, Client, ConnectOptions, Event, Payload};
+use warden_client::{Client, ConnectOptions, Payload};
 use warden_testkit::{command_as, config_text, service_user, test_users, RawConn, TestDir};
 
 #[path = "../fleet.rs"]
 #[allow(dead_code)] // some helpers are load-bench's
 mod fleet;
 
-use fleet::{emit, Footprint, Rng, Worker};
+use fleet::{
+    call_error_kind, count_events, emit, lock, ErrorLog, EventCount, Footprint, Rng, Worker,
+};
 
 const WORKER_ARG: &str = "--soak-worker";
 const PROVIDER_ARG: &str = "--soak-provider";
@@ -179,8 +181,7 @@ struct Plan {
 #[derive(Debug, Default)]
 struct Tally {
     ops: BTreeMap<&'static str, u64>,
-    errors: BTreeMap<String, u64>,
-    first_errors: Vec<String>,
+    errors: ErrorLog<10>,
     delivered: u64,
     dropped: u64,
 }
@@ -191,58 +192,11 @@ impl Tally {
     }
 
     fn error(&mut self, kind: &str, detail: impl std::fmt::Display) {
-        *self.errors.entry(kind.to_owned()).or_default() += 1;
-        if self.first_errors.len() < 10 {
-            self.first_errors.push(format!("{kind}: {detail}"));
-        }
+        self.errors.record(kind, detail);
     }
 }
 
 type Shared = Arc<Mutex<Tally>>;
-
-fn lock(t: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
-    t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn call_error_kind(e: &CallError) -> String {
-    match e {
-        CallError::Remote(w) => format!("answered {}", w.code),
-        CallError::Disconnected { .. } => "disconnected".into(),
-        CallError::Timeout { .. } => "client timeout".into(),
-        _ => "other".into(),
-    }
-}
-
-/// Events received on [`EVENTS`] (strictly accounted) and missed, and
-/// event streams that ended while the worker was not exiting.
-#[derive(Debug, Default)]
-struct EventCount {
-    received: AtomicU64,
-    missed: AtomicU64,
-    ended: AtomicU64,
-}
-
-/// Consumes a connection's events until it closes.
-fn count_events(c: Arc<Client>, ev: Arc<EventCount>, quitting: Arc<AtomicBool>) {
-    tokio::spawn(async move {
-        while let Some(e) = c.next_event().await {
-            match e {
-                Event::Event { topic, missed, .. } => {
-                    if topic.as_str() == EVENTS {
-                        ev.received.fetch_add(1, Ordering::Relaxed);
-                    }
-                    ev.missed.fetch_add(missed, Ordering::Relaxed);
-                }
-                Event::Lagged { missed } => {
-                    ev.missed.fetch_add(missed, Ordering::Relaxed);
-                }
-            }
-        }
-        if !quitting.load(Ordering::Relaxed) {
-            ev.ended.fetch_add(1, Ordering::Relaxed);
-        }
-    });
-}
 
 /// A call whose answer must be its params (`warden.echo`, `soak.echo`).
 async fn echo_call(c: &Client, method: &'static str, text: &str, t: &Shared) {
@@ -301,13 +255,13 @@ fn worker_child(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
         for _ in 0..plan.steady {
             let c = Arc::new(connect(&socket).await?);
             c.subscribe(EVENTS).await?;
-            count_events(c.clone(), ev.clone(), quitting.clone());
+            count_events(c.clone(), EVENTS, ev.clone(), quitting.clone());
             steady.push(c);
         }
         let mut churners = Vec::new();
         for _ in 0..plan.sub_churn {
             let c = Arc::new(connect(&socket).await?);
-            count_events(c.clone(), ev.clone(), quitting.clone());
+            count_events(c.clone(), EVENTS, ev.clone(), quitting.clone());
             churners.push(c);
         }
         let publisher = if plan.publish {
@@ -424,7 +378,7 @@ fn worker_child(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
                 _ = tick.tick() => {
                     let (ops, errors) = {
                         let t = lock(&tally);
-                        (t.ops.values().sum::<u64>(), t.errors.values().sum::<u64>())
+                        (t.ops.values().sum::<u64>(), t.errors.total())
                     };
                     emit(&json!({"kind": "stats", "ops": ops, "errors": errors}))?;
                 }
@@ -458,8 +412,8 @@ fn worker_child(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
             json!({
                 "kind": "report",
                 "ops": t.ops,
-                "errors": t.errors,
-                "first_errors": t.first_errors,
+                "errors": t.errors.counts,
+                "first_errors": t.errors.first,
                 "delivered": t.delivered,
                 "dropped": t.dropped,
                 "received": ev.received.load(Ordering::Relaxed),
